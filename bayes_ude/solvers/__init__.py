@@ -1,0 +1,36 @@
+"""Differentiable ODE solving on top of diffrax: events, doses, sensitivities, failure as data."""
+
+from diffrax import Dopri5 as Dopri5
+from diffrax import Dopri8 as Dopri8
+from diffrax import Kvaerno5 as Kvaerno5
+from diffrax import Tsit5 as Tsit5
+
+from ._controller import GuardedPIDController as GuardedPIDController
+from ._ensemble import solve_ensemble as solve_ensemble
+from ._events import Bolus as Bolus
+from ._events import Infusion as Infusion
+from ._failure import log_density_penalty as log_density_penalty
+from ._failure import sanitize as sanitize
+from ._solve import AUTO_FORWARD_MAX_PARAMS as AUTO_FORWARD_MAX_PARAMS
+from ._solve import Solution as Solution
+from ._solve import solve as solve
+from ._status import Status as Status
+from ._status import status_message as status_message
+
+__all__ = [
+    "AUTO_FORWARD_MAX_PARAMS",
+    "Bolus",
+    "Dopri5",
+    "Dopri8",
+    "GuardedPIDController",
+    "Infusion",
+    "Kvaerno5",
+    "Solution",
+    "Status",
+    "Tsit5",
+    "log_density_penalty",
+    "sanitize",
+    "solve",
+    "solve_ensemble",
+    "status_message",
+]

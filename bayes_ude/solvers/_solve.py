@@ -1,0 +1,499 @@
+"""The one entry point: :func:`solve`.
+
+Design
+------
+* diffrax does the stepping (``diffeqsolve``, its Runge--Kutta and ESDIRK solvers, its
+  PID step-size controller, dense output and checkpointed reverse mode).
+* Known discontinuities and doses split the time span into segments (``lax.scan`` over a
+  fixed-size event table), so the solver lands exactly on each event and restarts there.
+* Failure is a status code and NaN values, never an exception inside ``jit``.
+* Sensitivities:
+
+  - ``"forward"``: a ``jax.custom_jvp`` whose rule solves the forward-sensitivity system
+    ``S' = (df/du) S + df/dtheta`` *together with* the state, with the error control acting
+    on the augmented state, so that the step sizes are fine enough for the derivatives
+    and not only for the solution. Only inputs that are actually differentiated (non-zero
+    tangents) enter ``theta``. The tangent output is ``S @ theta_dot``, linear in the
+    tangent, so reverse mode (``jax.grad``) works on it too: JAX transposes only the
+    final contraction.
+  - ``"reverse"``: diffrax's discretise-then-optimise checkpointed reverse mode.
+  - ``"auto"``: forward when the differentiable inputs have at most
+    :data:`AUTO_FORWARD_MAX_PARAMS` entries, reverse otherwise (crossover measured in
+    ``benchmarks/solvers_sensitivity_crossover.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jax.custom_derivatives import SymbolicZero
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
+
+from ._controller import GuardedPIDController
+from ._events import (
+    Bolus,
+    EventTable,
+    Infusion,
+    build_table,
+    count_events,
+    event_times,
+    validate_doses,
+)
+from ._status import Status, from_diffrax
+
+SENSITIVITIES = ("auto", "forward", "reverse")
+
+#: ``sensitivity="auto"`` uses forward sensitivities when the differentiable inputs
+#: (floating-point entries of ``u0``, ``args``, arrays inside the vector field and dose
+#: magnitudes) number at most this many, and reverse mode above. Measured on this
+#: project's reference machine (2 CPU cores) by
+#: ``benchmarks/solvers_sensitivity_crossover.py`` on a Lotka--Volterra model with a
+#: growing number of parameters: forward wins up to about this size.
+AUTO_FORWARD_MAX_PARAMS = 16
+
+
+class Solution(eqx.Module):
+    """Result of :func:`solve`.
+
+    Attributes
+    ----------
+    ts : the requested save times.
+    ys : the solution at ``ts``, shape ``(len(ts), *u0.shape)``; NaN where the solve failed.
+    status : a :class:`Status` code (int32 array; 0 is success).
+    num_steps : number of solver steps taken (accepted and rejected, all segments).
+    """
+
+    ts: Float[Array, " n_save"]
+    ys: Float[Array, "n_save ..."]
+    status: Int[Array, ""]
+    num_steps: Int[Array, ""]
+
+    @property
+    def success(self) -> Bool[Array, ""]:
+        """``True`` where the solve reached the last save time with finite values."""
+        return self.status == Status.SUCCESS
+
+
+# --------------------------------------------------------------------------------------
+# Validation: before tracing, on concrete values; shapes always.
+# --------------------------------------------------------------------------------------
+
+
+def _concrete(x) -> np.ndarray | None:
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def _validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, atol,
+              sensitivity, max_steps) -> None:
+    if not callable(vector_field):
+        raise TypeError(f"vector_field must be callable f(t, u, args), got {type(vector_field)}")
+    if not jnp.issubdtype(jnp.result_type(u0), jnp.inexact) and not jnp.issubdtype(
+        jnp.result_type(u0), jnp.integer
+    ):
+        raise ValueError(f"u0 must be a numeric array, got dtype {jnp.result_type(u0)}")
+    if jnp.ndim(saveat) != 1 or jnp.shape(saveat)[0] < 1:
+        raise ValueError(
+            f"saveat must be a non-empty 1-D array of times, got shape {jnp.shape(saveat)}"
+        )
+    s = _concrete(saveat)
+    if s is not None:
+        if not np.all(np.isfinite(s)):
+            raise ValueError("saveat must contain only finite times")
+        if s.shape[0] > 1 and not np.all(np.diff(s) > 0):
+            bad = int(np.argmax(np.diff(s) <= 0))
+            raise ValueError(
+                "saveat must be strictly increasing; "
+                f"saveat[{bad}]={s[bad]} is followed by saveat[{bad + 1}]={s[bad + 1]}"
+            )
+    if t0 is not None:
+        if jnp.ndim(t0) != 0:
+            raise ValueError(f"t0 must be a scalar, got shape {jnp.shape(t0)}")
+        tc = _concrete(t0)
+        if tc is not None and s is not None and tc > s[0]:
+            raise ValueError(f"t0={float(tc)} must be <= saveat[0]={s[0]}")
+    t_start = _concrete(t0) if t0 is not None else (None if s is None else s[0])
+    if tstops is not None:
+        if jnp.ndim(tstops) != 1:
+            raise ValueError(f"tstops must be a 1-D array of times, got shape {jnp.shape(tstops)}")
+        ts_c = _concrete(tstops)
+        if ts_c is not None and s is not None and t_start is not None:
+            outside = (ts_c < t_start) | (ts_c > s[-1])
+            if np.any(outside):
+                raise ValueError(
+                    f"tstops must lie inside the time span [{float(t_start)}, {s[-1]}]; "
+                    f"outside: {ts_c[outside]}"
+                )
+    if not isinstance(doses, Sequence):
+        raise TypeError("doses must be a list of solvers.Bolus / solvers.Infusion")
+    validate_doses(doses, jnp.shape(u0)[0] if jnp.ndim(u0) == 1 else None,
+                   t_start, None if s is None else s[-1])
+    if not isinstance(solver, dfx.AbstractSolver):
+        raise TypeError(f"solver must be a diffrax/bayes_ude solver, got {type(solver).__name__}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(tol, (int, float)) or not tol > 0:
+            raise ValueError(f"{name} must be a positive number, got {tol!r}")
+    if sensitivity not in SENSITIVITIES:
+        raise ValueError(f"sensitivity must be one of {SENSITIVITIES}, got {sensitivity!r}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    try:
+        out = jax.eval_shape(vector_field, jnp.zeros((), jnp.result_type(float)), u0, args)
+    except Exception as exc:  # the user's function failed on the inputs given
+        raise ValueError(
+            f"vector_field(t, u0, args) could not be evaluated: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not hasattr(out, "shape") or out.shape != jnp.shape(u0):
+        raise ValueError(
+            f"vector_field must return an array of the shape of u0 {jnp.shape(u0)}, "
+            f"got {getattr(out, 'shape', type(out).__name__)}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The integration loop (any pytree state): one solve, or one solve per segment.
+# --------------------------------------------------------------------------------------
+
+
+class _Opts(eqx.Module):
+    solver: dfx.AbstractSolver
+    rtol: float
+    atol: float
+    max_steps: int
+    dt0: float | None
+    adaptive: bool
+
+
+def _tree_add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _field_with_rate(field):
+    def rhs(t, y, a):
+        inner_args, rate = a
+        dy = field(t, y, inner_args)
+        return dy if rate is None else _tree_add(dy, rate)
+
+    return rhs
+
+
+def _diffeqsolve(field, y0, args, rate, t_start, t_end, ts, opts: _Opts, adjoint):
+    solver = opts.solver
+    if (not opts.adaptive and isinstance(solver, dfx.AbstractImplicitSolver)
+            and not isinstance(solver.root_finder.rtol, (int, float))):
+        # Fixed steps give the Newton iterations no tolerances: use the solve's own.
+        solver = eqx.tree_at(lambda s: s.root_finder, solver,
+                             dfx.VeryChord(rtol=opts.rtol, atol=opts.atol, norm=optx.max_norm))
+    return dfx.diffeqsolve(
+        dfx.ODETerm(_field_with_rate(field)),
+        solver,
+        t_start,
+        t_end,
+        opts.dt0,
+        y0,
+        args=(args, rate),
+        saveat=dfx.SaveAt(ts=ts),
+        stepsize_controller=(
+            GuardedPIDController(rtol=opts.rtol, atol=opts.atol)
+            if opts.adaptive
+            else dfx.ConstantStepSize()
+        ),
+        max_steps=opts.max_steps,
+        adjoint=adjoint,
+        throw=False,
+    )
+
+
+def _integrate(field, y0, args, table: EventTable | None, t0, saveat, opts, adjoint):
+    """Solve; return (ys pytree with leading save axis, status, num_steps)."""
+    if table is None:
+        sol = _diffeqsolve(field, y0, args, None, t0, saveat[-1], saveat, opts, adjoint)
+        return sol.ys, from_diffrax(sol.result), sol.stats["num_steps"]
+
+    n_save = saveat.shape[0]
+    ys0 = jax.tree.map(lambda x: jnp.zeros((n_save, *x.shape), x.dtype), y0)
+
+    def segment(carry, xs):
+        y, t_start, ys_acc, status, nsteps = carry
+        k, t_end, rate, jump = xs
+        # Save points outside the segment are clipped onto its ends and masked out below;
+        # the extra last point is the segment's end state.
+        # The segment starts one ulp after the event, so that a vector field that changes
+        # at the event is evaluated on its new piece (as diffrax does for `jump_ts`).
+        t_solve = jnp.where(k == 0, t_start, jnp.minimum(jnp.nextafter(t_start, t_end), t_end))
+        ts = jnp.concatenate([jnp.clip(saveat, t_solve, t_end), t_end[None]])
+        sol = _diffeqsolve(field, y, args, rate, t_solve, t_end, ts, opts, adjoint)
+        # Values at an event time are the left limits (before the jump): the save belongs
+        # to the segment that ends there. Segment 0 also owns saves at t0.
+        mask = (saveat <= t_end) & ((saveat > t_start) | (k == 0))
+
+        def merge(acc, new):
+            m = mask.reshape((n_save,) + (1,) * (acc.ndim - 1))
+            return jnp.where(m, new[:-1], acc)
+
+        ys_acc = jax.tree.map(merge, ys_acc, sol.ys)
+        y_end = jax.tree.map(lambda v: v[-1], sol.ys)
+        seg_status = from_diffrax(sol.result)
+        status = jnp.where(status == Status.SUCCESS, seg_status, status)
+        y_next = _tree_add(y_end, jump)
+        return (y_next, t_end, ys_acc, status, nsteps + sol.stats["num_steps"]), None
+
+    k = jnp.arange(table.ends.shape[0])
+    init = (y0, jnp.asarray(t0, saveat.dtype), ys0, jnp.int32(Status.SUCCESS), jnp.int32(0))
+    (_, _, ys, status, nsteps), _ = jax.lax.scan(
+        segment, init, (k, table.ends, table.rates, table.jumps)
+    )
+    return ys, status, nsteps
+
+
+def _finalise(ys, status):
+    """Non-finite values count as failure; a failed solve returns NaN everywhere."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(ys)]))
+    status = jnp.where((status == Status.SUCCESS) & ~finite, Status.NONFINITE, status)
+    ok = status == Status.SUCCESS
+    ys = jax.tree.map(lambda v: jnp.where(ok, v, jnp.nan), ys)
+    return ys, status.astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------------
+# The problem as a function of its differentiable inputs.
+# --------------------------------------------------------------------------------------
+
+
+class _Problem:
+    """Everything a solve needs that is not an array: the closed-over static structure.
+
+    The arrays travel separately as ``diff`` (differentiable: arrays inside the vector
+    field, ``u0``, floating-point ``args``, dose magnitudes) and ``const`` (times,
+    compartments, integer arrays), so that they can cross ``jax.custom_jvp``.
+    """
+
+    def __init__(self, kinds: tuple[str, ...], n_tstops: int, static):
+        self.kinds = kinds
+        self.n_tstops = n_tstops
+        self.static = static
+
+    def parts(self, diff, const):
+        const = eqx.combine(const, self.static)
+        vf = eqx.combine(diff["vf"], const["vf"])
+        args = eqx.combine(diff["args"], const["args"])
+        return vf, args
+
+    def table(self, diff, const, dtype) -> EventTable | None:
+        if const["times"] is None:
+            return None
+        n = diff["u0"].shape[0]
+        return build_table(const["times"], diff["mags"], const["comps"], self.kinds,
+                           self.n_tstops, n, const["saveat"][-1], dtype)
+
+
+def _run_plain(problem: _Problem, diff, const, opts, adjoint):
+    vf, args = problem.parts(diff, const)
+    u0 = diff["u0"]
+    table = problem.table(diff, const, u0.dtype)
+    ys, status, nsteps = _integrate(vf, u0, args, table, const["t0"], const["saveat"], opts,
+                                    adjoint)
+    ys, status = _finalise(ys, status)
+    return ys, status, nsteps
+
+
+def _forward_solve(problem: _Problem, opts: _Opts):
+    """A ``custom_jvp`` solve whose derivative is the error-controlled sensitivity system."""
+
+    @jax.custom_jvp
+    def fwd(diff, const):
+        return _run_plain(problem, diff, const, opts, dfx.ForwardMode())
+
+    def jvp_rule(primals, tangents):
+        diff, const = primals
+        diff_dot, const_dot = tangents
+        for name in ("times", "saveat", "t0"):
+            for leaf in jax.tree.leaves(const_dot[name]):
+                if not isinstance(leaf, SymbolicZero) and jnp.issubdtype(leaf.dtype, jnp.inexact):
+                    raise ValueError(
+                        f"derivatives with respect to {name} (event or save times) are not "
+                        "available with sensitivity='forward'; use sensitivity='reverse'"
+                    )
+        leaves, treedef = jax.tree.flatten(diff)
+        dots = treedef.flatten_up_to(diff_dot)
+        active = [i for i, d in enumerate(dots) if not isinstance(d, SymbolicZero)]
+        ys, status, nsteps = None, None, None
+        if not active:
+            ys, status, nsteps = fwd(diff, const)
+            return (ys, status, nsteps), (jnp.zeros_like(ys), _float0(status), _float0(nsteps))
+
+        sizes = [leaves[i].size for i in active]
+        offsets = np.cumsum([0, *sizes])
+        theta0 = jnp.concatenate([jnp.ravel(leaves[i]) for i in active])
+        theta_dot = jnp.concatenate(
+            [jnp.ravel(dots[i]).astype(theta0.dtype) for i in active]
+        )
+        n_theta = theta0.shape[0]
+
+        def unpack(theta):
+            new = list(leaves)
+            for j, i in enumerate(active):
+                new[i] = theta[offsets[j]:offsets[j + 1]].reshape(leaves[i].shape)
+            return jax.tree.unflatten(treedef, new)
+
+        u0 = diff["u0"]
+        dtype = u0.dtype
+        # Initial sensitivities and the sensitivities of the event table (dose magnitudes).
+        s0 = jnp.moveaxis(jax.jacfwd(lambda th: unpack(th)["u0"])(theta0), -1, 0)
+        table = problem.table(diff, const, dtype)
+        if table is not None:
+            dtable = jax.jacfwd(lambda th: problem.table(unpack(th), const, dtype))(theta0)
+            table = EventTable(
+                ends=table.ends,
+                rates=(table.rates, jnp.moveaxis(dtable.rates, -1, 1)),
+                jumps=(table.jumps, jnp.moveaxis(dtable.jumps, -1, 1)),
+            )
+        eye = jnp.eye(n_theta, dtype=theta0.dtype)
+
+        def augmented(t, y, theta):
+            u, s = y
+
+            def f(u_, th):
+                vf, args = problem.parts(unpack(th), const)
+                return vf(t, u_, args)
+
+            fu, f_lin = jax.linearize(f, u, theta)
+            ds = jax.vmap(f_lin)(s, eye)
+            return fu, ds
+
+        ys_aug, status, nsteps = _integrate(augmented, (u0, s0), theta0, table, const["t0"],
+                                            const["saveat"], opts, dfx.ForwardMode())
+        (ys, sens), status = _finalise(ys_aug, status)
+        # On failure the values are NaN and the derivatives zero, so that a log density
+        # that masks the failure (-inf) keeps finite gradients.
+        sens = jnp.where(status == Status.SUCCESS, sens, 0.0)
+        ys_dot = jnp.tensordot(theta_dot, jnp.moveaxis(sens, 1, 0), axes=1)
+        return (ys, status, nsteps), (ys_dot, _float0(status), _float0(nsteps))
+
+    fwd.defjvp(jvp_rule, symbolic_zeros=True)
+    return fwd
+
+
+def _float0(x):
+    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+
+
+def _num_inexact(tree) -> int:
+    return sum(x.size for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array)))
+
+
+@eqx.filter_jit
+def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, sensitivity):
+    dtype = u0.dtype
+    saveat = jnp.asarray(saveat, dtype)
+    t0 = saveat[0] if t0 is None else jnp.asarray(t0, dtype)
+    # Parameters closed over by the vector field become explicit inputs, so that they
+    # are differentiated like `args`.
+    vf = eqx.filter_closure_convert(vector_field, t0, u0, args)
+    vf_diff, vf_const = eqx.partition(vf, eqx.is_inexact_array)
+    args_diff, args_const = eqx.partition(args, eqx.is_inexact_array)
+    n_events = count_events(tstops, doses)
+    mags = [d.amounts if isinstance(d, Bolus) else d.rate for d in doses]
+    diff = {"vf": vf_diff, "u0": u0, "args": args_diff,
+            "mags": [m.astype(dtype) for m in mags]}
+    const = {
+        "vf": vf_const,
+        "args": args_const,
+        "times": event_times(tstops, doses, dtype) if n_events else None,
+        "comps": [d.compartment for d in doses],
+        "saveat": saveat,
+        "t0": t0,
+    }
+    const, static = eqx.partition(const, eqx.is_array)
+    problem = _Problem(
+        kinds=tuple("bolus" if isinstance(d, Bolus) else "infusion" for d in doses),
+        n_tstops=0 if tstops is None else int(np.shape(tstops)[0]),
+        static=static,
+    )
+    if sensitivity == "auto":
+        n_params = _num_inexact(diff)
+        sensitivity = "forward" if n_params <= AUTO_FORWARD_MAX_PARAMS else "reverse"
+    if sensitivity == "forward":
+        ys, status, nsteps = _forward_solve(problem, opts)(diff, const)
+    else:
+        ys, status, nsteps = _run_plain(problem, diff, const, opts,
+                                        dfx.RecursiveCheckpointAdjoint())
+    return Solution(ts=saveat, ys=ys, status=status, num_steps=nsteps)
+
+
+def solve(
+    vector_field: Callable[[Any, Array, Any], Array],
+    u0: ArrayLike,
+    saveat: ArrayLike,
+    args: PyTree = None,
+    *,
+    solver: dfx.AbstractSolver | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    t0: ArrayLike | None = None,
+    tstops: ArrayLike | None = None,
+    doses: Sequence[Bolus | Infusion] = (),
+    sensitivity: str = "auto",
+    max_steps: int = 10_000,
+    dt0: float | None = None,
+    adaptive: bool = True,
+) -> Solution:
+    """Solve ``du/dt = vector_field(t, u, args)`` and return the solution at ``saveat``.
+
+    Parameters
+    ----------
+    vector_field : ``f(t, u, args) -> du/dt`` (same shape as ``u``). Parameters may be in
+        ``args``, inside an ``equinox.Module`` vector field, or closed over; all are
+        differentiable.
+    u0 : initial state (any shape; 1-D when doses are given).
+    saveat : strictly increasing 1-D array of output times. The solve starts at
+        ``t0`` (default ``saveat[0]``) and ends at ``saveat[-1]``.
+    args : pytree passed to ``vector_field``.
+    solver : a diffrax solver; default :class:`Tsit5`. Stiff problems: ``Kvaerno5()``.
+    rtol, atol : tolerances of the step-size controller. With forward sensitivities
+        they apply to the sensitivities too.
+    t0 : start time, if before ``saveat[0]``.
+    tstops : times where the vector field is discontinuous (e.g. piecewise parameters);
+        the solver steps exactly onto each and restarts there.
+    doses : :class:`Bolus` and :class:`Infusion` objects (state jumps and input rates).
+        A value saved at a dose time is the value just before the dose.
+    sensitivity : ``"auto"`` (default), ``"forward"`` or ``"reverse"``; see the module
+        notes. Only matters when the result is differentiated.
+    max_steps : maximum number of steps per segment between events.
+    dt0 : initial step; chosen automatically by default.
+    adaptive : ``False`` for fixed steps of size ``dt0`` (the last step of each segment is
+        shortened to land on its end); tolerances are then unused.
+
+    Returns
+    -------
+    Solution with ``ts``, ``ys`` (``(len(saveat), *u0.shape)``), ``status``,
+    ``success`` and ``num_steps``. A failed solve (too many steps, collapsing step
+    size, non-finite values) gives ``success=False`` and NaN values; it never raises
+    under ``jit``. See :func:`log_density_penalty`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad input, before anything is traced: wrong shapes, non-increasing
+        ``saveat``, ``tstops`` or dose times outside the span, unknown options.
+    """
+    solver = dfx.Tsit5() if solver is None else solver
+    doses = tuple(doses) if isinstance(doses, (list, tuple)) else doses
+    _validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, atol,
+              sensitivity, max_steps)
+    u0 = jnp.asarray(u0)
+    if not jnp.issubdtype(u0.dtype, jnp.inexact):
+        u0 = u0.astype(jnp.result_type(float))
+    if not adaptive and (dt0 is None or not dt0 > 0):
+        raise ValueError(f"adaptive=False needs a positive step dt0, got dt0={dt0!r}")
+    opts = _Opts(solver=solver, rtol=float(rtol), atol=float(atol), max_steps=max_steps,
+                 dt0=None if dt0 is None else float(dt0), adaptive=bool(adaptive))
+    return _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts, sensitivity)
