@@ -1,0 +1,53 @@
+"""Shared timing helpers for the benchmarks (not part of the package).
+
+Timings on a shared 2-core machine are noisy (factor-2 swings between runs), so ours and
+the peer are timed *interleaved*, round by round, and the best round of each is reported.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+
+def compile_time(fn, *args) -> float:
+    """Seconds for the first call (tracing + compilation + one run)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def _one_round(fn, args, number):
+    start = time.perf_counter()
+    for _ in range(number):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / number
+
+
+def compare(fns, *args, rounds: int = 40, number: int = 5) -> list[float]:
+    """Best seconds per call of each (already compiled) function, timed interleaved."""
+    for fn in fns:
+        jax.block_until_ready(fn(*args))
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], _one_round(fn, args, number))
+    return best
+
+
+def time_py(fn, *args, repeat: int = 10, number: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn(*args)
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def report(name: str, ours: float, peer: float, peer_name: str) -> None:
+    """One line: name, ours, peer, ratio (ours / peer; < 1 means we are faster)."""
+    print(f"{name:<28}{ours * 1e6:>12.1f} us{peer * 1e6:>12.1f} us{ours / peer:>8.2f}x"
+          f"  peer: {peer_name}")
