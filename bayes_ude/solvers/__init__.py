@@ -11,7 +11,11 @@ from ._events import Bolus as Bolus
 from ._events import Infusion as Infusion
 from ._failure import log_density_penalty as log_density_penalty
 from ._failure import sanitize as sanitize
+from ._rosenbrock import AbstractRosenbrock as AbstractRosenbrock
+from ._rosenbrock import Rodas5P as Rodas5P
+from ._rosenbrock import Rosenbrock23 as Rosenbrock23
 from ._solve import AUTO_FORWARD_MAX_PARAMS as AUTO_FORWARD_MAX_PARAMS
+from ._solve import check_dae as check_dae
 from ._solve import Solution as Solution
 from ._solve import solve as solve
 from ._status import Status as Status
@@ -19,6 +23,10 @@ from ._status import status_message as status_message
 
 __all__ = [
     "AUTO_FORWARD_MAX_PARAMS",
+    "AbstractRosenbrock",
+    "Rodas5P",
+    "Rosenbrock23",
+    "check_dae",
     "Bolus",
     "Dopri5",
     "Dopri8",

@@ -24,6 +24,7 @@ Design
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -297,7 +298,20 @@ class _Problem:
                            self.n_tstops, n, const["saveat"][-1], dtype)
 
 
+def _opts_with_mass(opts: _Opts, const) -> _Opts:
+    """Arrays cannot be closed over by a custom_jvp: the mass matrix travels in ``const``
+    and is put back into the solver here."""
+    if const["mass"] is None:
+        return opts
+    return _replace_solver(opts, mass_matrix=const["mass"])
+
+
+def _replace_solver(opts: _Opts, **changes) -> _Opts:
+    return dataclasses.replace(opts, solver=dataclasses.replace(opts.solver, **changes))
+
+
 def _run_plain(problem: _Problem, diff, const, opts, adjoint):
+    opts = _opts_with_mass(opts, const)
     vf, args = problem.parts(diff, const)
     u0 = diff["u0"]
     table = problem.table(diff, const, u0.dtype)
@@ -371,8 +385,12 @@ def _forward_solve(problem: _Problem, opts: _Opts):
             ds = jax.vmap(f_lin)(s, eye)
             return fu, ds
 
+        aug_opts = _opts_with_mass(opts, const)
+        if getattr(aug_opts.solver, "jacobian", None) is not None:
+            # A user Jacobian is for the state alone: the augmented system uses autodiff.
+            aug_opts = _replace_solver(aug_opts, jacobian=None)
         ys_aug, status, nsteps = _integrate(augmented, (u0, s0), theta0, table, const["t0"],
-                                            const["saveat"], opts, dfx.ForwardMode())
+                                            const["saveat"], aug_opts, dfx.ForwardMode())
         (ys, sens), status = _finalise(ys_aug, status)
         # On failure the values are NaN and the derivatives zero, so that a log density
         # that masks the failure (-inf) keeps finite gradients.
@@ -413,7 +431,14 @@ def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, s
         "comps": [d.compartment for d in doses],
         "saveat": saveat,
         "t0": t0,
+        "mass": getattr(opts.solver, "mass_matrix", None),
     }
+    if const["mass"] is not None:
+        opts = _replace_solver(opts, mass_matrix=None)
+    user_jacobian = getattr(opts.solver, "jacobian", None)
+    if user_jacobian is not None:
+        # The solver sees the segment's (args, input rate); the rate does not change J.
+        opts = _replace_solver(opts, jacobian=lambda t, y, a: user_jacobian(t, y, a[0]))
     const, static = eqx.partition(const, eqx.is_array)
     problem = _Problem(
         kinds=tuple("bolus" if isinstance(d, Bolus) else "infusion" for d in doses),
@@ -429,6 +454,75 @@ def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, s
         ys, status, nsteps = _run_plain(problem, diff, const, opts,
                                         dfx.RecursiveCheckpointAdjoint())
     return Solution(ts=saveat, ys=ys, status=status, num_steps=nsteps)
+
+
+def _with_mass_matrix(vector_field, u0, args, t0, saveat, solver, mass):
+    """Validate a mass-matrix problem and give the matrix to the (Rosenbrock) solver."""
+    from ._rosenbrock import AbstractRosenbrock
+
+    if not isinstance(solver, AbstractRosenbrock):
+        raise ValueError(
+            "mass_matrix needs a Rosenbrock solver: solver=solvers.Rodas5P() or "
+            f"solvers.Rosenbrock23(), got {type(solver).__name__}"
+        )
+    n = u0.shape[0] if u0.ndim == 1 else None
+    if n is None or mass.shape != (n, n):
+        raise ValueError(
+            f"mass_matrix must be a square (n, n) matrix for a 1-D state of length n; got "
+            f"mass_matrix of shape {mass.shape} for u0 of shape {u0.shape}"
+        )
+    values = [_concrete(x) for x in (mass, u0, saveat)]
+    concrete_args = all(_concrete(x) is not None for x in jax.tree.leaves(args))
+    if all(v is not None for v in values) and concrete_args:
+        m = np.asarray(mass)
+        t_start = float(values[2][0] if t0 is None else t0)
+        check_dae(vector_field, np.asarray(u0), args, t_start, m)
+    return dataclasses.replace(solver, mass_matrix=mass)
+
+
+# Relative size below which a singular value of M counts as zero, and the condition
+# number above which the algebraic block counts as singular (index > 1).
+_RANK_TOL = 1e-12
+_INDEX1_COND = 1e12
+# Residual of the algebraic equations accepted as consistent, relative to the scale of
+# the vector field (1 + max |f|): tight, since the solve keeps constraints to round-off.
+_CONSISTENCY_TOL = 1e-8
+
+
+def check_dae(vector_field, u0, args, t0: float, mass) -> None:
+    """Raise ``ValueError`` if ``M u' = f`` is not index 1 or ``u0`` is inconsistent.
+
+    With ``L`` and ``R`` orthonormal bases of the left and right null spaces of ``M``
+    (from an SVD), the algebraic equations are ``L^T f(t, u) = 0``: they must hold at
+    ``u0``, and ``L^T (df/du) R`` (their Jacobian with respect to the algebraic variables)
+    must be nonsingular for the system to be of index 1.
+    """
+    u, s, vt = np.linalg.svd(mass)
+    null = s <= _RANK_TOL * max(s.max(initial=0.0), 1.0)
+    if not null.any():
+        return
+    left, right = u[:, null], vt[null].T
+    f = np.asarray(vector_field(jnp.asarray(t0), jnp.asarray(u0), args))
+    residual = left.T @ f
+    scale = 1.0 + np.max(np.abs(f))
+    if np.max(np.abs(residual)) > _CONSISTENCY_TOL * scale:
+        zero_rows = np.flatnonzero(~np.any(mass != 0, axis=1))
+        rows = [int(i) for i in zero_rows if abs(f[i]) > _CONSISTENCY_TOL * scale]
+        where = f"; algebraic rows of f violated: {rows}" if rows else ""
+        raise ValueError(
+            "inconsistent initial conditions: the algebraic equations of M u' = f(t, u) are "
+            f"not satisfied at t0={t0} (residual {np.max(np.abs(residual)):.3e}{where}). "
+            "Choose u0 so that they hold."
+        )
+    jac = np.asarray(jax.jacfwd(lambda y: vector_field(jnp.asarray(t0), y, args))(
+        jnp.asarray(u0)))
+    block = left.T @ jac @ right
+    if np.linalg.cond(block) > _INDEX1_COND:
+        raise ValueError(
+            "the DAE M u' = f(t, u) is not of index 1: the algebraic equations do not "
+            "determine the algebraic variables (their Jacobian block is singular). "
+            "Index-2 and higher systems need index reduction before solving."
+        )
 
 
 def solve(
@@ -447,6 +541,7 @@ def solve(
     max_steps: int = 10_000,
     dt0: float | None = None,
     adaptive: bool = True,
+    mass_matrix: ArrayLike | None = None,
 ) -> Solution:
     """Solve ``du/dt = vector_field(t, u, args)`` and return the solution at ``saveat``.
 
@@ -473,6 +568,10 @@ def solve(
     dt0 : initial step; chosen automatically by default.
     adaptive : ``False`` for fixed steps of size ``dt0`` (the last step of each segment is
         shortened to land on its end); tolerances are then unused.
+    mass_matrix : ``M`` of ``M u' = f(t, u, args)`` (1-D ``u``), possibly singular for an
+        index-1 DAE; needs a Rosenbrock solver (:class:`Rodas5P`, :class:`Rosenbrock23`).
+        The initial state must be consistent (algebraic equations satisfied) and the system
+        of index 1; both are checked before solving when the inputs are concrete.
 
     Returns
     -------
@@ -496,6 +595,9 @@ def solve(
         u0 = u0.astype(jnp.result_type(float))
     if not adaptive and (dt0 is None or not dt0 > 0):
         raise ValueError(f"adaptive=False needs a positive step dt0, got dt0={dt0!r}")
+    if mass_matrix is not None:
+        mass_matrix = jnp.asarray(mass_matrix, u0.dtype)
+        solver = _with_mass_matrix(vector_field, u0, args, t0, saveat, solver, mass_matrix)
     opts = _Opts(solver=solver, rtol=float(rtol), atol=float(atol), max_steps=max_steps,
                  dt0=None if dt0 is None else float(dt0), adaptive=bool(adaptive))
     return _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts, sensitivity)
