@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
+
+
+def robertson(t, y, k):
+    """Robertson's stiff chemical kinetics (k = 0.04, 3e7, 1e4 in the classic problem)."""
+    k1, k2, k3 = k
+    return jnp.stack([
+        -k1 * y[0] + k3 * y[1] * y[2],
+        k1 * y[0] - k2 * y[1] ** 2 - k3 * y[1] * y[2],
+        k2 * y[1] ** 2,
+    ])
 
 
 def scipy_solve(f, u0, ts, *, t0=None, breaks=(), rtol=1e-12, atol=1e-12, method="DOP853"):

@@ -165,10 +165,11 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
         return v if mass is None else mass @ v
 
     @staticmethod
-    def _w_matrix(mass, jac, h_gamma):
-        n = jac.shape[0]
-        m = jnp.eye(n, dtype=jac.dtype) if mass is None else mass
-        return m / h_gamma - jac
+    def _linear_solver(mass, jac, h_gamma):
+        """LU-factor ``W = M / (h gamma) - J`` once; return ``r -> W^{-1} r``."""
+        m = jnp.eye(jac.shape[0], dtype=jac.dtype) if mass is None else mass
+        lu = jax.scipy.linalg.lu_factor(m / h_gamma - jac)
+        return lambda rhs: jax.scipy.linalg.lu_solve(lu, rhs)
 
 
 class Rodas5P(AbstractRosenbrock):
@@ -197,10 +198,7 @@ class Rodas5P(AbstractRosenbrock):
         y0_flat, unravel, f, f0, jac, dfdt, mass = self._setup(terms, t0, y0, args)
         h = t1 - t0
         dtype = y0_flat.dtype
-        lu = jax.scipy.linalg.lu_factor(self._w_matrix(mass, jac, h * _GAMMA))
-
-        def solve(rhs):
-            return jax.scipy.linalg.lu_solve(lu, rhs)
+        solve = self._linear_solver(mass, jac, h * _GAMMA)
 
         a, c_over_h = jnp.asarray(_A, dtype), jnp.asarray(_C, dtype) / h
         d_h, nodes = jnp.asarray(_D, dtype) * h, jnp.asarray(_NODES, dtype)
@@ -250,15 +248,14 @@ class Rosenbrock23(AbstractRosenbrock):
         y0_flat, unravel, f, f0, jac, dfdt, mass = self._setup(terms, t0, y0, args)
         h = t1 - t0
         d = jnp.asarray(_R23_D, y0_flat.dtype)
-        # ode23s scales the system by h: W = M - h d J, stage slopes k (not increments).
-        n = jac.shape[0]
-        m = jnp.eye(n, dtype=jac.dtype) if mass is None else mass
-        lu = jax.scipy.linalg.lu_factor(m - h * d * jac)
+        # ode23s solves with M - h d J = h d (M / (h d) - J); its stages are slopes.
+        w_solve = self._linear_solver(mass, jac, h * d)
 
         def solve(rhs):
-            return jax.scipy.linalg.lu_solve(lu, rhs)
+            return w_solve(rhs) / (h * d)
 
-        mv = (lambda v: v) if mass is None else (lambda v: mass @ v)
+        def mv(v):
+            return self._times_mass(mass, v)
         k1 = solve(f0 + h * d * dfdt)
         f1 = f(t0 + 0.5 * h, y0_flat + 0.5 * h * k1)
         k2 = solve(f1 - mv(k1)) + k1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bayes_ude import solvers
-from tests.helpers import scipy_solve
+from tests.helpers import robertson, scipy_solve
 
 
 def lotka_volterra(t, u, p):
@@ -101,14 +101,6 @@ def test_tolerance_proportionality():
 
 
 def test_stiff_kvaerno_on_robertson_matches_scipy():
-    def robertson(t, y, k):
-        k1, k2, k3 = k
-        return jnp.stack([
-            -k1 * y[0] + k3 * y[1] * y[2],
-            k1 * y[0] - k2 * y[1] ** 2 - k3 * y[1] * y[2],
-            k2 * y[1] ** 2,
-        ])
-
     k = jnp.array([0.04, 3e7, 1e4])
     ts = jnp.array([0.0, 1e-3, 1.0, 10.0, 100.0])
     ref = scipy_solve(lambda t, y, i: np.asarray(robertson(t, y, k)), [1.0, 0.0, 0.0], ts,

@@ -7,19 +7,10 @@ import pytest
 import scipy.linalg
 
 from bayes_ude import solvers
-from tests.helpers import richardson_gradient, scipy_solve
+from tests.helpers import richardson_gradient, robertson, scipy_solve
 from tests.solvers.test_nonstiff import logistic_decay, logistic_decay_exact
 
 K_ROBERTSON = jnp.array([0.04, 3e7, 1e4])
-
-
-def robertson(t, y, k):
-    k1, k2, k3 = k
-    return jnp.stack([
-        -k1 * y[0] + k3 * y[1] * y[2],
-        k1 * y[0] - k2 * y[1] ** 2 - k3 * y[1] * y[2],
-        k2 * y[1] ** 2,
-    ])
 
 
 def robertson_dae(t, y, k):
