@@ -176,7 +176,7 @@ class Rodas5P(AbstractRosenbrock):
     """Rodas5P: 5th-order stiffly accurate Rosenbrock method with an embedded 4th-order
     error estimate and 4th-order dense output (Steinebach 2023). The stiff default.
 
-    Parameters
+    Attributes
     ----------
     mass_matrix : optional ``(n, n)`` matrix ``M`` of ``M u' = f(t, u)``; may be singular
         (index-1 DAEs). Usually passed through ``solve(..., mass_matrix=M)``.
@@ -232,7 +232,7 @@ class Rosenbrock23(AbstractRosenbrock):
     """Rosenbrock23 (ode23s of Shampine & Reichelt): 2nd order, L-stable, with a 3rd-order
     error estimate. Robust and cheap per step; for low accuracy (rtol >= 1e-3).
 
-    Parameters as :class:`Rodas5P`.
+    Attributes as :class:`Rodas5P` (``mass_matrix``, ``jacobian``).
     """
 
     interpolation_cls: ClassVar = _Rosenbrock23Interpolation
