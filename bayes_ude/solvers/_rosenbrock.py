@@ -137,13 +137,17 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
         y0_flat, unravel = ravel_pytree(y0)
         n = y0_flat.shape[0]
 
+        # diffrax integrates backwards in time by flipping the sign of the control (dt),
+        # not of the vector field: fold that sign into f.
+        sign = terms.contr(t0, t0 + 1.0)
+
         def f(t, y_flat):
-            return ravel_pytree(terms.vf(t, unravel(y_flat), args))[0]
+            return sign * ravel_pytree(terms.vf(t, unravel(y_flat), args))[0]
 
         if self.jacobian is None:
             jac = jax.jacfwd(lambda y: f(t0, y))(y0_flat)
         else:
-            jac = jnp.asarray(self.jacobian(t0, y0, args)).reshape(n, n)
+            jac = sign * jnp.asarray(self.jacobian(t0, y0, args)).reshape(n, n)
         # df/dt by one forward-mode JVP in t (zero for autonomous problems).
         f0, dfdt = jax.jvp(lambda t: f(t, y0_flat), (t0,), (jnp.ones_like(t0),))
         mass = self._mass(n, y0_flat.dtype)

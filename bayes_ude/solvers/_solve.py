@@ -49,7 +49,7 @@ from ._events import (
 )
 from ._status import Status, from_diffrax
 
-SENSITIVITIES = ("auto", "forward", "reverse")
+SENSITIVITIES = ("auto", "forward", "reverse", "adjoint")
 
 #: ``sensitivity="auto"`` uses forward sensitivities when the differentiable inputs
 #: (floating-point entries of ``u0``, ``args``, arrays inside the vector field and dose
@@ -186,7 +186,8 @@ def _field_with_rate(field):
     return rhs
 
 
-def _diffeqsolve(field, y0, args, rate, t_start, t_end, ts, opts: _Opts, adjoint):
+def _diffeqsolve(field, y0, args, rate, t_start, t_end, ts, opts: _Opts, adjoint,
+                 dense: bool = False):
     solver = opts.solver
     if (not opts.adaptive and isinstance(solver, dfx.AbstractImplicitSolver)
             and not isinstance(solver.root_finder.rtol, (int, float))):
@@ -201,7 +202,7 @@ def _diffeqsolve(field, y0, args, rate, t_start, t_end, ts, opts: _Opts, adjoint
         opts.dt0,
         y0,
         args=(args, rate),
-        saveat=dfx.SaveAt(ts=ts),
+        saveat=dfx.SaveAt(ts=ts, dense=dense),
         stepsize_controller=(
             GuardedPIDController(rtol=opts.rtol, atol=opts.atol)
             if opts.adaptive
@@ -450,6 +451,11 @@ def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, s
         sensitivity = "forward" if n_params <= AUTO_FORWARD_MAX_PARAMS else "reverse"
     if sensitivity == "forward":
         ys, status, nsteps = _forward_solve(problem, opts)(diff, const)
+    elif sensitivity == "adjoint":
+        from ._adjoint import adjoint_solve
+
+        ys, status, nsteps = adjoint_solve(problem, opts, _run_plain, _diffeqsolve, _finalise,
+                                           from_diffrax)(diff, const)
     else:
         ys, status, nsteps = _run_plain(problem, diff, const, opts,
                                         dfx.RecursiveCheckpointAdjoint())
@@ -562,8 +568,9 @@ def solve(
         the solver steps exactly onto each and restarts there.
     doses : :class:`Bolus` and :class:`Infusion` objects (state jumps and input rates).
         A value saved at a dose time is the value just before the dose.
-    sensitivity : ``"auto"`` (default), ``"forward"`` or ``"reverse"``; see the module
-        notes. Only matters when the result is differentiated.
+    sensitivity : ``"auto"`` (default), ``"forward"``, ``"reverse"`` or ``"adjoint"``
+        (interpolating continuous adjoint, stable on stiff problems; reverse mode only);
+        see the module notes. Only matters when the result is differentiated.
     max_steps : maximum number of steps per segment between events.
     dt0 : initial step; chosen automatically by default.
     adaptive : ``False`` for fixed steps of size ``dt0`` (the last step of each segment is
@@ -593,6 +600,11 @@ def solve(
     u0 = jnp.asarray(u0)
     if not jnp.issubdtype(u0.dtype, jnp.inexact):
         u0 = u0.astype(jnp.result_type(float))
+    if sensitivity == "adjoint" and (tstops is not None or doses or mass_matrix is not None):
+        raise ValueError(
+            "sensitivity='adjoint' does not support tstops, doses or mass_matrix yet; use "
+            "sensitivity='forward' or 'reverse' for those problems"
+        )
     if not adaptive and (dt0 is None or not dt0 > 0):
         raise ValueError(f"adaptive=False needs a positive step dt0, got dt0={dt0!r}")
     if mass_matrix is not None:

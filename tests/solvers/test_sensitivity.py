@@ -26,7 +26,7 @@ def lv_reference_gradient():
     return richardson_gradient(lv_loss_scipy, np.concatenate([LV_P, LV_U0]), h=1e-3)
 
 
-@pytest.mark.parametrize("sensitivity", ["auto", "forward", "reverse"])
+@pytest.mark.parametrize("sensitivity", ["auto", "forward", "reverse", "adjoint"])
 def test_gradient_wrt_params_and_initial_state(sensitivity, lv_reference_gradient):
     def loss(p, u0):
         sol = solvers.solve(lotka_volterra, u0, LV_TS, p, sensitivity=sensitivity, **TOL)
@@ -75,7 +75,7 @@ def test_hessian_with_forward_sensitivities():
     np.testing.assert_allclose(hess, hess.T, rtol=1e-6, atol=1e-8 * np.max(np.abs(fd)))
 
 
-@pytest.mark.parametrize("sensitivity", ["forward", "reverse"])
+@pytest.mark.parametrize("sensitivity", ["forward", "reverse", "adjoint"])
 def test_closed_over_and_module_parameters(sensitivity):
     """Parameters closed over by a Python function or held by an equinox Module are
     differentiated like args."""

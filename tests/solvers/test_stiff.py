@@ -212,7 +212,7 @@ def robertson_gradient_reference():
     return richardson_gradient(y1_at_40, np.log(np.asarray(K_ROBERTSON)), h=1e-2)
 
 
-@pytest.mark.parametrize("sensitivity", ["forward", "reverse"])
+@pytest.mark.parametrize("sensitivity", ["forward", "reverse", "adjoint"])
 def test_robertson_rate_gradients(sensitivity, robertson_gradient_reference):
     def y1_at_40(logk):
         return solvers.solve(robertson, jnp.array([1.0, 0, 0]), jnp.array([0.0, 40.0]),
@@ -221,3 +221,50 @@ def test_robertson_rate_gradients(sensitivity, robertson_gradient_reference):
 
     grad = jax.grad(y1_at_40)(jnp.log(K_ROBERTSON))
     np.testing.assert_allclose(grad, robertson_gradient_reference, rtol=1e-5)
+
+
+def test_backsolve_adjoint_fails_where_interpolating_adjoint_does_not(
+        robertson_gradient_reference):
+    """diffrax's BacksolveAdjoint re-solves the state backwards in time, which is unstable
+    for a stiff system; the interpolating adjoint reads the state from the forward dense
+    output and matches the reference."""
+    import diffrax as dfx
+
+    def backsolve(logk):
+        sol = dfx.diffeqsolve(
+            dfx.ODETerm(robertson), solvers.Rodas5P(), 0.0, 40.0, None, jnp.array([1.0, 0, 0]),
+            args=jnp.exp(logk), saveat=dfx.SaveAt(t1=True),
+            stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-14),
+            adjoint=dfx.BacksolveAdjoint(), max_steps=20_000, throw=False)
+        return sol.ys[-1, 0]
+
+    logk = jnp.log(K_ROBERTSON)
+    wrong = np.asarray(jax.grad(backsolve)(logk))
+    rel = np.abs(wrong / robertson_gradient_reference - 1)
+    assert not np.all(np.isfinite(wrong)) or np.max(rel) > 1e-2, wrong
+
+    def interpolating(logk):
+        return solvers.solve(robertson, jnp.array([1.0, 0, 0]), jnp.array([0.0, 40.0]),
+                             jnp.exp(logk), solver=solvers.Rodas5P(), rtol=1e-10, atol=1e-14,
+                             sensitivity="adjoint").ys[-1, 0]
+
+    np.testing.assert_allclose(jax.grad(interpolating)(logk), robertson_gradient_reference,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("solver", [solvers.Rodas5P(), solvers.Rosenbrock23()],
+                         ids=["Rodas5P", "Rosenbrock23"])
+def test_rosenbrock_backwards_in_time(solver):
+    """diffrax integrates backwards by flipping the sign of dt; a stiff linear problem
+    solved from t=1 down to t=0 matches the matrix exponential."""
+    import diffrax as dfx
+
+    a = jnp.array([[-1e4, 0.0], [1.0, -1.0]])
+    tol = 1e-8 if isinstance(solver, solvers.Rodas5P) else 1e-5  # 2nd order: looser
+    sol = dfx.diffeqsolve(dfx.ODETerm(lambda t, u, a: -a.T @ u), solver, 1.0, 0.0, None,
+                          jnp.ones(2), args=a,
+                          stepsize_controller=dfx.PIDController(rtol=tol, atol=tol * 1e-4))
+    exact = scipy.linalg.expm(np.asarray(a).T) @ np.ones(2)  # u(0) = exp(A^T) u(1)
+    np.testing.assert_allclose(sol.ys[-1], exact, rtol=100 * tol)
+    # Stable, so few steps (a sign error here makes the step size collapse instead).
+    assert int(sol.stats["num_steps"]) < 300
