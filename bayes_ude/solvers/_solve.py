@@ -226,13 +226,13 @@ def _integrate(field, y0, args, table: EventTable | None, t0, saveat, opts, adjo
     def segment(carry, xs):
         y, t_start, ys_acc, status, nsteps = carry
         k, t_end, rate, jump = xs
-        # Save points outside the segment are clipped onto its ends and masked out below;
-        # the extra last point is the segment's end state.
         # The segment starts one ulp after the event, so that a vector field that changes
         # at the event is evaluated on its new piece (as diffrax does for `jump_ts`).
         t_a, t_b = jax.lax.stop_gradient((t_start, t_end))
         ulp = jnp.nextafter(t_a, t_b) - t_a
         t_solve = jnp.where(k == 0, t_start, jnp.minimum(t_start + ulp, t_end))
+        # Save points outside the segment are clipped onto its ends and masked out below;
+        # the extra last point is the segment's end state.
         ts = jnp.concatenate([jnp.clip(saveat, t_solve, t_end), t_end[None]])
         sol = _diffeqsolve(field, y, args, rate, t_solve, t_end, ts, opts, adjoint)
         # Values at an event time are the left limits (before the jump): the save belongs
