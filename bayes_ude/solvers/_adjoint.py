@@ -18,23 +18,24 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 
-from ._status import Status
+from ._solve import _diffeqsolve, _finalise, _run_plain
+from ._status import Status, from_diffrax
 
 
-def adjoint_solve(problem, opts, run_plain, diffeqsolve, finalise, from_diffrax):
+def adjoint_solve(problem, opts):
     """A ``custom_vjp`` solve (no events) with the interpolating adjoint as its VJP."""
 
     def forward(diff, const):
         vf, args = problem.parts(diff, const)
         saveat, t0 = const["saveat"], const["t0"]
-        sol = diffeqsolve(vf, diff["u0"], args, None, t0, saveat[-1], saveat, opts,
+        sol = _diffeqsolve(vf, diff["u0"], args, None, t0, saveat[-1], saveat, opts,
                           dfx.RecursiveCheckpointAdjoint(), dense=True)
-        ys, status = finalise(sol.ys, from_diffrax(sol.result))
+        ys, status = _finalise(sol.ys, from_diffrax(sol.result))
         return (ys, status, sol.stats["num_steps"]), sol
 
     @jax.custom_vjp
     def solve(diff, const):
-        return run_plain(problem, diff, const, opts, dfx.RecursiveCheckpointAdjoint())
+        return _run_plain(problem, diff, const, opts, dfx.RecursiveCheckpointAdjoint())
 
     def fwd(diff, const):
         out, sol = forward(diff, const)
@@ -66,7 +67,7 @@ def adjoint_solve(problem, opts, run_plain, diffeqsolve, finalise, from_diffrax)
             t_start, t_end, g = xs
             lam, mu = state
             lam = lam + g  # the output cotangent at the interval's end (a save time)
-            out = diffeqsolve(field, (lam, mu), None, None, t_end, t_start,
+            out = _diffeqsolve(field, (lam, mu), None, None, t_end, t_start,
                               jnp.stack([t_start]), opts, dfx.RecursiveCheckpointAdjoint())
             new = jax.tree.map(lambda v: v[-1], out.ys)
             # A zero-length interval (t0 == saveat[0]) leaves the state as it is.

@@ -452,10 +452,9 @@ def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, s
     if sensitivity == "forward":
         ys, status, nsteps = _forward_solve(problem, opts)(diff, const)
     elif sensitivity == "adjoint":
-        from ._adjoint import adjoint_solve
+        from ._adjoint import adjoint_solve  # imports this module: keep it lazy
 
-        ys, status, nsteps = adjoint_solve(problem, opts, _run_plain, _diffeqsolve, _finalise,
-                                           from_diffrax)(diff, const)
+        ys, status, nsteps = adjoint_solve(problem, opts)(diff, const)
     else:
         ys, status, nsteps = _run_plain(problem, diff, const, opts,
                                         dfx.RecursiveCheckpointAdjoint())
