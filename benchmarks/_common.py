@@ -48,6 +48,8 @@ def time_py(fn, *args, repeat: int = 10, number: int = 3) -> float:
 
 
 def report(name: str, ours: float, peer: float, peer_name: str) -> None:
-    """One line: name, ours, peer, ratio (ours / peer; < 1 means we are faster)."""
-    print(f"{name:<28}{ours * 1e6:>12.1f} us{peer * 1e6:>12.1f} us{ours / peer:>8.2f}x"
-          f"  peer: {peer_name}")
+    """One line: name, ours, peer, ratio ours / peer (< 1 means we are faster) and, when we
+    are faster, the speed-up peer / ours."""
+    speedup = f" ({peer / ours:.1f}x faster)" if ours < peer else ""
+    print(f"{name:<28}{ours * 1e6:>12.1f} us{peer * 1e6:>12.1f} us{ours / peer:>8.3f}x"
+          f"{speedup}  peer: {peer_name}")

@@ -268,3 +268,22 @@ def test_rosenbrock_backwards_in_time(solver):
     np.testing.assert_allclose(sol.ys[-1], exact, rtol=100 * tol)
     # Stable, so few steps (a sign error here makes the step size collapse instead).
     assert int(sol.stats["num_steps"]) < 300
+
+
+@pytest.mark.parametrize("n", [1, 3, 12, 13])
+def test_stage_linear_solve_matches_lapack(n):
+    """The unrolled pivoted inverse (n <= SMALL_SYSTEM) and the LAPACK path agree with
+    numpy on a matrix that needs pivoting (zero leading diagonal) and is ill-conditioned."""
+    from bayes_ude.solvers._rosenbrock import AbstractRosenbrock
+
+    rng = np.random.default_rng(n)
+    jac = rng.normal(size=(n, n)) * np.logspace(0, 6, n)[:, None]
+    if n > 1:
+        jac[0, 0] = 1.0 / 0.1  # W[0, 0] = 1 / h_gamma - J[0, 0] = 0: pivoting required
+    rhs = rng.normal(size=n)
+    solve_w = AbstractRosenbrock._linear_solver(None, jnp.asarray(jac), 0.1)
+    w = np.eye(n) / 0.1 - jac
+    expected = np.linalg.solve(w, rhs)
+    got = np.asarray(solve_w(jnp.asarray(rhs)))
+    cond = np.linalg.cond(w)
+    assert np.linalg.norm(got - expected) <= 1e3 * cond * 2.2e-16 * np.linalg.norm(expected)
