@@ -5,6 +5,7 @@ from diffrax import Dopri8 as Dopri8
 from diffrax import Kvaerno5 as Kvaerno5
 from diffrax import Tsit5 as Tsit5
 
+from ._auto import Auto as Auto
 from ._controller import GuardedPIDController as GuardedPIDController
 from ._ensemble import solve_ensemble as solve_ensemble
 from ._events import Bolus as Bolus
@@ -24,6 +25,7 @@ from ._status import status_message as status_message
 __all__ = [
     "AUTO_FORWARD_MAX_PARAMS",
     "AbstractRosenbrock",
+    "Auto",
     "Rodas5P",
     "Rosenbrock23",
     "check_dae",

@@ -234,6 +234,10 @@ class Rodas5P(AbstractRosenbrock):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
+        return self.step_with_jacobian(terms, t0, t1, y0, args)[:5]
+
+    def step_with_jacobian(self, terms, t0, t1, y0, args):
+        """One step; returns diffrax's five outputs and the Jacobian ``df/du`` (flat)."""
         y0_flat, unravel, f, f0, jac, dfdt, mass = self._setup(terms, t0, y0, args)
         h = t1 - t0
         dtype = y0_flat.dtype
@@ -264,7 +268,7 @@ class Rodas5P(AbstractRosenbrock):
         dense_info = {"y0": y0, "y1": y1, "k": jax.vmap(unravel)(dense_k)}
         # A non-finite step is not a failure here: its error estimate is non-finite, so the
         # step-size controller rejects it and retries with a shorter step.
-        return y1, err, dense_info, None, dfx.RESULTS.successful
+        return y1, err, dense_info, None, dfx.RESULTS.successful, jac
 
 
 class Rosenbrock23(AbstractRosenbrock):
@@ -284,6 +288,10 @@ class Rosenbrock23(AbstractRosenbrock):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
+        return self.step_with_jacobian(terms, t0, t1, y0, args)[:5]
+
+    def step_with_jacobian(self, terms, t0, t1, y0, args):
+        """One step; returns diffrax's five outputs and the Jacobian ``df/du`` (flat)."""
         y0_flat, unravel, f, f0, jac, dfdt, mass = self._setup(terms, t0, y0, args)
         h = t1 - t0
         d = jnp.asarray(_R23_D, y0_flat.dtype)
@@ -303,4 +311,4 @@ class Rosenbrock23(AbstractRosenbrock):
         k3 = solve(f2 - _R23_C32 * (mv(k2) - f1) - 2.0 * (mv(k1) - f0) + h * d * dfdt)
         err = h / 6.0 * (k1 - 2.0 * k2 + k3)
         dense_info = {"y0": y0, "k": jax.vmap(unravel)(h * jnp.stack([k1, k2]))}
-        return unravel(y1_flat), unravel(err), dense_info, None, dfx.RESULTS.successful
+        return unravel(y1_flat), unravel(err), dense_info, None, dfx.RESULTS.successful, jac

@@ -559,7 +559,8 @@ def solve(
     saveat : strictly increasing 1-D array of output times. The solve starts at
         ``t0`` (default ``saveat[0]``) and ends at ``saveat[-1]``.
     args : pytree passed to ``vector_field``.
-    solver : a diffrax solver; default :class:`Tsit5`. Stiff problems: ``Kvaerno5()``.
+    solver : a diffrax solver; default :class:`Tsit5`. Stiff problems: :class:`Rodas5P`;
+        unknown stiffness: :class:`Auto` (Tsit5 switching to Rodas5P while stiff).
     rtol, atol : tolerances of the step-size controller. With forward sensitivities
         they apply to the sensitivities too.
     t0 : start time, if before ``saveat[0]``.

@@ -33,8 +33,8 @@ def robertson_reference():
                        np.asarray(ROB_TS), method="Radau", rtol=1e-12, atol=1e-16)
 
 
-@pytest.mark.parametrize("solver", [solvers.Rodas5P(), solvers.Rosenbrock23()],
-                         ids=["Rodas5P", "Rosenbrock23"])
+@pytest.mark.parametrize("solver", [solvers.Rodas5P(), solvers.Rosenbrock23(), solvers.Auto()],
+                         ids=["Rodas5P", "Rosenbrock23", "Auto"])
 def test_robertson_to_1e5_matches_radau(solver, robertson_reference):
     sol = solvers.solve(robertson, jnp.array([1.0, 0.0, 0.0]), ROB_TS, K_ROBERTSON,
                         solver=solver, rtol=1e-6, atol=1e-10)
@@ -212,11 +212,16 @@ def robertson_gradient_reference():
     return richardson_gradient(y1_at_40, np.log(np.asarray(K_ROBERTSON)), h=1e-2)
 
 
-@pytest.mark.parametrize("sensitivity", ["forward", "reverse", "adjoint"])
-def test_robertson_rate_gradients(sensitivity, robertson_gradient_reference):
+@pytest.mark.parametrize(("solver", "sensitivity"),
+                         [(solvers.Rodas5P(), "forward"), (solvers.Rodas5P(), "reverse"),
+                          (solvers.Rodas5P(), "adjoint"), (solvers.Auto(), "forward"),
+                          (solvers.Auto(), "reverse")],
+                         ids=["Rodas5P-forward", "Rodas5P-reverse", "Rodas5P-adjoint",
+                              "Auto-forward", "Auto-reverse"])
+def test_robertson_rate_gradients(solver, sensitivity, robertson_gradient_reference):
     def y1_at_40(logk):
         return solvers.solve(robertson, jnp.array([1.0, 0, 0]), jnp.array([0.0, 40.0]),
-                             jnp.exp(logk), solver=solvers.Rodas5P(), rtol=1e-10, atol=1e-14,
+                             jnp.exp(logk), solver=solver, rtol=1e-10, atol=1e-14,
                              sensitivity=sensitivity).ys[-1, 0]
 
     grad = jax.grad(y1_at_40)(jnp.log(K_ROBERTSON))
