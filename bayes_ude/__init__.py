@@ -3,6 +3,9 @@
 __version__ = "0.1.0"
 
 from . import datasets as datasets
+from . import discovery as discovery
+from . import nn as nn
 from . import solvers as solvers
+from . import ude as ude
 
-__all__ = ["datasets", "solvers", "__version__"]
+__all__ = ["datasets", "discovery", "nn", "solvers", "ude", "__version__"]

@@ -1,0 +1,332 @@
+"""MAP fitting: Adam (optax) then L-BFGS, with minibatches, early stopping and a progress
+bar; curricula (growing time windows, prediction-error gain annealing) on top."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import PyTree
+from tqdm.auto import tqdm
+
+from ._losses import PredictionError, SingleShooting, loss_params
+
+# Adam steps run in chunks of this many inside one jitted lax.scan: one dispatch and one
+# progress-bar update per chunk instead of per step.
+_CHUNK = 25
+
+
+@dataclass
+class FitResult:
+    """Result of :func:`fit`.
+
+    Attributes
+    ----------
+    params : the fitted parameters (same structure as the input).
+    history : loss after every Adam step, then every L-BFGS iteration.
+    adam_steps, lbfgs_steps : iterations run in each phase.
+    stopped_early : True when early stopping ended the Adam phase.
+    seconds : wall time, including compilation.
+    stages : for curricula, one ``(label, start index in history)`` per stage.
+    """
+
+    params: PyTree
+    history: np.ndarray
+    adam_steps: int
+    lbfgs_steps: int
+    stopped_early: bool
+    seconds: float
+    stages: list = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.history[-1]) if len(self.history) else float("nan")
+
+
+def _check_positive_int(name, value, allow_zero=True):
+    low = 0 if allow_zero else 1
+    if not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def fit(
+    loss,
+    params: PyTree,
+    *,
+    steps: int = 1000,
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float = 1e-2,
+    lbfgs_steps: int = 0,
+    batch_size: int | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    key=None,
+    l2: float = 0.0,
+    progress: bool = True,
+    desc: str = "fit",
+) -> FitResult:
+    """Minimise ``loss(params)`` with Adam, then refine with L-BFGS.
+
+    Parameters
+    ----------
+    loss : a loss from :mod:`bayes_ude.ude` (or any ``loss(params[, batch]) -> scalar``).
+    params : initial parameters: any pytree / equinox module (non-float leaves are
+        kept fixed). For :class:`MultipleShooting` pass ``loss.init(model)``.
+    steps : Adam steps (0 to skip).
+    optimizer : an optax optimiser; default ``optax.adam(learning_rate)``. Steps whose
+        gradient is not finite (a solve that failed) are skipped.
+    lbfgs_steps : L-BFGS iterations afterwards (full batch; zoom line search).
+    batch_size : trajectories per Adam step (sampled without replacement each step);
+        default all. Needs a loss that accepts ``loss(params, batch)``.
+    patience : stop Adam when the best loss has not improved by more than ``min_delta``
+        for this many steps (checked every 25 steps); default never.
+    key : PRNG key for minibatches (default ``jax.random.key(0)``).
+    l2 : weight of an L2 penalty ``l2 * sum(w^2)`` on all fitted parameters (a Gaussian
+        prior, i.e. MAP; smooths networks and helps them extrapolate). The history holds
+        the penalised loss.
+    progress : show a progress bar (tqdm).
+
+    Returns
+    -------
+    FitResult
+    """
+    _check_positive_int("steps", steps)
+    _check_positive_int("lbfgs_steps", lbfgs_steps)
+    if steps == 0 and lbfgs_steps == 0:
+        raise ValueError("nothing to do: steps and lbfgs_steps are both 0")
+    n_traj = getattr(loss, "n_trajectories", None)
+    if batch_size is not None:
+        _check_positive_int("batch_size", batch_size, allow_zero=False)
+        if n_traj is None:
+            raise ValueError("batch_size needs a loss with trajectories (loss(params, batch))")
+        if batch_size > n_traj:
+            raise ValueError(f"batch_size={batch_size} exceeds the {n_traj} trajectories")
+    if patience is not None:
+        _check_positive_int("patience", patience, allow_zero=False)
+    if not l2 >= 0:
+        raise ValueError(f"l2 must be >= 0, got {l2!r}")
+    if l2:
+        loss = _Penalised(loss, float(l2))
+    start = time.perf_counter()
+    key = jax.random.key(0) if key is None else key
+    arrays, static = eqx.partition(params, eqx.is_inexact_array)
+    if not jax.tree.leaves(arrays):
+        raise ValueError("params has no floating-point parameters to fit")
+    history: list[np.ndarray] = []
+    adam_done, lbfgs_done, stopped = 0, 0, False
+    bar = tqdm(total=steps + lbfgs_steps, desc=desc, disable=not progress, leave=False)
+    try:
+        if steps:
+            opt = (_default_adam(learning_rate) if optimizer is None
+                   else optax.apply_if_finite(optimizer, 10_000))
+            arrays, adam_done, stopped = _adam(loss, arrays, static, opt, steps, batch_size,
+                                               n_traj, key, patience, min_delta, history, bar)
+        if lbfgs_steps:
+            arrays, lbfgs_done = _lbfgs(loss, arrays, static, lbfgs_steps, history, bar)
+    finally:
+        bar.close()
+    hist = np.concatenate(history) if history else np.zeros(0)
+    return FitResult(params=eqx.combine(arrays, static), history=hist, adam_steps=adam_done,
+                     lbfgs_steps=lbfgs_done, stopped_early=stopped,
+                     seconds=time.perf_counter() - start)
+
+
+class _Penalised(eqx.Module):
+    loss: eqx.Module
+    l2: float
+
+    @property
+    def n_trajectories(self):
+        return getattr(self.loss, "n_trajectories", None)
+
+    def __call__(self, params, batch=None):
+        value = self.loss(params) if batch is None else self.loss(params, batch)
+        arrays = jax.tree.leaves(eqx.filter(params, eqx.is_inexact_array))
+        return value + self.l2 * sum(jnp.sum(x**2) for x in arrays)
+
+
+_ADAM_CACHE: dict = {}
+
+
+def _default_adam(learning_rate: float):
+    """One optimiser object per learning rate, so that repeated fits (curricula) reuse
+    the compiled step."""
+    if learning_rate not in _ADAM_CACHE:
+        _ADAM_CACHE[learning_rate] = optax.apply_if_finite(optax.adam(learning_rate), 10_000)
+    return _ADAM_CACHE[learning_rate]
+
+
+def _value(loss, arrays, static, batch=None):
+    p = eqx.combine(arrays, static)
+    return loss(p) if batch is None else loss(p, batch)
+
+
+@eqx.filter_jit
+def _adam_chunk(loss, arrays, static, state, keys, opt, batch_size, n_traj):
+    def one(carry, k):
+        a, s = carry
+        batch = None if batch_size is None else jax.random.choice(
+            k, n_traj, (batch_size,), replace=False)
+        loss_value, grad = jax.value_and_grad(_value, argnums=1)(loss, a, static, batch)
+        updates, s = opt.update(grad, s, a)
+        return (optax.apply_updates(a, updates), s), loss_value
+
+    (arrays, state), losses = jax.lax.scan(one, (arrays, state), keys)
+    return arrays, state, losses
+
+
+def _adam(loss, arrays, static, opt, steps, batch_size, n_traj, key, patience, min_delta,
+          history, bar):
+    state = opt.init(arrays)
+    best, since_best, done = np.inf, 0, 0
+    while done < steps:
+        n = min(_CHUNK, steps - done)
+        key, sub = jax.random.split(key)
+        arrays, state, losses = _adam_chunk(loss, arrays, static, state,
+                                            jax.random.split(sub, n), opt, batch_size, n_traj)
+        losses = np.asarray(losses)
+        history.append(losses)
+        done += n
+        bar.update(n)
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        if patience is not None:
+            chunk_best = float(np.min(losses))
+            if chunk_best < best - min_delta:
+                best, since_best = chunk_best, 0
+            else:
+                since_best += n
+                if since_best >= patience:
+                    return arrays, done, True
+    return arrays, done, False
+
+
+_LBFGS = optax.lbfgs()
+
+
+@eqx.filter_jit
+def _lbfgs_step(loss, arrays, static, state):
+    def value(a):
+        return _value(loss, a, static)
+
+    loss_value, grad = optax.value_and_grad_from_state(value)(arrays, state=state)
+    updates, state = _LBFGS.update(grad, state, arrays, value=loss_value, grad=grad,
+                                   value_fn=value)
+    return optax.apply_updates(arrays, updates), state, loss_value
+
+
+@eqx.filter_jit
+def _loss_value(loss, arrays, static):
+    return _value(loss, arrays, static)
+
+
+def _lbfgs(loss, arrays, static, steps, history, bar):
+    state = _LBFGS.init(arrays)
+    losses: list[float] = []
+    done = 0
+    for _ in range(steps):
+        new, state, loss_value = _lbfgs_step(loss, arrays, static, state)
+        if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new)):
+            break
+        arrays = new
+        losses.append(float(loss_value))
+        done += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        # Converged: six iterations without any change in the loss.
+        if len(losses) > 5 and abs(losses[-6] - losses[-1]) <= 1e-12 * max(1.0, abs(losses[-1])):
+            break
+    # losses[i] is the loss *before* iteration i: shift by one and end with the final loss.
+    final = float(_loss_value(loss, arrays, static))
+    history.append(np.asarray(losses[1:] + [final]))
+    bar.update(steps - done)
+    return arrays, done
+
+
+def fit_growing_windows(
+    params: PyTree,
+    ts,
+    ys,
+    *,
+    windows: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    steps: int = 300,
+    lbfgs_steps: int = 0,
+    final_lbfgs_steps: int = 200,
+    progress: bool = True,
+    **loss_kwargs,
+) -> FitResult:
+    """Curriculum from a short horizon to the full one: fit single shooting on the first
+    ``windows[i]`` fraction of the time span in turn, each stage starting where the last
+    ended, then L-BFGS on the full span.
+
+    Early on, a short window keeps the solution near the data, so the parameters cannot
+    wander into the local minima of long-horizon shooting (phase slips of oscillations,
+    blow-ups). ``loss_kwargs`` go to :class:`SingleShooting`.
+    """
+    windows = [float(w) for w in windows]
+    if not windows or any(not 0 < w <= 1 for w in windows) or windows != sorted(windows):
+        raise ValueError(f"windows must be increasing fractions in (0, 1], got {windows!r}")
+    ts = np.asarray(ts, float)
+    span = ts[-1] - ts[0]
+    start = time.perf_counter()
+    histories, stages = [], []
+    n_total = 0
+    for i, w in enumerate(windows):
+        n_points = max(2, int(np.searchsorted(ts, ts[0] + w * span + 1e-12 * span, "right")))
+        ys_w = np.asarray(ys)[..., :n_points, :]
+        loss = SingleShooting(ts[:n_points], ys_w, **loss_kwargs)
+        last = i == len(windows) - 1
+        result = fit(loss, params, steps=steps,
+                     lbfgs_steps=final_lbfgs_steps if last else lbfgs_steps,
+                     progress=progress, desc=f"window {w:.2f}")
+        params = result.params
+        stages.append((f"window {w:.2f} ({n_points} points)", n_total))
+        histories.append(result.history)
+        n_total += len(result.history)
+    return FitResult(params=params, history=np.concatenate(histories),
+                     adam_steps=steps * len(windows), lbfgs_steps=result.lbfgs_steps,
+                     stopped_early=False, seconds=time.perf_counter() - start, stages=stages)
+
+
+def fit_pem(
+    params: PyTree,
+    ts,
+    ys,
+    *,
+    gains: Sequence[float] = (4.0, 2.0, 1.0, 0.5, 0.25, 0.0),
+    steps: int = 300,
+    final_lbfgs_steps: int = 200,
+    progress: bool = True,
+    **loss_kwargs,
+) -> FitResult:
+    """Prediction-error method with the observer gain annealed to 0: fit
+    :class:`PredictionError` at each gain in turn (no recompilation between gains), the last
+    stage (gain 0: plain single shooting) followed by L-BFGS."""
+    gains = [float(g) for g in gains]
+    if not gains or any(g < 0 for g in gains):
+        raise ValueError(f"gains must be non-negative, got {gains!r}")
+    if gains[-1] != 0.0:
+        gains.append(0.0)
+    start = time.perf_counter()
+    loss = PredictionError(ts, ys, gains[0], **loss_kwargs)
+    histories, stages, n_total = [], [], 0
+    for i, g in enumerate(gains):
+        last = i == len(gains) - 1
+        result = fit(loss.with_gain(g), params, steps=steps,
+                     lbfgs_steps=final_lbfgs_steps if last else 0, progress=progress,
+                     desc=f"gain {g:g}")
+        params = result.params
+        stages.append((f"gain {g:g}", n_total))
+        histories.append(result.history)
+        n_total += len(result.history)
+    return FitResult(params=params, history=np.concatenate(histories),
+                     adam_steps=steps * len(gains), lbfgs_steps=result.lbfgs_steps,
+                     stopped_early=False, seconds=time.perf_counter() - start, stages=stages)
+
+
+__all__ = ["FitResult", "fit", "fit_growing_windows", "fit_pem", "loss_params"]

@@ -1,0 +1,49 @@
+"""A universal differential equation: known physics plus a neural network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, PyTree
+
+
+def _state(t, u):
+    return u
+
+
+class UDE(eqx.Module):
+    """``du/dt = physics(t, u, theta) + network(inputs(t, u))``.
+
+    The whole module is the parameter pytree: the network's weights and ``theta`` (the
+    physical parameters, any pytree; ``None`` when the physics has none) are trained or
+    sampled together. Use it directly as the model of the losses in
+    :mod:`bayes_ude.ude` (they call ``model(t, u)``), or in
+    ``solvers.solve(lambda t, u, m: m(t, u), u0, ts, ude)``.
+
+    Attributes
+    ----------
+    physics : ``physics(t, u, theta) -> du/dt``, the known part (``None``: a pure neural
+        ODE).
+    network : any callable module mapping ``inputs(t, u)`` to an array of ``u``'s shape.
+    theta : physical parameters passed to ``physics`` (trainable unless frozen with
+        ``equinox.partition`` by the caller).
+    inputs : ``inputs(t, u)`` -> the network's input (default: the state ``u``).
+    """
+
+    physics: Callable | None = eqx.field(static=True)
+    network: eqx.Module
+    theta: PyTree = None
+    inputs: Callable = eqx.field(static=True, default=_state)
+
+    def __call__(self, t, u, args=None) -> Array:
+        del args
+        learned = self.network_term(t, u)
+        if self.physics is None:
+            return learned
+        return jnp.asarray(self.physics(t, u, self.theta)) + learned
+
+    def network_term(self, t, u) -> Array:
+        """The learned part alone (what SINDy is fitted to)."""
+        return self.network(self.inputs(t, u))

@@ -1,0 +1,149 @@
+"""Training losses against closed forms: exponential decay u' = -k u, u = u0 exp(-k t)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bayes_ude import ude
+
+
+class Decay(eqx.Module):
+    k: jax.Array
+
+    def __call__(self, t, u):
+        return -self.k * u
+
+
+TS = np.linspace(0.0, 4.0, 17)
+U0 = np.array([2.0, -1.0])
+K_TRUE = 0.7
+
+
+def exact(k, ts=TS, u0=U0):
+    return u0[None, :] * np.exp(-k * ts)[:, None]
+
+
+def noisy_data():
+    rng = np.random.default_rng(0)
+    return exact(K_TRUE) + 0.05 * rng.normal(size=(TS.size, 2))
+
+
+def test_single_shooting_is_the_scaled_mse_of_the_closed_form():
+    ys = noisy_data()
+    loss = ude.SingleShooting(TS, ys, u0=U0, rtol=1e-10, atol=1e-12)
+    scale = ys.std(axis=0)
+    for k in (0.3, 0.7, 1.5):
+        expected = np.mean(((exact(k) - ys) / scale) ** 2)
+        np.testing.assert_allclose(float(loss(Decay(jnp.asarray(k)))), expected, rtol=1e-7)
+    # The gradient agrees with the derivative of the closed form.
+    k = 0.9
+    d_pred = -TS[:, None] * exact(k)
+    expected_grad = np.mean(2 * (exact(k) - ys) * d_pred / scale**2)
+    grad = jax.grad(lambda m: loss(m))(Decay(jnp.asarray(k))).k
+    np.testing.assert_allclose(float(grad), expected_grad, rtol=1e-6)
+
+
+def test_batches_of_trajectories_and_minibatch_indices():
+    u0s = np.array([[1.0, 2.0], [0.5, -0.5], [3.0, 1.0]])
+    ys = np.stack([exact(K_TRUE, u0=u) for u in u0s])
+    loss = ude.SingleShooting(TS, ys, rtol=1e-10, atol=1e-12)
+    assert loss.n_trajectories == 3
+    assert float(loss(Decay(jnp.asarray(K_TRUE)))) < 1e-14
+    scale = ys.reshape(-1, 2).std(axis=0)
+    sub = np.array([0, 2])
+    expected = np.mean(((np.stack([exact(1.0, u0=u) for u in u0s[sub]]) - ys[sub]) / scale) ** 2)
+    np.testing.assert_allclose(float(loss(Decay(jnp.asarray(1.0)), jnp.asarray(sub))), expected,
+                               rtol=1e-7)
+
+
+def test_multiple_shooting_fit_and_continuity_terms():
+    ys = exact(K_TRUE)
+    loss = ude.MultipleShooting(TS, ys, segment_length=4, continuity=10.0, rtol=1e-10,
+                                atol=1e-12, scale=1.0)
+    p = loss.init(Decay(jnp.asarray(K_TRUE)))
+    assert p["nodes"].shape == (1, 4, 2)  # 16 intervals / 4
+    assert float(loss(p)) < 1e-14  # exact data, exact model, nodes on the data
+    # Move node 2 (t = 2.0): segment 1 ends 0.1 away from it (a continuity gap); segment 2
+    # starts from it, so its predictions are off by 0.1 * exp(-k (t - 2)) (data fit), and
+    # its end misses node 3 by 0.1 * exp(-k) (a second gap).
+    nodes = p["nodes"].at[0, 2, 0].add(0.1)
+    value = float(loss({"model": p["model"], "nodes": nodes}))
+    seg2 = TS[8:13]
+    fit = np.sum((0.1 * np.exp(-K_TRUE * (seg2[1:] - 2.0))) ** 2) / (TS.size * 2)
+    gaps = np.array([0.1, 0.1 * np.exp(-K_TRUE * 1.0)])
+    continuity = 10.0 * np.sum(gaps**2) / (3 * 2)  # mean over 3 gaps x 2 states
+    np.testing.assert_allclose(value, fit + continuity, rtol=1e-7)
+
+
+def test_multiple_shooting_uneven_last_segment():
+    ts = np.linspace(0.0, 4.0, 15)  # 14 intervals in segments of 4: 4 + 4 + 4 + 2
+    loss = ude.MultipleShooting(ts, exact(K_TRUE, ts=ts), segment_length=4, rtol=1e-10,
+                                atol=1e-12)
+    p = loss.init(Decay(jnp.asarray(K_TRUE)))
+    assert float(loss(p)) < 1e-14
+    assert float(loss({"model": Decay(jnp.asarray(1.0)), "nodes": p["nodes"]})) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["spline", "kernel"])
+def test_smoothing_estimates_derivatives(method):
+    ts = np.linspace(0.0, 6.0, 61)
+    ys = np.stack([np.sin(ts), np.cos(ts)], axis=1)
+    u_hat, du_hat = ude.smooth(ts, ys, method=method)
+    inner = slice(3, -3)
+    # The kernel smoother's bias is O(h^2 u'') with h = 2.5 dt = 0.25.
+    tol = {"spline": 1e-3, "kernel": 5e-3}[method]
+    np.testing.assert_allclose(u_hat[0, inner], ys[inner], atol=tol)
+    np.testing.assert_allclose(du_hat[0, inner, 0], np.cos(ts[inner]), atol=10 * tol)
+    np.testing.assert_allclose(du_hat[0, inner, 1], -np.sin(ts[inner]), atol=10 * tol)
+
+
+def test_collocation_recovers_rate_without_solving():
+    ts = np.linspace(0.0, 4.0, 41)
+    loss = ude.Collocation(ts, exact(K_TRUE, ts=ts))
+    ks = np.linspace(0.3, 1.2, 91)
+    values = [float(loss(Decay(jnp.asarray(k)))) for k in ks]
+    assert abs(ks[int(np.argmin(values))] - K_TRUE) <= 0.02
+
+
+def test_prediction_error_reduces_to_single_shooting_at_gain_zero():
+    ys = noisy_data()
+    model = Decay(jnp.asarray(0.4))
+    ss = ude.SingleShooting(TS, ys, rtol=1e-10, atol=1e-12)
+    pem = ude.PredictionError(TS, ys, gain=0.0, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(float(pem(model)), float(ss(model)), rtol=1e-9)
+    # Nudging toward the data pulls a wrong model's simulation toward it.
+    assert float(pem.with_gain(5.0)(model)) < 0.5 * float(ss(model))
+    # Exact model and exact data: the observer term is zero along the solution.
+    exact_pem = ude.PredictionError(TS, exact(K_TRUE), gain=3.0, rtol=1e-10, atol=1e-12)
+    assert float(exact_pem(Decay(jnp.asarray(K_TRUE)))) < 1e-5
+
+
+def test_failed_solve_gives_finite_failed_loss():
+    class Blowup(eqx.Module):
+        c: jax.Array
+
+        def __call__(self, t, u):
+            return self.c * u**2
+
+    loss = ude.SingleShooting(TS, exact(K_TRUE), u0=U0)
+    value, grad = jax.value_and_grad(lambda m: loss(m))(Blowup(jnp.asarray(1.0)))
+    assert float(value) == ude.FAILED_LOSS
+    assert np.isfinite(float(grad.c))
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: ude.SingleShooting(TS, np.ones((10, 2))), "time points"),
+    (lambda: ude.SingleShooting(TS, np.ones(17)), r"shape \(T, n\)"),
+    (lambda: ude.SingleShooting(TS[::-1], np.ones((17, 2))), "strictly increasing"),
+    (lambda: ude.SingleShooting(TS, np.where(np.eye(17, 2) > 0, np.nan, 1.0)), "NaN"),
+    (lambda: ude.SingleShooting(TS, np.ones((17, 2)), u0=np.ones(3)), "u0"),
+    (lambda: ude.MultipleShooting(TS, np.ones((17, 2)), segment_length=0), "segment_length"),
+    (lambda: ude.MultipleShooting(TS, np.ones((17, 2)), 17), "segment_length"),
+    (lambda: ude.PredictionError(TS, np.ones((17, 2)), gain=-1.0), "gain"),
+    (lambda: ude.Collocation(TS, np.ones((17, 2)), method="fourier"), "method"),
+])
+def test_bad_input(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
