@@ -1,0 +1,105 @@
+"""The missing-physics Lotka-Volterra UDE, end to end (Rackauckas et al. 2020, "Universal
+differential equations for scientific machine learning", and the SciML tutorial).
+
+u1' = alpha u1 - beta u1 u2, u2' = gamma u1 u2 - delta u2 with (1.3, 0.9, 0.8, 1.8);
+t in [0, 5] every 0.25, 5 % Gaussian noise (of each state's mean). alpha and delta are
+known; the interaction terms are replaced by a 2-5-5-5-2 rbf network. The UDE is trained
+(collocation initialisation, then single shooting Adam + L-BFGS with a small L2 penalty);
+SINDy on the network's output recovers the two interaction terms, and the physics with
+the discovered terms extrapolates to t = 10. A pure neural ODE with the same network and
+the same training is the comparison.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from bayes_ude import discovery, nn, solvers, ude
+
+P = (1.3, 0.9, 0.8, 1.8)
+U0 = np.array([0.44249296, 4.6280594])
+
+
+def lotka_volterra(t, u):
+    a, b, c, d = P
+    return [a * u[0] - b * u[0] * u[1], c * u[0] * u[1] - d * u[1]]
+
+
+def physics(t, u, theta):
+    return jnp.stack([P[0] * u[0], -P[3] * u[1]])
+
+
+def train(physics_part, ts, ys):
+    net = nn.MLP(2, 2, (5, 5, 5), "rbf", key=jax.random.key(0))
+    model = ude.UDE(physics_part, net)
+    init = ude.fit(ude.Collocation(ts, ys), model, steps=2000, learning_rate=1e-2,
+                   lbfgs_steps=200, progress=False)
+    loss = ude.SingleShooting(ts, ys, rtol=1e-8, atol=1e-10)
+    final = ude.fit(loss, init.params, steps=500, learning_rate=1e-3, lbfgs_steps=1000,
+                    l2=1e-5, progress=False)
+    return final.params, float(loss(final.params))
+
+
+def simulate(vector_field, params, ts, u0):
+    sol = solvers.solve(vector_field, jnp.asarray(u0), jnp.asarray(ts), params, rtol=1e-8,
+                        atol=1e-10)
+    return np.asarray(sol.ys)
+
+
+@pytest.mark.slow
+def test_ude_fits_extrapolates_and_sindy_recovers_the_missing_terms():
+    ts = np.arange(0.0, 5.0001, 0.25)
+    truth = solve_ivp(lotka_volterra, (0, 5), U0, t_eval=ts, rtol=1e-11, atol=1e-12).y.T
+    rng = np.random.default_rng(0)
+    ys = truth + 0.05 * truth.mean(axis=0) * rng.normal(size=truth.shape)
+    ts_long = np.arange(0.0, 10.0001, 0.25)
+    truth_long = solve_ivp(lotka_volterra, (0, 10), U0, t_eval=ts_long, rtol=1e-11,
+                           atol=1e-12).y.T
+    noise_floor = np.mean(((ys - truth) / ys.std(axis=0)) ** 2)
+
+    model, ude_loss = train(physics, ts, ys)
+    neural_ode, node_loss = train(None, ts, ys)
+
+    # Extrapolation to t = 10 (twice the training span).
+    rms = {}
+    for name, m in (("ude", model), ("node", neural_ode)):
+        pred = simulate(lambda t, u, m: m(t, u), m, ts_long, ys[0])
+        rms[name] = float(np.sqrt(np.mean((pred - truth_long) ** 2)))
+
+    # SINDy on the learned term along the UDE's own trajectory.
+    dense_ts = np.linspace(0.0, 5.0, 101)
+    states = simulate(lambda t, u, m: m(t, u), model, dense_ts, ys[0])
+    learned = np.asarray(jax.vmap(lambda u: model.network_term(0.0, u))(jnp.asarray(states)))
+    fit = discovery.sindy(states, learned, discovery.PolynomialLibrary(2), threshold=0.3)
+    table = fit.table()
+    print(f"noise floor {noise_floor:.5f}; loss UDE {ude_loss:.5f}, NODE {node_loss:.5f}; "
+          f"extrapolation RMSE to t=10: UDE {rms['ude']:.3f}, NODE {rms['node']:.3f}; "
+          f"{fit.equations()}")
+    # Fits the data to the noise floor, better than the neural ODE with the same network.
+    assert ude_loss <= 1.2 * noise_floor, (ude_loss, noise_floor)
+    assert node_loss >= 5 * ude_loss
+    # Not asserted: the raw UDE's extrapolation. Its orbit is not exactly closed, and once
+    # it spirals out of the data region the rbf network's output goes flat while the known
+    # growth term alpha*u1 remains: measured RMSE to t = 10 from 1.8 to 57 depending on the
+    # solver tolerance used for the extrapolation (neural ODE: 1.9 to 6.3). See the note
+    # in docs/ude.md.
+    active = {(target, term) for target in table.index for term in table.columns
+              if table.loc[target, term] != 0}
+    assert {term for _, term in active} == {"u1*u2"}, fit.equations()
+    assert len(active) == 2
+    beta_hat = -table.loc[table.index[0], "u1*u2"]
+    gamma_hat = table.loc[table.index[1], "u1*u2"]
+    assert abs(beta_hat - P[1]) <= 0.1 * P[1], fit.equations()
+    assert abs(gamma_hat - P[2]) <= 0.1 * P[2], fit.equations()
+
+    # The recovered equation, put back into the physics, extrapolates far better still.
+    def recovered(t, u, coef):
+        return physics(t, u, None) + jnp.stack([-coef[0], coef[1]]) * u[0] * u[1]
+
+    pred = simulate(recovered, jnp.array([beta_hat, gamma_hat]), ts_long, ys[0])
+    rms_recovered = float(np.sqrt(np.mean((pred - truth_long) ** 2)))
+    print(f"extrapolation RMSE of the recovered model {rms_recovered:.3f}")
+    assert rms_recovered < 0.25 * min(rms.values()), (rms_recovered, rms)
+    assert rms_recovered < 0.75  # states reach ~6; u0 is the noisy first data point
