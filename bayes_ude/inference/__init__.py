@@ -1,5 +1,33 @@
-"""NumPyro glue: use a differential-equation solve inside a probabilistic model."""
+"""Bayesian inference on differential-equation models: priors on networks, NUTS (NumPyro
+or BlackJAX), SG-MCMC kernels (SGLD, pSGLD, SGHMC), ArviZ output, and failed solves as
+rejected proposals."""
 
+from ._arviz import to_inference_data as to_inference_data
 from ._failure import reject_failed_solve as reject_failed_solve
+from ._nuts import run_nuts as run_nuts
+from ._priors import network_prior as network_prior
+from ._sgmcmc import PSGLDState as PSGLDState
+from ._sgmcmc import SGLDState as SGLDState
+from ._sgmcmc import SGMCMCKernel as SGMCMCKernel
+from ._sgmcmc import grad_estimator as grad_estimator
+from ._sgmcmc import polynomial_schedule as polynomial_schedule
+from ._sgmcmc import psgld as psgld
+from ._sgmcmc import run_sgmcmc as run_sgmcmc
+from ._sgmcmc import sghmc as sghmc
+from ._sgmcmc import sgld as sgld
 
-__all__ = ["reject_failed_solve"]
+__all__ = [
+    "PSGLDState",
+    "SGLDState",
+    "SGMCMCKernel",
+    "grad_estimator",
+    "network_prior",
+    "polynomial_schedule",
+    "psgld",
+    "reject_failed_solve",
+    "run_nuts",
+    "run_sgmcmc",
+    "sghmc",
+    "sgld",
+    "to_inference_data",
+]

@@ -1,0 +1,285 @@
+"""NUTS on any NumPyro model, with NumPyro's or BlackJAX's sampler, results in ArviZ.
+
+Chains are an array axis (vectorised on one device, ``pmap``-parallel with NumPyro when
+there are several devices). Sampling runs in chunks of ``chunk_size`` draws: one progress
+bar update per chunk, and Ctrl-C between chunks keeps every draw taken so far (the result
+is marked ``attrs["partial"] = True``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro.infer import NUTS, Predictive, log_likelihood
+from numpyro.infer import init_to_median, init_to_sample, init_to_uniform, init_to_value
+from numpyro.infer import util as infer_util
+from tqdm.auto import tqdm
+
+from ._arviz import to_inference_data
+
+BACKENDS = ("numpyro", "blackjax")
+_INITS = {"uniform": init_to_uniform, "median": init_to_median,
+          "prior": init_to_sample}
+
+
+def _init_strategy(init):
+    if callable(init):
+        return init
+    if isinstance(init, dict):
+        return init_to_value(values=init)
+    if init not in _INITS:
+        raise ValueError(f"init must be one of {sorted(_INITS)}, a dict of values or an "
+                         f"init strategy, got {init!r}")
+    return _INITS[init]()
+
+
+def run_nuts(
+    model: Callable,
+    *model_args,
+    backend: str = "numpyro",
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    key=None,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    init="uniform",
+    chunk_size: int = 100,
+    progress: bool = True,
+    posterior_predictive: bool = True,
+    dims: dict | None = None,
+    coords: dict | None = None,
+    **model_kwargs,
+):
+    """Sample ``model(*model_args, **model_kwargs)`` with NUTS; return InferenceData.
+
+    Parameters
+    ----------
+    model : a NumPyro model; observed sites (``obs=``) become ``observed_data``, their
+        pointwise log densities ``log_likelihood`` (so ``az.loo`` works).
+    backend : ``"numpyro"`` (NumPyro's NUTS with its adaptation) or ``"blackjax"``
+        (BlackJAX's NUTS with Stan's window adaptation, on the same model through
+        ``numpyro.infer.util.initialize_model``).
+    num_warmup, num_samples, num_chains : per chain.
+    key : PRNG key (default ``jax.random.key(0)``).
+    target_accept, max_tree_depth : NUTS settings.
+    init : initial values: ``"uniform"`` (NumPyro's default, uniform in (-2, 2) on the
+        unconstrained scale), ``"median"``, ``"prior"``, a dict of values (e.g. a MAP
+        estimate), or a NumPyro init strategy.
+    chunk_size : draws per compiled chunk (progress and Ctrl-C granularity).
+    posterior_predictive : also draw the observed sites from the posterior predictive.
+    dims, coords : ArviZ dimension names / coordinates for variables.
+
+    Returns
+    -------
+    arviz.InferenceData with ``posterior``, ``sample_stats`` (``diverging``,
+    ``step_size``, ``tree_depth``, ``n_steps``, ``energy``, ``acceptance_rate``,
+    ``lp``), ``log_likelihood``, ``observed_data`` and ``posterior_predictive``;
+    ``attrs`` records the backend, timings and ``partial``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    for name, value, low in (("num_warmup", num_warmup, 1), ("num_samples", num_samples, 1),
+                             ("num_chains", num_chains, 1), ("chunk_size", chunk_size, 1),
+                             ("max_tree_depth", max_tree_depth, 1)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    key = jax.random.key(0) if key is None else key
+    run = _run_numpyro if backend == "numpyro" else _run_blackjax
+    start = time.perf_counter()
+    samples, stats, timing, partial = run(
+        model, model_args, model_kwargs, key, num_warmup, num_samples, num_chains,
+        target_accept, max_tree_depth, _init_strategy(init), chunk_size, progress)
+    return _assemble(model, model_args, model_kwargs, samples, stats, key,
+                     posterior_predictive, dims, coords,
+                     {"backend": backend, "partial": int(partial), **timing,
+                      "seconds_total": time.perf_counter() - start})
+
+
+def _tree_depth(n_steps):
+    return np.floor(np.log2(np.maximum(np.asarray(n_steps), 1))).astype(int) + 1
+
+
+# ---------------------------------------------------------------------------- NumPyro
+
+
+def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
+                 target_accept, max_tree_depth, init_strategy, chunk_size, progress):
+    """NumPyro's NUTS kernel (its own adaptation) stepped by our own chunked scan, so that
+    warmup and sampling both report progress, compile once, and can be interrupted."""
+    kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                  init_strategy=init_strategy)
+    state = jax.vmap(lambda k: kernel.init(k, num_warmup, None, args, kwargs))(
+        jax.random.split(key, num_chains))
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def advance(state, n):
+        def one(s, _):
+            s = jax.vmap(lambda st: kernel.sample(st, args, kwargs))(s)
+            return s, (s.z, s.potential_energy, s.diverging, s.num_steps, s.energy,
+                       s.accept_prob, s.adapt_state.step_size)
+
+        return jax.lax.scan(one, state, None, length=n)
+
+    bar = tqdm(total=num_warmup + num_samples, desc="NUTS (numpyro): warmup",
+               disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    pieces, done, partial, t_warm = [], 0, False, float("nan")
+    try:
+        warm = 0
+        while warm < num_warmup:
+            n = min(chunk_size, num_warmup - warm)
+            state, _ = advance(state, n)
+            warm += n
+            bar.update(n)
+        jax.block_until_ready(state)
+        t_warm = time.perf_counter() - t0
+        bar.set_description("NUTS (numpyro)")
+        while done < num_samples:
+            n = min(chunk_size, num_samples - done)
+            state, out = advance(state, n)
+            pieces.append(jax.device_get(out))
+            done += n
+            bar.update(n)
+    except KeyboardInterrupt:
+        if not pieces:
+            raise
+        partial = True
+        warnings.warn(f"interrupted: returning the {done} draws per chain taken so far",
+                      stacklevel=3)
+    finally:
+        bar.close()
+    # Scan outputs are (draw, chain, ...): move the chain axis first.
+    out = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1), *pieces)
+    z, potential, divergent, n_steps, energy, accept, step_size = out
+    postprocess = kernel.postprocess_fn(args, kwargs)
+    constrained = jax.vmap(jax.vmap(postprocess))(z)
+    samples = {k: np.asarray(v) for k, v in constrained.items()}
+    stats = {"diverging": np.asarray(divergent, bool), "n_steps": np.asarray(n_steps),
+             "tree_depth": _tree_depth(n_steps), "energy": np.asarray(energy),
+             "acceptance_rate": np.asarray(accept), "lp": -np.asarray(potential),
+             "step_size": np.asarray(step_size)}
+    timing = {"seconds_warmup": t_warm, "seconds_sampling": time.perf_counter() - t0}
+    return samples, stats, timing, partial
+
+
+# ---------------------------------------------------------------------------- BlackJAX
+
+
+def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
+                  target_accept, max_tree_depth, init_strategy, chunk_size, progress):
+    k_init, k_warm, k_sample = jax.random.split(key, 3)
+    init_params, potential_gen, postprocess_gen, _ = infer_util.initialize_model(
+        jax.random.split(k_init, num_chains), model, init_strategy=init_strategy,
+        dynamic_args=True, model_args=args, model_kwargs=kwargs)
+    potential = potential_gen(*args, **kwargs)
+    postprocess = postprocess_gen(*args, **kwargs)
+
+    def logdensity(position):
+        return -potential(position)
+
+    warmup = blackjax.window_adaptation(blackjax.nuts, logdensity,
+                                        target_acceptance_rate=target_accept,
+                                        max_num_doublings=max_tree_depth)
+
+    @jax.jit
+    def adapt(keys, positions):
+        def one(k, p):
+            (state, params), _ = warmup.run(k, p, num_warmup)
+            return state, params
+
+        return jax.vmap(one)(keys, positions)
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def sample_chunk(keys, states, params, n):
+        def chain(k, state, p):
+            step = blackjax.nuts(logdensity, step_size=p["step_size"],
+                                 inverse_mass_matrix=p["inverse_mass_matrix"],
+                                 max_num_doublings=max_tree_depth).step
+
+            def one(s, kk):
+                s, info = step(kk, s)
+                return s, (s.position, s.logdensity, info.is_divergent,
+                           info.num_integration_steps, info.energy, info.acceptance_rate,
+                           info.num_trajectory_expansions)
+
+            return jax.lax.scan(one, state, jax.random.split(k, n))
+
+        return jax.vmap(chain)(keys, states, params)
+
+    bar = tqdm(total=num_samples, desc="NUTS (blackjax): warmup", disable=not progress,
+               leave=False)
+    t0 = time.perf_counter()
+    pieces, done, partial = [], 0, False
+    try:
+        states, params = adapt(jax.random.split(k_warm, num_chains), init_params.z)
+        jax.block_until_ready(states)
+        t_warm = time.perf_counter() - t0
+        bar.set_description("NUTS (blackjax)")
+        while done < num_samples:
+            n = min(chunk_size, num_samples - done)
+            k_sample, sub = jax.random.split(k_sample)
+            states, out = sample_chunk(jax.random.split(sub, num_chains), states, params, n)
+            pieces.append(jax.device_get(out))
+            done += n
+            bar.update(n)
+    except KeyboardInterrupt:
+        if not pieces:
+            raise
+        partial = True
+        warnings.warn(f"interrupted: returning the {done} draws per chain taken so far",
+                      stacklevel=3)
+    finally:
+        bar.close()
+    out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *pieces)
+    positions, lp, divergent, n_steps, energy, accept, depth = out
+    constrained = jax.vmap(jax.vmap(postprocess))(positions)
+    samples = {k: np.asarray(v) for k, v in constrained.items()}
+    step_size = np.broadcast_to(np.asarray(params["step_size"])[:, None], lp.shape)
+    stats = {"diverging": np.asarray(divergent, bool), "n_steps": np.asarray(n_steps),
+             "tree_depth": np.asarray(depth), "energy": np.asarray(energy),
+             "acceptance_rate": np.asarray(accept), "lp": np.asarray(lp),
+             "step_size": np.array(step_size)}
+    timing = {"seconds_warmup": t_warm, "seconds_sampling": time.perf_counter() - t0}
+    return samples, stats, timing, partial
+
+
+# ---------------------------------------------------------------------------- assembly
+
+
+def _observed_sites(model, args, kwargs, key):
+    trace = numpyro.handlers.trace(numpyro.handlers.seed(model, key)).get_trace(*args, **kwargs)
+    return {name: np.asarray(site["value"]) for name, site in trace.items()
+            if site["type"] == "sample" and site["is_observed"]}
+
+
+def _assemble(model, args, kwargs, samples, stats, key, want_predictive, dims, coords, attrs):
+    n_chains, n_draws = next(iter(samples.values())).shape[:2]
+    flat = {k: jnp.reshape(v, (n_chains * n_draws, *v.shape[2:])) for k, v in samples.items()}
+    observed = _observed_sites(model, args, kwargs, key)
+    loglik = log_likelihood(model, flat, *args, **kwargs) if observed else {}
+    loglik = {k: np.reshape(v, (n_chains, n_draws, *v.shape[1:])) for k, v in loglik.items()}
+    predictive = None
+    if want_predictive and observed:
+        pred = Predictive(model, posterior_samples=flat, return_sites=list(observed))
+        draws = pred(jax.random.fold_in(key, 1), *args, **kwargs)
+        predictive = {k: np.reshape(v, (n_chains, n_draws, *v.shape[1:]))
+                      for k, v in draws.items()}
+    posterior = {k: v for k, v in samples.items() if k not in observed}
+    attrs["num_divergent"] = int(np.sum(stats["diverging"]))
+    if not math.isfinite(float(np.sum(stats["lp"]))):
+        attrs["non_finite_lp_draws"] = int(np.sum(~np.isfinite(stats["lp"])))
+    return to_inference_data(posterior, sample_stats=stats, log_likelihood=loglik,
+                             posterior_predictive=predictive, observed_data=observed,
+                             dims=dims, coords=coords, attrs=attrs)

@@ -1,0 +1,71 @@
+"""Priors on all weights of a network in one call (inside a NumPyro model)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+import equinox as eqx
+import jax
+import numpyro
+import numpyro.distributions as dist
+from jaxtyping import PyTree
+
+
+def _site_name(prefix: str, path) -> str:
+    """``net`` + ``.layers[0].weight`` -> ``net.layers.0.weight`` (readable in ArviZ)."""
+    key = jax.tree_util.keystr(path)
+    key = re.sub(r"\[(\d+)\]", r".\1", key)
+    key = re.sub(r"\['([^']+)'\]", r".\1", key)
+    return prefix + (key if key.startswith(".") else "." + key)
+
+
+def network_prior(
+    name: str,
+    network: PyTree,
+    scale: float | Mapping[str, float] | Callable[[str, tuple], float] = 1.0,
+    *,
+    learned_scale: bool = False,
+) -> PyTree:
+    """Sample every floating-point array of ``network`` from a Normal prior; return the
+    network with the sampled weights. Call it inside a NumPyro model.
+
+    Each array becomes one sample site named after its place in the network, e.g.
+    ``"nn.layers.0.weight"``, ``"nn.layers.0.bias"`` (these names appear in the posterior
+    and in ``az.summary``).
+
+    Parameters
+    ----------
+    name : prefix of the site names.
+    network : an equinox module (or any pytree); its array values are ignored, only
+        shapes and structure are used.
+    scale : prior standard deviation: a number for all weights; a mapping from a
+        substring of the site name to a scale (per layer, e.g. ``{"layers.0": 2.0,
+        "bias": 0.5}``; the first matching key wins, the rest get 1.0); or a function
+        ``(site_name, shape) -> scale`` (e.g. ``1 / sqrt(fan_in)``).
+    learned_scale : if True, the scale is itself sampled, ``name.scale ~ HalfNormal(s)``
+        with ``s`` the given (numeric) scale, shared by all weights (a hierarchical prior
+        that lets the data choose how large the network's output may be).
+    """
+    arrays, static = eqx.partition(network, eqx.is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(arrays)
+    if not leaves:
+        raise ValueError(f"network_prior({name!r}): the network has no floating-point arrays")
+    if learned_scale:
+        if not isinstance(scale, (int, float)):
+            raise ValueError("learned_scale=True needs a numeric scale (the HalfNormal's scale)")
+        shared = numpyro.sample(f"{name}.scale", dist.HalfNormal(float(scale)))
+    new = []
+    for path, leaf in leaves:
+        site = _site_name(name, path)
+        if learned_scale:
+            s = shared
+        elif callable(scale):
+            s = scale(site, leaf.shape)
+        elif isinstance(scale, Mapping):
+            s = next((v for k, v in scale.items() if k in site), 1.0)
+        else:
+            s = scale
+        prior = dist.Normal(0.0, s).expand(leaf.shape).to_event(leaf.ndim)
+        new.append(numpyro.sample(site, prior))
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, new), static)

@@ -1,0 +1,123 @@
+"""NUTS runner (NumPyro and BlackJAX backends) against closed-form posteriors, ArviZ
+output, network priors, and calibration (coverage over replicate data sets)."""
+
+import arviz as az
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import Predictive
+
+from bayes_ude import inference, nn, solvers
+
+PRIOR_SD = 10.0
+
+
+def normal_mean(y=None, n=20):
+    """y_i ~ N(mu, 1), mu ~ N(0, 10^2): the posterior of mu is normal in closed form."""
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SD))
+    with numpyro.plate("obs_plate", n):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(0).normal(1.5, 1.0, size=20)
+
+
+@pytest.mark.parametrize("backend", ["numpyro", "blackjax"])
+def test_posterior_matches_closed_form(backend, data):
+    idata = inference.run_nuts(normal_mean, data, backend=backend, num_warmup=300,
+                               num_samples=500, num_chains=4, progress=False,
+                               dims={"y": ["obs"]})
+    precision = len(data) + 1 / PRIOR_SD**2
+    post_mean, post_sd = data.sum() / precision, precision**-0.5
+    summary = az.summary(idata, var_names=["mu"])
+    assert abs(summary.loc["mu", "mean"] - post_mean) <= 4 * summary.loc["mu", "mcse_mean"]
+    assert abs(summary.loc["mu", "sd"] / post_sd - 1) <= 0.1
+    assert summary.loc["mu", "r_hat"] <= 1.01
+    # Everything ArviZ needs is there, with the named dimension.
+    assert {"posterior", "sample_stats", "log_likelihood", "observed_data",
+            "posterior_predictive"} <= set(idata.groups())
+    assert idata.posterior["mu"].shape == (4, 500)
+    for stat in ("diverging", "step_size", "tree_depth", "energy", "acceptance_rate", "lp"):
+        assert idata.sample_stats[stat].shape == (4, 500), stat
+    assert not idata.sample_stats["diverging"].values.any()
+    assert idata.log_likelihood["y"].dims == ("chain", "draw", "obs")
+    assert idata.posterior_predictive["y"].shape == (4, 500, 20)
+    np.testing.assert_array_equal(idata.observed_data["y"].values, data)
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo)
+    assert idata.attrs["backend"] == backend and idata.attrs["partial"] == 0
+
+
+def test_bad_arguments(data):
+    with pytest.raises(ValueError, match="backend"):
+        inference.run_nuts(normal_mean, data, backend="stan")
+    with pytest.raises(ValueError, match="num_chains"):
+        inference.run_nuts(normal_mean, data, num_chains=0)
+    with pytest.raises(ValueError, match="target_accept"):
+        inference.run_nuts(normal_mean, data, target_accept=1.5)
+    with pytest.raises(ValueError, match="init"):
+        inference.run_nuts(normal_mean, data, init="random")
+
+
+def test_network_prior_names_shapes_and_scales():
+    net = nn.MLP(2, 1, (3,), "tanh", key=jax.random.key(0))
+
+    def model():
+        inference.network_prior("nn", net, scale={"layers.0": 2.0, "bias": 0.5})
+
+    draws = Predictive(model, num_samples=4000)(jax.random.key(1))
+    assert set(draws) == {"nn.layers.0.weight", "nn.layers.0.bias", "nn.layers.1.weight",
+                          "nn.layers.1.bias"}
+    assert draws["nn.layers.0.weight"].shape == (4000, 3, 2)
+    np.testing.assert_allclose(np.std(draws["nn.layers.0.weight"]), 2.0, rtol=0.05)
+    np.testing.assert_allclose(np.std(draws["nn.layers.0.bias"]), 2.0, rtol=0.05)
+    np.testing.assert_allclose(np.std(draws["nn.layers.1.bias"]), 0.5, rtol=0.05)
+    np.testing.assert_allclose(np.std(draws["nn.layers.1.weight"]), 1.0, rtol=0.05)
+
+    def hierarchical():
+        sampled = inference.network_prior("nn", net, scale=1.0, learned_scale=True)
+        numpyro.deterministic("out", sampled(jnp.ones(2)))
+
+    draws = Predictive(hierarchical, num_samples=10)(jax.random.key(2))
+    assert "nn.scale" in draws and draws["out"].shape == (10, 1)
+    with pytest.raises(ValueError, match="no floating-point"):
+        inference.network_prior("x", eqx.nn.Lambda(jnp.tanh))
+
+
+N_REPLICATES = 20
+TS = jnp.linspace(0.0, 4.0, 9)
+K_TRUE, A_TRUE, SIGMA = 0.7, 2.0, 0.1
+
+
+def replicated_decay(ys=None):
+    """20 independent data sets, one model: u' = -k_r u, u(0) = A_r, y ~ N(u, 0.1^2) per
+    replicate r. The joint posterior is the product of the 20 posteriors, so one NUTS run
+    fits all of them (the ODE solves are vmapped over replicates)."""
+    with numpyro.plate("replicate", N_REPLICATES):
+        k = numpyro.sample("k", dist.LogNormal(jnp.log(0.5), 0.5))
+        a = numpyro.sample("a", dist.LogNormal(jnp.log(1.5), 0.5))
+    sols = jax.vmap(lambda k_, a_: solvers.solve(lambda t, u, kk: -kk * u, a_[None], TS, k_))(
+        k, a)
+    u = inference.reject_failed_solve(sols)[..., 0]
+    numpyro.sample("y", dist.Normal(u, SIGMA).to_event(2), obs=ys)
+
+
+@pytest.mark.slow
+def test_credible_intervals_cover_the_truth():
+    rng = np.random.default_rng(3)
+    truth = A_TRUE * np.exp(-K_TRUE * np.asarray(TS))
+    ys = truth + SIGMA * rng.normal(size=(N_REPLICATES, TS.size))
+    idata = inference.run_nuts(replicated_decay, jnp.asarray(ys), backend="blackjax",
+                               num_warmup=400, num_samples=400, num_chains=2, progress=False)
+    assert idata.attrs["num_divergent"] == 0
+    for name, true in (("k", K_TRUE), ("a", A_TRUE)):
+        draws = idata.posterior[name].values.reshape(-1, N_REPLICATES)
+        lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+        coverage = np.mean((lo <= true) & (true <= hi))
+        assert coverage >= 0.8, (name, coverage)

@@ -1,0 +1,95 @@
+"""SG-MCMC kernels: the pSGLD update formula (noise and running preconditioner) and the
+stationary distributions of SGLD, pSGLD and SGHMC on a conjugate Gaussian regression."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bayes_ude import inference
+
+
+def test_psgld_noise_is_sqrt_2_eps_G_and_preconditioner_is_a_running_average():
+    g1, g2 = jnp.array([2.0, -0.5]), jnp.array([1.0, 3.0])
+    grads = iter([g1, g2])
+    alpha, eps, lam = 0.9, 1e-2, 1e-5
+    kernel = inference.psgld(lambda pos, batch: batch, alpha=alpha, eps=lam)
+    state = kernel.init(jnp.zeros(2))
+    state = kernel.step(jax.random.key(0), state, next(grads), eps)
+    state = kernel.step(jax.random.key(1), state, next(grads), eps)
+    # V after two steps: alpha (1 - alpha) g1^2 + (1 - alpha) g2^2 (not reset to g2^2).
+    expected_v = alpha * (1 - alpha) * g1**2 + (1 - alpha) * g2**2
+    np.testing.assert_allclose(state.square_avg, expected_v, rtol=1e-12)
+    # One step from V, many noise draws: increments have mean eps G g and variance 2 eps G.
+    g = jnp.array([0.7, -1.3])
+    v = (1 - alpha) * g**2 + alpha * expected_v
+    precond = 1.0 / (lam + jnp.sqrt(v))
+    steps = jax.vmap(lambda k: kernel.step(k, state, g, eps).position - state.position)(
+        jax.random.split(jax.random.key(2), 200_000))
+    np.testing.assert_allclose(steps.mean(0), eps * precond * g,
+                               atol=5 * float(np.sqrt(2 * eps * precond.max() / 200_000)))
+    np.testing.assert_allclose(steps.var(0), 2 * eps * precond, rtol=0.02)
+
+
+def test_sgld_noise_variance():
+    kernel = inference.sgld(lambda pos, batch: jnp.zeros_like(pos))
+    state = kernel.init(jnp.zeros(3))
+    steps = jax.vmap(lambda k: kernel.step(k, state, None, 1e-3).position)(
+        jax.random.split(jax.random.key(0), 100_000))
+    np.testing.assert_allclose(steps.var(0), 2e-3, rtol=0.03)
+
+
+@pytest.fixture(scope="module")
+def regression():
+    rng = np.random.default_rng(0)
+    n = 1000
+    x = rng.normal(size=(n, 2))
+    y = x @ np.array([1.0, -2.0]) + rng.normal(size=n)
+    prior_sd = 10.0
+    precision = x.T @ x + np.eye(2) / prior_sd**2
+    cov = np.linalg.inv(precision)
+    mean = cov @ (x.T @ y)
+
+    def logprior(w):
+        return -0.5 * jnp.sum(w**2) / prior_sd**2
+
+    def loglik(w, item):
+        xi, yi = item
+        return -0.5 * (yi - xi @ w) ** 2
+
+    grad = inference.grad_estimator(logprior, loglik, n)
+    return grad, (jnp.asarray(x), jnp.asarray(y)), mean, np.sqrt(np.diag(cov))
+
+
+@pytest.mark.parametrize(("name", "step_size"), [("sgld", 5e-5), ("psgld", 2e-3),
+                                                 ("sghmc", 5e-4)])
+def test_stationary_distribution_matches_conjugate_posterior(name, step_size, regression):
+    grad, data, mean, sd = regression
+    kernel = {"sgld": inference.sgld, "psgld": inference.psgld,
+              "sghmc": lambda g: inference.sghmc(g, 5)}[name](grad)
+    idata = inference.run_sgmcmc(kernel, jnp.zeros(2), data, num_steps=20_000,
+                                 batch_size=100, step_size=step_size, burn_in=2000, thin=5,
+                                 num_chains=4, progress=False)
+    draws = idata.posterior["theta"].values
+    assert draws.shape == (4, 3600, 2)
+    flat = draws.reshape(-1, 2)
+    # Minibatch noise and a finite step inflate the spread a little (<= 25 %).
+    np.testing.assert_allclose(flat.mean(0), mean, atol=0.5 * sd.max())
+    assert np.all(flat.std(0) >= 0.9 * sd) and np.all(flat.std(0) <= 1.3 * sd), flat.std(0)
+
+
+def test_schedule_and_bad_input(regression):
+    schedule = inference.polynomial_schedule(0.1, 2.0, 0.55)
+    np.testing.assert_allclose(schedule(3), 0.1 * 5.0**-0.55)
+    grad, data, _, _ = regression
+    kernel = inference.sgld(grad)
+    with pytest.raises(ValueError, match="batch_size"):
+        inference.run_sgmcmc(kernel, jnp.zeros(2), data, num_steps=10, batch_size=5000)
+    with pytest.raises(ValueError, match="burn_in"):
+        inference.run_sgmcmc(kernel, jnp.zeros(2), data, num_steps=10, batch_size=5,
+                             burn_in=10)
+    with pytest.raises(ValueError, match="leading size"):
+        inference.run_sgmcmc(kernel, jnp.zeros(2), (data[0], data[1][:10]), num_steps=10,
+                             batch_size=5)
+    with pytest.raises(ValueError, match="alpha"):
+        inference.psgld(grad, alpha=1.0)
