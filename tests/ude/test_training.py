@@ -3,7 +3,7 @@
 Lotka-Volterra with unknown rates (alpha, beta, gamma, delta) = (1.5, 1, 3, 1), u0 = (1, 1),
 t in [0, 40] (about 9 periods, 161 points), 5 % noise, started from rates far off
 (3, 0.5, 6, 0.5). Every strategy starts from the same initialisation; "the noise floor" is
-the loss of the true parameters on the noisy data.
+the loss of the noise-free truth.
 """
 
 import equinox as eqx
@@ -40,7 +40,10 @@ def data():
     rng = np.random.default_rng(0)
     ys = sol.y.T + 0.05 * sol.y.T.std(axis=0) * rng.normal(size=sol.y.T.shape)
     loss = ude.SingleShooting(ts, ys)
-    return ts, ys, loss, float(loss(model(TRUE)))
+    # The noise floor: the loss of the noise-free truth (the true rates started from the
+    # noisy first point drift in phase over nine periods and do worse).
+    floor = float(np.mean(((ys - sol.y.T) / ys.std(axis=0)) ** 2))
+    return ts, ys, loss, floor
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def single_shooting(data):
 def _at_noise_floor(result_model, data):
     _, _, loss, floor = data
     value = float(loss(result_model))
-    assert value <= 1.1 * floor, (value, floor)
+    assert value <= 1.5 * floor, (value, floor)
     rates = np.exp(np.asarray(result_model.log_rates))
     np.testing.assert_allclose(rates, TRUE, rtol=0.05)
     return value
