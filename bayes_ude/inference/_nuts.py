@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from collections.abc import Callable
 
 import blackjax
@@ -25,6 +24,7 @@ from numpyro.infer import util as infer_util
 from tqdm.auto import tqdm
 
 from ._arviz import to_inference_data
+from ._chunks import run_chunks
 
 BACKENDS = ("numpyro", "blackjax")
 _INITS = {"uniform": init_to_uniform, "median": init_to_median,
@@ -135,29 +135,19 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     bar = tqdm(total=num_warmup + num_samples, desc="NUTS (numpyro): warmup",
                disable=not progress, leave=False)
     t0 = time.perf_counter()
-    pieces, done, partial, t_warm = [], 0, False, float("nan")
+    current = [state]
+
+    def step(done, n, keep):
+        current[0], out = advance(current[0], n)
+        return jax.device_get(out) if keep else None
+
     try:
-        warm = 0
-        while warm < num_warmup:
-            n = min(chunk_size, num_warmup - warm)
-            state, _ = advance(state, n)
-            warm += n
-            bar.update(n)
-        jax.block_until_ready(state)
+        run_chunks(num_warmup, chunk_size, lambda d, n: step(d, n, False), bar)
+        jax.block_until_ready(current[0])
         t_warm = time.perf_counter() - t0
         bar.set_description("NUTS (numpyro)")
-        while done < num_samples:
-            n = min(chunk_size, num_samples - done)
-            state, out = advance(state, n)
-            pieces.append(jax.device_get(out))
-            done += n
-            bar.update(n)
-    except KeyboardInterrupt:
-        if not pieces:
-            raise
-        partial = True
-        warnings.warn(f"interrupted: returning the {done} draws per chain taken so far",
-                      stacklevel=3)
+        pieces, done, partial = run_chunks(num_samples, chunk_size,
+                                           lambda d, n: step(d, n, True), bar)
     finally:
         bar.close()
     # Scan outputs are (draw, chain, ...): move the chain axis first.
@@ -221,25 +211,20 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     bar = tqdm(total=num_samples, desc="NUTS (blackjax): warmup", disable=not progress,
                leave=False)
     t0 = time.perf_counter()
-    pieces, done, partial = [], 0, False
     try:
         states, params = adapt(jax.random.split(k_warm, num_chains), init_params.z)
         jax.block_until_ready(states)
         t_warm = time.perf_counter() - t0
         bar.set_description("NUTS (blackjax)")
-        while done < num_samples:
-            n = min(chunk_size, num_samples - done)
-            k_sample, sub = jax.random.split(k_sample)
-            states, out = sample_chunk(jax.random.split(sub, num_chains), states, params, n)
-            pieces.append(jax.device_get(out))
-            done += n
-            bar.update(n)
-    except KeyboardInterrupt:
-        if not pieces:
-            raise
-        partial = True
-        warnings.warn(f"interrupted: returning the {done} draws per chain taken so far",
-                      stacklevel=3)
+        current = [states, k_sample]
+
+        def step(done, n):
+            current[1], sub = jax.random.split(current[1])
+            current[0], out = sample_chunk(jax.random.split(sub, num_chains), current[0],
+                                           params, n)
+            return jax.device_get(out)
+
+        pieces, done, partial = run_chunks(num_samples, chunk_size, step, bar)
     finally:
         bar.close()
     out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *pieces)

@@ -22,7 +22,6 @@ dynamics for deep neural networks") preconditions with RMSprop:
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,6 +34,7 @@ from jaxtyping import PyTree
 from tqdm.auto import tqdm
 
 from ._arviz import to_inference_data
+from ._chunks import run_chunks
 from ._priors import _site_name
 
 
@@ -235,25 +235,17 @@ def run_sgmcmc(
 
     bar = tqdm(total=num_steps, desc=f"SG-MCMC ({_kernel_name(kernel)})",
                disable=not progress, leave=False)
-    kept, done, partial = [], 0, False
     start = time.perf_counter()
+    current = [states, k_run]
+
+    def advance(done, n):
+        current[0], current[1], traj = chunk(current[0], current[1], jnp.arange(done, done + n))
+        steps = np.arange(done, done + n)
+        keep = (steps >= burn_in) & ((steps - burn_in) % thin == 0)
+        return jax.tree.map(lambda x: np.asarray(x)[keep], traj) if keep.any() else None
+
     try:
-        while done < num_steps:
-            n = min(chunk_size, num_steps - done)
-            ts = jnp.arange(done, done + n)
-            states, k_run, traj = chunk(states, k_run, ts)
-            steps = np.arange(done, done + n)
-            keep = (steps >= burn_in) & ((steps - burn_in) % thin == 0)
-            if keep.any():
-                kept.append(jax.tree.map(lambda x: np.asarray(x)[keep], traj))
-            done += n
-            bar.update(n)
-    except KeyboardInterrupt:
-        if not kept:
-            raise
-        partial = True
-        warnings.warn(f"interrupted after {done} steps: returning the draws so far",
-                      stacklevel=2)
+        kept, done, partial = run_chunks(num_steps, chunk_size, advance, bar, what="steps")
     finally:
         bar.close()
     draws = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1), *kept)

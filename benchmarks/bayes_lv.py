@@ -1,0 +1,108 @@
+"""Lynx-hare Lotka-Volterra posterior, 4 chains x (1000 warmup + 1000 draws): bayes_ude's
+NUTS (BlackJAX and NumPyro backends) vs a hand-written NumPyro + diffrax model (reverse
+mode, NumPyro's MCMC with sequential chains) vs Stan.
+
+Stan runs through Rscript when R and rstan are installed (see benchmarks/stan/lynx_hare.R);
+otherwise its timing is read from tests/reference/lynx_hare_stan_timing.csv (measured on
+this project's reference machine). Prints min-ESS per second, compile included, and ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import arviz as az  # noqa: E402
+import diffrax as dfx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpyro  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+import pandas as pd  # noqa: E402
+from numpyro.infer import MCMC, NUTS  # noqa: E402
+
+from bayes_ude import inference  # noqa: E402
+from bayes_ude.inference import models  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+WARMUP = SAMPLES = int(os.environ.get("BAYES_LV_DRAWS", "1000"))
+VARS = ["theta", "z_init", "sigma"]
+
+
+def hand_written(ts, y_init=None, y=None):
+    theta = numpyro.sample("theta", dist.TruncatedNormal(
+        jnp.array([1.0, 0.05, 1.0, 0.05]), jnp.array([0.5, 0.05, 0.5, 0.05]), low=0.0))
+    z_init = numpyro.sample("z_init", dist.LogNormal(jnp.log(10.0), 1.0).expand([2]))
+    sigma = numpyro.sample("sigma", dist.LogNormal(-1.0, 1.0).expand([2]))
+
+    def f(t, z, th):
+        return jnp.stack([(th[0] - th[1] * z[1]) * z[0], (-th[2] + th[3] * z[0]) * z[1]])
+
+    sol = dfx.diffeqsolve(dfx.ODETerm(f), dfx.Tsit5(), 0.0, ts[-1], None, z_init, args=theta,
+                          saveat=dfx.SaveAt(ts=ts),
+                          stepsize_controller=dfx.PIDController(rtol=1e-5, atol=1e-3),
+                          max_steps=10_000)
+    z = jnp.maximum(sol.ys, 1e-12)
+    numpyro.sample("y_init", dist.LogNormal(jnp.log(z_init), sigma).to_event(1), obs=y_init)
+    numpyro.sample("y", dist.LogNormal(jnp.log(z), sigma).to_event(2), obs=y)
+
+
+def min_ess(idata):
+    return float(az.ess(idata, var_names=VARS).to_array().min())
+
+
+def stan_numbers():
+    if shutil.which("Rscript"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out, timing = Path(tmp) / "s.csv", Path(tmp) / "t.csv"
+            subprocess.run(["Rscript", str(ROOT / "benchmarks/stan/lynx_hare.R"), str(out),
+                            str(timing)], check=True, capture_output=True)
+            row = pd.read_csv(timing).iloc[0]
+            source = "measured now (Rscript)"
+    else:
+        row = pd.read_csv(ROOT / "tests/reference/lynx_hare_stan_timing.csv").iloc[0]
+        source = "from tests/reference/lynx_hare_stan_timing.csv"
+    return float(row.compile_s), float(row.sampling_s), float(row.min_ess), source
+
+
+def main():
+    ts, y_init, y = models.lynx_hare_data()
+    rows = []
+    for backend in ("blackjax", "numpyro"):
+        start = time.perf_counter()
+        idata = inference.run_nuts(models.lynx_hare, ts, y_init, y, backend=backend,
+                                   num_warmup=WARMUP, num_samples=SAMPLES, num_chains=4,
+                                   progress=False)
+        seconds = time.perf_counter() - start
+        rows.append((f"bayes_ude run_nuts ({backend})", seconds, min_ess(idata),
+                     idata.attrs["num_divergent"]))
+    start = time.perf_counter()
+    mcmc = MCMC(NUTS(hand_written), num_warmup=WARMUP, num_samples=SAMPLES, num_chains=4,
+                chain_method="sequential", progress_bar=False)
+    mcmc.run(jax.random.key(0), jnp.asarray(ts), jnp.asarray(y_init), jnp.asarray(y),
+             extra_fields=("diverging",))
+    seconds = time.perf_counter() - start
+    hand = az.from_numpyro(mcmc)
+    rows.append(("hand-written NumPyro+diffrax (reverse, sequential)", seconds, min_ess(hand),
+                 int(mcmc.get_extra_fields()["diverging"].sum())))
+    c, s, ess, source = stan_numbers()
+    rows.append((f"Stan 2.21 ({source})", c + s, ess, 0))
+    print(f"lynx-hare, 4 chains x ({WARMUP} warmup + {SAMPLES} draws); compile included")
+    print(f"{'sampler':<58}{'seconds':>9}{'min ESS':>9}{'ESS/s':>8}{'div':>5}")
+    for name, sec, e, div in rows:
+        print(f"{name:<58}{sec:>9.1f}{e:>9.0f}{e / sec:>8.2f}{div:>5}")
+    ours = max(rows[:2], key=lambda r: r[2] / r[1])
+    for name, sec, e, _ in rows[2:]:
+        ratio = (ours[2] / ours[1]) / (e / sec)
+        print(f"ESS/s ratio {ours[0]} / {name}: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
