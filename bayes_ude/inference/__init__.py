@@ -11,6 +11,7 @@ from ._sgmcmc import SGLDState as SGLDState
 from ._sgmcmc import SGMCMCKernel as SGMCMCKernel
 from ._sgmcmc import grad_estimator as grad_estimator
 from ._sgmcmc import polynomial_schedule as polynomial_schedule
+from ._sgmcmc import posterior_pytree as posterior_pytree
 from ._sgmcmc import psgld as psgld
 from ._sgmcmc import run_sgmcmc as run_sgmcmc
 from ._sgmcmc import sghmc as sghmc
@@ -23,6 +24,7 @@ __all__ = [
     "grad_estimator",
     "network_prior",
     "polynomial_schedule",
+    "posterior_pytree",
     "psgld",
     "reject_failed_solve",
     "run_nuts",

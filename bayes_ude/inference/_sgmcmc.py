@@ -256,5 +256,18 @@ def run_sgmcmc(
         "seconds": time.perf_counter() - start})
 
 
+def posterior_pytree(idata, template: PyTree, name: str = "theta") -> PyTree:
+    """The draws of :func:`run_sgmcmc` back in the structure of ``template`` (e.g. a
+    network), every array with leading ``(chain, draw)`` axes; ``jax.vmap`` twice to
+    evaluate each draw."""
+    names = list(_position_dict(template, name))
+    leaves, treedef = jax.tree.flatten(template)
+    missing = [k for k in names if k not in idata.posterior]
+    if missing or len(names) != len(leaves):
+        raise ValueError(f"the posterior has no variables {missing} of the template; was it "
+                         f"sampled from this structure with name={name!r}?")
+    return jax.tree.unflatten(treedef, [jnp.asarray(idata.posterior[k].values) for k in names])
+
+
 def _kernel_name(kernel) -> str:
     return getattr(kernel.step, "__qualname__", "kernel").split(".")[0]
