@@ -15,7 +15,7 @@ import optax
 from jaxtyping import PyTree
 from tqdm.auto import tqdm
 
-from ._losses import PredictionError, SingleShooting, loss_params
+from ._losses import MultipleShooting, PredictionError, SingleShooting, loss_params
 
 # Adam steps run in chunks of this many inside one jitted lax.scan: one dispatch and one
 # progress-bar update per chunk instead of per step.
@@ -87,9 +87,9 @@ def fit(
     patience : stop Adam when the best loss has not improved by more than ``min_delta``
         for this many steps (checked every 25 steps); default never.
     key : PRNG key for minibatches (default ``jax.random.key(0)``).
-    l2 : weight of an L2 penalty ``l2 * sum(w^2)`` on all fitted parameters (a Gaussian
-        prior, i.e. MAP; smooths networks and helps them extrapolate). The history holds
-        the penalised loss.
+    l2 : weight of an L2 penalty ``l2 * sum(w^2)`` on the fitted parameters (a Gaussian
+        prior, i.e. MAP; smooths networks); for :class:`MultipleShooting` on the model
+        only, not the nodes. The history holds the penalised loss.
     progress : show a progress bar (tqdm).
 
     Returns
@@ -147,7 +147,9 @@ class _Penalised(eqx.Module):
 
     def __call__(self, params, batch=None):
         value = self.loss(params) if batch is None else self.loss(params, batch)
-        arrays = jax.tree.leaves(eqx.filter(params, eqx.is_inexact_array))
+        # Multiple shooting's nodes are states, not weights: no prior on them.
+        model = params["model"] if isinstance(self.loss, MultipleShooting) else params
+        arrays = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
         return value + self.l2 * sum(jnp.sum(x**2) for x in arrays)
 
 

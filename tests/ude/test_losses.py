@@ -147,3 +147,13 @@ def test_failed_solve_gives_finite_failed_loss():
 def test_bad_input(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_l2_penalty_spares_multiple_shooting_nodes():
+    from bayes_ude.ude._fit import _Penalised
+
+    ys = exact(K_TRUE)
+    ms = ude.MultipleShooting(TS, ys, segment_length=4, rtol=1e-10, atol=1e-12)
+    p = ms.init(Decay(jnp.asarray(K_TRUE)))
+    penalised = _Penalised(ms, 0.5)
+    np.testing.assert_allclose(float(penalised(p)), float(ms(p)) + 0.5 * K_TRUE**2, rtol=1e-9)
