@@ -211,7 +211,9 @@ class Auto(dfx.AbstractAdaptiveSolver):
 def _jvp_state(terms, t, y, args, v):
     """``(df/du)(t, y) v`` for a flat vector ``v`` (no derivatives flow through it)."""
     y_flat, unravel = ravel_pytree(jax.lax.stop_gradient(y))
-    args = jax.lax.stop_gradient(args)
+    # Only array leaves: stop_gradient would turn a Python float into an array and change
+    # what the (closure-converted) vector field was traced with.
+    args = jax.tree.map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, args)
 
     def f(u):
         return ravel_pytree(terms.vf(t, unravel(u), args))[0]

@@ -156,6 +156,14 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del solver_state, made_jump
+        return self.step_with_jacobian(terms, t0, t1, y0, args)[:5]
+
+    def step_with_jacobian(self, terms, t0, t1, y0, args):
+        """One step; returns diffrax's five outputs and the Jacobian ``df/du`` (flat)."""
+        raise NotImplementedError
+
     def _setup(self, terms, t0, y0, args):
         y0_flat, unravel = ravel_pytree(y0)
         n = y0_flat.shape[0]
@@ -232,10 +240,6 @@ class Rodas5P(AbstractRosenbrock):
         # local error is O(h^5).
         return 5
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del solver_state, made_jump
-        return self.step_with_jacobian(terms, t0, t1, y0, args)[:5]
-
     def step_with_jacobian(self, terms, t0, t1, y0, args):
         """One step; returns diffrax's five outputs and the Jacobian ``df/du`` (flat)."""
         y0_flat, unravel, f, f0, jac, dfdt, mass = self._setup(terms, t0, y0, args)
@@ -285,10 +289,6 @@ class Rosenbrock23(AbstractRosenbrock):
 
     def error_order(self, terms):
         return 3
-
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del solver_state, made_jump
-        return self.step_with_jacobian(terms, t0, t1, y0, args)[:5]
 
     def step_with_jacobian(self, terms, t0, t1, y0, args):
         """One step; returns diffrax's five outputs and the Jacobian ``df/du`` (flat)."""

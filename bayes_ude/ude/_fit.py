@@ -275,24 +275,30 @@ def fit_growing_windows(
         raise ValueError(f"windows must be increasing fractions in (0, 1], got {windows!r}")
     ts = np.asarray(ts, float)
     span = ts[-1] - ts[0]
-    start = time.perf_counter()
-    histories, stages = [], []
-    n_total = 0
+    stages = []
     for i, w in enumerate(windows):
         n_points = max(2, int(np.searchsorted(ts, ts[0] + w * span + 1e-12 * span, "right")))
-        ys_w = np.asarray(ys)[..., :n_points, :]
-        loss = SingleShooting(ts[:n_points], ys_w, **loss_kwargs)
+        loss = SingleShooting(ts[:n_points], np.asarray(ys)[..., :n_points, :], **loss_kwargs)
         last = i == len(windows) - 1
-        result = fit(loss, params, steps=steps,
-                     lbfgs_steps=final_lbfgs_steps if last else lbfgs_steps,
-                     progress=progress, desc=f"window {w:.2f}")
+        stages.append((f"window {w:.2f} ({n_points} points)", loss,
+                       final_lbfgs_steps if last else lbfgs_steps))
+    return _run_stages(stages, params, steps, progress)
+
+
+def _run_stages(stages, params, steps, progress) -> FitResult:
+    """Fit ``(label, loss, lbfgs_steps)`` stages in turn, each from where the last ended."""
+    start = time.perf_counter()
+    histories, marks, n_total = [], [], 0
+    for label, loss, lbfgs_steps in stages:
+        result = fit(loss, params, steps=steps, lbfgs_steps=lbfgs_steps, progress=progress,
+                     desc=label)
         params = result.params
-        stages.append((f"window {w:.2f} ({n_points} points)", n_total))
+        marks.append((label, n_total))
         histories.append(result.history)
         n_total += len(result.history)
     return FitResult(params=params, history=np.concatenate(histories),
-                     adam_steps=steps * len(windows), lbfgs_steps=result.lbfgs_steps,
-                     stopped_early=False, seconds=time.perf_counter() - start, stages=stages)
+                     adam_steps=steps * len(stages), lbfgs_steps=result.lbfgs_steps,
+                     stopped_early=False, seconds=time.perf_counter() - start, stages=marks)
 
 
 def fit_pem(
@@ -314,21 +320,10 @@ def fit_pem(
         raise ValueError(f"gains must be non-negative, got {gains!r}")
     if gains[-1] != 0.0:
         gains.append(0.0)
-    start = time.perf_counter()
     loss = PredictionError(ts, ys, gains[0], **loss_kwargs)
-    histories, stages, n_total = [], [], 0
-    for i, g in enumerate(gains):
-        last = i == len(gains) - 1
-        result = fit(loss.with_gain(g), params, steps=steps,
-                     lbfgs_steps=final_lbfgs_steps if last else 0, progress=progress,
-                     desc=f"gain {g:g}")
-        params = result.params
-        stages.append((f"gain {g:g}", n_total))
-        histories.append(result.history)
-        n_total += len(result.history)
-    return FitResult(params=params, history=np.concatenate(histories),
-                     adam_steps=steps * len(gains), lbfgs_steps=result.lbfgs_steps,
-                     stopped_early=False, seconds=time.perf_counter() - start, stages=stages)
+    stages = [(f"gain {g:g}", loss.with_gain(g), final_lbfgs_steps if i == len(gains) - 1 else 0)
+              for i, g in enumerate(gains)]
+    return _run_stages(stages, params, steps, progress)
 
 
 __all__ = ["FitResult", "fit", "fit_growing_windows", "fit_pem", "loss_params"]

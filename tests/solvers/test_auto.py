@@ -68,3 +68,10 @@ def test_stiff_solver_must_be_rosenbrock():
     with pytest.raises(ValueError, match="mass_matrix needs a Rosenbrock"):
         solvers.solve(lotka_volterra, jnp.ones(2), jnp.linspace(0, 1, 3),
                       jnp.ones(4), solver=solvers.Auto(), mass_matrix=jnp.eye(2))
+
+
+def test_python_scalar_args():
+    """args given as a Python float (not an array) work through the stiffness estimate."""
+    sol = solvers.solve(lambda t, u, k: -k * u, jnp.ones(1), jnp.linspace(0.0, 1.0, 3), 1.0,
+                        solver=solvers.Auto())
+    np.testing.assert_allclose(sol.ys[-1, 0], np.exp(-1.0), rtol=1e-5)
