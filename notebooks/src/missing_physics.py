@@ -75,7 +75,7 @@ print(nn.count_params(net), "network weights")
 # answer — a good initialisation for shooting.
 
 # %%
-steps = (200, 20, 50, 30) if TINY else (2000, 200, 500, 1000)
+steps = (100, 0, 20, 0) if TINY else (2000, 200, 500, 1000)
 collocation = ude.Collocation(ts, ys)
 init = ude.fit(collocation, model, steps=steps[0], learning_rate=1e-2, lbfgs_steps=steps[1],
                progress=False)
@@ -211,7 +211,7 @@ x40 = solve_ivp(lotka_volterra, (0, 40), [1.0, 1.0], t_eval=t40, args=(true_rate
 y40 = x40 + 0.05 * x40.std(axis=0) * rng.normal(size=x40.shape)
 loss40 = ude.SingleShooting(t40, y40)
 floor40 = float(np.mean(((y40 - x40) / y40.std(axis=0)) ** 2))  # loss of the noise-free truth
-n = (30, 10) if TINY else (300, 100)
+n = (20, 2) if TINY else (300, 100)
 
 results = {}
 results["single shooting"] = ude.fit(loss40, start, steps=n[0], learning_rate=3e-2,
