@@ -46,15 +46,21 @@ def _as_data(x: ArrayLike, name: str, ndims: tuple[int, ...], layout: str) -> Ar
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(float)
-    value = _concrete(arr)
-    if value is not None:
-        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-        if bad:
-            raise ValueError(
-                f"{name} contains {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) "
-                f"out of {value.size}; SINDy needs finite data"
-            )
+    bad = _count_nonfinite(arr)
+    if bad:
+        raise ValueError(
+            f"{name} contains {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) "
+            f"out of {arr.size}; SINDy needs finite data"
+        )
     return arr
+
+
+def _count_nonfinite(arr: Array) -> int:
+    """NaN/inf entries of a concrete array (0 for a tracer: nothing to check)."""
+    value = _concrete(arr)
+    if value is None:
+        return 0
+    return int(np.size(value) - np.count_nonzero(np.isfinite(value)))
 
 
 def _check_samples(a: Array, a_name: str, b: Array, b_name: str) -> None:
@@ -127,14 +133,12 @@ def _check_library(library) -> AbstractLibrary:
 
 def _theta(library: AbstractLibrary, x: Array) -> Array:
     theta = library(x)
-    value = _concrete(theta)
-    if value is not None:
-        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-        if bad:
-            raise ValueError(
-                f"library(X) produced {bad} non-finite value{'s' if bad > 1 else ''} (NaN or "
-                "inf); check the library's functions on the range of X"
-            )
+    bad = _count_nonfinite(theta)
+    if bad:
+        raise ValueError(
+            f"library(X) produced {bad} non-finite value{'s' if bad > 1 else ''} (NaN or "
+            "inf); check the library's functions on the range of X"
+        )
     return theta
 
 

@@ -6,18 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.integrate import solve_ivp
 
 from bayes_ude import discovery, inference, solvers
-from tests.ude.test_missing_physics import P, U0, lotka_volterra, physics, train
+from tests.ude.test_missing_physics import P, noisy_data, physics, train
 
 
 @pytest.mark.slow
 def test_psgld_posterior_and_posterior_equation_discovery():
-    ts = np.arange(0.0, 5.0001, 0.25)
-    truth = solve_ivp(lotka_volterra, (0, 5), U0, t_eval=ts, rtol=1e-11, atol=1e-12).y.T
-    rng = np.random.default_rng(0)
-    ys = truth + 0.05 * truth.mean(axis=0) * rng.normal(size=truth.shape)
+    ts, truth, ys = noisy_data()
     sigma = jnp.asarray(0.05 * truth.mean(axis=0))  # the known noise level
     map_model, _ = train(physics, ts, ys)
     ts_j, ys_j = jnp.asarray(ts), jnp.asarray(ys)
