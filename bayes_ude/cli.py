@@ -1,8 +1,8 @@
 """The ``bayes-ude`` command.
 
-Until the NLME issue lands, the main job is ``bayes-ude demo``: the Lotka--Volterra model of
-the Stan case study fitted (MAP) to the Hudson's Bay lynx--hare pelts, with gradients from
-the package's forward sensitivities.
+``bayes-ude pk fit DATA``: a population PK model fitted to a NONMEM-style table (the main
+job; see :mod:`bayes_ude.nlme`). ``bayes-ude demo``: the Lotka--Volterra model of the Stan
+case study fitted (MAP) to the Hudson's Bay lynx--hare pelts.
 """
 
 from __future__ import annotations
@@ -134,14 +134,19 @@ def main(argv: list[str] | None = None) -> int:
                       help="folder for the plot and the estimate table (default: %(default)s)")
     demo.add_argument("--no-files", action="store_true", help="print only, write nothing")
     sub.add_parser("datasets", help="list the shipped data sets")
+    from .nlme._command import add_pk_parser, run_pk_fit
+
+    add_pk_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "pk":
+        return run_pk_fit(args)
     if args.command == "demo":
         _lynx_hare_map(None if args.no_files else args.out)
     elif args.command == "datasets":
         from . import datasets
 
         for name, fn in (("theophylline", datasets.load_theophylline),
-                         ("theophylline_nonmem", datasets.load_theophylline_nonmem),
+                         ("theophylline (NONMEM)", datasets.load_theophylline_nonmem),
                          ("warfarin", datasets.load_warfarin),
                          ("lynx_hare", datasets.load_lynx_hare)):
             df = fn()

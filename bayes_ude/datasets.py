@@ -29,7 +29,7 @@ def data_path(name: str) -> Path:
             return path
     raise FileNotFoundError(
         f"data file {name!r} is not shipped with bayes_ude; available: "
-        f"theoph.csv, theoph_nonmem.csv, warfarin_pkpd.csv, hudson_bay_lynx_hare.csv"
+        f"theoph.csv, theophylline.csv, warfarin_pkpd.csv, hudson_bay_lynx_hare.csv"
     )
 
 
@@ -47,7 +47,7 @@ def load_theophylline_nonmem() -> pd.DataFrame:
     """Theophylline as a NONMEM table ``ID, TIME, DV, AMT, EVID, MDV, CMT, WT, DOSE``:
     one oral dose record per subject (``AMT = Dose x Wt`` mg into CMT 1), observations in
     CMT 2 (mg/L); 144 rows."""
-    return _read("theoph_nonmem.csv")
+    return _read("theophylline.csv")
 
 
 def load_warfarin() -> pd.DataFrame:

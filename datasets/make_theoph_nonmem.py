@@ -1,4 +1,4 @@
-"""Build `theoph_nonmem.csv` from `theoph.csv` (run from anywhere: paths are relative to
+"""Build `theophylline.csv` from `theoph.csv` (run from anywhere: paths are relative to
 this file). Deterministic; the output is committed and checked by the test suite."""
 
 from pathlib import Path
@@ -24,4 +24,4 @@ def build() -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    build().to_csv(HERE / "theoph_nonmem.csv", index=False, na_rep=".")
+    build().to_csv(HERE / "theophylline.csv", index=False, na_rep=".")

@@ -27,7 +27,7 @@ def test_demo_matches_stan_case_study(tmp_path, capsys):
 def test_datasets_command(capsys):
     assert cli.main(["datasets"]) == 0
     out = capsys.readouterr().out
-    assert "theophylline_nonmem" in out and "144 rows" in out
+    assert "theophylline (NONMEM)" in out and "144 rows" in out
 
 
 def test_console_script_help():

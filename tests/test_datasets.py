@@ -71,7 +71,7 @@ def test_wheel_ships_data_and_loads_outside_the_source_tree(tmp_path):
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("bayes_ude-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "bayes_ude/_datasets/theoph_nonmem.csv" in names
+    assert "bayes_ude/_datasets/theophylline.csv" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import bayes_ude.datasets as d, bayes_ude; "

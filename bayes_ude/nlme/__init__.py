@@ -1,0 +1,33 @@
+"""Nonlinear mixed-effects (population) models."""
+
+from ._data import NonmemDataError as NonmemDataError
+from ._data import Population as Population
+from ._data import covariates_at as covariates_at
+from ._data import load_theophylline_population as load_theophylline_population
+from ._data import load_warfarin_population as load_warfarin_population
+from ._data import read_nonmem as read_nonmem
+from ._error import Additive as Additive
+from ._error import Combined as Combined
+from ._error import ErrorModel as ErrorModel
+from ._error import Exponential as Exponential
+from ._error import Proportional as Proportional
+from ._estimate import FitResult as FitResult
+from ._estimate import fit as fit
+from ._estimate import objective as objective
+from ._model import Omega as Omega
+from ._model import PopulationModel as PopulationModel
+from ._pk import ClosedFormModel as ClosedFormModel
+from ._pk import ODEModel as ODEModel
+from ._pk import OneCompartmentIV as OneCompartmentIV
+from ._pk import OneCompartmentOral as OneCompartmentOral
+from ._pk import StructuralModel as StructuralModel
+from ._pk import TwoCompartmentIV as TwoCompartmentIV
+from ._pk import TwoCompartmentOral as TwoCompartmentOral
+from ._diagnostics import diagnostics as diagnostics
+from ._diagnostics import epsilon_shrinkage as epsilon_shrinkage
+from ._diagnostics import individual_parameters as individual_parameters
+from ._diagnostics import plot_gof as plot_gof
+from ._diagnostics import plot_individual as plot_individual
+from ._diagnostics import plot_vpc as plot_vpc
+from ._diagnostics import simulate as simulate
+from ._diagnostics import vpc as vpc

@@ -1,0 +1,144 @@
+"""``bayes-ude pk fit``: population PK from a NONMEM-style table, tables and plots out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+__all__ = ["add_pk_parser", "run_pk_fit"]
+
+SHIPPED = {"theophylline": "theophylline.csv", "warfarin": "warfarin_pkpd.csv"}
+
+
+def add_pk_parser(sub) -> None:
+    pk = sub.add_parser("pk", help="population pharmacokinetics (NLME)")
+    pk_sub = pk.add_subparsers(dest="pk_command", required=True)
+    fit = pk_sub.add_parser(
+        "fit", help="fit a population PK model to a NONMEM-style table",
+        description="Fit a built-in population PK model (FO/FOCE/FOCEI/Laplace) to a "
+                    "NONMEM-style CSV; print the estimate table and write CSVs, plots and a "
+                    "JSON summary. DATA is a CSV path or a shipped data set name "
+                    f"({', '.join(SHIPPED)}).")
+    fit.add_argument("data", help="CSV file (NONMEM columns) or a shipped data set name")
+    fit.add_argument("--model", default="oral1cmt",
+                     choices=["iv1cmt", "oral1cmt", "iv2cmt", "oral2cmt"],
+                     help="structural model (default: %(default)s)")
+    fit.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace"],
+                     help="estimation method (default: %(default)s)")
+    fit.add_argument("--error", default="additive",
+                     choices=["additive", "proportional", "combined", "exponential"],
+                     help="residual error model (default: %(default)s)")
+    fit.add_argument("--dvid", type=int, default=None,
+                     help="use only observations of this DVID (e.g. 1 = PK in warfarin)")
+    fit.add_argument("--allometric", metavar="WT", default=None,
+                     help="weight column for allometric scaling of CL, Q (0.75) and V (1)")
+    fit.add_argument("--out", type=Path, default=Path("bayes_ude_output"),
+                     help="folder for tables, plots and summary.json (default: %(default)s)")
+    fit.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    fit.add_argument("--max-iter", type=int, default=500, help="outer iterations (default 500)")
+    fit.add_argument("--no-plots", action="store_true", help="write tables only")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def _load(data: str):
+    from .. import datasets
+    from ._data import read_nonmem
+
+    if data in SHIPPED:
+        return read_nonmem(datasets.data_path(SHIPPED[data]))
+    path = Path(data)
+    if not path.exists():
+        raise SystemExit(f"bayes-ude pk fit: no such file {data!r} (and not a shipped data "
+                         f"set: {', '.join(SHIPPED)})")
+    return read_nonmem(path)
+
+
+def run_pk_fit(args: argparse.Namespace) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import equinox as eqx
+    import numpy as np
+
+    from ._builtin import builtin_model
+    from ._data import NonmemDataError
+    from ._estimate import fit
+
+    start = time.perf_counter()
+    try:
+        pop = _load(args.data)
+    except NonmemDataError as err:
+        raise SystemExit(f"bayes-ude pk fit: the data table has problems:\n{err}") from None
+    if args.dvid is not None:
+        keep = np.asarray(pop.obs_mask) & (np.asarray(pop.obs_dvid) == args.dvid)
+        if not keep.any():
+            raise SystemExit(f"bayes-ude pk fit: no observations with DVID {args.dvid}")
+        pop = eqx.tree_at(lambda p: p.obs_mask, pop, keep)
+    try:
+        model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
+                              dvid=args.dvid)
+    except ValueError as err:
+        raise SystemExit(f"bayes-ude pk fit: {err}") from None
+    if not args.quiet:
+        print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations, "
+              f"{pop.n_doses} doses; model {args.model}, {args.error} error, "
+              f"{args.method.upper()}")
+    result = fit(model, pop, args.method, max_iter=args.max_iter, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    summary = result.summary()
+    summary["seconds"] = seconds
+    summary["fit_seconds"] = result.seconds
+    summary["model"] = args.model
+    summary["error_model"] = args.error
+    summary["data"] = str(args.data)
+    table = result.table()
+    if not args.quiet:
+        import pandas as pd
+
+        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
+            print(table.drop(columns="fixed").to_string())
+        print(f"-2LL {result.minus2ll:.3f}   OFV {result.ofv:.3f}   AIC {result.aic:.3f}   "
+              f"BIC {result.bic:.3f}")
+        state = ("interrupted" if result.interrupted else
+                 "converged" if result.converged else "NOT converged")
+        print(f"{state} in {result.iterations} iterations; fit {result.seconds:.2f} s, "
+              f"total {seconds:.2f} s (including compilation)")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "estimates.csv")
+    if not result.interrupted:
+        diag = result.diagnostics(n_sim=500)
+        diag.to_csv(out / "diagnostics.csv", index=False)
+        result.individual_parameters().to_csv(out / "ebe.csv")
+        vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+        vpc_table.to_csv(out / "vpc.csv", index=False)
+        from ._diagnostics import epsilon_shrinkage
+
+        summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
+        if not args.no_plots:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            from ._diagnostics import plot_gof, plot_individual, plot_vpc
+
+            fig = plot_gof(diag, title=f"{args.model}, {args.method.upper()}: goodness of fit")
+            fig.savefig(out / "gof.png", dpi=110)
+            ax = plot_vpc(result, table=vpc_table)
+            ax.figure.savefig(out / "vpc.png", dpi=110)
+            fig2 = plot_individual(result)
+            fig2.savefig(out / "individual.png", dpi=110)
+            plt.close("all")
+    text = json.dumps(summary, indent=2)
+    (out / "summary.json").write_text(text + "\n")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    if not args.quiet:
+        print(f"wrote estimates.csv, diagnostics.csv, ebe.csv, vpc.csv"
+              f"{'' if args.no_plots or result.interrupted else ', gof.png, vpc.png, individual.png'}"
+              f" and summary.json to {out}/")
+    return 130 if result.interrupted else 0

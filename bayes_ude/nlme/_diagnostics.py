@@ -1,0 +1,357 @@
+"""Diagnostics of a fitted population model: residuals, NPDE, EBEs, simulation, VPC, plots.
+
+Definitions (per subject, on the error model's scale — log for the exponential model):
+
+* ``PRED = f(eta=0)``, ``IPRED = f(eta_hat)``; ``RES = DV - PRED``, ``IRES = DV - IPRED``;
+* ``IWRES = (y - f(eta_hat)) / sqrt(R(eta_hat))``;
+* ``WRES``: the residuals of the FO linearisation, decorrelated:
+  ``chol(G0 Omega G0' + R(0))^-1 (y - f(0))``;
+* ``CWRES`` (Hooker et al. 2007): the same around the EBE,
+  ``chol(G Omega G' + R(eta_hat))^-1 (y - f(eta_hat) + G eta_hat)``;
+* ``NPDE`` (Brendel et al. 2006): observations and ``n_sim`` simulated replicates of the
+  subject, decorrelated with the simulated mean and covariance; ``pde`` is the fraction of
+  replicates below the observation (kept inside ``[1/(2n), 1 - 1/(2n)]``), ``npde =
+  Phi^-1(pde)``. Under the model, NPDE are N(0, 1).
+* eta-shrinkage ``1 - SD(eta_hat) / omega^(1/2)``; epsilon-shrinkage ``1 - SD(IWRES)``.
+
+Everything is computed for all subjects at once (``vmap``).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.scipy.special import ndtri
+
+__all__ = ["diagnostics", "simulate", "vpc", "plot_gof", "plot_vpc", "plot_individual",
+           "individual_parameters"]
+
+
+def _decorrelate(v, e, mask):
+    v = jnp.where(mask[:, None] & mask[None, :], v, 0.0) + jnp.diag(jnp.where(mask, 0.0, 1.0))
+    chol = jnp.linalg.cholesky(v)
+    return jax.scipy.linalg.solve_triangular(chol, jnp.where(mask, e, 0.0), lower=True)
+
+
+@eqx.filter_jit
+def _residuals(model, u, population, eta):
+    theta, omega, sigma = model.unpack(u)
+
+    def one(subject, eta_hat):
+        def pred_t(e):
+            f = model.predict(theta, e, subject)
+            return model.residual(f, sigma, subject)
+
+        mask = subject.obs_mask
+        zero = jnp.zeros_like(eta_hat)
+        f0 = model.predict(theta, zero, subject)
+        fi = model.predict(theta, eta_hat, subject)
+        y, f0_t, r0 = pred_t(zero)
+        _, fi_t, ri = pred_t(eta_hat)
+        g0 = jax.jacfwd(lambda e: pred_t(e)[1])(zero)
+        gi = jax.jacfwd(lambda e: pred_t(e)[1])(eta_hat)
+        wres = _decorrelate(g0 @ omega @ g0.T + jnp.diag(r0), y - f0_t, mask)
+        cwres = _decorrelate(gi @ omega @ gi.T + jnp.diag(ri), y - fi_t + gi @ eta_hat, mask)
+        iwres = (y - fi_t) / jnp.sqrt(ri)
+        return f0, fi, iwres, wres, cwres
+
+    return jax.vmap(one)(population, eta)
+
+
+def _sample_y(model, theta, omega, sigma, subject, key):
+    """One simulated replicate of a subject's observations (untransformed scale)."""
+    k_eta, k_eps = jax.random.split(key)
+    eta = jax.random.multivariate_normal(k_eta, jnp.zeros(model.n_eta), omega)
+    f = model.predict(theta, eta, subject)
+    models = model.error_models
+    if 0 in models:
+        return models[0].sample(k_eps, f, sigma)
+    y = jnp.zeros_like(f)
+    keys = jax.random.split(k_eps, len(models))
+    for k, (dvid, em) in zip(keys, models.items(), strict=True):
+        y = jnp.where(subject.obs_dvid == dvid, em.sample(k, f, sigma), y)
+    return y
+
+
+@eqx.filter_jit
+def _simulate(model, u, population, key, n):
+    theta, omega, sigma = model.unpack(u)
+    keys = jax.random.split(key, (n, population.obs_time.shape[0]))
+
+    def rep(ks):
+        return jax.vmap(lambda s, k: _sample_y(model, theta, omega, sigma, s, k))(population, ks)
+
+    return jax.lax.map(rep, keys)  # (n, S, No); a map keeps memory at one replicate
+
+
+def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None) -> np.ndarray:
+    """Simulated observations ``(n, subjects, records)`` from the fitted model (new etas and
+    residual errors) on ``population``'s design (default: the fitted data's)."""
+    key = jax.random.key(0) if key is None else key
+    population = fit.population if population is None else population
+    return np.asarray(_simulate(fit.model, jnp.asarray(fit.u), population, key, n))
+
+
+@eqx.filter_jit
+def _npde(model, u, population, key, n):
+    sims = _simulate(model, u, population, key, n)  # (n, S, No)
+
+    def one(subject, ys):
+        mask = subject.obs_mask
+        tr = _transform(model, subject)
+        obs = tr(subject.obs_dv)
+        sim = jax.vmap(tr)(ys)
+        mean = sim.mean(0)
+        cov = jnp.cov(sim.T)
+        dec_obs = _decorrelate(cov, obs - mean, mask)
+        dec_sim = jax.vmap(lambda s: _decorrelate(cov, s - mean, mask))(sim)
+        pde = jnp.mean(dec_sim < dec_obs[None, :], axis=0)
+        pde = jnp.clip(pde, 1.0 / (2 * n), 1.0 - 1.0 / (2 * n))
+        return ndtri(pde)
+
+    return jax.vmap(one, in_axes=(0, 1))(population, sims)
+
+
+def _transform(model, subject):
+    models = model.error_models
+
+    def tr(y):
+        if 0 in models:
+            return models[0].transform(y)
+        out = y
+        for dvid, em in models.items():
+            out = jnp.where(subject.obs_dvid == dvid, em.transform(y), out)
+        return out
+
+    return tr
+
+
+def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None) -> pd.DataFrame:
+    """One row per observation: ``ID, TIME, DV, DVID, CMT, ROW, PRED, IPRED, RES, IRES,
+    IWRES, WRES, CWRES, NPDE`` (``n_sim`` replicates for NPDE; 0 skips it)."""
+    model, pop = fit.model, fit.population
+    u = jnp.asarray(fit.u)
+    eta = jnp.asarray(fit.eta.to_numpy())
+    pred, ipred, iwres, wres, cwres = (np.asarray(a) for a in _residuals(model, u, pop, eta))
+    mask = np.asarray(pop.obs_mask)
+    sub, rec = np.nonzero(mask)
+    dv = np.asarray(pop.obs_dv)[mask]
+    out = pd.DataFrame({
+        "ID": [pop.ids[s] for s in sub],
+        "TIME": np.asarray(pop.obs_time)[mask],
+        "DV": dv,
+        "DVID": np.asarray(pop.obs_dvid)[mask],
+        "CMT": np.asarray(pop.obs_cmt)[mask],
+        "ROW": np.asarray(pop.obs_row)[mask],
+        "PRED": pred[mask],
+        "IPRED": ipred[mask],
+        "RES": dv - pred[mask],
+        "IRES": dv - ipred[mask],
+        "IWRES": iwres[mask],
+        "WRES": wres[mask],
+        "CWRES": cwres[mask],
+    })
+    if n_sim:
+        key = jax.random.key(0) if key is None else key
+        out["NPDE"] = np.asarray(_npde(model, u, pop, key, n_sim))[mask]
+    return out
+
+
+def epsilon_shrinkage(diag: pd.DataFrame) -> float:
+    """``1 - SD(IWRES)``."""
+    return float(1.0 - diag["IWRES"].std(ddof=1))
+
+
+def individual_parameters(fit) -> pd.DataFrame:
+    """The EBEs and the individual parameters they give, one row per subject."""
+    model, pop = fit.model, fit.population
+    theta = model.unpack(jnp.asarray(fit.u))[0]
+    eta = jnp.asarray(fit.eta.to_numpy())
+    params = jax.vmap(lambda s, e: model.individual_parameters(theta, e, s))(pop, eta)
+    table = fit.eta.copy()
+    for k, v in params.items():
+        v = np.asarray(v)
+        if v.ndim == 1:
+            table[k] = v
+    return table
+
+
+def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5, 0.95),
+        ci: float = 0.9, dvid: int | None = None, key: jax.Array | None = None,
+        sims: np.ndarray | None = None) -> pd.DataFrame:
+    """Visual predictive check table: observed quantiles of DV per time bin, and the
+    median and ``ci`` interval of the same quantiles over ``n_sim`` simulated replicates.
+
+    ``bins``: a number of bins with equal numbers of observations, or bin edges.
+    ``sims``: replicates ``(n, subjects, records)`` to use instead of simulating (e.g.
+    a posterior predictive).
+    """
+    pop = fit.population
+    mask = np.asarray(pop.obs_mask)
+    if dvid is not None:
+        mask = mask & (np.asarray(pop.obs_dvid) == dvid)
+    if not mask.any():
+        raise ValueError(f"no observations{'' if dvid is None else f' with DVID {dvid}'}")
+    if sims is None:
+        sims = simulate(fit, n_sim, key)
+    t = np.asarray(pop.obs_time)[mask]
+    dv = np.asarray(pop.obs_dv)[mask]
+    sim = sims[:, mask]
+    edges = (np.unique(np.quantile(t, np.linspace(0, 1, bins + 1))) if np.isscalar(bins)
+             else np.asarray(bins, float))
+    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
+    rows = []
+    for b in range(len(edges) - 1):
+        sel = which == b
+        if not sel.any():
+            continue
+        row = {"bin": b, "time": float(np.median(t[sel])), "t_lo": edges[b],
+               "t_hi": edges[b + 1], "n": int(sel.sum())}
+        for q in quantiles:
+            sq = np.quantile(sim[:, sel], q, axis=1)
+            row[f"obs_q{q:g}"] = float(np.quantile(dv[sel], q))
+            row[f"sim_q{q:g}_median"] = float(np.median(sq))
+            row[f"sim_q{q:g}_lo"] = float(np.quantile(sq, lo))
+            row[f"sim_q{q:g}_hi"] = float(np.quantile(sq, hi))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = False,
+             title: str = "Visual predictive check", **kwargs):
+    """Plot a VPC: observed 5/50/95 % quantiles (lines) over the simulated ones' intervals
+    (bands); also the observations as points."""
+    import matplotlib.pyplot as plt
+
+    table = vpc(fit, **kwargs) if table is None else table
+    ax = plt.subplots(figsize=(7, 4.5))[1] if ax is None else ax
+    qs = sorted({c.split("_")[1][1:] for c in table.columns if c.startswith("obs_q")},
+                key=float)
+    colours = {qs[0]: "tab:blue", qs[-1]: "tab:blue"} | ({qs[1]: "tab:red"} if len(qs) > 2
+                                                        else {})
+    for q in qs:
+        c = colours.get(q, "tab:blue")
+        ax.fill_between(table["time"], table[f"sim_q{q}_lo"], table[f"sim_q{q}_hi"], color=c,
+                        alpha=0.2, lw=0, label=f"simulated {float(q):.0%} quantile, interval")
+        ax.plot(table["time"], table[f"obs_q{q}"], color=c, lw=1.8,
+                label=f"observed {float(q):.0%} quantile")
+    if fit is not None:
+        pop = fit.population
+        mask = np.asarray(pop.obs_mask)
+        ax.plot(np.asarray(pop.obs_time)[mask], np.asarray(pop.obs_dv)[mask], "o", ms=2.5,
+                color="0.4", alpha=0.5, zorder=0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("time")
+    ax.set_ylabel("DV")
+    ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=False))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    return ax
+
+
+def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit"):
+    """The goodness-of-fit panel: DV vs PRED and IPRED, CWRES vs TIME and PRED, |IWRES| vs
+    IPRED, and a normal QQ plot of CWRES."""
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    fig = plt.figure(figsize=(11, 7)) if fig is None else fig
+    axes = fig.subplots(2, 3)
+    for ax, x in zip(axes[0, :2], ("PRED", "IPRED"), strict=True):
+        ax.plot(diag[x], diag["DV"], "o", ms=3, alpha=0.6)
+        lim = [min(diag[x].min(), diag["DV"].min()), max(diag[x].max(), diag["DV"].max())]
+        ax.plot(lim, lim, "k-", lw=1)
+        ax.set_xlabel(x)
+        ax.set_ylabel("DV")
+        ax.set_title(f"DV vs {x}")
+    ax = axes[0, 2]
+    ax.plot(diag["IPRED"], diag["IWRES"].abs(), "o", ms=3, alpha=0.6)
+    ax.set_xlabel("IPRED")
+    ax.set_ylabel("|IWRES|")
+    ax.set_title("|IWRES| vs IPRED")
+    for ax, x in zip(axes[1, :2], ("TIME", "PRED"), strict=True):
+        ax.plot(diag[x], diag["CWRES"], "o", ms=3, alpha=0.6)
+        ax.axhline(0, color="k", lw=1)
+        for y in (-2, 2):
+            ax.axhline(y, color="k", lw=0.6, ls="--")
+        ax.set_xlabel(x)
+        ax.set_ylabel("CWRES")
+        ax.set_title(f"CWRES vs {x}")
+    ax = axes[1, 2]
+    osm, osr = stats.probplot(diag["CWRES"], dist="norm", fit=False)
+    ax.plot(osm, osr, "o", ms=3, alpha=0.6)
+    ax.plot([-3, 3], [-3, 3], "k-", lw=1)
+    ax.set_xlabel("normal quantiles")
+    ax.set_ylabel("CWRES quantiles")
+    ax.set_title("CWRES normal QQ")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _dense_design(population, n_points: int):
+    """The same subjects with observations on a dense time grid (for smooth curves)."""
+    t = np.asarray(population.obs_time)
+    mask = np.asarray(population.obs_mask)
+    t_end = np.where(mask, t, -np.inf).max(axis=1)
+    t_end = np.where(np.isfinite(t_end), t_end, 1.0)
+    t_start = np.minimum(np.asarray(population.dose_time).min(axis=1), t.min(axis=1))
+    grid = t_start[:, None] + (t_end - t_start)[:, None] * np.linspace(0, 1, n_points)[None, :]
+    s = grid.shape[0]
+    return eqx.tree_at(
+        lambda p: (p.obs_time, p.obs_dv, p.obs_mask, p.obs_cmt, p.obs_dvid, p.obs_row,
+                   p.obs_cov),
+        population,
+        (grid, np.zeros_like(grid), np.ones_like(grid, bool),
+         np.broadcast_to(np.asarray(population.obs_cmt)[:, :1], grid.shape).copy(),
+         np.broadcast_to(np.asarray(population.obs_dvid)[:, :1], grid.shape).copy(),
+         -np.ones(grid.shape, int),
+         np.repeat(np.asarray(population.cov_baseline)[:, None, :], n_points, axis=1)
+         if np.asarray(population.obs_cov).ndim == 3 else population.obs_cov),
+    ), s
+
+
+@eqx.filter_jit
+def _curves(model, u, population, eta):
+    theta = model.unpack(u)[0]
+    pred = jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)
+    ipred = jax.vmap(lambda s, e: model.predict(theta, e, s))(population, eta)
+    return pred, ipred
+
+
+def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4, log=False):
+    """Observations with individual (IPRED, solid) and population (PRED, dashed)
+    predictions, one panel per subject (default: the first 12)."""
+    import matplotlib.pyplot as plt
+
+    pop = fit.population
+    idx = list(range(min(12, pop.n_subjects))) if subjects is None else [
+        pop.index(s) for s in subjects]
+    sub = pop.take(idx)
+    dense, _ = _dense_design(sub, n_points)
+    eta = jnp.asarray(fit.eta.to_numpy()[idx])
+    pred, ipred = (np.asarray(a) for a in _curves(fit.model, jnp.asarray(fit.u), dense, eta))
+    nrows = int(np.ceil(len(idx) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 2.4 * nrows), squeeze=False,
+                             sharex=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(idx):
+            ax.axis("off")
+            continue
+        m = np.asarray(sub.obs_mask)[k]
+        ax.plot(np.asarray(sub.obs_time)[k][m], np.asarray(sub.obs_dv)[k][m], "o", ms=3,
+                color="k")
+        ax.plot(np.asarray(dense.obs_time)[k], ipred[k], "-", color="tab:blue", lw=1.3)
+        ax.plot(np.asarray(dense.obs_time)[k], pred[k], "--", color="tab:orange", lw=1.0)
+        ax.set_title(f"ID {pop.ids[idx[k]]}", fontsize=9)
+        if log:
+            ax.set_yscale("log")
+    fig.legend(["DV", "IPRED", "PRED"], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
