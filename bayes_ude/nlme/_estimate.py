@@ -212,8 +212,15 @@ def _population_objective(model, method, u, population, eta_start):
 def objective(model: PopulationModel, population, method: str = "focei", u=None):
     """OFV (−2LL without the ``n_obs log 2 pi`` constant) at ``u`` (default: initial values)."""
     _check_method(method)
-    u = jnp.asarray(model.initial_vector() if u is None else u)
+    if method == "lb":
+        method = "foce"  # the likelihood Lindstrom-Bates reports
+    u = jnp.asarray(model.initial_vector() if u is None else u, float)
     eta0 = jnp.zeros((population.n_subjects, model.n_eta))
+    return _objective_jit(model.specialised(population), method, u, population, eta0)
+
+
+@eqx.filter_jit
+def _objective_jit(model, method, u, population, eta0):
     return _population_objective(model, method, u, population, eta0)[0]
 
 

@@ -301,8 +301,9 @@ class ODEModel(StructuralModel):
         is_inf = subject.dose_rate > 0
         doses = (
             solvers.Bolus(td, jnp.where(is_inf, 0.0, amt), cmt),
+            # a bolus row's infusion entry is a no-op (rate 0 over a unit duration)
             solvers.Infusion(td, jnp.where(is_inf, amt / jnp.where(is_inf, subject.dose_rate,
-                                                                    1.0), 0.0),
+                                                                    1.0), 1.0),
                              jnp.where(is_inf, subject.dose_rate, 0.0), cmt),
         )
         u0 = (jnp.zeros(self.n_states) if self.initial is None
