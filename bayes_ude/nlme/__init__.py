@@ -31,3 +31,5 @@ from ._diagnostics import plot_individual as plot_individual
 from ._diagnostics import plot_vpc as plot_vpc
 from ._diagnostics import simulate as simulate
 from ._diagnostics import vpc as vpc
+from ._builtin import builtin_model as builtin_model
+from ._builtin import nca_initial_estimates as nca_initial_estimates

@@ -622,6 +622,9 @@ def fit(
 ) -> FitResult:
     """Maximum-likelihood fit of a population model.
 
+    The outer iteration is BFGS with a backtracking line search on the unconstrained
+    parameters (theta, Cholesky factor of omega with log diagonal, log sigma).
+
     Parameters
     ----------
     model : the :class:`PopulationModel`.
@@ -644,9 +647,6 @@ def fit(
         NaN standard errors.
     progress : show a progress bar.
     chunk : outer iterations per compiled call (progress updates between chunks).
-
-    The outer iteration is BFGS with a backtracking line search on the unconstrained
-    parameters (theta, Cholesky factor of omega with log diagonal, log sigma).
 
     Returns
     -------

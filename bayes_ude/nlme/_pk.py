@@ -257,7 +257,11 @@ class TwoCompartmentOral(ClosedFormModel):
 class ODEModel(StructuralModel):
     """Any ODE model, solved by :func:`bayes_ude.solvers.solve` with doses as events.
 
-    Parameters
+    Bioavailability ``f`` and lag ``tlag`` in the parameters apply to doses into
+    ``dosing_compartment``. Steady-state doses and resets are not supported by ODE models
+    (use a closed-form model, or give the doses explicitly).
+
+    Attributes
     ----------
     vector_field : ``f(t, amounts, params) -> d amounts / dt`` with ``params`` the
         individual-parameter mapping; may contain a neural network (closed over or as an
@@ -268,10 +272,7 @@ class ODEModel(StructuralModel):
     solver, rtol, atol, max_steps : passed on to :func:`bayes_ude.solvers.solve`.
     initial : optional ``initial(params) -> amounts at the first record`` (default zeros;
         e.g. a PD baseline).
-
-    Bioavailability ``f`` and lag ``tlag`` in the parameters apply to doses into
-    ``dosing_compartment``. Steady-state doses and resets are not supported by ODE models
-    (use a closed-form model, or give the doses explicitly).
+    dosing_compartment : the (1-based) compartment that ``f`` and ``tlag`` apply to.
     """
 
     vector_field: Callable
