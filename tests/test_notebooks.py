@@ -8,6 +8,11 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+# Notebooks whose tiny run still takes minutes (compilation of stiff or NUTS programs): run
+# with `pytest -m heavy`, outside the default suite's time budget.
+HEAVY = {"bayesian_ude", "fisher_kpp", "universal_dae"}
+CASES = [pytest.param(p, id=p.stem, marks=[pytest.mark.heavy] if p.stem in HEAVY else [])
+         for p in NOTEBOOKS]
 
 
 def test_there_are_notebooks():
@@ -15,7 +20,7 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", CASES)
 def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("BAYES_UDE_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -58,6 +58,7 @@ def run_nuts(
     posterior_predictive: bool = True,
     dims: dict | None = None,
     coords: dict | None = None,
+    keep_failed_states: bool = False,
     **model_kwargs,
 ):
     """Sample ``model(*model_args, **model_kwargs)`` with NUTS; return InferenceData.
@@ -78,12 +79,25 @@ def run_nuts(
     chunk_size : draws per compiled chunk (progress and Ctrl-C granularity).
     posterior_predictive : also draw the observed sites from the posterior predictive.
     dims, coords : ArviZ dimension names / coordinates for variables.
+    keep_failed_states : BlackJAX backend only: also keep, for every draw whose
+        trajectory stopped at a failed solve, the values of the variables at the state
+        where the solve failed (``sample_stats["failed_at.<name>"]``, NaN for the other
+        draws), e.g. to see which region of parameter space makes the solver fail.
+
+    Failed solves: a solve that fails inside the model (:func:`reject_failed_solve`)
+    gives log density ``-inf``; NUTS treats that as a divergence and rejects the state,
+    so the run never crashes. With the BlackJAX backend, ``sample_stats["solver_failed"]``
+    marks each draw whose trajectory was stopped by a failed solve (``attrs`` has the
+    totals, ``num_failed_solves`` and ``num_failed_solves_warmup``). NumPyro's NUTS does
+    not keep the state at which a trajectory diverged, so with the NumPyro backend failed
+    solves show only among the divergences (``sample_stats["diverging"]``).
 
     Returns
     -------
     arviz.InferenceData with ``posterior``, ``sample_stats`` (``diverging``,
     ``step_size``, ``tree_depth``, ``n_steps``, ``energy``, ``acceptance_rate``,
-    ``lp``), ``log_likelihood``, ``observed_data`` and ``posterior_predictive``;
+    ``lp``; BlackJAX: ``solver_failed``), ``log_likelihood``, ``observed_data`` and
+    ``posterior_predictive``;
     ``attrs`` records the backend, timings and ``partial``.
     """
     if backend not in BACKENDS:
@@ -98,9 +112,13 @@ def run_nuts(
     key = jax.random.key(0) if key is None else key
     run = _run_numpyro if backend == "numpyro" else _run_blackjax
     start = time.perf_counter()
+    if keep_failed_states and backend != "blackjax":
+        raise ValueError("keep_failed_states needs backend='blackjax' (NumPyro's NUTS does "
+                         "not keep the state where a trajectory diverged)")
     samples, stats, timing, partial = run(
         model, model_args, model_kwargs, key, num_warmup, num_samples, num_chains,
-        target_accept, max_tree_depth, _init_strategy(init), chunk_size, progress)
+        target_accept, max_tree_depth, _init_strategy(init), chunk_size, progress,
+        keep_failed_states)
     return _assemble(model, model_args, model_kwargs, samples, stats, key,
                      posterior_predictive, dims, coords,
                      {"backend": backend, "partial": int(partial), **timing,
@@ -115,9 +133,11 @@ def _tree_depth(n_steps):
 
 
 def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
-                 target_accept, max_tree_depth, init_strategy, chunk_size, progress):
+                 target_accept, max_tree_depth, init_strategy, chunk_size, progress,
+                 keep_failed_states):
     """NumPyro's NUTS kernel (its own adaptation) stepped by our own chunked scan, so that
     warmup and sampling both report progress, compile once, and can be interrupted."""
+    del keep_failed_states  # BlackJAX only (run_nuts has checked)
     kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
                   init_strategy=init_strategy)
     state = jax.vmap(lambda k: kernel.init(k, num_warmup, None, args, kwargs))(
@@ -168,7 +188,8 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
 
 def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
-                  target_accept, max_tree_depth, init_strategy, chunk_size, progress):
+                  target_accept, max_tree_depth, init_strategy, chunk_size, progress,
+                  keep_failed_states):
     k_init, k_warm, k_sample = jax.random.split(key, 3)
     init_params, potential_gen, postprocess_gen, _ = infer_util.initialize_model(
         jax.random.split(k_init, num_chains), model, init_strategy=init_strategy,
@@ -186,8 +207,9 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     @jax.jit
     def adapt(keys, positions):
         def one(k, p):
-            (state, params), _ = warmup.run(k, p, num_warmup)
-            return state, params
+            (state, params), info = warmup.run(k, p, num_warmup)
+            failed, _ = jax.vmap(_stopped_at_failure)(info.info)
+            return state, params, failed.sum()
 
         return jax.vmap(one)(keys, positions)
 
@@ -200,9 +222,11 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
             def one(s, kk):
                 s, info = step(kk, s)
+                failed, stop = _stopped_at_failure(info)
                 return s, (s.position, s.logdensity, info.is_divergent,
                            info.num_integration_steps, info.energy, info.acceptance_rate,
-                           info.num_trajectory_expansions)
+                           info.num_trajectory_expansions, failed,
+                           stop if keep_failed_states else None)
 
             return jax.lax.scan(one, state, jax.random.split(k, n))
 
@@ -212,7 +236,8 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                leave=False)
     t0 = time.perf_counter()
     try:
-        states, params = adapt(jax.random.split(k_warm, num_chains), init_params.z)
+        states, params, warmup_failed = adapt(jax.random.split(k_warm, num_chains),
+                                              init_params.z)
         jax.block_until_ready(states)
         t_warm = time.perf_counter() - t0
         bar.set_description("NUTS (blackjax)")
@@ -228,16 +253,47 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     finally:
         bar.close()
     out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *pieces)
-    positions, lp, divergent, n_steps, energy, accept, depth = out
+    positions, lp, divergent, n_steps, energy, accept, depth, failed, stops = out
     constrained = jax.vmap(jax.vmap(postprocess))(positions)
     samples = {k: np.asarray(v) for k, v in constrained.items()}
+    extra = {}
+    if keep_failed_states:
+        # Where each trajectory hit a failed solve, in the model's (constrained) space;
+        # NaN for draws whose trajectory did not.
+        at = jax.vmap(jax.vmap(postprocess))(stops)
+        for k, v in at.items():
+            if k not in stops:  # deterministic sites
+                continue
+            mask = np.asarray(failed).reshape(failed.shape + (1,) * (np.ndim(v) - 2))
+            extra[f"failed_at.{k}"] = np.where(mask, np.asarray(v), np.nan)
     step_size = np.broadcast_to(np.asarray(params["step_size"])[:, None], lp.shape)
     stats = {"diverging": np.asarray(divergent, bool), "n_steps": np.asarray(n_steps),
              "tree_depth": np.asarray(depth), "energy": np.asarray(energy),
              "acceptance_rate": np.asarray(accept), "lp": np.asarray(lp),
-             "step_size": np.array(step_size)}
-    timing = {"seconds_warmup": t_warm, "seconds_sampling": time.perf_counter() - t0}
+             "step_size": np.array(step_size), "solver_failed": np.asarray(failed, bool),
+             **extra}
+    timing = {"seconds_warmup": t_warm, "seconds_sampling": time.perf_counter() - t0,
+              "num_failed_solves_warmup": int(np.sum(warmup_failed))}
     return samples, stats, timing, partial
+
+
+def _stopped_at_failure(info):
+    """Did this NUTS transition stop at a failed solve, and where?
+
+    A failed solve gives log density ``-inf`` (:func:`reject_failed_solve`), which makes
+    the transition divergent and stops it there. BlackJAX appends the divergent state to
+    the trajectory before stopping, so it is the trajectory's leftmost or rightmost state:
+    the one whose log density is not finite. (Any other non-finite log density, e.g. a
+    value outside a distribution's support, is counted too; in a model whose only such
+    source is ``reject_failed_solve`` the count is exactly the failed solves that
+    stopped a trajectory.)
+    """
+    left, right = info.trajectory_leftmost_state, info.trajectory_rightmost_state
+    right_bad = ~jnp.isfinite(right.logdensity)
+    failed = info.is_divergent & (right_bad | ~jnp.isfinite(left.logdensity))
+    stop = jax.tree.map(lambda a, b: jnp.where(right_bad, a, b), right.position,
+                        left.position)
+    return failed, stop
 
 
 # ---------------------------------------------------------------------------- assembly
@@ -263,6 +319,8 @@ def _assemble(model, args, kwargs, samples, stats, key, want_predictive, dims, c
                       for k, v in draws.items()}
     posterior = {k: v for k, v in samples.items() if k not in observed}
     attrs["num_divergent"] = int(np.sum(stats["diverging"]))
+    if "solver_failed" in stats:
+        attrs["num_failed_solves"] = int(np.sum(stats["solver_failed"]))
     if not math.isfinite(float(np.sum(stats["lp"]))):
         attrs["non_finite_lp_draws"] = int(np.sum(~np.isfinite(stats["lp"])))
     return to_inference_data(posterior, sample_stats=stats, log_likelihood=loglik,

@@ -29,7 +29,7 @@ import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.sgmcmc.gradients import grad_estimator as _blackjax_grad_estimator
+from blackjax.sgmcmc.gradients import logdensity_estimator as _blackjax_logdensity_estimator
 from jaxtyping import PyTree
 from tqdm.auto import tqdm
 
@@ -59,10 +59,20 @@ def grad_estimator(logprior_fn: Callable, loglikelihood_fn: Callable, data_size:
     """Unbiased minibatch estimate of the gradient of the log posterior:
     ``grad logprior(theta) + (N / n) * sum_i grad loglikelihood(theta, x_i)`` over a
     minibatch of ``n`` of the ``N`` data items (``loglikelihood_fn(theta, x)`` takes one
-    item: a trajectory, a subject, a time window). BlackJAX's estimator."""
+    item: a trajectory, a subject, a time window). BlackJAX's estimator, with one
+    addition: where the estimate of the log posterior is not finite (a failed solve,
+    ``-inf`` from :func:`bayes_ude.solvers.log_density_penalty`), the gradient is NaN, so
+    that :func:`run_sgmcmc` rejects the step and counts it (a penalty with a finite
+    gradient would otherwise move the chain as if nothing had happened)."""
     if not isinstance(data_size, (int, np.integer)) or data_size < 1:
         raise ValueError(f"data_size must be a positive integer, got {data_size!r}")
-    return _blackjax_grad_estimator(logprior_fn, loglikelihood_fn, int(data_size))
+    estimate = _blackjax_logdensity_estimator(logprior_fn, loglikelihood_fn, int(data_size))
+
+    def grad_fn(position, minibatch):
+        value, grad = jax.value_and_grad(estimate)(position, minibatch)
+        return jax.tree.map(lambda g: jnp.where(jnp.isfinite(value), g, jnp.nan), grad)
+
+    return grad_fn
 
 
 def _normal_like(key, tree):
@@ -191,10 +201,18 @@ def run_sgmcmc(
     chunk_size : steps per compiled chunk (progress and Ctrl-C granularity; Ctrl-C keeps
         the draws so far and marks ``attrs["partial"]``).
 
+    Failed solves: a step whose new position is not finite -- in particular every step
+    whose minibatch log density was not finite, e.g. a failed solve, for which
+    :func:`grad_estimator` returns a NaN gradient -- is rejected (the chain stays put)
+    and counted, never raised.
+
     Returns
     -------
     arviz.InferenceData whose ``posterior`` holds the position's arrays (names from
-    their place in the pytree) with ``(chain, draw)`` leading axes.
+    their place in the pytree) with ``(chain, draw)`` leading axes, and whose
+    ``sample_stats["solver_failed"]`` counts the rejected steps of each chain since the
+    previous kept draw (burn-in excluded; ``attrs["num_failed_steps"]`` is the total,
+    burn-in included).
     """
     for label, value, low in (("num_steps", num_steps, 1), ("batch_size", batch_size, 1),
                               ("burn_in", burn_in, 0), ("thin", thin, 1),
@@ -219,41 +237,84 @@ def run_sgmcmc(
     states = jax.vmap(kernel.init)(positions)
 
     def one_step(carry, t):
-        states, key = carry
+        # ``states`` is where the chain is, ``previous`` the position it moved from.
+        # Whether a position is usable is known only when the gradient there has been
+        # computed, i.e. at the next step, so each step reports the position it starts
+        # from: draw t is the position after t accepted-or-rejected moves.
+        states, previous, key = carry
         key, k_batch, k_step = jax.random.split(key, 3)
         idx = jax.random.choice(k_batch, n_items, (batch_size,), replace=False)
         batch = jax.tree.map(lambda x: x[idx], data)
         eps = schedule(t)
-        states = jax.vmap(lambda k, s: kernel.step(k, s, batch, eps, temperature))(
+        new = jax.vmap(lambda k, s: kernel.step(k, s, batch, eps, temperature))(
             jax.random.split(k_step, num_chains), states)
-        return (states, key), states.position
+        # A non-finite gradient (a failed solve at the current position; see
+        # grad_estimator) or a step out of the finite numbers rejects the last move: the
+        # chain goes back to the position it came from and moves again from there.
+        failed = ~_all_finite(new.position)
+
+        def pick(a, b):
+            return jnp.where(failed.reshape(failed.shape + (1,) * (a.ndim - 1)), a, b)
+
+        here = jax.tree.map(pick, previous, states)
+        return ((jax.tree.map(pick, previous, new), here, key),
+                (here.position, failed))
 
     @jax.jit
-    def chunk(states, key, ts):
-        (states, key), traj = jax.lax.scan(one_step, (states, key), ts)
-        return states, key, traj
+    def chunk(states, previous, key, ts):
+        (states, previous, key), traj = jax.lax.scan(one_step, (states, previous, key), ts)
+        return states, previous, key, traj
 
     bar = tqdm(total=num_steps, desc=f"SG-MCMC ({_kernel_name(kernel)})",
                disable=not progress, leave=False)
     start = time.perf_counter()
-    current = [states, k_run]
+    current = [states, states, k_run]
+
+    # Rejected steps (failed solves) per chain since the last kept draw, and in all.
+    since_kept = [np.zeros(num_chains, int)]
+    failed_total = [np.zeros(num_chains, int)]
 
     def advance(done, n):
-        current[0], current[1], traj = chunk(current[0], current[1], jnp.arange(done, done + n))
+        out = chunk(*current, jnp.arange(done, done + n))
+        current[:] = out[:3]
+        traj, failed = out[3]
+        failed = np.asarray(failed)
+        failed_total[0] += failed.sum(axis=0)
         steps = np.arange(done, done + n)
         keep = (steps >= burn_in) & ((steps - burn_in) % thin == 0)
-        return jax.tree.map(lambda x: np.asarray(x)[keep], traj) if keep.any() else None
+        # Failed steps counted against the draw that closes their thinning interval
+        # (burn-in steps are not counted against any draw).
+        counted = np.where((steps >= burn_in)[:, None], failed, 0)
+        cum = np.cumsum(counted, axis=0)
+        per_draw, last = [], np.zeros(num_chains, int)
+        for i in np.flatnonzero(keep):
+            per_draw.append(since_kept[0] + cum[i] - last)
+            since_kept[0], last = np.zeros(num_chains, int), cum[i]
+        since_kept[0] = since_kept[0] + cum[-1] - last
+        if not keep.any():
+            return None
+        return jax.tree.map(lambda x: np.asarray(x)[keep], traj), np.stack(per_draw)
 
     try:
         kept, done, partial = run_chunks(num_steps, chunk_size, advance, bar, what="steps")
     finally:
         bar.close()
-    draws = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1), *kept)
+    draws = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1),
+                         *[k[0] for k in kept])
+    n_failed = np.swapaxes(np.concatenate([k[1] for k in kept], axis=0), 0, 1)
     posterior = {k: np.asarray(v) for k, v in _position_dict(draws, name).items()}
-    return to_inference_data(posterior, attrs={
+    return to_inference_data(posterior, sample_stats={"solver_failed": n_failed}, attrs={
         "sampler": _kernel_name(kernel), "partial": int(partial), "num_steps": done,
         "burn_in": burn_in, "thin": thin, "batch_size": batch_size,
+        "num_failed_steps": int(failed_total[0].sum()),
         "seconds": time.perf_counter() - start})
+
+
+def _all_finite(tree):
+    """Per chain (leading axis): are all entries of every leaf finite?"""
+    leaves = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+              for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all(axis=0)
 
 
 def posterior_pytree(idata, template: PyTree, name: str = "theta") -> PyTree:

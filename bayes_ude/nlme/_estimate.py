@@ -259,8 +259,9 @@ class _BFGS(NamedTuple):
 
 def _bfgs_init(x, eta):
     inf = jnp.asarray(jnp.inf, x.dtype)
+    # explicit dtypes: a weakly typed leaf would make the next call compile again
     return _BFGS(x, inf, jnp.zeros_like(x), eta, jnp.eye(x.size, dtype=x.dtype),
-                 jnp.asarray(0), jnp.asarray(False))
+                 jnp.asarray(0, int), jnp.asarray(False))
 
 
 @eqx.filter_jit
@@ -328,7 +329,7 @@ def _run_chunk(problem: _Problem, state: _BFGS, n_iter, tol):
             done=(accepted & converged) | stalled | ~accepted)
         return new
 
-    return jax.lax.while_loop(cond, body, state._replace(iteration=jnp.asarray(0),
+    return jax.lax.while_loop(cond, body, state._replace(iteration=jnp.asarray(0, int),
                                                          done=jnp.asarray(False)))
 
 
@@ -412,7 +413,7 @@ def _minimise(problem, x, eta, tol, max_iter=1000):
     state = _bfgs_init(x, eta)
     done = 0
     while done < max_iter:
-        state = _run_chunk(problem, state, jnp.asarray(100), jnp.asarray(tol, float))
+        state = _run_chunk(problem, state, jnp.asarray(100, int), jnp.asarray(tol, float))
         done += int(state.iteration)
         if bool(state.done):
             break
@@ -681,7 +682,8 @@ def fit(
         finally:
             bar.close()
         problem = _Problem(model, "foce", problem.free, problem.u_fixed, population)
-        state = _run_chunk(problem, _bfgs_init(x, eta), jnp.asarray(1), jnp.asarray(0.0))
+        state = _run_chunk(problem, _bfgs_init(x, eta), jnp.asarray(1, int),
+                           jnp.asarray(0.0, float))
         return _finish(model, population, method, problem, state, names, free, fixed_names,
                        n_alt, n_alt < max_iter, False, covariance, start, [float(state.value)],
                        gradient_check=False, tol=tol)
@@ -692,7 +694,7 @@ def fit(
     try:
         while iterations < max_iter:
             n = min(chunk, max_iter - iterations)
-            state = _run_chunk(problem, state, jnp.asarray(n), jnp.asarray(tol, float))
+            state = _run_chunk(problem, state, jnp.asarray(n, int), jnp.asarray(tol, float))
             done_now = int(state.iteration)
             iterations += done_now
             history.append(float(state.value))
@@ -755,7 +757,8 @@ def _covariance(problem: _Problem, x, eta, names, free):
     # gradients from the compiled outer iteration itself (a fresh state's first
     # iteration only evaluates), so the covariance step compiles nothing new
     grads = jnp.stack([
-        _run_chunk(problem, _bfgs_init(point, eta), jnp.asarray(1), jnp.asarray(0.0)).grad
+        _run_chunk(problem, _bfgs_init(point, eta), jnp.asarray(1, int),
+                   jnp.asarray(0.0, float)).grad
         for point in jnp.concatenate([x + steps, x - steps])])
     hess = (grads[:p] - grads[p:]) / (2.0 * h[:, None])
     hess = 0.5 * (hess + hess.T)

@@ -76,6 +76,7 @@ def fitted():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_upde_recovers_stencil_diffusion_and_reaction(fitted):
     result, _ = fitted
     model = result.params
@@ -92,6 +93,7 @@ def test_upde_recovers_stencil_diffusion_and_reaction(fitted):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sindy_on_the_network_finds_the_logistic_term(fitted):
     """Cubic library on 101 points of [0, 1]. The ridge strength is 1e-3, not the default
     0.05: rho^2 and rho^3 are nearly collinear on [0, 1], and a ridge of 0.05 spreads weight
@@ -108,6 +110,7 @@ def test_sindy_on_the_network_finds_the_logistic_term(fitted):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_psgld_posterior_of_diffusion(fitted):
     """pSGLD from the MAP, on the data with 2 % noise (sigma = 0.02, known), Normal(0, 3^2)
     prior on every weight. The posterior of D must sit on the truth: its mean within 2 %

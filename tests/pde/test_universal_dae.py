@@ -121,6 +121,7 @@ def trained():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_universal_dae_predicts_held_out_initial_conditions(trained):
     """Measured: training loss 4.7e-6; on the held-out trajectories the largest error
     relative to each species' range is 0.16 %, 1.8 %, 0.13 % (y2, at ~1e-5, is the hardest);
@@ -145,6 +146,7 @@ def test_universal_dae_predicts_held_out_initial_conditions(trained):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_sindy_recovers_the_y2_y3_interaction(trained):
     """SINDy on the network term along the training trajectories, features (y2s, y3)
     (y1 = 1 - y2 - y3 is redundant: with it the quadratic library is collinear). Truth:
