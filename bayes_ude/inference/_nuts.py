@@ -63,6 +63,14 @@ def run_nuts(
 ):
     """Sample ``model(*model_args, **model_kwargs)`` with NUTS; return InferenceData.
 
+    Failed solves: a solve that fails inside the model (:func:`reject_failed_solve`)
+    gives log density ``-inf``; NUTS treats that as a divergence and rejects the state,
+    so the run never crashes. With the BlackJAX backend, ``sample_stats["solver_failed"]``
+    marks each draw whose trajectory was stopped by a failed solve (``attrs`` has the
+    totals, ``num_failed_solves`` and ``num_failed_solves_warmup``). NumPyro's NUTS does
+    not keep the state at which a trajectory diverged, so with the NumPyro backend failed
+    solves show only among the divergences (``sample_stats["diverging"]``).
+
     Parameters
     ----------
     model : a NumPyro model; observed sites (``obs=``) become ``observed_data``, their
@@ -83,14 +91,6 @@ def run_nuts(
         trajectory stopped at a failed solve, the values of the variables at the state
         where the solve failed (``sample_stats["failed_at.<name>"]``, NaN for the other
         draws), e.g. to see which region of parameter space makes the solver fail.
-
-    Failed solves: a solve that fails inside the model (:func:`reject_failed_solve`)
-    gives log density ``-inf``; NUTS treats that as a divergence and rejects the state,
-    so the run never crashes. With the BlackJAX backend, ``sample_stats["solver_failed"]``
-    marks each draw whose trajectory was stopped by a failed solve (``attrs`` has the
-    totals, ``num_failed_solves`` and ``num_failed_solves_warmup``). NumPyro's NUTS does
-    not keep the state at which a trajectory diverged, so with the NumPyro backend failed
-    solves show only among the divergences (``sample_stats["diverging"]``).
 
     Returns
     -------

@@ -186,6 +186,11 @@ def run_sgmcmc(
 ):
     """Run an SG-MCMC kernel over minibatches of ``data``; return InferenceData.
 
+    Failed solves: a step whose new position is not finite -- in particular every step
+    whose minibatch log density was not finite, e.g. a failed solve, for which
+    :func:`grad_estimator` returns a NaN gradient -- is rejected (the chain stays put)
+    and counted, never raised.
+
     Parameters
     ----------
     kernel : from :func:`sgld`, :func:`psgld` or :func:`sghmc`.
@@ -200,11 +205,6 @@ def run_sgmcmc(
         ``N(0, init_spread^2)`` noise.
     chunk_size : steps per compiled chunk (progress and Ctrl-C granularity; Ctrl-C keeps
         the draws so far and marks ``attrs["partial"]``).
-
-    Failed solves: a step whose new position is not finite -- in particular every step
-    whose minibatch log density was not finite, e.g. a failed solve, for which
-    :func:`grad_estimator` returns a NaN gradient -- is rejected (the chain stays put)
-    and counted, never raised.
 
     Returns
     -------
