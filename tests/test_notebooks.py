@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 # Notebooks whose tiny run still takes minutes (compilation of stiff or NUTS programs): run
 # with `pytest -m heavy`, outside the default suite's time budget.
-HEAVY = {"bayesian_ude", "fisher_kpp", "universal_dae"}
+HEAVY = {"bayesian_ude", "bcrnn", "fisher_kpp", "universal_dae"}
 CASES = [pytest.param(p, id=p.stem, marks=[pytest.mark.heavy] if p.stem in HEAVY else [])
          for p in NOTEBOOKS]
 

@@ -1,0 +1,31 @@
+"""Chemical reaction neural networks (CRNN) and their Bayesian version (B-CRNN)."""
+
+from ._bayes import NOISE_FLOOR as NOISE_FLOOR
+from ._bayes import Prior as Prior
+from ._bayes import credible_interval as credible_interval
+from ._bayes import estimate_noise as estimate_noise
+from ._bayes import log_likelihood as log_likelihood
+from ._bayes import log_prior as log_prior
+from ._bayes import numpyro_model as numpyro_model
+from ._bayes import posterior_models as posterior_models
+from ._bayes import reaction_probability as reaction_probability
+from ._bayes import run_nuts as run_nuts
+from ._bayes import run_psgld as run_psgld
+from ._discover import Discovery as Discovery
+from ._discover import discover as discover
+from ._fit import CollocationLoss as CollocationLoss
+from ._fit import Experiments as Experiments
+from ._fit import SolveOptions as SolveOptions
+from ._fit import TrajectoryLoss as TrajectoryLoss
+from ._fit import fit as fit
+from ._fit import fit_collocation as fit_collocation
+from ._fit import simulate as simulate
+from ._fit import validation_error as validation_error
+from ._model import CRNN as CRNN
+from ._model import GAS_CONSTANT as GAS_CONSTANT
+from ._prune import Reaction as Reaction
+from ._prune import active_reactions as active_reactions
+from ._prune import format_mechanism as format_mechanism
+from ._prune import mechanism as mechanism
+from ._prune import prune as prune
+from ._prune import unprune as unprune
