@@ -68,7 +68,7 @@ def nca_initial_estimates(population, dvid: int | None = None) -> dict[str, floa
 
 def builtin_model(name: str, population, error: str = "additive",
                   allometric: str | None = None, reference_weight: float = 70.0,
-                  dvid: int | None = None) -> PopulationModel:
+                  dvid: int | None = None, eta=None) -> PopulationModel:
     """A built-in model (``iv1cmt``, ``oral1cmt``, ``iv2cmt``, ``oral2cmt``) with data-based
     initial values.
 
@@ -80,6 +80,8 @@ def builtin_model(name: str, population, error: str = "additive",
     allometric : name of a weight covariate column for allometric scaling (``None``: none).
     reference_weight : weight the typical values refer to (default 70 kg).
     dvid : the observation type the model describes (initial values from it).
+    eta : parameters with between-subject variability (default: ``ka``, ``cl``, ``v`` where
+        the model has them).
     """
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown model {name!r}; built-in models: {sorted(BUILTIN_MODELS)}")
@@ -96,7 +98,14 @@ def builtin_model(name: str, population, error: str = "additive",
         scale = np.median(w) / reference_weight
         init = {k: v / scale ** _ALLOMETRIC.get(k, 0.0) for k, v in init.items()}
     theta = {f"t{p}": float(np.log(init[p])) for p in params}
-    with_eta = [p for p in params if p in ("ka", "cl", "v")]
+    if eta is None:
+        with_eta = [p for p in params if p in ("ka", "cl", "v")]
+    else:
+        with_eta = [str(p).strip().lower() for p in eta]
+        unknown = [p for p in with_eta if p not in params]
+        if unknown or not with_eta:
+            raise ValueError(f"eta on {unknown or 'nothing'}: model {name} has parameters "
+                             f"{list(params)}")
     omega = {f"eta_{p}": 0.1 for p in with_eta}
     error_cls, sigma_names = ERROR_MODELS[error]
     y = np.asarray(population.obs_dv)[np.asarray(population.obs_mask)]

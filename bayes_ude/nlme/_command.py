@@ -27,6 +27,9 @@ def add_pk_parser(sub) -> None:
                      help="structural model (default: %(default)s)")
     fit.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace"],
                      help="estimation method (default: %(default)s)")
+    fit.add_argument("--eta", default=None,
+                     help="comma-separated parameters with between-subject variability "
+                          "(default: ka,cl,v where the model has them)")
     fit.add_argument("--error", default="additive",
                      choices=["additive", "proportional", "combined", "exponential"],
                      help="residual error model (default: %(default)s)")
@@ -78,7 +81,8 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         pop = eqx.tree_at(lambda p: p.obs_mask, pop, keep)
     try:
         model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
-                              dvid=args.dvid)
+                              dvid=args.dvid,
+                              eta=None if args.eta is None else args.eta.split(","))
     except ValueError as err:
         raise SystemExit(f"bayes-ude pk fit: {err}") from None
     if not args.quiet:

@@ -181,13 +181,17 @@ def individual_parameters(fit) -> pd.DataFrame:
 
 def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5, 0.95),
         ci: float = 0.9, dvid: int | None = None, key: jax.Array | None = None,
-        sims: np.ndarray | None = None) -> pd.DataFrame:
+        sims: np.ndarray | None = None, prediction_corrected: bool = True) -> pd.DataFrame:
     """Visual predictive check table: observed quantiles of DV per time bin, and the
     median and ``ci`` interval of the same quantiles over ``n_sim`` simulated replicates.
 
     ``bins``: a number of bins with equal numbers of observations, or bin edges.
     ``sims``: replicates ``(n, subjects, records)`` to use instead of simulating (e.g.
     a posterior predictive).
+    ``prediction_corrected`` (default): the prediction-corrected VPC of Bergstrand et al.
+    (2011): observed and simulated values are multiplied by ``median(PRED in bin) / PRED``
+    so that differences in dose and covariates within a bin do not widen the bands
+    (observations with ``PRED <= 0``, e.g. pre-dose samples, are left as they are).
     """
     pop = fit.population
     mask = np.asarray(pop.obs_mask)
@@ -203,6 +207,16 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
     edges = (np.unique(np.quantile(t, np.linspace(0, 1, bins + 1))) if np.isscalar(bins)
              else np.asarray(bins, float))
     which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    if prediction_corrected:
+        theta = fit.model.unpack(jnp.asarray(fit.u))[0]
+        pred = np.asarray(_population_pred(fit.model, theta, pop))[mask]
+        factor = np.ones_like(pred)
+        for b in range(len(edges) - 1):
+            sel = (which == b) & (pred > 0)
+            if sel.any():
+                factor[sel] = np.median(pred[sel]) / pred[sel]
+        dv = dv * factor
+        sim = sim * factor[None, :]
     lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
     rows = []
     for b in range(len(edges) - 1):
@@ -221,10 +235,16 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
     return pd.DataFrame(rows)
 
 
+@eqx.filter_jit
+def _population_pred(model, theta, population):
+    return jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)
+
+
 def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = False,
-             title: str = "Visual predictive check", **kwargs):
-    """Plot a VPC: observed 5/50/95 % quantiles (lines) over the simulated ones' intervals
-    (bands); also the observations as points."""
+             title: str = "Prediction-corrected visual predictive check", **kwargs):
+    """Plot a VPC: observed 5/50/95 % quantiles (lines) over the simulated ones' percentile
+    intervals (bands); ``kwargs`` go to :func:`vpc` (``prediction_corrected=False`` for
+    the plain VPC, which also shows the observations as points)."""
     import matplotlib.pyplot as plt
 
     table = vpc(fit, **kwargs) if table is None else table
@@ -239,7 +259,7 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
                         alpha=0.2, lw=0, label=f"simulated {float(q):.0%} quantile, interval")
         ax.plot(table["time"], table[f"obs_q{q}"], color=c, lw=1.8,
                 label=f"observed {float(q):.0%} quantile")
-    if fit is not None:
+    if fit is not None and not kwargs.get("prediction_corrected", True):
         pop = fit.population
         mask = np.asarray(pop.obs_mask)
         ax.plot(np.asarray(pop.obs_time)[mask], np.asarray(pop.obs_dv)[mask], "o", ms=2.5,
@@ -247,7 +267,8 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("time")
-    ax.set_ylabel("DV")
+    ax.set_ylabel("prediction-corrected DV" if kwargs.get("prediction_corrected", True)
+                  else "DV")
     ax.set_title(title)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))

@@ -64,5 +64,7 @@ def test_missing_file_and_bad_table_are_clear_errors(tmp_path):
         cli.main(["pk", "fit", str(bad)])
     message = str(exc.value)
     assert "DV" in message and "TIME" in message and "row 2" in message
+    with pytest.raises(SystemExit, match=r"eta on \['q'\]: model oral1cmt"):
+        cli.main(["pk", "fit", "theophylline", "--eta", "cl,q"])
     with pytest.raises(SystemExit, match="allometric weight column 'WEIGHT'"):
         cli.main(["pk", "fit", "theophylline", "--allometric", "WEIGHT"])
