@@ -79,6 +79,7 @@ def site_values(name, network):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_posterior_predictive_covers_the_truth_and_widens_beyond_the_data():
     truth_long = solve_ivp(spiral, (0, 1.5), U0, t_eval=TS_LONG, rtol=1e-12, atol=1e-12).y.T
     truth = solve_ivp(spiral, (0, 1.0), U0, t_eval=TS, rtol=1e-12, atol=1e-12).y.T
