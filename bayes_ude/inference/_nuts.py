@@ -140,7 +140,9 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     del keep_failed_states  # BlackJAX only (run_nuts has checked)
     kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
                   init_strategy=init_strategy)
-    state = jax.vmap(lambda k: kernel.init(k, num_warmup, None, args, kwargs))(
+    # compiled as one program: run eagerly under vmap, initialisation (which traces the
+    # model) would compile each primitive on its own, hundreds of small compilations
+    state = jax.jit(jax.vmap(lambda k: kernel.init(k, num_warmup, None, args, kwargs)))(
         jax.random.split(key, num_chains))
 
     @functools.partial(jax.jit, static_argnums=1)
@@ -174,7 +176,7 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     out = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1), *pieces)
     z, potential, divergent, n_steps, energy, accept, step_size = out
     postprocess = kernel.postprocess_fn(args, kwargs)
-    constrained = jax.vmap(jax.vmap(postprocess))(z)
+    constrained = jax.jit(jax.vmap(jax.vmap(postprocess)))(z)
     samples = {k: np.asarray(v) for k, v in constrained.items()}
     stats = {"diverging": np.asarray(divergent, bool), "n_steps": np.asarray(n_steps),
              "tree_depth": _tree_depth(n_steps), "energy": np.asarray(energy),
@@ -254,7 +256,7 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
         bar.close()
     out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *pieces)
     positions, lp, divergent, n_steps, energy, accept, depth, failed, stops = out
-    constrained = jax.vmap(jax.vmap(postprocess))(positions)
+    constrained = jax.jit(jax.vmap(jax.vmap(postprocess)))(positions)
     samples = {k: np.asarray(v) for k, v in constrained.items()}
     extra = {}
     if keep_failed_states:
@@ -300,21 +302,27 @@ def _stopped_at_failure(info):
 
 
 def _observed_sites(model, args, kwargs, key):
-    trace = numpyro.handlers.trace(numpyro.handlers.seed(model, key)).get_trace(*args, **kwargs)
-    return {name: np.asarray(site["value"]) for name, site in trace.items()
-            if site["type"] == "sample" and site["is_observed"]}
+    def observed(k):
+        trace = numpyro.handlers.trace(numpyro.handlers.seed(model, k)).get_trace(
+            *args, **kwargs)
+        return {name: site["value"] for name, site in trace.items()
+                if site["type"] == "sample" and site["is_observed"]}
+
+    # compiled once rather than run eagerly primitive by primitive
+    return {k: np.asarray(v) for k, v in jax.jit(observed)(key).items()}
 
 
 def _assemble(model, args, kwargs, samples, stats, key, want_predictive, dims, coords, attrs):
     n_chains, n_draws = next(iter(samples.values())).shape[:2]
     flat = {k: jnp.reshape(v, (n_chains * n_draws, *v.shape[2:])) for k, v in samples.items()}
     observed = _observed_sites(model, args, kwargs, key)
-    loglik = log_likelihood(model, flat, *args, **kwargs) if observed else {}
+    loglik = (jax.jit(lambda draws: log_likelihood(model, draws, *args, **kwargs))(flat)
+              if observed else {})
     loglik = {k: np.reshape(v, (n_chains, n_draws, *v.shape[1:])) for k, v in loglik.items()}
     predictive = None
     if want_predictive and observed:
         pred = Predictive(model, posterior_samples=flat, return_sites=list(observed))
-        draws = pred(jax.random.fold_in(key, 1), *args, **kwargs)
+        draws = jax.jit(lambda k: pred(k, *args, **kwargs))(jax.random.fold_in(key, 1))
         predictive = {k: np.reshape(v, (n_chains, n_draws, *v.shape[1:]))
                       for k, v in draws.items()}
     posterior = {k: v for k, v in samples.items() if k not in observed}

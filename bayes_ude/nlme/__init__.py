@@ -1,5 +1,11 @@
 """Nonlinear mixed-effects (population) models."""
 
+import jax as _jax
+
+# Population estimation needs float64: the outer optimiser differentiates through inner
+# Newton solves, and in float32 FOCE/FOCEI gradients stall far from the optimum.
+_jax.config.update("jax_enable_x64", True)
+
 from ._data import NonmemDataError as NonmemDataError
 from ._data import Population as Population
 from ._data import covariates_at as covariates_at
@@ -31,5 +37,10 @@ from ._diagnostics import plot_individual as plot_individual
 from ._diagnostics import plot_vpc as plot_vpc
 from ._diagnostics import simulate as simulate
 from ._diagnostics import vpc as vpc
+from ._bayes import BayesianFitResult as BayesianFitResult
+from ._bayes import Priors as Priors
+from ._bayes import fit_bayes as fit_bayes
+from ._bayes import numpyro_model as numpyro_model
+from ._bayes import subject_log_density as subject_log_density
 from ._builtin import builtin_model as builtin_model
 from ._builtin import nca_initial_estimates as nca_initial_estimates

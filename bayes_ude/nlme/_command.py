@@ -17,16 +17,27 @@ def add_pk_parser(sub) -> None:
     pk_sub = pk.add_subparsers(dest="pk_command", required=True)
     fit = pk_sub.add_parser(
         "fit", help="fit a population PK model to a NONMEM-style table",
-        description="Fit a built-in population PK model (FO/FOCE/FOCEI/Laplace) to a "
-                    "NONMEM-style CSV; print the estimate table and write CSVs, plots and a "
-                    "JSON summary. DATA is a CSV path or a shipped data set name "
+        description="Fit a built-in population PK model (FO/FOCE/FOCEI/Laplace, or "
+                    "Bayesian: NUTS/SGLD) to a NONMEM-style CSV; print the estimate table "
+                    "and write CSVs, plots, a JSON summary (and for NUTS/SGLD the "
+                    "posterior as NetCDF). DATA is a CSV path or a shipped data set name "
                     f"({', '.join(SHIPPED)}).")
     fit.add_argument("data", help="CSV file (NONMEM columns) or a shipped data set name")
     fit.add_argument("--model", default="oral1cmt",
                      choices=["iv1cmt", "oral1cmt", "iv2cmt", "oral2cmt"],
                      help="structural model (default: %(default)s)")
-    fit.add_argument("--method", default="focei", choices=["fo", "foce", "focei", "laplace"],
-                     help="estimation method (default: %(default)s)")
+    fit.add_argument("--method", default="focei",
+                     choices=["fo", "foce", "focei", "laplace", "nuts", "sgld"],
+                     help="estimation method: maximum likelihood (fo, foce, focei, laplace) "
+                          "or Bayesian (nuts; sgld: minibatches of subjects) "
+                          "(default: %(default)s)")
+    fit.add_argument("--chains", type=int, default=4, help="Bayesian: chains (default 4)")
+    fit.add_argument("--warmup", type=int, default=1000,
+                     help="NUTS: warmup draws per chain (default 1000)")
+    fit.add_argument("--samples", type=int, default=1000,
+                     help="NUTS: draws per chain (default 1000); SGLD: steps per chain are "
+                          "4x this")
+    fit.add_argument("--seed", type=int, default=0, help="Bayesian: random seed (default 0)")
     fit.add_argument("--eta", default=None,
                      help="comma-separated parameters with between-subject variability "
                           "(default: ka,cl,v where the model has them)")
@@ -89,6 +100,8 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations, "
               f"{pop.n_doses} doses; model {args.model}, {args.error} error, "
               f"{args.method.upper()}")
+    if args.method in ("nuts", "sgld"):
+        return _run_bayes(args, pop, model, start)
     result = fit(model, pop, args.method, max_iter=args.max_iter, progress=not args.quiet)
     seconds = time.perf_counter() - start
     summary = result.summary()
@@ -146,3 +159,76 @@ def run_pk_fit(args: argparse.Namespace) -> int:
               f"{'' if args.no_plots or result.interrupted else ', gof.png, vpc.png, individual.png'}"
               f" and summary.json to {out}/")
     return 130 if result.interrupted else 0
+
+
+def _run_bayes(args, pop, model, start) -> int:
+    """The Bayesian branch: posterior table, NetCDF, posterior-predictive VPC, trace plot."""
+    import jax
+    import pandas as pd
+
+    from ._estimate import fit
+
+    for name in ("chains", "warmup", "samples"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"bayes-ude pk fit: --{name} must be >= 1")
+    key = jax.random.key(args.seed)
+    progress = not args.quiet
+    if args.method == "nuts":
+        # start the chains at the maximum-likelihood (FOCEI) estimates and EBEs
+        ml = fit(model, pop, "focei", max_iter=args.max_iter, progress=progress,
+                 covariance=False)
+        result = fit(model, pop, "nuts", init=ml, num_warmup=args.warmup,
+                     num_samples=args.samples, num_chains=args.chains, key=key,
+                     progress=progress)
+    else:
+        result = fit(model, pop, "sgld", num_steps=4 * args.samples,
+                     num_chains=args.chains, key=key, progress=progress)
+    seconds = time.perf_counter() - start
+    table = result.table()
+    summary = result.summary()
+    summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
+                   error_model=args.error, data=str(args.data))
+    if not args.quiet:
+        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
+            print(table.to_string())
+        print(f"{args.method.upper()}: {args.chains} chains; max R-hat "
+              f"{summary['max_r_hat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}"
+              + (f", {result.num_divergent} divergences" if args.method == "nuts" else "")
+              + f"; fit {result.seconds:.1f} s, total {seconds:.1f} s (including compilation)")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    table.index.name = "parameter"
+    table.to_csv(out / "estimates.csv")
+    result.to_netcdf(out / "posterior.nc")
+    eta = result.eta
+    if eta is not None:
+        eta.to_csv(out / "eta_posterior_median.csv")
+    vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+    vpc_table.to_csv(out / "vpc.csv", index=False)
+    written = ["estimates.csv", "posterior.nc", "vpc.csv"] + (
+        ["eta_posterior_median.csv"] if eta is not None else [])
+    if not args.no_plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import arviz as az
+        import matplotlib.pyplot as plt
+
+        from ._diagnostics import plot_vpc
+
+        ax = plot_vpc(result, table=vpc_table,
+                      title="Posterior predictive check (prediction-corrected VPC)")
+        ax.figure.savefig(out / "vpc.png", dpi=110)
+        names = [n for n in result.draws if n in result.idata.posterior]
+        axes = az.plot_trace(result.idata, var_names=names, compact=True)
+        axes.ravel()[0].figure.savefig(out / "trace.png", dpi=90)
+        plt.close("all")
+        written += ["vpc.png", "trace.png"]
+    text = json.dumps(summary, indent=2)
+    (out / "summary.json").write_text(text + "\n")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    if not args.quiet:
+        print(f"wrote {', '.join(written)} and summary.json to {out}/")
+    return 130 if result.idata.attrs.get("partial") else 0

@@ -206,7 +206,7 @@ def _population_objective(model, method, u, population, eta_start):
         return _Subject(model, method, theta, omega, sigma, subject).minus2ll(e0)
 
     values, etas = jax.vmap(one)(population, eta_start)
-    return jnp.sum(values), etas
+    return jnp.sum(values) + model.penalty(theta), etas
 
 
 def objective(model: PopulationModel, population, method: str = "focei", u=None):
@@ -465,7 +465,8 @@ class FitResult:
     ----------
     method : ``"fo"``, ``"foce"``, ``"focei"`` or ``"laplace"``.
     minus2ll, ofv, aic, bic : −2 log-likelihood; OFV = −2LL − n_obs log(2 pi) (NONMEM's
-        convention); AIC and BIC from −2LL with the number of estimated parameters (BIC
+        convention; with ``l2`` penalties in the model, OFV includes the penalty and −2LL
+        does not); AIC and BIC from −2LL with the number of estimated parameters (BIC
         with ``log(n_obs)``).
     theta, omega, sigma : estimates (omega as a DataFrame over the random-effect names).
     estimates : Series of all natural-scale parameters (theta, omega elements, sigma).
@@ -497,6 +498,9 @@ class FitResult:
     interrupted: bool = False
     fixed: tuple[str, ...] = ()
     history: list[float] = dataclasses.field(default_factory=list)
+    # covariance of the estimated entries of the unconstrained vector ``u`` (None without
+    # a covariance step); used to precondition SG-MCMC
+    covariance_unconstrained: np.ndarray | None = None
 
     # ---- views
     @property
@@ -592,6 +596,13 @@ class FitResult:
 
         return simulate(self, n, key, population)
 
+    def log_predictive_density(self, population, method: str = "laplace") -> np.ndarray:
+        """Per-subject ``log p(y_i | estimates)`` of (e.g. held-out) subjects, each
+        subject's random effects integrated out by the Laplace approximation."""
+        from ._bayes import subject_log_density
+
+        return subject_log_density(self.model, self.u, population, method)
+
     def vpc(self, **kwargs) -> pd.DataFrame:
         """Visual predictive check table (see :func:`bayes_ude.nlme.vpc`)."""
         from ._diagnostics import vpc
@@ -620,6 +631,7 @@ def fit(
     covariance: bool = True,
     progress: bool = True,
     chunk: int = 25,
+    **bayes,
 ) -> FitResult:
     """Maximum-likelihood fit of a population model.
 
@@ -649,12 +661,30 @@ def fit(
     progress : show a progress bar.
     chunk : outer iterations per compiled call (progress updates between chunks).
 
+    Bayesian methods: ``method="nuts"`` (NUTS on the population and random effects) or
+    ``"sgld"``, ``"psgld"``, ``"sghmc"`` (minibatches of subjects) run the same model
+    through :func:`bayes_ude.nlme.fit_bayes`; ``bayes`` holds its options (``priors``,
+    ``num_warmup``, ``num_samples``, ``num_chains``, ``key``, ``init``, ...) and the
+    result is a :class:`BayesianFitResult`.
+
     Returns
     -------
     FitResult. Ctrl-C during the fit returns the current estimates with
     ``interrupted=True`` (no covariance step).
     """
+    from ._bayes import SAMPLERS, fit_bayes
+
+    if method in SAMPLERS:
+        if fixed:
+            raise ValueError("fixed parameters are not supported by the Bayesian methods; "
+                             "give them a tight prior instead (Priors)")
+        return fit_bayes(model, population, method, progress=progress, init=init, **bayes)
+    if bayes:
+        raise TypeError(f"fit() got options {sorted(bayes)} that only the Bayesian methods "
+                        f"{SAMPLERS} take")
     _check_method(method)
+    if method == "lb" and model.l2:
+        raise ValueError("method='lb' does not support l2 penalties; use 'focei' or 'foce'")
     model.check(population)
     model = model.specialised(population)
     start = time.perf_counter()
@@ -730,13 +760,15 @@ def _finish(model, population, method, problem, state, names, free, fixed_names,
     u = np.asarray(problem.full(x))
     n_obs = population.n_obs
     ofv = float(f)
-    minus2ll = ofv + n_obs * _LOG_2PI
+    # the objective includes the l2 penalty; the likelihood does not
+    penalty = float(model.penalty(model.unpack(jnp.asarray(u))[0]))
+    minus2ll = ofv - penalty + n_obs * _LOG_2PI
     p = free.size
     estimates = pd.Series(np.asarray(model.natural(jnp.asarray(u))), index=names)
     se = pd.Series(np.nan, index=names)
-    cov_df = None
+    cov_df = cov_u = None
     if covariance and not interrupted:
-        cov_df, se = _covariance(problem, x, eta, names, free)
+        cov_df, se, cov_u = _covariance(problem, x, eta, names, free)
     eta_df = pd.DataFrame(np.asarray(eta), columns=list(model.eta_names),
                           index=pd.Index(population.ids, name="ID"))
     return FitResult(
@@ -744,7 +776,8 @@ def _finish(model, population, method, problem, state, names, free, fixed_names,
         aic=minus2ll + 2 * p, bic=minus2ll + p * np.log(n_obs), n_obs=n_obs, n_parameters=p,
         estimates=estimates, se=se, covariance=cov_df, eta=eta_df, converged=converged,
         iterations=iterations, seconds=time.perf_counter() - start, message=message,
-        interrupted=interrupted, fixed=fixed_names, history=history)
+        interrupted=interrupted, fixed=fixed_names, history=history,
+        covariance_unconstrained=cov_u if free.size == len(names) else None)
 
 
 def _covariance(problem: _Problem, x, eta, names, free):
@@ -770,7 +803,7 @@ def _covariance(problem: _Problem, x, eta, names, free):
                       f"(smallest eigenvalue {w.min():.3g}); standard errors are not available. "
                       "The model may be over-parameterised or the fit not at a minimum.",
                       stacklevel=3)
-        return None, se
+        return None, se, None
     cov_x = np.linalg.inv(info)
     jac = np.asarray(_natural_jacobian(problem, x))  # (n_natural, p)
     cov = jac @ cov_x @ jac.T
@@ -780,4 +813,4 @@ def _covariance(problem: _Problem, x, eta, names, free):
     se[fixed_mask] = np.nan
     est_names = [names[i] for i in free]
     cov_df = pd.DataFrame(cov[np.ix_(free, free)], index=est_names, columns=est_names)
-    return cov_df, se
+    return cov_df, se, cov_x

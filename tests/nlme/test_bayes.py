@@ -1,0 +1,175 @@
+"""Bayesian population fits (NUTS, SG-MCMC over subjects) against independent references:
+the log joint density computed with scipy, the exact marginal likelihood of a linear mixed
+model, the FOCEI estimates on Theophylline (themselves checked against nlmixr2 in
+test_command.py), and NUTS itself for the SG-MCMC posterior."""
+
+import json
+from pathlib import Path
+
+import arviz as az
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from numpyro.infer.util import log_density
+from scipy import stats
+
+from bayes_ude import cli, nlme
+from tests.nlme.test_estimate import Line, _linear_population
+
+
+def _line_model(omega="diagonal", l2=None, extra_theta=None):
+    theta = {"ta": 1.7, "tb": -0.4} | (extra_theta or {})
+    init = np.array([0.5, 0.2]) if omega == "diagonal" else np.array([[0.5, 0.1], [0.1, 0.2]])
+    return nlme.PopulationModel(
+        Line(), lambda th, eta, cov: {"a": th["ta"] + eta["eta_a"],
+                                      "b": th["tb"] + eta["eta_b"]},
+        theta=theta, omega=nlme.Omega(("eta_a", "eta_b"), init, omega),
+        sigma={"add_sd": 0.5}, error=nlme.Additive(), l2=l2 or {})
+
+
+def test_log_joint_density_matches_scipy():
+    """The NumPyro model's log joint at given values, term by term with scipy (subjects
+    have different numbers of observations, so padding must not count)."""
+    pop, df = _linear_population()
+    model = _line_model()
+    rng = np.random.default_rng(1)
+    values = {"ta": 1.9, "tb": -0.3, "omega_sd": np.array([0.6, 0.35]), "add_sd": 0.45,
+              "eta_z": rng.normal(size=(pop.n_subjects, 2))}
+    lp, _ = log_density(nlme.numpyro_model(model, pop), (), {}, values)
+    ref = (stats.norm(1.7, 2.0).logpdf(1.9) + stats.norm(-0.4, 2.0).logpdf(-0.3)
+           + stats.halfnorm(scale=1.0).logpdf(values["omega_sd"]).sum()
+           + stats.halfnorm(scale=2.5).logpdf(0.45)
+           + stats.norm().logpdf(values["eta_z"]).sum())
+    for i, (_, g) in enumerate(df.groupby("ID", sort=False)):
+        a = 1.9 + 0.6 * values["eta_z"][i, 0]
+        b = -0.3 + 0.35 * values["eta_z"][i, 1]
+        ref += stats.norm(a + b * g["TIME"], 0.45).logpdf(g["DV"]).sum()
+    assert float(lp) == pytest.approx(ref, rel=1e-12)
+
+
+def test_held_out_log_density_is_exact_for_a_linear_mixed_model():
+    """The Laplace marginal used for held-out subjects is exact for a linear model."""
+    pop, df = _linear_population(n=5, seed=3)
+    model = _line_model(omega="full")
+    u = model.initial_vector()
+    got = nlme.subject_log_density(model, u, pop)
+    omega = np.array([[0.5, 0.1], [0.1, 0.2]])
+    for i, (_, g) in enumerate(df.groupby("ID", sort=False)):
+        z = np.column_stack([np.ones(len(g)), g["TIME"]])
+        ref = stats.multivariate_normal(z @ [1.7, -0.4],
+                                        z @ omega @ z.T + 0.25 * np.eye(len(g))).logpdf(g["DV"])
+        assert got[i] == pytest.approx(ref, rel=1e-10)
+
+
+def test_l2_penalty_is_a_gaussian_prior_on_theta():
+    pop, _ = _linear_population()
+    w = np.array([0.3, -0.2, 0.5])
+    plain = _line_model(extra_theta={"w": w})
+    pen = _line_model(extra_theta={"w": w}, l2={"w": 0.7})
+    diff = float(nlme.objective(pen, pop)) - float(nlme.objective(plain, pop))
+    assert diff == pytest.approx(0.7 * np.sum(w**2), rel=1e-12)
+    # ... whose Bayesian default is N(0, 1/(2 lambda)): the same density up to a constant
+    prior = nlme.Priors().theta_dist(pen, "w")
+    lp = float(prior.log_prob(jnp.asarray(w)))
+    assert lp == pytest.approx(stats.norm(0, np.sqrt(1 / 1.4)).logpdf(w).sum(), rel=1e-12)
+    res = nlme.fit(pen, pop, "focei", progress=False, covariance=False)
+    est_w = np.asarray(res.theta["w"])
+    assert np.all(np.abs(est_w) < 1e-4)  # w does not enter the likelihood: the prior wins
+    assert res.ofv - res.minus2ll == pytest.approx(
+        -pop.n_obs * np.log(2 * np.pi) + 0.7 * float(np.sum(est_w**2)), abs=1e-9)
+
+
+def test_bad_bayesian_inputs_are_clear_errors():
+    pop, _ = _linear_population()
+    model = _line_model()
+    with pytest.raises(ValueError, match="unknown theta names"):
+        nlme.fit(model, pop, "nuts", priors=nlme.Priors(theta={"tc": None}))
+    with pytest.raises(ValueError, match="random effects"):
+        nlme.fit(model, pop, "nuts", priors=nlme.Priors(omega_sd={"eta_c": None}))
+    with pytest.raises(ValueError, match="fixed parameters"):
+        nlme.fit(model, pop, "nuts", fixed=["ta"])
+    with pytest.raises(TypeError, match="only the Bayesian methods"):
+        nlme.fit(model, pop, "focei", num_samples=10)
+    with pytest.raises(ValueError, match="Bayesian method|method must be"):
+        nlme.fit(model, pop, "hmc")
+    with pytest.raises(ValueError, match="diagonal omega"):
+        nlme.fit(_line_model(omega="full"), pop, "sgld")
+    with pytest.raises(ValueError, match="l2 names"):
+        _line_model(l2={"nope": 1.0})
+    with pytest.raises(ValueError, match="l2 penalties"):
+        nlme.fit(_line_model(l2={"ta": 1.0}), pop, "lb")
+
+
+# ---------------------------------------------------------------- Theophylline by NUTS
+@pytest.fixture(scope="module")
+def theoph_nuts(tmp_path_factory):
+    """The main job's Bayesian branch: FOCEI, then NUTS started there, tables and plots."""
+    out = tmp_path_factory.mktemp("nuts")
+    code = cli.main(["pk", "fit", "theophylline", "--method", "nuts", "--warmup", "500",
+                     "--samples", "500", "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_theophylline_nuts_agrees_with_focei(theoph_nuts):
+    out = theoph_nuts
+    for name in ("estimates.csv", "posterior.nc", "vpc.csv", "eta_posterior_median.csv",
+                 "summary.json"):
+        assert (out / name).stat().st_size > 100, name
+    for name in ("vpc.png", "trace.png"):
+        assert (out / name).stat().st_size > 20_000, name
+    table = pd.read_csv(out / "estimates.csv", index_col="parameter")
+    focei = pd.read_csv(Path(__file__).resolve().parents[1] / "reference"
+                        / "theoph_nlmixr2.csv", comment="#", index_col="parameter")
+    # typical values and residual SD: posterior medians within 10 % of the FOCEI
+    # estimates (nlmixr2's, which ours reproduce)
+    for name in ("tka", "tcl", "tv", "add_sd"):
+        assert table.loc[name, "median"] == pytest.approx(focei.loc[name, "estimate"],
+                                                          rel=0.10), name
+    # variances from 12 subjects: right-skewed posteriors whose medians lie above the
+    # (downward-biased) ML estimates; the FOCEI values must be inside the 90 % CrI
+    for eta, cv in focei["bsv_cv_pct"].dropna().items():
+        var = np.log(1 + (cv / 100) ** 2)  # nlmixr2 reports CV % = sqrt(exp(omega) - 1)
+        row = table.loc[f"omega_eta_{eta[1:]}"]
+        assert row["q5"] < var < row["q95"], eta
+    assert table["r_hat"].max() <= 1.01
+    assert table["ess_bulk"].min() > 200
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_divergent"] == 0
+    idata = az.from_netcdf(out / "posterior.nc")
+    assert idata.posterior["eta"].dims == ("chain", "draw", "subject", "eta_name")
+    assert idata.posterior["cl_i"].sizes["subject"] == 12
+    assert idata.posterior_predictive["dv"].sizes["subject"] == 12
+    loo = az.loo(idata)  # per-subject log likelihood: leave-one-subject-out
+    assert np.isfinite(loo.elpd_loo)
+    # posterior-predictive VPC: observed median inside the simulated median's band
+    vpc = pd.read_csv(out / "vpc.csv")
+    inside = (vpc["obs_q0.5"] >= vpc["sim_q0.5_lo"]) & (vpc["obs_q0.5"] <= vpc["sim_q0.5_hi"])
+    assert inside.mean() >= 0.75
+
+
+@pytest.mark.slow
+def test_sgld_over_subjects_agrees_with_nuts(theoph_nuts):
+    """SGLD on minibatches of subjects (random effects integrated out) against NUTS on
+    all random effects: medians within half a posterior SD, similar widths."""
+    nuts = az.from_netcdf(theoph_nuts / "posterior.nc").posterior
+    pop = nlme.load_theophylline_population()
+    model = nlme.builtin_model("oral1cmt", pop)
+    res = nlme.fit(model, pop, "sgld", batch_size=6, num_steps=3000, num_chains=4,
+                   progress=False)
+    assert res.idata.attrs["num_failed_steps"] == 0
+    for name in ("tka", "tcl", "tv", "add_sd", "omega_eta_ka", "omega_eta_cl",
+                 "omega_eta_v"):
+        ref = np.log(np.asarray(nuts[name])) if name.startswith("omega") else np.asarray(
+            nuts[name])
+        got = np.log(res.draws[name]) if name.startswith("omega") else res.draws[name]
+        assert abs(np.median(got) - np.median(ref)) < 0.5 * np.std(ref), name
+        width = np.subtract(*np.quantile(got, [0.95, 0.05]))
+        width_ref = np.subtract(*np.quantile(ref, [0.95, 0.05]))
+        assert 0.6 < width / width_ref < 1.5, (name, width, width_ref)
+    assert res.table()["r_hat"].max() < 1.1
+    # held-out style check: the posterior predictive density of the fitted subjects
+    lpd = res.log_predictive_density(pop, n_draws=50)
+    assert lpd.shape == (12,) and np.all(np.isfinite(lpd))
