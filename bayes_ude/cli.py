@@ -123,6 +123,26 @@ def _lynx_hare_map(out: Path | None, quiet: bool = False) -> dict:
     return result
 
 
+def _compilation_cache() -> None:
+    """Keep compiled programs on disk between runs of the command (JAX's persistent
+    compilation cache): the first run on a machine compiles, later runs load. Folder:
+    ``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/bayes_ude/jax`` (default
+    ``~/.cache/bayes_ude/jax``); ``BAYES_UDE_COMPILATION_CACHE=0`` turns it off."""
+    import os
+
+    if os.environ.get("BAYES_UDE_COMPILATION_CACHE", "1") == "0":
+        return
+    import jax
+
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bayes_ude" / "jax")
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # a read-only home: run without the cache
+    jax.config.update("jax_compilation_cache_dir", folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
@@ -138,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     add_pk_parser(sub)
     args = parser.parse_args(argv)
+    if args.command in ("pk", "demo"):
+        _compilation_cache()
     if args.command == "pk":
         return run_pk_fit(args)
     if args.command == "demo":
