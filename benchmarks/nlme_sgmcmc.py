@@ -116,8 +116,8 @@ def main() -> None:
                         "diff_in_nuts_sd": (b["median"] - a["median"]) / a["sd"],
                         "nuts_90_width": a["q95"] - a["q5"],
                         "sgld_90_width": b["q95"] - b["q5"]})
-    print(f"\n{args.subset} subjects: NUTS {t_nuts:.1f} s ({nuts.num_divergent} divergences, "
-          f"max R-hat {a['r_hat'].max():.3f}); SGLD {t_sgsub:.1f} s")
+    print(f"\nsubset of {args.subset} subjects: NUTS {t_nuts:.1f} s "
+          f"({nuts.num_divergent} divergences, max R-hat {a['r_hat'].max():.3f}); SGLD {t_sgsub:.1f} s")
     with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 140):
         print(cmp.to_string())
 
