@@ -578,6 +578,8 @@ def _individual_names(model, population):
 
 @eqx.filter_jit
 def _replicate(model, us, etas, population, key):
+    from ._diagnostics import _sample_obs
+
     keys = jax.random.split(key, us.shape[0])
 
     def one(u, eta, k):
@@ -585,15 +587,7 @@ def _replicate(model, us, etas, population, key):
         ks = jax.random.split(k, population.obs_time.shape[0])
 
         def subj(s, e, kk):
-            f = model.predict(theta, e, s)
-            models = model.error_models
-            if 0 in models:
-                return models[0].sample(kk, f, sigma)
-            y = jnp.zeros_like(f)
-            for j, (dvid, em) in enumerate(models.items()):
-                y = jnp.where(s.obs_dvid == dvid, em.sample(jax.random.fold_in(kk, j), f,
-                                                            sigma), y)
-            return y
+            return _sample_obs(model, model.predict(theta, e, s), sigma, s, kk)
 
         return jax.vmap(subj)(population, eta, ks)
 

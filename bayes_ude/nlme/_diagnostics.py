@@ -65,12 +65,16 @@ def _sample_y(model, theta, omega, sigma, subject, key):
     """One simulated replicate of a subject's observations (untransformed scale)."""
     k_eta, k_eps = jax.random.split(key)
     eta = jax.random.multivariate_normal(k_eta, jnp.zeros(model.n_eta), omega)
-    f = model.predict(theta, eta, subject)
+    return _sample_obs(model, model.predict(theta, eta, subject), sigma, subject, k_eps)
+
+
+def _sample_obs(model, f, sigma, subject, key):
+    """Observations around predictions ``f`` (each with its observation type's error)."""
     models = model.error_models
     if 0 in models:
-        return models[0].sample(k_eps, f, sigma)
+        return models[0].sample(key, f, sigma)
     y = jnp.zeros_like(f)
-    keys = jax.random.split(k_eps, len(models))
+    keys = jax.random.split(key, len(models))
     for k, (dvid, em) in zip(keys, models.items(), strict=True):
         y = jnp.where(subject.obs_dvid == dvid, em.sample(k, f, sigma), y)
     return y
