@@ -25,7 +25,6 @@ import math
 import time
 from collections.abc import Mapping
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +33,7 @@ import numpyro.distributions as dist
 import pandas as pd
 from numpyro.distributions.transforms import biject_to
 
+from .._compile import compiler_options, filter_jit
 from ._model import PopulationModel, _chol_to_vector
 
 __all__ = ["BayesianFitResult", "Priors", "fit_bayes", "numpyro_model", "subject_log_density"]
@@ -227,14 +227,15 @@ def _initial_values(model: PopulationModel, population, init) -> dict:
     """Initial site values from the model's initial values or a maximum-likelihood fit."""
     from ._estimate import FitResult
 
+    # unpack compiled once (run eagerly it compiles each of its ~25 primitives)
     if isinstance(init, FitResult):
-        theta, omega, sigma = init.model.unpack(jnp.asarray(init.u))
+        theta, omega, sigma = jax.jit(init.model.unpack)(jnp.asarray(init.u))
         eta = np.asarray(init.eta.to_numpy())
     else:
         u = model.initial_vector()
         if init is not None:
             u = model.natural_to_vector(dict(init), u)
-        theta, omega, sigma = model.unpack(jnp.asarray(u))
+        theta, omega, sigma = jax.jit(model.unpack)(jnp.asarray(u))
         eta = np.zeros((population.n_subjects, model.n_eta))
     omega = np.asarray(omega)
     sds = np.sqrt(np.diag(omega))
@@ -401,7 +402,7 @@ def _draw_vectors(result: BayesianFitResult, n: int, key) -> jax.Array:
     return jnp.asarray(flat[np.asarray(idx)])
 
 
-@eqx.filter_jit
+@filter_jit
 def _simulate_draws(model, us, population, key):
     from ._diagnostics import _sample_y
 
@@ -415,7 +416,7 @@ def _simulate_draws(model, us, population, key):
     return jax.lax.map(lambda a: one(*a), (us, keys))
 
 
-@eqx.filter_jit
+@filter_jit
 def _subject_lpd(model, method, us, population):
     from ._estimate import _Subject
 
@@ -438,7 +439,8 @@ def subject_log_density(model: PopulationModel, u, population, method: str = "la
 
 
 def _natural_draws(model: PopulationModel, u_draws: np.ndarray) -> dict:
-    nat = np.asarray(jax.jit(jax.vmap(jax.vmap(model.natural)))(jnp.asarray(u_draws)))
+    nat = np.asarray(jax.jit(jax.vmap(jax.vmap(model.natural)),
+                             compiler_options=compiler_options())(jnp.asarray(u_draws)))
     return {name: nat[..., i] for i, name in enumerate(model.parameter_names())}
 
 
@@ -464,7 +466,8 @@ def _central_u(model: PopulationModel, u_draws: np.ndarray) -> np.ndarray:
     flat = np.reshape(u_draws, (-1, u_draws.shape[-1]))
     n_th = model.n_theta
     n_om = len(model.omega.element_names())
-    omegas = np.asarray(jax.jit(jax.vmap(lambda u: model.unpack(u)[1]))(jnp.asarray(flat)))
+    omegas = np.asarray(jax.jit(jax.vmap(lambda u: model.unpack(u)[1]),
+                                compiler_options=compiler_options())(jnp.asarray(flat)))
     om = _chol_to_vector(model.omega, omegas.mean(axis=0))
     med = np.median(flat, axis=0)
     return np.concatenate([med[:n_th], om, med[n_th + n_om:]])
@@ -576,8 +579,12 @@ def _individual_names(model, population):
     return [k for k, v in out.items() if v.shape == ()]
 
 
-@eqx.filter_jit
 def _replicate(model, us, etas, population, key):
+    return _replicate_impl(model, us, etas, population, key)
+
+
+@filter_jit
+def _replicate_impl(model, us, etas, population, key):
     from ._diagnostics import _sample_obs
 
     keys = jax.random.split(key, us.shape[0])
@@ -595,7 +602,7 @@ def _replicate(model, us, etas, population, key):
 
 
 # ---------------------------------------------------------------------------- SG-MCMC
-@eqx.filter_jit
+@filter_jit
 def _subject_gradients(loglik, p, population):
     return jax.vmap(lambda s: jax.grad(loglik)(jnp.zeros(p), s))(population)
 

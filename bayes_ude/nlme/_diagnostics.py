@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from jax.scipy.special import ndtri
 
+from .._compile import filter_jit
+
 __all__ = ["diagnostics", "simulate", "vpc", "plot_gof", "plot_vpc", "plot_individual",
            "individual_parameters"]
 
@@ -36,7 +38,7 @@ def _decorrelate(v, e, mask):
     return jax.scipy.linalg.solve_triangular(chol, jnp.where(mask, e, 0.0), lower=True)
 
 
-@eqx.filter_jit
+@filter_jit
 def _residuals(model, u, population, eta):
     theta, omega, sigma = model.unpack(u)
 
@@ -80,7 +82,7 @@ def _sample_obs(model, f, sigma, subject, key):
     return y
 
 
-@eqx.filter_jit
+@filter_jit
 def _simulate(model, u, population, key, n):
     theta, omega, sigma = model.unpack(u)
     keys = jax.random.split(key, (n, population.obs_time.shape[0]))
@@ -99,7 +101,7 @@ def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None) -
     return np.asarray(_simulate(fit.model, jnp.asarray(fit.u), population, key, n))
 
 
-@eqx.filter_jit
+@filter_jit
 def _npde(model, u, population, key, n):
     sims = _simulate(model, u, population, key, n)  # (n, S, No)
 
@@ -239,7 +241,7 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
     return pd.DataFrame(rows)
 
 
-@eqx.filter_jit
+@filter_jit
 def _population_pred(model, theta, population):
     return jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)
 
@@ -342,7 +344,7 @@ def _dense_design(population, n_points: int):
     ), s
 
 
-@eqx.filter_jit
+@filter_jit
 def _curves(model, u, population, eta):
     theta = model.unpack(u)[0]
     pred = jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)

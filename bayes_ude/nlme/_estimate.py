@@ -45,6 +45,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ._error import Additive
+from .._compile import filter_jit
 from ._model import PopulationModel
 
 __all__ = ["FitResult", "fit", "objective"]
@@ -219,7 +220,7 @@ def objective(model: PopulationModel, population, method: str = "focei", u=None)
     return _objective_jit(model.specialised(population), method, u, population, eta0)
 
 
-@eqx.filter_jit
+@filter_jit
 def _objective_jit(model, method, u, population, eta0):
     return _population_objective(model, method, u, population, eta0)[0]
 
@@ -264,7 +265,7 @@ def _bfgs_init(x, eta):
                  jnp.asarray(0, int), jnp.asarray(False))
 
 
-@eqx.filter_jit
+@filter_jit
 def _run_chunk(problem: _Problem, state: _BFGS, n_iter, tol):
     """Up to ``n_iter`` BFGS iterations with a backtracking (Armijo) line search.
 
@@ -333,7 +334,7 @@ def _run_chunk(problem: _Problem, state: _BFGS, n_iter, tol):
                                                          done=jnp.asarray(False)))
 
 
-@eqx.filter_jit
+@filter_jit
 def _natural_jacobian(model_problem: _Problem, x):
     return jax.jacfwd(lambda y: model_problem.model.natural(model_problem.full(y)))(x)
 
@@ -391,7 +392,7 @@ class _LME(eqx.Module):
         return jnp.sum(jax.vmap(one)(self.x_mat, self.z_mat, self.w, self.mask)), eta
 
 
-@eqx.filter_jit
+@filter_jit
 def _linearise(model, u, population, eta):
     theta, _, sigma = model.unpack(u)
     beta = model._theta_vector(theta)
@@ -798,9 +799,12 @@ def _covariance(problem: _Problem, x, eta, names, free):
     info = 0.5 * np.asarray(hess)  # OFV = -2 LL
     se = pd.Series(np.nan, index=names)
     w = np.linalg.eigvalsh(info)
-    if not np.all(np.isfinite(w)) or w.min() <= 0:
+    # finite differences resolve eigenvalues down to ~1e-7 of the largest: anything below
+    # is a singular (non-identifiable) direction, not information
+    if not np.all(np.isfinite(w)) or w.min() <= 1e-7 * np.abs(w).max():
         warnings.warn("covariance step: the Hessian of the objective is not positive definite "
-                      f"(smallest eigenvalue {w.min():.3g}); standard errors are not available. "
+                      f"or numerically singular (eigenvalues {w.min():.3g} to {w.max():.3g}); "
+                      "standard errors are not available. "
                       "The model may be over-parameterised or the fit not at a minimum.",
                       stacklevel=3)
         return None, se, None

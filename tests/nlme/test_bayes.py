@@ -106,8 +106,8 @@ def test_bad_bayesian_inputs_are_clear_errors():
 def theoph_nuts(tmp_path_factory):
     """The main job's Bayesian branch: FOCEI, then NUTS started there, tables and plots."""
     out = tmp_path_factory.mktemp("nuts")
-    code = cli.main(["pk", "fit", "theophylline", "--method", "nuts", "--warmup", "500",
-                     "--samples", "500", "--out", str(out), "--quiet"])
+    code = cli.main(["pk", "fit", "theophylline", "--method", "nuts", "--warmup", "1000",
+                     "--samples", "1000", "--out", str(out), "--quiet"])
     assert code == 0
     return out
 
