@@ -37,6 +37,10 @@ def filter_jit(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         nonlocal compiled
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            # called inside another jitted function: compiler options belong to the
+            # top-level program only, and the body is inlined there anyway
+            return fn(*args, **kwargs)
         if compiled is None:
             compiled = eqx.filter_jit(fn, compiler_options=compiler_options())
         return compiled(*args, **kwargs)
