@@ -43,4 +43,16 @@ from ._bayes import fit_bayes as fit_bayes
 from ._bayes import numpyro_model as numpyro_model
 from ._bayes import subject_log_density as subject_log_density
 from ._builtin import builtin_model as builtin_model
+from ._deep import CovariateEffect as CovariateEffect
+from ._deep import CovariateIndividual as CovariateIndividual
+from ._deep import CovariateNetwork as CovariateNetwork
+from ._deep import LinearCovariates as LinearCovariates
+from ._deep import PowerCovariates as PowerCovariates
+from ._deep import augment as augment
+from ._deep import covariate_model as covariate_model
+from ._deep import partial_dependence as partial_dependence
+from ._deep import population_predictions as population_predictions
+from ._simulate import CovariateTruth as CovariateTruth
+from ._simulate import compare_covariate_models as compare_covariate_models
+from ._simulate import simulate_covariate_population as simulate_covariate_population
 from ._builtin import nca_initial_estimates as nca_initial_estimates

@@ -662,16 +662,18 @@ def fit(
     progress : show a progress bar.
     chunk : outer iterations per compiled call (progress updates between chunks).
 
+    Returns
+    -------
+    FitResult. Ctrl-C during the fit returns the current estimates with
+    ``interrupted=True`` (no covariance step).
+
+    Notes
+    -----
     Bayesian methods: ``method="nuts"`` (NUTS on the population and random effects) or
     ``"sgld"``, ``"psgld"``, ``"sghmc"`` (minibatches of subjects) run the same model
     through :func:`bayes_ude.nlme.fit_bayes`; ``bayes`` holds its options (``priors``,
     ``num_warmup``, ``num_samples``, ``num_chains``, ``key``, ``init``, ...) and the
     result is a :class:`BayesianFitResult`.
-
-    Returns
-    -------
-    FitResult. Ctrl-C during the fit returns the current estimates with
-    ``interrupted=True`` (no covariance step).
     """
     from ._bayes import SAMPLERS, fit_bayes
 
