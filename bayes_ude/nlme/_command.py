@@ -69,6 +69,15 @@ def _load(data: str):
     return read_nonmem(path)
 
 
+def _write_summary(summary: dict, out: Path, extra: Path | None) -> None:
+    """``summary.json`` in ``out``, and a copy at ``extra`` (``--json``) if given."""
+    text = json.dumps(summary, indent=2) + "\n"
+    (out / "summary.json").write_text(text)
+    if extra is not None:
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_text(text)
+
+
 def run_pk_fit(args: argparse.Namespace) -> int:
     import jax
 
@@ -149,11 +158,7 @@ def run_pk_fit(args: argparse.Namespace) -> int:
             fig2 = plot_individual(result)
             fig2.savefig(out / "individual.png", dpi=110)
             plt.close("all")
-    text = json.dumps(summary, indent=2)
-    (out / "summary.json").write_text(text + "\n")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    _write_summary(summary, out, args.json)
     if not args.quiet:
         print(f"wrote estimates.csv, diagnostics.csv, ebe.csv, vpc.csv"
               f"{'' if args.no_plots or result.interrupted else ', gof.png, vpc.png, individual.png'}"
@@ -224,11 +229,7 @@ def _run_bayes(args, pop, model, start) -> int:
         axes.ravel()[0].figure.savefig(out / "trace.png", dpi=90)
         plt.close("all")
         written += ["vpc.png", "trace.png"]
-    text = json.dumps(summary, indent=2)
-    (out / "summary.json").write_text(text + "\n")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    _write_summary(summary, out, args.json)
     if not args.quiet:
         print(f"wrote {', '.join(written)} and summary.json to {out}/")
     return 130 if result.idata.attrs.get("partial") else 0
