@@ -56,3 +56,13 @@ from ._simulate import CovariateTruth as CovariateTruth
 from ._simulate import compare_covariate_models as compare_covariate_models
 from ._simulate import simulate_covariate_population as simulate_covariate_population
 from ._builtin import nca_initial_estimates as nca_initial_estimates
+from ._fixed_step import FixedStepODEModel as FixedStepODEModel
+from ._pkpd import MM_TRUTH as MM_TRUTH
+from ._pkpd import NetworkEliminationPK as NetworkEliminationPK
+from ._pkpd import TransitTurnoverPKPD as TransitTurnoverPKPD
+from ._pkpd import elimination_curve as elimination_curve
+from ._pkpd import inhibition_curve as inhibition_curve
+from ._pkpd import michaelis_menten_population as michaelis_menten_population
+from ._pkpd import network_elimination_model as network_elimination_model
+from ._pkpd import split_subjects as split_subjects
+from ._pkpd import warfarin_pkpd_model as warfarin_pkpd_model

@@ -1,0 +1,206 @@
+"""Warfarin PK/PD: Emax against a network drug effect, by FOCEI and NUTS, judged on
+held-out subjects.
+
+Data: ``datasets/warfarin_pkpd.csv`` (32 subjects, 251 concentrations, 232 PCA values).
+Models: :func:`bayes_ude.nlme.warfarin_pkpd_model` with ``drug_effect="emax"`` (Imax = 1)
+and ``"network"`` (a 1-8-1 tanh MLP in the inhibition, L2 0.1 on its 25 weights).
+
+Steps (times are wall-clock, compilation included):
+
+1. FOCEI on all 32 subjects: Emax from the literature values, then the network model
+   from the Emax estimates (its untrained network *is* that Emax model, so it starts
+   where Emax ended).
+2. Held-out split (``split_subjects``, 20 %, seed 0: 26 train, 6 test). The training
+   data keep the full data's shapes (the 6 held-out subjects' observations masked), so
+   the fits reuse the compiled programs. FOCEI on the training subjects (started at the
+   full-data estimates: a starting point only, the optimum is the training data's), then
+   small NUTS runs on them (started at the training FOCEI fits).
+3. Per held-out subject ``log p(y_i | fit)``, random effects integrated out (Laplace):
+   at the FOCEI estimates, and averaged over posterior draws for NUTS.
+
+``--nuts-full`` adds NUTS on all 32 subjects; ``--mm`` adds part 4's Michaelis-Menten
+example (network elimination on 40 simulated subjects, FOCEI and a small NUTS run, with the
+learned curve against the truth). ``--quick`` shrinks everything for a smoke test.
+
+Usage: python benchmarks/warfarin_pkpd.py [--quick] [--nuts-full] [--mm] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bayes_ude import nlme  # noqa: E402
+from bayes_ude.nlme import _pkpd  # noqa: E402
+
+def _main_rows(index):
+    return [k for k in index if not k.startswith("w[")]
+
+
+def _natural(fit) -> dict:
+    return dict(zip(fit.model.parameter_names(),
+                    np.asarray(fit.model.natural(jnp.asarray(fit.u))).tolist(), strict=True))
+
+
+def focei(model, pop, init=None, max_iter=300):
+    start = time.perf_counter()
+    fit = nlme.fit(model, pop, "focei", init=init, progress=False, covariance=False,
+                   tol=1e-3, max_iter=max_iter)
+    return fit, time.perf_counter() - start
+
+
+def nuts(model, pop, init, settings):
+    start = time.perf_counter()
+    res = nlme.fit(model, pop, "nuts", init=init, progress=False, **settings)
+    return res, time.perf_counter() - start
+
+
+def report_focei(name, fit, seconds, out):
+    print(f"\n== FOCEI {name}: OFV {fit.ofv:.3f}  -2LL {fit.minus2ll:.3f}  AIC {fit.aic:.2f}  "
+          f"({fit.n_parameters} parameters, {fit.iterations} iterations, "
+          f"{'converged' if fit.converged else 'NOT converged'}, {seconds:.0f} s)")
+    table = fit.table()
+    print(table.loc[_main_rows(table.index),
+                    ["estimate", "back_transformed", "bsv_cv_pct", "shrinkage_pct"]]
+          .to_string(float_format="{:.4g}".format))
+    out[name] = {"ofv": fit.ofv, "minus2ll": fit.minus2ll, "aic": fit.aic,
+                 "iterations": fit.iterations, "converged": fit.converged,
+                 "seconds": seconds,
+                 "estimates": {k: float(v) for k, v in fit.estimates.items()
+                               if not k.startswith("w[")}}
+
+
+def report_nuts(name, res, seconds, out):
+    table = res.table()
+    main = table.loc[_main_rows(table.index)]
+    net = table.loc[[k for k in table.index if k.startswith("w[")]]
+    print(f"\n== NUTS {name}: {seconds:.0f} s, {res.num_divergent} divergences, max R-hat "
+          f"(non-network) {main['r_hat'].max():.3f}, min bulk ESS {main['ess_bulk'].min():.0f}"
+          + (f"; network weights: max R-hat {net['r_hat'].max():.2f}" if len(net) else ""))
+    print(main.to_string(float_format="{:.4g}".format))
+    out[name] = {"seconds": seconds, "divergences": int(res.num_divergent),
+                 "max_rhat": float(main["r_hat"].max()),
+                 "min_ess_bulk": float(main["ess_bulk"].min()),
+                 "median": {k: float(v) for k, v in main["median"].items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--nuts-full", action="store_true", help="NUTS on all subjects too")
+    parser.add_argument("--mm", action="store_true", help="the Michaelis-Menten example")
+    parser.add_argument("--warmup", type=int, default=150)
+    parser.add_argument("--samples", type=int, default=150)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--max-tree-depth", type=int, default=6)
+    parser.add_argument("--json", help="write the numbers here")
+    args = parser.parse_args()
+    max_iter = 5 if args.quick else 300
+    settings = dict(num_warmup=10 if args.quick else args.warmup,
+                    num_samples=10 if args.quick else args.samples,
+                    num_chains=args.chains, max_tree_depth=args.max_tree_depth,
+                    key=jax.random.key(0))
+    results: dict = {"focei": {}, "nuts": {}, "held_out": {}, "settings": {
+        k: v for k, v in settings.items() if k != "key"}}
+    t_all = time.perf_counter()
+    pop = nlme.load_warfarin_population()
+
+    # 1. FOCEI on all subjects
+    emax_model = _pkpd.warfarin_pkpd_model(pop, "emax")
+    emax, sec = focei(emax_model, pop, max_iter=max_iter)
+    report_focei("emax", emax, sec, results["focei"])
+    start = _natural(emax)
+    net_model = _pkpd.warfarin_pkpd_model(pop, "network",
+                                          init={"ic50": float(np.exp(start["tic50"]))})
+    shared = {k: v for k, v in start.items() if k in net_model.parameter_names()}
+    network, sec = focei(net_model, pop, init=shared, max_iter=max_iter)
+    report_focei("network", network, sec, results["focei"])
+    c = np.array([0.5, 1, 2, 4, 8, 12])
+    curves = pd.DataFrame({"C (mg/L)": c,
+                           "I emax": _pkpd.inhibition_curve(emax.model, emax.theta, c),
+                           "I network": _pkpd.inhibition_curve(network.model, network.theta,
+                                                               c)})
+    print("\nTypical drug effect I(C):\n" + curves.to_string(index=False,
+                                                            float_format="{:.3f}".format))
+    results["inhibition"] = curves.to_dict(orient="list")
+
+    # 2. held-out split: FOCEI and NUTS on the training subjects
+    train, test = _pkpd.split_subjects(pop, 0.2, seed=0, keep_shape=True)
+    print(f"\nHeld out: subjects {list(test.ids)} ({test.n_obs} observations); training "
+          f"{train.n_obs} observations")
+    fits = {}
+    for name, model, full in (("emax", emax_model, emax), ("network", net_model, network)):
+        fit, sec = focei(model, train, init=_natural(full), max_iter=max_iter)
+        report_focei(f"{name} (training subjects)", fit, sec, results["focei"])
+        fits[name] = fit
+    lpd = {}
+    for name, fit in fits.items():
+        start_t = time.perf_counter()
+        lpd[f"{name} FOCEI"] = fit.log_predictive_density(test)
+        results["held_out"][f"{name} FOCEI seconds"] = time.perf_counter() - start_t
+    for name, model in (("emax", emax_model), ("network", net_model)):
+        res, sec = nuts(model, train, fits[name], settings)
+        report_nuts(f"{name} (training subjects)", res, sec, results["nuts"])
+        start_t = time.perf_counter()
+        lpd[f"{name} NUTS"] = res.log_predictive_density(test, n_draws=100)
+        results["held_out"][f"{name} NUTS seconds"] = time.perf_counter() - start_t
+    table = pd.DataFrame(lpd, index=pd.Index(test.ids, name="held-out subject")).T
+    table["total"] = table.sum(axis=1)
+    print("\nHeld-out log predictive density (per subject, random effects integrated "
+          "out; higher is better):")
+    print(table.to_string(float_format="{:.2f}".format))
+    results["held_out"]["table"] = {k: {str(i): float(v) for i, v in row.items()}
+                                    for k, row in table.iterrows()}
+
+    if args.nuts_full:
+        for name, model, full in (("emax", emax_model, emax),
+                                  ("network", net_model, network)):
+            res, sec = nuts(model, pop, full, settings)
+            report_nuts(f"{name} (all subjects)", res, sec, results["nuts"])
+
+    if args.mm:
+        mm_example(args.quick, settings, results)
+
+    results["total_seconds"] = time.perf_counter() - t_all
+    print(f"\nTotal {results['total_seconds']:.0f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2, default=float)
+
+
+def mm_example(quick, settings, results):
+    """Part 4: network elimination on simulated Michaelis-Menten data."""
+    pop, truth = _pkpd.michaelis_menten_population(12 if quick else 40)
+    model = _pkpd.network_elimination_model(pop)
+    fit, sec = focei(model, pop, max_iter=5 if quick else 300)
+    report_focei("Michaelis-Menten network elimination", fit, sec, results["focei"])
+    y = np.asarray(pop.obs_dv)[np.asarray(pop.obs_mask)]
+    c = np.linspace(np.quantile(y, 0.05), np.quantile(y, 0.95), 8)
+    true = truth["vmax"] * c / (truth["km"] + c)
+    res, sec = nuts(model, pop, fit, settings)
+    report_nuts("Michaelis-Menten network elimination", res, sec, results["nuts"])
+    flat = res.u_draws.reshape(-1, res.u_draws.shape[-1])
+    draws = np.stack([_pkpd.elimination_curve(model, model.unpack(jnp.asarray(u))[0], c)
+                      for u in flat[:: max(1, flat.shape[0] // 100)]])
+    table = pd.DataFrame({
+        "C (mg/L)": c, "true Vmax C/(Km+C)": true,
+        "FOCEI": _pkpd.elimination_curve(fit.model, fit.theta, c),
+        "NUTS median": np.median(draws, 0), "NUTS 5 %": np.quantile(draws, 0.05, 0),
+        "NUTS 95 %": np.quantile(draws, 0.95, 0)})
+    print("\nElimination rate (mg/h), typical subject:\n"
+          + table.to_string(index=False, float_format="{:.3f}".format))
+    print(f"max relative error FOCEI {np.max(np.abs(table['FOCEI'] / true - 1)):.3f}, "
+          f"NUTS median {np.max(np.abs(table['NUTS median'] / true - 1)):.3f}")
+    results["mm"] = table.to_dict(orient="list")
+
+
+if __name__ == "__main__":
+    main()
