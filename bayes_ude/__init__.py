@@ -2,11 +2,24 @@
 
 __version__ = "0.1.0"
 
-from . import datasets as datasets
-from . import discovery as discovery
-from . import nn as nn
-from . import pde as pde
-from . import solvers as solvers
-from . import ude as ude
+import importlib
 
-__all__ = ["datasets", "discovery", "nn", "pde", "solvers", "ude", "__version__"]
+from . import _xla
+
+_xla.apply()  # before any submodule can start the JAX backend
+
+# Submodules load on first use (``bayes_ude.pde``, ``from bayes_ude import nlme``): a
+# population-PK script then does not pay for importing the PDE, UDE and SINDy code.
+_SUBMODULES = ("crnn", "datasets", "discovery", "inference", "nlme", "nn", "pde", "solvers",
+               "ude")
+__all__ = [*_SUBMODULES, "__version__"]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_SUBMODULES])

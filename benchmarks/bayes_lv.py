@@ -6,8 +6,8 @@ Stan runs through Rscript when R and rstan are installed (see benchmarks/stan/ly
 otherwise its timing is read from tests/reference/lynx_hare_stan_timing.csv (measured on
 this project's reference machine). Prints min-ESS per second, compile included, and ratios.
 
-``BAYES_LV_SMALL_LOOPS=1`` raises XLA's CPU "small while loop" threshold for the run (see
-below); ``BAYES_LV_DRAWS`` sets warmup = draws per chain (default 1000).
+``BAYES_LV_DRAWS`` sets warmup = draws per chain (default 1000); ``BAYES_UDE_XLA_TUNING=0``
+runs with XLA's default CPU "small while loop" threshold instead of the package's (below).
 
 Where the time goes (measured 2026-11-28: one gradient of
 the log density at the posterior mode; interleaved timings, 2 shared cores):
@@ -24,7 +24,8 @@ the log density at the posterior mode; interleaved timings, 2 shared cores):
   threshold (``--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=
   65536`` in ``XLA_FLAGS``, set before JAX starts) takes the gradient from ~390 us to
   ~47 us (8x) and the plain solve from ~46 to ~19 us. It is a process-wide XLA setting,
-  so the package cannot set it for the user; this benchmark does when asked.
+  which ``import bayes_ude`` now makes (``bayes_ude/_xla.py``) unless the JAX backend had
+  already started or ``BAYES_UDE_XLA_TUNING=0``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-if os.environ.get("BAYES_LV_SMALL_LOOPS") == "1":
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_extra_options="
-                               "xla_cpu_small_while_loop_byte_threshold=65536").strip()
 
 import jax  # noqa: E402
 
@@ -119,9 +116,10 @@ def main():
                  int(mcmc.get_extra_fields()["diverging"].sum())))
     c, s, ess, source = stan_numbers()
     rows.append((f"Stan 2.21 ({source})", c + s, ess, 0))
-    small = os.environ.get("BAYES_LV_SMALL_LOOPS") == "1"
+    from bayes_ude import _xla
+
     print(f"lynx-hare, 4 chains x ({WARMUP} warmup + {SAMPLES} draws); compile included; "
-          f"XLA small-loop threshold {'raised' if small else 'default'}")
+          f"XLA small-loop threshold: {_xla.status()}")
     print(f"{'sampler':<58}{'seconds':>9}{'min ESS':>9}{'ESS/s':>8}{'div':>5}")
     for name, sec, e, div in rows:
         print(f"{name:<58}{sec:>9.1f}{e:>9.0f}{e / sec:>8.2f}{div:>5}")

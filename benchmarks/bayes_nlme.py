@@ -19,8 +19,8 @@ ESS is ArviZ's bulk ESS on the same quantities for both: the 7 population parame
 is, for ours, the time JAX spent tracing, lowering and compiling during the fit (summed
 from ``jax.monitoring`` events), for Stan ``stan_model()`` (C++ compilation).
 
-Environment: ``BAYES_NLME_SMALL_LOOPS=1`` raises XLA's CPU small-while-loop threshold (see
-benchmarks/bayes_lv.py); ``BAYES_NLME_DRAWS`` sets warmup = draws per chain (default
+Environment: ``BAYES_UDE_XLA_TUNING=0`` keeps XLA's default CPU small-while-loop
+threshold (the package raises it; see bayes_ude/_xla.py); ``BAYES_NLME_DRAWS`` sets warmup = draws per chain (default
 1000); ``BAYES_NLME_BACKEND`` picks ours' NUTS backend (``numpyro``, default, or
 ``blackjax``); ``BAYES_NLME_STAN=0`` skips Stan.
 
@@ -48,7 +48,7 @@ of ~1.5 between runs; ratios are from one process):
   compiler option) compiles the sampler in 7.0 s instead of 14.9 s, same speed.
 * Initial values drawn once and handed to ``kernel.init`` (no search loop): the
   initialisation program compiles in 2.3-4.0 s instead of 6.3-9.2 s.
-* XLA's small-while-loop threshold (``BAYES_NLME_SMALL_LOOPS=1``) changes nothing here
+* XLA's small-while-loop threshold (``BAYES_UDE_XLA_TUNING=0`` vs 1) changes nothing here
   (39 vs 48 us per chain-step vmapped, 48.6 vs 49.3 us with lax.map: noise). BlackJAX
   compiles two NUTS programs (adaptation 22 s + sampling 27 s) and its draws were ~3x
   slower; not a way out.
@@ -69,10 +69,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-if os.environ.get("BAYES_NLME_SMALL_LOOPS") == "1":
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_extra_options="
-                               "xla_cpu_small_while_loop_byte_threshold=65536").strip()
 
 import jax  # noqa: E402
 
@@ -212,11 +208,12 @@ def ess(run):
 
 
 def main():
+    from bayes_ude import _xla
+
     pop = nlme.load_theophylline_population()
     model = nlme.builtin_model("oral1cmt", pop)
     print(f"Theophylline oral1cmt, {CHAINS} chains x ({WARMUP} warmup + {SAMPLES} draws); "
-          f"XLA small-loop threshold "
-          f"{'raised' if os.environ.get('BAYES_NLME_SMALL_LOOPS') == '1' else 'default'}",
+          f"XLA small-loop threshold: {_xla.status()}",
           flush=True)
     runs = [run_ours(model, pop)]
     print(f"ours done in {runs[0]['total']:.1f} s", flush=True)

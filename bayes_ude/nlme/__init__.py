@@ -1,5 +1,7 @@
 """Nonlinear mixed-effects (population) models."""
 
+from typing import TYPE_CHECKING
+
 import jax as _jax
 
 # Population estimation needs float64: the outer optimiser differentiates through inner
@@ -37,11 +39,6 @@ from ._diagnostics import plot_individual as plot_individual
 from ._diagnostics import plot_vpc as plot_vpc
 from ._diagnostics import simulate as simulate
 from ._diagnostics import vpc as vpc
-from ._bayes import BayesianFitResult as BayesianFitResult
-from ._bayes import Priors as Priors
-from ._bayes import fit_bayes as fit_bayes
-from ._bayes import numpyro_model as numpyro_model
-from ._bayes import subject_log_density as subject_log_density
 from ._builtin import builtin_model as builtin_model
 from ._deep import CovariateEffect as CovariateEffect
 from ._deep import CovariateIndividual as CovariateIndividual
@@ -66,3 +63,21 @@ from ._pkpd import michaelis_menten_population as michaelis_menten_population
 from ._pkpd import network_elimination_model as network_elimination_model
 from ._pkpd import split_subjects as split_subjects
 from ._pkpd import warfarin_pkpd_model as warfarin_pkpd_model
+
+# The Bayesian layer (NumPyro) loads on first use: a maximum-likelihood fit does not pay
+# for importing NumPyro.
+_BAYES = ("BayesianFitResult", "Priors", "fit_bayes", "numpyro_model", "subject_log_density")
+if TYPE_CHECKING:
+    from ._bayes import BayesianFitResult as BayesianFitResult
+    from ._bayes import Priors as Priors
+    from ._bayes import fit_bayes as fit_bayes
+    from ._bayes import numpyro_model as numpyro_model
+    from ._bayes import subject_log_density as subject_log_density
+
+
+def __getattr__(name):
+    if name in _BAYES:
+        from . import _bayes
+
+        return getattr(_bayes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

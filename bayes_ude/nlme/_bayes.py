@@ -34,11 +34,11 @@ import pandas as pd
 from numpyro.distributions.transforms import biject_to
 
 from .._compile import compiler_options, filter_jit
+from ._estimate import SAMPLERS
 from ._model import PopulationModel, _chol_to_vector
 
 __all__ = ["BayesianFitResult", "Priors", "fit_bayes", "numpyro_model", "subject_log_density"]
 
-SAMPLERS = ("nuts", "sgld", "psgld", "sghmc")
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 

@@ -51,6 +51,8 @@ from ._model import PopulationModel
 __all__ = ["FitResult", "fit", "objective"]
 
 METHODS = ("fo", "foce", "focei", "laplace", "lb")
+#: The Bayesian methods of :func:`fit` (run by :func:`bayes_ude.nlme.fit_bayes`).
+SAMPLERS = ("nuts", "sgld", "psgld", "sghmc")
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -259,10 +261,13 @@ class _BFGS(NamedTuple):
 
 
 def _bfgs_init(x, eta):
-    inf = jnp.asarray(jnp.inf, x.dtype)
-    # explicit dtypes: a weakly typed leaf would make the next call compile again
-    return _BFGS(x, inf, jnp.zeros_like(x), eta, jnp.eye(x.size, dtype=x.dtype),
-                 jnp.asarray(0, int), jnp.asarray(False))
+    # explicit dtypes: a weakly typed leaf would make the next call compile again; built
+    # in numpy (an eager jnp operation is a small compilation of its own, at start-up)
+    x = np.asarray(x)
+    dtype = x.dtype
+    return jax.device_put(_BFGS(x, np.asarray(np.inf, dtype), np.zeros_like(x), eta,
+                                np.eye(x.size, dtype=dtype), np.asarray(0, np.int64),
+                                np.asarray(False)))
 
 
 @filter_jit
@@ -335,8 +340,16 @@ def _run_chunk(problem: _Problem, state: _BFGS, n_iter, tol):
 
 
 @filter_jit
-def _natural_jacobian(model_problem: _Problem, x):
-    return jax.jacfwd(lambda y: model_problem.model.natural(model_problem.full(y)))(x)
+def _natural_summary(problem: _Problem, x):
+    """At ``x``: the full unconstrained vector, the natural-scale parameters, the L2
+    penalty and the Jacobian of the natural parameters in ``x`` (for the covariance
+    step) -- one compiled program instead of a dozen eager operations."""
+    def natural(y):
+        return problem.model.natural(problem.full(y))
+
+    u = problem.full(x)
+    return (u, natural(x), problem.model.penalty(problem.model.unpack(u)[0]),
+            jax.jacfwd(natural)(x))
 
 
 class _PNLS(eqx.Module):
@@ -675,9 +688,9 @@ def fit(
     ``num_warmup``, ``num_samples``, ``num_chains``, ``key``, ``init``, ...) and the
     result is a :class:`BayesianFitResult`.
     """
-    from ._bayes import SAMPLERS, fit_bayes
-
     if method in SAMPLERS:
+        from ._bayes import fit_bayes
+
         if fixed:
             raise ValueError("fixed parameters are not supported by the Bayesian methods; "
                              "give them a tight prior instead (Priors)")
@@ -704,10 +717,11 @@ def fit(
         if unknown:
             raise ValueError(f"unknown parameters to fix {unknown}; parameters are {names}")
     free = np.array([i for i, n in enumerate(names) if n not in fixed_names], int)
-    problem = _Problem(model, method, tuple(int(i) for i in free), jnp.asarray(u0),
-                       population)
-    x = jnp.asarray(u0[free])
-    eta = jnp.zeros((population.n_subjects, model.n_eta))
+    # device_put, not jnp.asarray: no eager (compiled) conversions at start-up
+    problem = _Problem(model, method, tuple(int(i) for i in free),
+                       jax.device_put(np.asarray(u0, float)), population)
+    x = jax.device_put(np.asarray(u0[free], float))
+    eta = jax.device_put(np.zeros((population.n_subjects, model.n_eta)))
     if method == "lb":
         bar = tqdm(total=max_iter, desc="LB", disable=not progress, leave=False)
         try:
@@ -727,7 +741,7 @@ def fit(
     try:
         while iterations < max_iter:
             n = min(chunk, max_iter - iterations)
-            state = _run_chunk(problem, state, jnp.asarray(n, int), jnp.asarray(tol, float))
+            state = _run_chunk(problem, state, np.asarray(n, np.int64), np.asarray(tol, float))
             done_now = int(state.iteration)
             iterations += done_now
             history.append(float(state.value))
@@ -760,18 +774,18 @@ def _finish(model, population, method, problem, state, names, free, fixed_names,
     if not converged and not interrupted:
         warnings.warn(f"NLME fit: {message}", stacklevel=3)
 
-    u = np.asarray(problem.full(x))
+    u, natural, penalty, jac = jax.tree.map(np.asarray, _natural_summary(problem, x))
     n_obs = population.n_obs
     ofv = float(f)
     # the objective includes the l2 penalty; the likelihood does not
-    penalty = float(model.penalty(model.unpack(jnp.asarray(u))[0]))
+    penalty = float(penalty)
     minus2ll = ofv - penalty + n_obs * _LOG_2PI
     p = free.size
-    estimates = pd.Series(np.asarray(model.natural(jnp.asarray(u))), index=names)
+    estimates = pd.Series(natural, index=names)
     se = pd.Series(np.nan, index=names)
     cov_df = cov_u = None
     if covariance and not interrupted:
-        cov_df, se, cov_u = _covariance(problem, x, eta, names, free)
+        cov_df, se, cov_u = _covariance(problem, x, eta, names, free, jac)
     eta_df = pd.DataFrame(np.asarray(eta), columns=list(model.eta_names),
                           index=pd.Index(population.ids, name="ID"))
     return FitResult(
@@ -783,19 +797,21 @@ def _finish(model, population, method, problem, state, names, free, fixed_names,
         covariance_unconstrained=cov_u if free.size == len(names) else None)
 
 
-def _covariance(problem: _Problem, x, eta, names, free):
-    """Standard errors from the observed information (Hessian of −LL = ½ OFV)."""
+def _covariance(problem: _Problem, x, eta, names, free, jac):
+    """Standard errors from the observed information (Hessian of −LL = ½ OFV); ``jac``:
+    the Jacobian of the natural-scale parameters in ``x``, ``(n_natural, p)``."""
     p = x.size
+    x = np.asarray(x)  # the arithmetic here in numpy: eager jnp would compile each op
     # central differences of the exact gradient; steps relative to each parameter's size
     # (1e-4 balances truncation error O(h^2) against the inner solver's tolerance)
-    h = 1e-4 * (1.0 + jnp.abs(x))
-    steps = jnp.diag(h)
+    h = 1e-4 * (1.0 + np.abs(x))
+    steps = np.diag(h)
     # gradients from the compiled outer iteration itself (a fresh state's first
     # iteration only evaluates), so the covariance step compiles nothing new
-    grads = jnp.stack([
-        _run_chunk(problem, _bfgs_init(point, eta), jnp.asarray(1, int),
-                   jnp.asarray(0.0, float)).grad
-        for point in jnp.concatenate([x + steps, x - steps])])
+    grads = np.stack([
+        np.asarray(_run_chunk(problem, _bfgs_init(point, eta), np.asarray(1, np.int64),
+                              np.asarray(0.0)).grad)
+        for point in np.concatenate([x + steps, x - steps])])
     hess = (grads[:p] - grads[p:]) / (2.0 * h[:, None])
     hess = 0.5 * (hess + hess.T)
     info = 0.5 * np.asarray(hess)  # OFV = -2 LL
@@ -811,7 +827,6 @@ def _covariance(problem: _Problem, x, eta, names, free):
                       stacklevel=3)
         return None, se, None
     cov_x = np.linalg.inv(info)
-    jac = np.asarray(_natural_jacobian(problem, x))  # (n_natural, p)
     cov = jac @ cov_x @ jac.T
     se[:] = np.sqrt(np.clip(np.diag(cov), 0, None))
     fixed_mask = np.ones(len(names), bool)

@@ -207,7 +207,8 @@ class PopulationModel:
     # ------------------------------------------------------- parameter vectors
     def initial_vector(self) -> np.ndarray:
         """All parameters as one unconstrained vector (theta, Cholesky of omega, log sigma)."""
-        th = self._theta_vector(self.theta)
+        # numpy, not jnp: every eager jnp operation is a small compilation at start-up
+        th = np.concatenate([np.ravel(np.asarray(self.theta[k], float)) for k in self.theta])
         om = _chol_to_vector(self.omega, self.omega.init)
         sg = np.log(np.asarray([self.sigma[k] for k in self.sigma_names]))
         return np.concatenate([np.asarray(th), om, sg])
