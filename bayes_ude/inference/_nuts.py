@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import optax
+from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, Predictive, log_likelihood
 from numpyro.infer import init_to_median, init_to_sample, init_to_uniform, init_to_value
@@ -34,13 +36,20 @@ _INITS = {"uniform": init_to_uniform, "median": init_to_median,
           "prior": init_to_sample}
 
 
+#: Candidates drawn per chain, and L-BFGS iterations at most, for ``init="map"``.
+MAP_CANDIDATES = 16
+MAP_MAX_ITER = 300
+
+
 def _init_strategy(init):
+    if init == "map":
+        return init_to_uniform()  # the candidates of the optimisation (_map_starts)
     if callable(init):
         return init
     if isinstance(init, dict):
         return init_to_value(values=init)
     if init not in _INITS:
-        raise ValueError(f"init must be one of {sorted(_INITS)}, a dict of values or an "
+        raise ValueError(f"init must be one of {sorted([*_INITS, 'map'])}, a dict of values or an "
                          f"init strategy, got {init!r}")
     return _INITS[init]()
 
@@ -85,8 +94,14 @@ def run_nuts(
     key : PRNG key (default ``jax.random.key(0)``).
     target_accept, max_tree_depth : NUTS settings.
     init : initial values: ``"uniform"`` (NumPyro's default, uniform in (-2, 2) on the
-        unconstrained scale), ``"median"``, ``"prior"``, a dict of values (e.g. a MAP
-        estimate), or a NumPyro init strategy.
+        unconstrained scale), ``"median"``, ``"prior"``, ``"map"``, a dict of values (e.g.
+        a MAP estimate), or a NumPyro init strategy. ``"map"``: each chain draws
+        ``MAP_CANDIDATES`` (16) uniform points, keeps the one with the highest log
+        density and climbs from there to a mode of the posterior (L-BFGS on the
+        unconstrained scale, at most ``MAP_MAX_ITER`` iterations), all chains in one
+        compiled program; warmup then starts at the mode, not in the tails. Chains that
+        start in a poor local mode of an ODE posterior (a population that died out)
+        may never leave it; this start avoids most of them.
     chunk_size : draws per compiled chunk (progress and Ctrl-C granularity).
     posterior_predictive : also draw the observed sites from the posterior predictive.
     dims, coords : ArviZ dimension names / coordinates for variables.
@@ -118,10 +133,14 @@ def run_nuts(
     if keep_failed_states and backend != "blackjax":
         raise ValueError("keep_failed_states needs backend='blackjax' (NumPyro's NUTS does "
                          "not keep the state where a trajectory diverged)")
+    starts = None
+    if isinstance(init, str) and init == "map":
+        key, k_map = jax.random.split(key)
+        starts = _map_starts(model, model_args, model_kwargs, k_map, num_chains)
     samples, stats, timing, partial = run(
         model, model_args, model_kwargs, key, num_warmup, num_samples, num_chains,
         target_accept, max_tree_depth, _init_strategy(init), chunk_size, progress,
-        keep_failed_states)
+        keep_failed_states, starts)
     return _assemble(model, model_args, model_kwargs, samples, stats, key,
                      posterior_predictive, dims, coords,
                      {"backend": backend, "partial": int(partial), **timing,
@@ -157,6 +176,59 @@ def _draw_initial(model, args, kwargs, init_strategy, key):
                                    {k: v["value"] for k, v in sites.items()}, invert=True)
 
 
+def _map_starts(model, args, kwargs, key, num_chains, n_candidates=None, max_iter=None):
+    """Per chain (leading axis): the best of ``n_candidates`` uniform draws, then L-BFGS
+    to a mode of the posterior on the unconstrained scale (see ``run_nuts``'s ``init``).
+    A step to a non-finite value is never kept: the result is the best finite point
+    seen."""
+    n_candidates = MAP_CANDIDATES if n_candidates is None else n_candidates
+    max_iter = MAP_MAX_ITER if max_iter is None else max_iter
+
+    def potential(z):
+        return infer_util.potential_energy(model, args, kwargs, z)
+
+    def chain(keys):
+        cands = jax.vmap(lambda k: _draw_initial(model, args, kwargs, init_to_uniform(),
+                                                  k))(keys)
+        energy = jax.vmap(potential)(cands)
+        energy = jnp.where(jnp.isfinite(energy), energy, jnp.inf)
+        x0, unravel = ravel_pytree(jax.tree.map(lambda v: v[jnp.argmin(energy)], cands))
+
+        def f(x):
+            value = potential(unravel(x))
+            return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+        opt = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(f)
+
+        def cond(c):
+            _, _, best_x, best_f, g, i = c
+            return (i < max_iter) & (jnp.max(jnp.abs(g)) > 1e-6) & jnp.isfinite(best_f)
+
+        def body(c):
+            x, state, best_x, best_f, _, i = c
+            value, grad = value_and_grad(x, state=state)
+            grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
+            updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
+            x_new = optax.apply_updates(x, updates)
+            f_new = f(x_new)
+            better = jnp.isfinite(f_new) & (f_new <= best_f)
+            best_x = jnp.where(better, x_new, best_x)
+            # stop once the iterate leaves the finite region (keep the best point)
+            g_stop = jnp.where(jnp.isfinite(f_new), grad, 0.0)
+            return x_new, state, best_x, jnp.where(better, f_new, best_f), g_stop, i + 1
+
+        f0 = f(x0)
+        out = jax.lax.while_loop(cond, body, (x0, opt.init(x0), x0, f0,
+                                              jnp.ones_like(x0), 0))
+        return unravel(out[2])
+
+    keys = jax.random.split(key, num_chains * n_candidates).reshape(
+        (num_chains, n_candidates) + key.shape)
+    return jax.jit(lambda ks: _over_chains(chain, ks), compiler_options=compiler_options())(
+        keys)
+
+
 def _finite_start(state) -> bool:
     grads = jax.tree.leaves(state.z_grad)
     return bool(np.all(np.isfinite(np.asarray(state.potential_energy)))
@@ -168,7 +240,7 @@ def _finite_start(state) -> bool:
 
 def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                  target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-                 keep_failed_states):
+                 keep_failed_states, starts=None):
     """NumPyro's NUTS kernel (its own adaptation) stepped by our own chunked scan, so that
     warmup and sampling both report progress, compile once, and can be interrupted."""
     del keep_failed_states  # BlackJAX only (run_nuts has checked)
@@ -177,17 +249,21 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     opts = compiler_options()
     keys = jax.random.split(key, num_chains)
 
-    def init_drawn(k):
+    def init_drawn(k, start=None):
         k_draw, k_init = jax.random.split(k)
-        return kernel.init(k_init, num_warmup,
-                           _draw_initial(model, args, kwargs, init_strategy, k_draw),
-                           args, kwargs)
+        if start is None:
+            start = _draw_initial(model, args, kwargs, init_strategy, k_draw)
+        return kernel.init(k_init, num_warmup, start, args, kwargs)
 
     # compiled as one program (run eagerly, initialisation would compile each primitive
     # on its own); from values drawn once rather than through NumPyro's search loop,
     # which doubles the program; the search only where a chain starts at a non-finite
     # log density or gradient
-    state = jax.jit(lambda ks: _over_chains(init_drawn, ks), compiler_options=opts)(keys)
+    if starts is None:
+        state = jax.jit(lambda ks: _over_chains(init_drawn, ks), compiler_options=opts)(keys)
+    else:
+        state = jax.jit(lambda ks, zs: _over_chains(lambda a: init_drawn(*a), (ks, zs)),
+                        compiler_options=opts)(keys, starts)
     if not _finite_start(state):
         state = jax.jit(lambda ks: _over_chains(
             lambda k: kernel.init(k, num_warmup, None, args, kwargs), ks),
@@ -239,11 +315,12 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
 def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                   target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-                  keep_failed_states):
+                  keep_failed_states, starts=None):
     k_init, k_warm, k_sample = jax.random.split(key, 3)
     init_params, potential_gen, postprocess_gen, _ = infer_util.initialize_model(
         jax.random.split(k_init, num_chains), model, init_strategy=init_strategy,
         dynamic_args=True, model_args=args, model_kwargs=kwargs)
+    start_positions = init_params.z if starts is None else starts
     potential = potential_gen(*args, **kwargs)
     postprocess = postprocess_gen(*args, **kwargs)
 
@@ -287,7 +364,7 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     t0 = time.perf_counter()
     try:
         states, params, warmup_failed = adapt(jax.random.split(k_warm, num_chains),
-                                              init_params.z)
+                                              start_positions)
         jax.block_until_ready(states)
         t_warm = time.perf_counter() - t0
         bar.set_description("NUTS (blackjax)")

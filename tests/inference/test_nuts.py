@@ -54,6 +54,31 @@ def test_posterior_matches_closed_form(backend, data):
     assert idata.attrs["backend"] == backend and idata.attrs["partial"] == 0
 
 
+def positive_rate(y=None, n=30):
+    """y_i ~ Exponential(lam), lam ~ Gamma(2, 1): the posterior is Gamma(2 + n, 1 + sum y),
+    and on NumPyro's unconstrained scale (log lam, with the log-Jacobian) its mode is
+    at lam = (2 + n) / (1 + sum y)."""
+    lam = numpyro.sample("lam", dist.Gamma(2.0, 1.0))
+    with numpyro.plate("obs_plate", n):
+        numpyro.sample("y", dist.Exponential(lam), obs=y)
+
+
+@pytest.mark.parametrize("backend", ["numpyro", "blackjax"])
+def test_map_start_is_the_mode_and_samples_the_posterior(backend):
+    from bayes_ude.inference import _nuts
+
+    y = np.random.default_rng(1).exponential(1 / 2.5, size=30)
+    a, b = 2.0 + y.size, 1.0 + y.sum()
+    starts = _nuts._map_starts(positive_rate, (y,), {}, jax.random.key(3), 3)
+    np.testing.assert_allclose(np.exp(np.asarray(starts["lam"])), a / b, rtol=1e-6)
+    idata = inference.run_nuts(positive_rate, y, backend=backend, init="map", num_warmup=300,
+                               num_samples=500, num_chains=2, progress=False)
+    summary = az.summary(idata, var_names=["lam"], round_to="none")
+    assert abs(summary.loc["lam", "mean"] - a / b) <= 4 * summary.loc["lam", "mcse_mean"]
+    assert abs(summary.loc["lam", "sd"] / (np.sqrt(a) / b) - 1) <= 0.1
+    assert summary.loc["lam", "r_hat"] <= 1.01
+
+
 def test_bad_arguments(data):
     with pytest.raises(ValueError, match="backend"):
         inference.run_nuts(normal_mean, data, backend="stan")
