@@ -28,4 +28,5 @@ from ._prune import active_reactions as active_reactions
 from ._prune import format_mechanism as format_mechanism
 from ._prune import mechanism as mechanism
 from ._prune import prune as prune
+from ._prune import round_stoichiometry as round_stoichiometry
 from ._prune import unprune as unprune

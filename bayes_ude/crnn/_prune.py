@@ -49,6 +49,22 @@ def unprune(model: CRNN) -> CRNN:
     return new
 
 
+def round_stoichiometry(model: CRNN, step: float = 1.0) -> CRNN:
+    """The kept stoichiometric coefficients rounded to multiples of ``step`` (integers by
+    default; 0.5 for half-integer mechanisms): reading a trained, pruned CRNN as a
+    mechanism (``2.03A -> 1.02B`` is ``2A -> B``). A coefficient that rounds to zero is
+    pruned. Refit (or sample) the rate constants afterwards: they were trained with the
+    unrounded coefficients."""
+    if not isinstance(model, CRNN):
+        raise TypeError(f"model must be a crnn.CRNN, got {type(model).__name__}")
+    if not step > 0:
+        raise ValueError(f"step must be positive, got {step!r}")
+    rounded = step * jnp.round(model.stoichiometry / step)
+    mask = model.mask & (rounded != 0)
+    return eqx.tree_at(lambda m: (m.stoichiometry, m.mask), model,
+                       (jnp.where(mask, rounded, 0.0), mask))
+
+
 def active_reactions(model: CRNN) -> np.ndarray:
     """Boolean ``(n_reactions,)``: reactions with at least one coefficient left."""
     return np.asarray(model.mask).any(axis=1)  # NumPy: also inside a traced function
