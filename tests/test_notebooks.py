@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 # Notebooks whose tiny run still takes minutes (compilation of stiff or NUTS programs): run
 # with `pytest -m heavy`, outside the default suite's time budget.
-HEAVY = {"bayesian_ude", "bcrnn", "fisher_kpp", "universal_dae"}
+HEAVY = {"bayesian_ude"}
 CASES = [pytest.param(p, id=p.stem, marks=[pytest.mark.heavy] if p.stem in HEAVY else [])
          for p in NOTEBOOKS]
 
@@ -32,3 +32,17 @@ def test_notebook_runs(path, monkeypatch):
               if o.get("output_type") == "error"]
     assert not errors
     assert os.environ["BAYES_UDE_NOTEBOOK_TINY"] == "1"
+
+
+def test_notebooks_in_step_with_their_sources():
+    """Each notebook's cells are those of its percent-format source in notebooks/src
+    (``python notebooks/sync.py`` rewrites them)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "sync.py"
+    spec = importlib.util.spec_from_file_location("notebook_sync", path)
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    assert sync.pairs()
+    problems = [p for src, nb in sync.pairs() for p in sync.differences(src, nb)]
+    assert not problems, problems

@@ -9,7 +9,8 @@
 # where $\mathrm{NN}$ is a 1-10-20-10-1 tanh network applied at every node, and $\mathrm{conv}$ a
 # learnable 3-point stencil (a discretised derivative *is* a convolution). If the data are
 # informative, the stencil becomes $[1, -2, 1]$, $D_0 \cdot w_1 \cdot dx^2$ becomes $D$, and the
-# network becomes $\rho(1-\rho)$, which SINDy then names. Finally, pSGLD gives a posterior of $D$.
+# network becomes $\rho(1-\rho)$, which SINDy then names. Finally, NUTS on a reduced
+# model gives a calibrated posterior of $D$.
 #
 # Set `BAYES_UDE_NOTEBOOK_TINY=1` to run with tiny iteration counts (as the test suite does).
 
@@ -150,47 +151,101 @@ sindy_fit = discovery.sindy(r[:, None], reaction[:, None], discovery.PolynomialL
 print(sindy_fit.equations()[0], "   (truth: NN = rho - rho^2)")
 
 # %% [markdown]
-# ## A posterior of D (pSGLD)
+# ## A posterior of D: NUTS on a reduced model
 #
-# The same data with noise σ = 0.02 (known), a Normal(0, 3²) prior on every weight, and
-# preconditioned SGLD started from the point estimate. Each step is one solve and one gradient
-# (the whole data set is one "minibatch"). The quantity of interest, $D = D_0 w_1 dx^2$, is a
-# function of the draws.
+# The 465-weight network's posterior is out of NUTS's reach, and pSGLD with a fixed step
+# under-disperses (its chain, 1000 steps from the point estimate, gave sd 2.3e-5 and a 90 %
+# interval [0.00982, 0.00989] that misses 0.01). For an honest posterior of $D$ we shrink the
+# model: a 1-8-1 tanh network and a zero-sum stencil, fitted by MAP to data with noise
+# σ = 0.02 (the initial condition known, the 10 snapshots after t = 0 observed). Then the
+# network's hidden layer is fixed at the MAP and NUTS samples its output layer (8 weights and
+# a bias), the stencil's two free weights ($D_0 = 1$: only the product enters) and σ.
+# Priors: Normal(0, 3²) on the output layer, Normal(0, 10²) on the stencil weights (prior sd
+# of $D$ 0.011), HalfNormal(0.1) on σ. NUTS runs in coordinates whitened by the Gauss–Newton
+# curvature at the MAP, θ = θ_MAP + L z: a fixed linear change of variables (the posterior is
+# the same), after which NUTS needs ~7 leapfrog steps per draw.
 
 # %%
-sigma = 0.02
-noisy = ys + sigma * np.random.default_rng(0).normal(size=ys.shape)
-noisy_loss = ude.SingleShooting(ts, noisy, scale=1.0, rtol=1e-6, atol=1e-8)
-params, static = eqx.partition(model, eqx.is_inexact_array)
+import arviz as az
+import numpyro
+import numpyro.distributions as dist
+
+sigma, hidden = 0.02, 8
+noisy = ys[1:] + sigma * np.random.default_rng(0).normal(size=ys[1:].shape)
+k_net, k_stencil = jax.random.split(jax.random.key(1))
+small = pde.UniversalPDE(grid, nn.MLP(1, 1, (hidden,), "tanh", key=k_net),
+                         pde.LearnableStencil(3, zero_sum=True, key=k_stencil, scale=0.1),
+                         diffusion=1.0)
+small_loss = ude.SingleShooting(ts, np.concatenate([rho0[None], noisy]), u0=rho0, scale=1.0,
+                                rtol=1e-6, atol=1e-8)
+small_map = ude.fit(small_loss, small, steps=25 if TINY else 300, learning_rate=2e-2,
+                    lbfgs_steps=0 if TINY else 300, progress=False).params
+print(f"MAP of the reduced model: D = {float(small_map.effective_diffusion):.5f}")
+
+prior_sd = jnp.array([3.0] * (hidden + 1) + [10.0, 10.0])
+last = small_map.reaction.layers[-1]
+stencil_map = small_map.diffusion * small_map.stencil.weights
+theta_map = jnp.concatenate([last.weight[0], last.bias, stencil_map[jnp.array([0, 2])]])
+ts_obs, u0 = jnp.asarray(ts[1:]), jnp.asarray(rho0)
 
 
-def loglikelihood(p, item):
-    return -0.5 * noisy_loss(eqx.combine(p, static)) * noisy.size / sigma**2
+def build(theta):
+    """The reduced UPDE at theta = (output weights, output bias, stencil left, right)."""
+    w, b, left, right = theta[:hidden], theta[hidden], theta[hidden + 1], theta[hidden + 2]
+    m = eqx.tree_at(lambda m: (m.reaction.layers[-1].weight, m.reaction.layers[-1].bias),
+                    small_map, (w[None, :], b[None]))
+    weights = jnp.stack([left, -(left + right), right])
+    return eqx.tree_at(lambda m: (m.stencil, m.diffusion), m,
+                       (pde.LearnableStencil(3, init=weights), jnp.asarray(1.0)))
 
 
-def logprior(p):
-    return sum(-0.5 * jnp.sum(leaf**2) / 3.0**2 for leaf in jax.tree.leaves(p))
+def solve_reduced(theta, sensitivity="auto"):
+    return solvers.solve(lambda t, u, m: m(t, u), u0, ts_obs, build(theta), t0=0.0,
+                         rtol=1e-6, atol=1e-8, sensitivity=sensitivity)
 
 
-kernel = inference.psgld(inference.grad_estimator(logprior, loglikelihood, 1))
-num_steps = 20 if TINY else 1000
-idata = inference.run_sgmcmc(kernel, params, {"item": jnp.zeros((1,))}, num_steps=num_steps,
-                             batch_size=1, step_size=1e-4, burn_in=num_steps // 2, thin=5)
-draws = inference.posterior_pytree(idata, params)
-d_draws = np.asarray(jax.vmap(jax.vmap(
-    lambda p: eqx.combine(p, static).effective_diffusion))(draws)).ravel()
+jac = jax.jit(jax.jacfwd(lambda th: solve_reduced(th, "forward").ys))(theta_map)
+jac = jac.reshape(-1, theta_map.size)
+chol = jnp.linalg.cholesky(jnp.linalg.inv(jac.T @ jac / sigma**2 + jnp.diag(prior_sd**-2.0)))
+
+
+def reduced_upde(ys=None):
+    # z ~ N(0, I) as the site, its density removed again: the prior is on theta.
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([theta_map.size]).to_event(1))
+    theta = theta_map + chol @ z
+    numpyro.factor("prior", jnp.sum(dist.Normal(0.0, prior_sd).log_prob(theta))
+                   - jnp.sum(dist.Normal(0.0, 1.0).log_prob(z)))
+    numpyro.deterministic("D", build(theta).effective_diffusion)
+    noise = numpyro.sample("sigma", dist.HalfNormal(0.1))
+    u = inference.reject_failed_solve(solve_reduced(theta))
+    numpyro.sample("ys", dist.Normal(u, noise).to_event(2), obs=ys)
+
+
+n = 20 if TINY else 500
+idata = inference.run_nuts(reduced_upde, jnp.asarray(noisy), num_warmup=n, num_samples=n,
+                           num_chains=2 if TINY else 4, progress=False,
+                           posterior_predictive=False)
+d_draws = idata.posterior["D"].values.ravel()
 lo, hi = np.quantile(d_draws, [0.05, 0.95])
-print(f"posterior of D: mean {d_draws.mean():.5f}, sd {d_draws.std():.1e}, "
-      f"90 % interval [{lo:.5f}, {hi:.5f}] (truth 0.01)")
+print(f"posterior of D: mean {d_draws.mean():.5f}, median {np.median(d_draws):.5f}, "
+      f"sd {d_draws.std():.1e}, 90 % interval [{lo:.5f}, {hi:.5f}] (truth 0.01; width "
+      f"{(hi - lo) / D_TRUE:.1%} of D)")
+print(f"{idata.attrs['num_divergent']} divergences, mean tree depth "
+      f"{float(idata.sample_stats.tree_depth.mean()):.1f}, {idata.attrs['seconds_total']:.0f} s")
+az.summary(idata, var_names=["D", "sigma"])
 
+# %%
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.hist(d_draws, bins=20, color="C0", alpha=0.7)
+ax.hist(d_draws, bins=30, color="C0", alpha=0.7)
 ax.axvline(D_TRUE, color="k", ls="--", label="truth")
-ax.set(xlabel="D", title="pSGLD posterior of the diffusion coefficient")
+ax.axvspan(lo, hi, color="C0", alpha=0.15, label="90 % interval")
+ax.set(xlabel="D", title="NUTS posterior of the diffusion coefficient (reduced UPDE)")
 ax.legend()
 plt.show()
 
 # %% [markdown]
-# pSGLD with a fixed step explores slowly: the spread above is the chain's, and is narrower
-# than the exact posterior's would be (a longer chain or NUTS on a smaller network would tell).
-# The point estimate and the learned structure are the robust results here.
+# The interval is honest in the sense that matters: over fresh noise replicates it contains
+# the true $D$ about as often as it claims (`tests/pde/test_fisher_kpp.py`, a coverage check
+# over six replicates). What it conditions on: the hidden layer of the small network (the
+# basis the reaction is built from), fixed at the MAP; everything else, the stencil, the
+# reaction's weights in that basis and the noise level, is inferred.
