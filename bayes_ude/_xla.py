@@ -6,7 +6,9 @@ An adaptive ODE solve with sensitivities carries more than that (the Runge-Kutta
 the lynx-hare model with its 12 sensitivities are 784 bytes alone), so every solver step
 pays the dispatch of dozens of tiny operations: the lynx-hare gradient takes ~390 us with
 the default threshold and ~47 us with it raised to 64 KiB (benchmarks/bayes_lv.py). The
-threshold changes how a loop is compiled, never what it computes.
+threshold changes how a loop is compiled, not what it computes: results agree to
+rounding (operations fused in another order), which a long optimisation can amplify into a
+slightly different optimum.
 
 It is an ``XLA_FLAGS`` option, read once when JAX starts its CPU backend (not per program:
 ``jax.jit(..., compiler_options=...)`` cannot carry it), so the package adds it to
