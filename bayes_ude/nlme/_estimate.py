@@ -277,11 +277,22 @@ def _run_chunk(problem: _Problem, state: _BFGS, n_iter, tol):
     One function evaluation (value, gradient and EBEs together) appears once in the
     compiled program: the first iteration of a fresh state just evaluates at ``x``.
     """
-    value_and_grad = jax.value_and_grad(problem.value, has_aux=True)
+    if getattr(problem.model.structural, "outer_gradient", "reverse") == "forward":
+        def evaluate(x, eta):
+            # one directional derivative per parameter (see StructuralModel.outer_gradient)
+            def along(v):
+                f, df, eta_new = jax.jvp(lambda y: problem.value(y, eta), (x,), (v,),
+                                         has_aux=True)
+                return f, df, eta_new
 
-    def evaluate(x, eta):
-        (f, eta_new), g = value_and_grad(x, eta)
-        return f, g, eta_new
+            f, g, eta_new = jax.vmap(along)(jnp.eye(x.size, dtype=x.dtype))
+            return f[0], g, eta_new[0]
+    else:
+        value_and_grad = jax.value_and_grad(problem.value, has_aux=True)
+
+        def evaluate(x, eta):
+            (f, eta_new), g = value_and_grad(x, eta)
+            return f, g, eta_new
 
     def cond(s):
         return (s.iteration < n_iter) & ~s.done

@@ -6,8 +6,9 @@ term needs ``df/deta`` (forward), and the outer quasi-Newton step takes the reve
 gradient of all of that with respect to theta. :class:`ODEModel` solves with an adaptive
 solver whose forward sensitivities are a ``custom_jvp`` integrated by a ``while_loop``:
 forward over it works (so its objective evaluates), reverse over it does not (JAX cannot
-transpose a ``while_loop``), so its FOCEI fit stops with "Reverse-mode differentiation
-does not work for lax.while_loop". A fixed grid is a ``lax.scan``, which JAX
+transpose a ``while_loop``), so its FOCEI fit takes the outer gradient in forward mode, one
+directional derivative per population parameter: fine for a few parameters, slow for a
+network's weights, and a large program to compile. A fixed grid is a ``lax.scan``, which JAX
 differentiates in every mode and to every order, and compiles to a small program (one
 Runge--Kutta step).
 

@@ -61,6 +61,10 @@ class StructuralModel(eqx.Module):
 
     #: individual-parameter names the model reads (for error messages)
     parameter_names: ClassVar[tuple[str, ...]] = ()
+    #: how the outer (population-parameter) gradient of FOCE/FOCEI/Laplace is taken:
+    #: ``"reverse"``, or ``"forward"`` (one directional derivative per parameter) for
+    #: models that JAX cannot differentiate in reverse mode to third order
+    outer_gradient: ClassVar[str] = "reverse"
 
 
 def _separate(a, b):
@@ -273,7 +277,18 @@ class ODEModel(StructuralModel):
     initial : optional ``initial(params) -> amounts at the first record`` (default zeros;
         e.g. a PD baseline).
     dosing_compartment : the (1-based) compartment that ``f`` and ``tlag`` apply to.
+
+    Notes
+    -----
+    FOCE/FOCEI/Laplace differentiate the model to third order. The solve's forward
+    sensitivities are integrated by a ``while_loop``, which JAX differentiates in forward
+    mode to any order but cannot transpose, so the outer gradient of these fits is taken
+    in forward mode (``outer_gradient = "forward"``: one directional derivative per
+    population parameter). :class:`bayes_ude.nlme.FixedStepODEModel` (a ``lax.scan`` on a
+    fixed grid) allows reverse mode and compiles a smaller program.
     """
+
+    outer_gradient: ClassVar[str] = "forward"
 
     vector_field: Callable
     n_states: int = eqx.field(static=True)
