@@ -280,12 +280,9 @@ def _run_chunk(problem: _Problem, state: _BFGS, n_iter, tol):
     if getattr(problem.model.structural, "outer_gradient", "reverse") == "forward":
         def evaluate(x, eta):
             # one directional derivative per parameter (see StructuralModel.outer_gradient)
-            def along(v):
-                f, df, eta_new = jax.jvp(lambda y: problem.value(y, eta), (x,), (v,),
-                                         has_aux=True)
-                return f, df, eta_new
-
-            f, g, eta_new = jax.vmap(along)(jnp.eye(x.size, dtype=x.dtype))
+            f, g, eta_new = jax.vmap(lambda v: jax.jvp(
+                lambda y: problem.value(y, eta), (x,), (v,), has_aux=True))(
+                jnp.eye(x.size, dtype=x.dtype))
             return f[0], g, eta_new[0]
     else:
         value_and_grad = jax.value_and_grad(problem.value, has_aux=True)
