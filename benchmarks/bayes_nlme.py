@@ -20,8 +20,8 @@ is, for ours, the time JAX spent tracing, lowering and compiling during the fit 
 from ``jax.monitoring`` events), for Stan ``stan_model()`` (C++ compilation).
 
 Environment: ``BAYES_UDE_XLA_TUNING=0`` keeps XLA's default CPU small-while-loop
-threshold (the package raises it; see bayes_ude/_xla.py); ``BAYES_NLME_DRAWS`` sets warmup = draws per chain (default
-1000); ``BAYES_NLME_BACKEND`` picks ours' NUTS backend (``numpyro``, default, or
+threshold (the package raises it; see bayes_ude/_xla.py); ``BAYES_NLME_DRAWS`` sets
+warmup = draws per chain (default 1000); ``BAYES_NLME_BACKEND`` picks ours' NUTS backend (``numpyro``, default, or
 ``blackjax``); ``BAYES_NLME_STAN=0`` skips Stan.
 
 Usage: python benchmarks/bayes_nlme.py
