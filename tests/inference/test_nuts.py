@@ -146,3 +146,47 @@ def test_credible_intervals_cover_the_truth():
         lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
         coverage = np.mean((lo <= true) & (true <= hi))
         assert coverage >= 0.8, (name, coverage)
+
+
+_DEVICES_SCRIPT = """
+import sys, jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+sys.path.insert(0, sys.argv[2])
+from test_nuts import normal_mean
+from bayes_ude import inference
+from bayes_ude.inference import _nuts
+y = np.random.default_rng(0).normal(1.5, 1.0, size=20)
+out = {"devices": _nuts._chain_devices(4)}
+for backend in ("numpyro", "blackjax"):
+    idata = inference.run_nuts(normal_mean, y, backend=backend, num_warmup=200,
+                               num_samples=300, num_chains=4, progress=False)
+    out[backend] = idata.posterior["mu"].values.tolist()
+print(repr(out))
+"""
+
+
+@pytest.mark.slow
+def test_chains_spread_over_several_devices_match_one_device(data):
+    """With two (CPU) devices the 4 chains run 2 per device (shard_map): the same draws
+    as on one device (to rounding, which the chains amplify slowly: compared over the first
+    100 draws), and the closed-form posterior."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent)
+    runs = {}
+    for n in (1, 2):
+        out = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(n), here],
+                             capture_output=True, text=True, check=True)
+        runs[n] = eval(out.stdout.strip().splitlines()[-1])
+    assert runs[1]["devices"] == 1 and runs[2]["devices"] == 2
+    precision = len(data) + 1 / PRIOR_SD**2
+    post_mean, post_sd = data.sum() / precision, precision**-0.5
+    for backend in ("numpyro", "blackjax"):
+        one, two = np.array(runs[1][backend]), np.array(runs[2][backend])
+        assert two.shape == (4, 300)
+        np.testing.assert_allclose(two[:, :100], one[:, :100], rtol=0, atol=1e-4)
+        assert abs(two.mean() - post_mean) <= 4 * post_sd / np.sqrt(two.size / 4)
+        assert abs(two.std() / post_sd - 1) <= 0.1
