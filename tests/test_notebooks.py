@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 # Notebooks whose tiny run still takes minutes (compilation of stiff or NUTS programs): run
 # with `pytest -m heavy`, outside the default suite's time budget.
-HEAVY = {"bayesian_ude"}
+HEAVY: set[str] = set()  # none at present (bayesian_ude left in 2026-12: 115 s)
 CASES = [pytest.param(p, id=p.stem, marks=[pytest.mark.heavy] if p.stem in HEAVY else [])
          for p in NOTEBOOKS]
 
