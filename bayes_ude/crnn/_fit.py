@@ -185,10 +185,15 @@ class TrajectoryLoss(eqx.Module):
         data = self.data if batch is None else self.data.subset(batch)
         sol = simulate(model, data.ts, data.u0, data.temperature, options=self.options)
         ok = sol.success[:, None, None]
-        resid = (jnp.where(ok, sol.ys, 0.0) - data.ys) / data.scale
-        value = jnp.mean(jnp.abs(resid)) if self.kind == "mae" else jnp.mean(resid**2)
-        value = value + self.l1 * jnp.sum(jnp.abs(model.nu))
+        value = _penalised_error(jnp.where(ok, sol.ys, 0.0), data, self.kind, self.l1, model)
         return jnp.where(jnp.all(ok), value, FAILED_LOSS)
+
+
+def _penalised_error(pred, data: Experiments, kind: str, l1: float, model: CRNN):
+    """Mean absolute or squared scaled error of ``pred`` plus ``l1 * sum |nu|``."""
+    resid = (pred - data.ys) / data.scale
+    value = jnp.mean(jnp.abs(resid)) if kind == "mae" else jnp.mean(resid**2)
+    return value + l1 * jnp.sum(jnp.abs(model.nu))
 
 
 def _decay_mask(arrays):
@@ -290,9 +295,7 @@ class CollocationLoss(eqx.Module):
         increments = 0.5 * (f[:, 1:] + f[:, :-1]) * dt
         pred = data.u0[:, None] + jnp.concatenate(
             [jnp.zeros_like(increments[:, :1]), jnp.cumsum(increments, axis=1)], axis=1)
-        resid = (pred - data.ys) / data.scale
-        value = jnp.mean(jnp.abs(resid)) if self.kind == "mae" else jnp.mean(resid**2)
-        return value + self.l1 * jnp.sum(jnp.abs(model.nu))
+        return _penalised_error(pred, data, self.kind, self.l1, model)
 
 
 _OPTIMIZERS: dict = {}
