@@ -276,12 +276,12 @@ def _map_starts(model, args, kwargs, key, num_chains, n_candidates=None, max_ite
     modes, energy = jax.jit(lambda ks: _over_chains(chain, ks),
                             compiler_options=compiler_options())(keys)
     energy = np.asarray(energy)
-    source = np.arange(num_chains)
-    good = np.flatnonzero(energy <= np.min(energy) + tolerance)
-    bad = np.setdiff1d(source, good)
-    source[bad] = good[np.arange(len(bad)) % len(good)]
-    if len(bad) == 0:
+    good = energy <= np.min(energy) + tolerance
+    if good.all():
         return modes
+    source = np.arange(num_chains)
+    bad = np.flatnonzero(~good)
+    source[bad] = np.flatnonzero(good)[np.arange(len(bad)) % good.sum()]
     return jax.tree.map(lambda v: np.asarray(v)[source], modes)
 
 

@@ -190,3 +190,27 @@ def test_chains_spread_over_several_devices_match_one_device(data):
         np.testing.assert_allclose(two[:, :100], one[:, :100], rtol=0, atol=1e-4)
         assert abs(two.mean() - post_mean) <= 4 * post_sd / np.sqrt(two.size / 4)
         assert abs(two.std() / post_sd - 1) <= 0.1
+
+
+def two_modes():
+    """A tall mode at -1.5 and one 13.8 nats lower at +1.5, split near 0, inside the
+    uniform start's (-2, 2)."""
+    x = numpyro.sample("x", dist.Normal(0.0, 10.0))
+    numpyro.factor("mix", jnp.logaddexp(jnp.log1p(-1e-6) + dist.Normal(-1.5, 0.3).log_prob(x),
+                                        jnp.log(1e-6) + dist.Normal(1.5, 0.3).log_prob(x)))
+
+
+def test_map_start_moves_chains_out_of_a_much_lower_mode():
+    """One climb per chain from one uniform draw: some chains reach the low mode. Within
+    the 10-nat tolerance they would stay; beyond it they start at the tall mode."""
+    from bayes_ude.inference import _nuts
+
+    key = jax.random.key(0)
+    kept = _nuts._map_starts(two_modes, (), {}, key, 16, n_candidates=1, n_climbs=1,
+                             tolerance=np.inf)["x"]
+    moved = _nuts._map_starts(two_modes, (), {}, key, 16, n_candidates=1, n_climbs=1)["x"]
+    kept, moved = np.asarray(kept), np.asarray(moved)
+    prior_shift = 1.5 * 0.3**2 / 10.0**2  # the N(0, 10) prior moves each mode slightly
+    assert np.sum(np.abs(kept - 1.5) < 0.01) >= 2  # some chains climbed to the low mode
+    assert np.all((np.abs(kept - 1.5) < 0.01) | (np.abs(kept + 1.5) < 0.01))
+    np.testing.assert_allclose(moved, -1.5 + prior_shift, atol=1e-4)
