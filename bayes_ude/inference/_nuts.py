@@ -198,6 +198,12 @@ def _spread(fn, num_chains: int):
     return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
 
 
+def _per_chain(fn, num_chains: int):
+    """``fn(*args)`` of one chain as a function of the same arguments with a leading chain
+    axis: :func:`_over_chains`, split over the devices by :func:`_spread`."""
+    return _spread(lambda *xs: _over_chains(lambda a: fn(*a), xs), num_chains)
+
+
 def _draw_initial(model, args, kwargs, init_strategy, key):
     """Initial unconstrained values from ``init_strategy``: one trace of the model, no
     gradient and no search loop (the first try of NumPyro's
@@ -315,17 +321,11 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     # on its own); from values drawn once rather than through NumPyro's search loop,
     # which doubles the program; the search only where a chain starts at a non-finite
     # log density or gradient
-    spread = functools.partial(_spread, num_chains=num_chains)
-    if starts is None:
-        state = jax.jit(spread(lambda ks: _over_chains(init_drawn, ks)),
-                        compiler_options=opts)(keys)
-    else:
-        state = jax.jit(spread(lambda ks, zs: _over_chains(lambda a: init_drawn(*a), (ks, zs))),
-                        compiler_options=opts)(keys, starts)
+    inits = (keys,) if starts is None else (keys, starts)
+    state = jax.jit(_per_chain(init_drawn, num_chains), compiler_options=opts)(*inits)
     if not _finite_start(state):
-        state = jax.jit(spread(lambda ks: _over_chains(
-            lambda k: kernel.init(k, num_warmup, None, args, kwargs), ks)),
-            compiler_options=opts)(keys)
+        state = jax.jit(_per_chain(lambda k: kernel.init(k, num_warmup, None, args, kwargs),
+                                   num_chains), compiler_options=opts)(keys)
 
     def one(s, _):
         s = kernel.sample(s, args, kwargs)
@@ -335,8 +335,7 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     @functools.partial(jax.jit, static_argnums=1, compiler_options=opts)
     def advance(state, n):
         # outputs (chain, draw, ...)
-        return spread(lambda st: _over_chains(lambda s: jax.lax.scan(one, s, None, length=n),
-                                              st))(state)
+        return _per_chain(lambda s: jax.lax.scan(one, s, None, length=n), num_chains)(state)
 
     bar = tqdm(total=num_warmup + num_samples, desc="NUTS (numpyro): warmup",
                disable=not progress, leave=False)
@@ -397,8 +396,7 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
             failed, _ = jax.vmap(_stopped_at_failure)(info.info)
             return state, params, failed.sum()
 
-        return _spread(lambda ks, ps: _over_chains(lambda a: one(*a), (ks, ps)),
-                       num_chains)(keys, positions)
+        return _per_chain(one, num_chains)(keys, positions)
 
     @functools.partial(jax.jit, static_argnums=3, compiler_options=compiler_options())
     def sample_chunk(keys, states, params, n):
@@ -417,8 +415,7 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
             return jax.lax.scan(one, state, jax.random.split(k, n))
 
-        return _spread(lambda *a: _over_chains(lambda b: chain(*b), a), num_chains)(
-            keys, states, params)
+        return _per_chain(chain, num_chains)(keys, states, params)
 
     bar = tqdm(total=num_samples, desc="NUTS (blackjax): warmup", disable=not progress,
                leave=False)
