@@ -72,6 +72,7 @@ def run_nuts(
     key=None,
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
+    dense_mass: bool = False,
     init="uniform",
     chunk_size: int = 100,
     progress: bool = True,
@@ -101,6 +102,10 @@ def run_nuts(
     num_warmup, num_samples, num_chains : per chain.
     key : PRNG key (default ``jax.random.key(0)``).
     target_accept, max_tree_depth : NUTS settings.
+    dense_mass : adapt a dense mass matrix (the warmup's covariance estimate) instead of a
+        diagonal one: for posteriors whose parameters are strongly correlated (networks
+        coupled to physical parameters), at O(d^2) memory and O(d^2) work per leapfrog
+        step.
     init : initial values: ``"uniform"`` (NumPyro's default, uniform in (-2, 2) on the
         unconstrained scale), ``"median"``, ``"prior"``, ``"map"``, a dict of values (e.g.
         a MAP estimate), or a NumPyro init strategy. ``"map"``: each chain draws
@@ -152,7 +157,7 @@ def run_nuts(
     samples, stats, timing, partial = run(
         model, model_args, model_kwargs, key, num_warmup, num_samples, num_chains,
         target_accept, max_tree_depth, _init_strategy(init), chunk_size, progress,
-        keep_failed_states, starts)
+        keep_failed_states, starts, dense_mass=bool(dense_mass))
     return _assemble(model, model_args, model_kwargs, samples, stats, key,
                      posterior_predictive, dims, coords,
                      {"backend": backend, "partial": int(partial), **timing,
@@ -302,12 +307,12 @@ def _finite_start(state) -> bool:
 
 def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                  target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-                 keep_failed_states, starts=None):
+                 keep_failed_states, starts=None, dense_mass=False):
     """NumPyro's NUTS kernel (its own adaptation) stepped by our own chunked scan, so that
     warmup and sampling both report progress, compile once, and can be interrupted."""
     del keep_failed_states  # BlackJAX only (run_nuts has checked)
     kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                  init_strategy=init_strategy)
+                  init_strategy=init_strategy, dense_mass=dense_mass)
     opts = compiler_options()
     keys = jax.random.split(key, num_chains)
 
@@ -373,7 +378,7 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
 def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                   target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-                  keep_failed_states, starts=None):
+                  keep_failed_states, starts=None, dense_mass=False):
     k_init, k_warm, k_sample = jax.random.split(key, 3)
     init_params, potential_gen, postprocess_gen, _ = infer_util.initialize_model(
         jax.random.split(k_init, num_chains), model, init_strategy=init_strategy,
@@ -387,6 +392,7 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
     warmup = blackjax.window_adaptation(blackjax.nuts, logdensity,
                                         target_acceptance_rate=target_accept,
+                                        is_mass_matrix_diagonal=not dense_mass,
                                         max_num_doublings=max_tree_depth)
 
     @functools.partial(jax.jit, compiler_options=compiler_options())

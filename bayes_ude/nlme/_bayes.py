@@ -478,7 +478,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
               priors: Priors | None = None, init=None, key=None, progress: bool = True,
               num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
               target_accept: float = 0.8, max_tree_depth: int = 10,
-              backend: str = "numpyro", batch_size: int | None = None,
+              dense_mass: bool = False, backend: str = "numpyro", batch_size: int | None = None,
               num_steps: int = 5000, burn_in: int | None = None, step_size=None,
               thin: int = 1, marginal: str = "focei",
               control_variates: bool = True) -> BayesianFitResult:
@@ -495,8 +495,8 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
         some of them, or a maximum-likelihood :class:`FitResult` (its estimates and
         EBEs, jittered the same way).
     key : PRNG key (default ``jax.random.key(0)``).
-    num_warmup, num_samples, num_chains, target_accept, max_tree_depth, backend : NUTS
-        settings (see :func:`bayes_ude.inference.run_nuts`).
+    num_warmup, num_samples, num_chains, target_accept, max_tree_depth, dense_mass,
+        backend : NUTS settings (see :func:`bayes_ude.inference.run_nuts`).
     batch_size, num_steps, burn_in, step_size, thin : SG-MCMC settings: subjects per
         minibatch (default ``min(N, 64)``), steps per chain, discarded steps (default half),
         step size in whitened coordinates (default 0.1 with control variates, else
@@ -520,7 +520,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     if method == "nuts":
         idata, u_draws = _fit_nuts(model, population, priors, init, key, progress,
                                    num_warmup, num_samples, num_chains, target_accept,
-                                   max_tree_depth, backend)
+                                   max_tree_depth, backend, dense_mass)
     else:
         idata, u_draws = _fit_sgmcmc(model, population, priors, init, key, progress, method,
                                      batch_size, num_steps, burn_in, step_size, thin,
@@ -533,7 +533,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
 
 
 def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_samples,
-              num_chains, target_accept, max_tree_depth, backend):
+              num_chains, target_accept, max_tree_depth, backend, dense_mass=False):
     from ..inference import run_nuts
 
     fn = numpyro_model(model, population, priors)
@@ -548,8 +548,8 @@ def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_sa
               "record": np.arange(population.obs_time.shape[1])}
     idata = run_nuts(fn, num_warmup=num_warmup, num_samples=num_samples,
                      num_chains=num_chains, key=key, target_accept=target_accept,
-                     max_tree_depth=max_tree_depth, init=_init_near(values),
-                     progress=progress, posterior_predictive=False, dims=dims,
+                     max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+                     init=_init_near(values), progress=progress, posterior_predictive=False, dims=dims,
                      coords=coords, backend=backend)
     post = {k: np.asarray(v) for k, v in idata.posterior.items()}
     u_draws = _u_from_sites(model, post)
