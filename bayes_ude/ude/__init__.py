@@ -2,7 +2,8 @@
 
 * :class:`UDE` -- ``du/dt = physics(t, u, theta) + network(u)``.
 * Losses (each ``loss(params[, batch]) -> scalar``): :class:`SingleShooting`,
-  :class:`MultipleShooting`, :class:`Collocation` (no ODE solve), :class:`PredictionError`.
+  :class:`MultipleShooting`, :class:`Collocation` (no ODE solve), :class:`PredictionError`;
+  :class:`StateBounds`, a penalty for states outside known bounds where there are no data.
 * Fitting: :func:`fit` (Adam then L-BFGS), :func:`fit_growing_windows`, :func:`fit_pem`.
 """
 
@@ -15,6 +16,7 @@ from ._losses import Collocation as Collocation
 from ._losses import MultipleShooting as MultipleShooting
 from ._losses import PredictionError as PredictionError
 from ._losses import SingleShooting as SingleShooting
+from ._losses import StateBounds as StateBounds
 from ._losses import call_model as call_model
 from ._losses import loss_params as loss_params
 from ._losses import smooth as smooth
@@ -27,6 +29,7 @@ __all__ = [
     "MultipleShooting",
     "PredictionError",
     "SingleShooting",
+    "StateBounds",
     "UDE",
     "call_model",
     "fit",

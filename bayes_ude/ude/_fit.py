@@ -4,7 +4,7 @@ bar; curricula (growing time windows, prediction-error gain annealing) on top.""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import equinox as eqx
@@ -68,6 +68,7 @@ def fit(
     min_delta: float = 0.0,
     key=None,
     l2: float = 0.0,
+    penalty: Callable | None = None,
     progress: bool = True,
     desc: str = "fit",
 ) -> FitResult:
@@ -90,6 +91,10 @@ def fit(
     l2 : weight of an L2 penalty ``l2 * sum(w^2)`` on the fitted parameters (a Gaussian
         prior, i.e. MAP; smooths networks); for :class:`MultipleShooting` on the model
         only, not the nodes. The history holds the penalised loss.
+    penalty : ``penalty(params) -> scalar`` added to the loss, e.g. :class:`StateBounds`
+        (states that must stay non-negative over the prediction horizon); for
+        :class:`MultipleShooting` it gets the model (``params["model"]``). Not subject
+        to minibatching. The history holds the penalised loss.
     progress : show a progress bar (tqdm).
 
     Returns
@@ -111,6 +116,10 @@ def fit(
         _check_positive_int("patience", patience, allow_zero=False)
     if not l2 >= 0:
         raise ValueError(f"l2 must be >= 0, got {l2!r}")
+    if penalty is not None:
+        if not callable(penalty):
+            raise TypeError(f"penalty must be callable as penalty(params), got {penalty!r}")
+        loss = _WithPenalty(loss, penalty)
     if l2:
         loss = _Penalised(loss, float(l2))
     start = time.perf_counter()
@@ -148,9 +157,29 @@ class _Penalised(eqx.Module):
     def __call__(self, params, batch=None):
         value = self.loss(params) if batch is None else self.loss(params, batch)
         # Multiple shooting's nodes are states, not weights: no prior on them.
-        model = params["model"] if isinstance(self.loss, MultipleShooting) else params
+        model = params["model"] if _is_multiple_shooting(self.loss) else params
         arrays = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
         return value + self.l2 * sum(jnp.sum(x**2) for x in arrays)
+
+
+class _WithPenalty(eqx.Module):
+    loss: eqx.Module
+    penalty: Callable
+
+    @property
+    def n_trajectories(self):
+        return getattr(self.loss, "n_trajectories", None)
+
+    def __call__(self, params, batch=None):
+        value = self.loss(params) if batch is None else self.loss(params, batch)
+        model = params["model"] if _is_multiple_shooting(self.loss) else params
+        return value + self.penalty(model)
+
+
+def _is_multiple_shooting(loss) -> bool:
+    while isinstance(loss, (_Penalised, _WithPenalty)):
+        loss = loss.loss
+    return isinstance(loss, MultipleShooting)
 
 
 _ADAM_CACHE: dict = {}
@@ -259,6 +288,7 @@ def fit_growing_windows(
     steps: int = 300,
     lbfgs_steps: int = 0,
     final_lbfgs_steps: int = 200,
+    penalty: Callable | None = None,
     progress: bool = True,
     **loss_kwargs,
 ) -> FitResult:
@@ -268,7 +298,8 @@ def fit_growing_windows(
 
     Early on, a short window keeps the solution near the data, so the parameters cannot
     wander into the local minima of long-horizon shooting (phase slips of oscillations,
-    blow-ups). ``loss_kwargs`` go to :class:`SingleShooting`.
+    blow-ups). ``loss_kwargs`` go to :class:`SingleShooting`; ``penalty`` (see :func:`fit`)
+    is added at every stage.
     """
     windows = [float(w) for w in windows]
     if not windows or any(not 0 < w <= 1 for w in windows) or windows != sorted(windows):
@@ -285,13 +316,13 @@ def fit_growing_windows(
     return _run_stages(stages, params, steps, progress)
 
 
-def _run_stages(stages, params, steps, progress) -> FitResult:
+def _run_stages(stages, params, steps, progress, penalty=None) -> FitResult:
     """Fit ``(label, loss, lbfgs_steps)`` stages in turn, each from where the last ended."""
     start = time.perf_counter()
     histories, marks, n_total = [], [], 0
     for label, loss, lbfgs_steps in stages:
-        result = fit(loss, params, steps=steps, lbfgs_steps=lbfgs_steps, progress=progress,
-                     desc=label)
+        result = fit(loss, params, steps=steps, lbfgs_steps=lbfgs_steps, penalty=penalty,
+                     progress=progress, desc=label)
         params = result.params
         marks.append((label, n_total))
         histories.append(result.history)
@@ -309,12 +340,14 @@ def fit_pem(
     gains: Sequence[float] = (4.0, 2.0, 1.0, 0.5, 0.25, 0.0),
     steps: int = 300,
     final_lbfgs_steps: int = 200,
+    penalty: Callable | None = None,
     progress: bool = True,
     **loss_kwargs,
 ) -> FitResult:
     """Prediction-error method with the observer gain annealed to 0: fit
     :class:`PredictionError` at each gain in turn (no recompilation between gains), the last
-    stage (gain 0: plain single shooting) followed by L-BFGS."""
+    stage (gain 0: plain single shooting) followed by L-BFGS. ``penalty`` (see :func:`fit`)
+    is added at every stage."""
     gains = [float(g) for g in gains]
     if not gains or any(g < 0 for g in gains):
         raise ValueError(f"gains must be non-negative, got {gains!r}")
@@ -323,7 +356,7 @@ def fit_pem(
     loss = PredictionError(ts, ys, gains[0], **loss_kwargs)
     stages = [(f"gain {g:g}", loss.with_gain(g), final_lbfgs_steps if i == len(gains) - 1 else 0)
               for i, g in enumerate(gains)]
-    return _run_stages(stages, params, steps, progress)
+    return _run_stages(stages, params, steps, progress, penalty)
 
 
 __all__ = ["FitResult", "fit", "fit_growing_windows", "fit_pem", "loss_params"]

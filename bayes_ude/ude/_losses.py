@@ -387,6 +387,92 @@ class PredictionError(eqx.Module):
         return _mse(pred, ys, self.scale, ok[:, None, None])
 
 
+def _bound(value, n: int, name: str, default: float) -> np.ndarray:
+    if value is None:
+        return np.full(n, default)
+    if isinstance(value, (list, tuple)):  # None for a state without this bound
+        value = [default if v is None else v for v in value]
+    b = np.asarray(value, dtype=float)
+    if b.ndim > 1 or (b.ndim == 1 and b.shape[0] not in (1, n)):
+        raise ValueError(f"{name} must be a number or one value per state ({n}), got shape "
+                         f"{b.shape}")
+    b = np.broadcast_to(b, (n,)).copy()
+    if np.any(np.isnan(b)):
+        raise ValueError(f"{name} contains NaN; use None (or +-inf) for no bound")
+    return b
+
+
+class StateBounds(eqx.Module):
+    """A penalty for simulated states outside known bounds, on times without data.
+
+    ``weight * mean(relu((lower - u) / scale)^2 + relu((u - upper) / scale)^2)`` over the
+    solution ``u`` from each ``u0`` at ``ts`` (all trajectories, times and states). Add it
+    to a data loss with ``fit(..., penalty=StateBounds(...))``. It says what the model
+    must not do where nothing is observed. The typical case is a population, amount or
+    concentration, which cannot go negative: a UDE whose network overshoots beyond the
+    data can drive such a state through zero, where the known physics (e.g. growth
+    ``alpha u``) then runs away. A failed solve gives :data:`FAILED_LOSS`.
+
+    Parameters
+    ----------
+    ts : times to check (1-D, increasing), e.g. the whole horizon you will predict on.
+    u0 : initial state(s), ``(n,)`` or ``(B, n)`` (e.g. the first data point).
+    lower, upper : a number or one per state (``None`` in the list for a state without
+        it); ``None`` or ``-inf``/``inf`` for no bound (default: ``lower=0``, no upper).
+    scale : per-state scale of the violation (default 1; e.g. the data's SD).
+    weight : multiplies the mean squared violation.
+    vector_field, solver, rtol, atol, max_steps, sensitivity : as for
+        :class:`SingleShooting`.
+    """
+
+    ts: Array
+    u0: Array
+    lower: Array
+    upper: Array
+    scale: Array
+    weight: float
+    vector_field: Callable = eqx.field(static=True)
+    options: _SolveOptions
+
+    def __init__(self, ts, u0, *, lower=0.0, upper=None, scale=1.0, weight: float = 10.0,
+                 vector_field: Callable = call_model, solver=None, rtol=1e-6, atol=1e-8,
+                 max_steps=10_000, sensitivity="auto"):
+        u0 = np.asarray(u0, dtype=float)
+        if u0.ndim == 1:
+            u0 = u0[None]
+        if u0.ndim != 2:
+            raise ValueError(f"u0 must have shape (n,) or (B, n), got {u0.shape}")
+        if not np.all(np.isfinite(u0)):
+            raise ValueError("u0 contains NaN or inf")
+        ts, _ = _as_batch(ts, np.zeros((len(np.atleast_1d(ts)), u0.shape[1])))
+        n = u0.shape[1]
+        lo, hi = _bound(lower, n, "lower", -np.inf), _bound(upper, n, "upper", np.inf)
+        if np.any(lo >= hi):
+            i = int(np.flatnonzero(lo >= hi)[0])
+            raise ValueError(f"lower must be below upper; state {i}: {lo[i]} >= {hi[i]}")
+        if np.all(np.isinf(lo)) and np.all(np.isinf(hi)):
+            raise ValueError("no bound given: set lower and/or upper")
+        if not (np.isfinite(weight) and weight > 0):
+            raise ValueError(f"weight must be positive, got {weight!r}")
+        self.ts, self.u0 = jnp.asarray(ts), jnp.asarray(u0)
+        self.lower, self.upper = jnp.asarray(lo), jnp.asarray(hi)
+        self.scale = jnp.asarray(_scale(u0[:, None], scale))
+        self.weight = float(weight)
+        self.vector_field = vector_field
+        self.options = _options(solver, rtol, atol, max_steps, sensitivity)
+
+    def __call__(self, params, batch=None):
+        del batch  # the bounds hold for every trajectory, not a minibatch of the data
+        sols = jax.vmap(lambda u: self.options.solve(self.vector_field, u, self.ts,
+                                                     params))(self.u0)
+        ok = sols.success[:, None, None]
+        u = jnp.where(ok, sols.ys, 0.0)
+        below = jax.nn.relu((self.lower - u) / self.scale)
+        above = jax.nn.relu((u - self.upper) / self.scale)
+        value = self.weight * jnp.mean(below**2 + above**2)
+        return jnp.where(jnp.all(ok), value, FAILED_LOSS)
+
+
 def loss_params(loss, params) -> PyTree:
     """The parameters ``loss`` expects, built from a model's parameters (adds shooting
     nodes for :class:`MultipleShooting`)."""

@@ -157,3 +157,77 @@ def test_l2_penalty_spares_multiple_shooting_nodes():
     p = ms.init(Decay(jnp.asarray(K_TRUE)))
     penalised = _Penalised(ms, 0.5)
     np.testing.assert_allclose(float(penalised(p)), float(ms(p)) + 0.5 * K_TRUE**2, rtol=1e-9)
+
+
+def test_state_bounds_is_the_squared_violation_of_the_closed_form():
+    """u = u0 exp(-k t) for u0 = (2, -1): a lower bound 0.5 on state 0 and an upper bound
+    -0.8 on state 1 (both violated late), against numpy; gradient against its derivative."""
+    ts = np.linspace(0.0, 3.0, 31)
+    scale = np.array([0.5, 2.0])
+    bounds = ude.StateBounds(ts, U0, lower=[0.5, None], upper=[None, -0.8], scale=scale,
+                             weight=3.0, rtol=1e-10, atol=1e-12)
+
+    def expected(k):
+        u = exact(k, ts)
+        below = np.maximum(0.5 - u[:, 0], 0.0) / scale[0]
+        above = np.maximum(u[:, 1] + 0.8, 0.0) / scale[1]
+        return 3.0 * np.mean(np.stack([below, above], axis=1) ** 2)
+
+    for k in (0.1, 0.7, 1.5):
+        np.testing.assert_allclose(float(bounds(Decay(jnp.asarray(k)))), expected(k),
+                                   rtol=1e-7)
+    assert float(bounds(Decay(jnp.asarray(0.05)))) == 0.0  # inside the bounds throughout
+    k, h = 0.9, 1e-6
+    grad = jax.grad(lambda m: bounds(m))(Decay(jnp.asarray(k))).k
+    np.testing.assert_allclose(float(grad), (expected(k + h) - expected(k - h)) / (2 * h),
+                               rtol=1e-5)
+
+
+def test_state_bounds_penalty_in_fit_and_its_failures():
+    """fit(..., penalty=) adds the penalty (the history starts at loss + penalty); a
+    failed solve gives FAILED_LOSS; multiple shooting hands the penalty the model only."""
+    ys = exact(K_TRUE)
+    loss = ude.SingleShooting(TS, ys, u0=U0, rtol=1e-10, atol=1e-12)
+    bounds = ude.StateBounds(np.linspace(0, 8, 9), U0[:1], lower=1.0, weight=5.0)
+    start = Decay(jnp.asarray(0.3))
+    res = ude.fit(loss, start, steps=1, learning_rate=1e-9, penalty=bounds, progress=False)
+    assert float(bounds(start)) > 0.1 * float(loss(start))
+    np.testing.assert_allclose(res.history[0], float(loss(start)) + float(bounds(start)),
+                               rtol=1e-6)
+    # the penalty pulls the rate below the data's (u stays above 1 longer)
+    fitted = ude.fit(loss, start, steps=0, lbfgs_steps=50, penalty=bounds, progress=False)
+    plain = ude.fit(loss, start, steps=0, lbfgs_steps=50, progress=False)
+    assert float(plain.params.k) == pytest.approx(K_TRUE, rel=1e-4)
+    assert float(fitted.params.k) < 0.95 * K_TRUE
+
+    ms = ude.MultipleShooting(TS, ys, segment_length=4, rtol=1e-10, atol=1e-12)
+    p = ms.init(Decay(jnp.asarray(K_TRUE)))
+    res = ude.fit(ms, p, steps=1, learning_rate=1e-9, penalty=bounds, progress=False)
+    np.testing.assert_allclose(res.history[0], float(ms(p)) + float(bounds(p["model"])),
+                               rtol=1e-6)
+
+    class Blowup(eqx.Module):
+        c: jax.Array
+
+        def __call__(self, t, u):
+            return self.c * u**2
+
+    value = ude.StateBounds(TS, U0, lower=-5.0)(Blowup(jnp.asarray(1.0)))
+    assert float(value) == ude.FAILED_LOSS
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"lower": None}, "no bound"),
+    ({"lower": 1.0, "upper": 0.5}, "below upper"),
+    ({"lower": [0.0, 0.0, 0.0]}, "one value per state"),
+    ({"lower": np.nan}, "NaN"),
+    ({"weight": 0.0}, "weight"),
+    ({"scale": -1.0}, "scale"),
+])
+def test_state_bounds_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ude.StateBounds(TS, U0, **kwargs)
+    with pytest.raises(ValueError, match="u0"):
+        ude.StateBounds(TS, np.ones((2, 2, 2)))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ude.StateBounds(TS[::-1], U0)
