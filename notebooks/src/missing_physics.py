@@ -133,6 +133,41 @@ for ax, (name, m) in zip(axes, [("UDE", trained), ("neural ODE", node_fit)], str
 plt.show()
 
 # %% [markdown]
+# ## Where the network must extrapolate: populations are not negative
+#
+# The data stop at t = 5, before the orbit's descent back to its start, so the network has to
+# extrapolate there. Depending on its random initialisation it can overshoot and drive $u_1$
+# through zero, where the known growth term $1.3\,u_1$ runs away. (With this seed the raw UDE
+# does; for keys 0–3 the RMSE to t = 10 is 37.9, 1.6, 0.12 and 641, against the neural ODE's
+# 19.6, 10.3, 8.2 and 7.8.) We know more than the data say: these are populations, so they are
+# never negative. `ude.StateBounds` turns that into a penalty on the simulated trajectory over
+# the whole horizon [0, 10]. It needs no data after t = 5. Same start (the collocation fit), same
+# training:
+
+# %%
+bounds = ude.StateBounds(ts_long, ys[0], lower=0.0, scale=ys.std(axis=0), weight=10.0)
+bounded = ude.fit(shooting, init.params, steps=steps[2], learning_rate=1e-3,
+                  lbfgs_steps=steps[3], l2=1e-5, penalty=bounds, progress=False).params
+print(f"loss with non-negative states {float(shooting(bounded)):.5f} "
+      f"(without {float(shooting(trained)):.5f}, noise floor {noise_floor:.5f})")
+pred = simulate(lambda t, u, m: m(t, u), bounded, ts_long)
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.plot(ts_long, truth_long, color="0.7", lw=3)
+ax.plot(ts_long, pred, "--")
+ax.plot(ts, ys, "k.", ms=4)
+ax.axvline(5, ls=":", color="k")
+ax.set(title=f"UDE with non-negative states: RMSE to t=10 = "
+       f"{np.sqrt(np.mean((pred - truth_long) ** 2)):.2f}", xlabel="t")
+plt.show()
+
+# %% [markdown]
+# No run-away: the states stay positive. The orbit lags the truth in its second cycle,
+# because the network still has to guess the descent after t = 5, but the error stays
+# bounded. For initialisation keys 0–3 in the test's setting the RMSE is 1.57, 1.81, 0.16
+# and 1.49. A neural ODE trained with the same bound no longer fits the data for keys 0–2
+# (loss over 150× the noise floor).
+
+# %% [markdown]
 # ## What did the network learn?
 #
 # Along the trajectory, the network's output should be $(-0.9\,u_1u_2,\; 0.8\,u_1u_2)$.
