@@ -478,7 +478,8 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
               priors: Priors | None = None, init=None, key=None, progress: bool = True,
               num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
               target_accept: float = 0.8, max_tree_depth: int = 10,
-              dense_mass: bool = False, backend: str = "numpyro", batch_size: int | None = None,
+              dense_mass: bool = False, backend: str = "numpyro",
+              batch_size: int | None = None,
               num_steps: int = 5000, burn_in: int | None = None, step_size=None,
               thin: int = 1, marginal: str = "focei",
               control_variates: bool = True) -> BayesianFitResult:
@@ -549,8 +550,8 @@ def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_sa
     idata = run_nuts(fn, num_warmup=num_warmup, num_samples=num_samples,
                      num_chains=num_chains, key=key, target_accept=target_accept,
                      max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                     init=_init_near(values), progress=progress, posterior_predictive=False, dims=dims,
-                     coords=coords, backend=backend)
+                     init=_init_near(values), progress=progress, posterior_predictive=False,
+                     dims=dims, coords=coords, backend=backend)
     post = {k: np.asarray(v) for k, v in idata.posterior.items()}
     u_draws = _u_from_sites(model, post)
     # posterior predictive: replicate observations of the same subjects, in DV units

@@ -313,7 +313,7 @@ def fit_growing_windows(
         last = i == len(windows) - 1
         stages.append((f"window {w:.2f} ({n_points} points)", loss,
                        final_lbfgs_steps if last else lbfgs_steps))
-    return _run_stages(stages, params, steps, progress)
+    return _run_stages(stages, params, steps, progress, penalty)
 
 
 def _run_stages(stages, params, steps, progress, penalty=None) -> FitResult:

@@ -194,6 +194,13 @@ def test_state_bounds_penalty_in_fit_and_its_failures():
     assert float(bounds(start)) > 0.1 * float(loss(start))
     np.testing.assert_allclose(res.history[0], float(loss(start)) + float(bounds(start)),
                                rtol=1e-6)
+    # the curricula pass it on to every stage
+    for curriculum in (ude.fit_growing_windows, ude.fit_pem):
+        kw = {"windows": (1.0,)} if curriculum is ude.fit_growing_windows else {"gains": (0.0,)}
+        res = curriculum(start, TS, ys, steps=1, final_lbfgs_steps=0, penalty=bounds,
+                         progress=False, u0=U0, rtol=1e-10, atol=1e-12, **kw)
+        np.testing.assert_allclose(res.history[0],
+                                   float(loss(start)) + float(bounds(start)), rtol=1e-6)
     # the penalty pulls the rate below the data's (u stays above 1 longer)
     fitted = ude.fit(loss, start, steps=0, lbfgs_steps=50, penalty=bounds, progress=False)
     plain = ude.fit(loss, start, steps=0, lbfgs_steps=50, progress=False)
