@@ -15,7 +15,7 @@ from tests.ude.test_missing_physics import P, noisy_data, physics, train
 def test_psgld_posterior_and_posterior_equation_discovery():
     ts, truth, ys = noisy_data()
     sigma = jnp.asarray(0.05 * truth.mean(axis=0))  # the known noise level
-    map_model, _ = train(physics, ts, ys)
+    map_model, *_ = train(physics, ts, ys)
     ts_j, ys_j = jnp.asarray(ts), jnp.asarray(ys)
 
     def logprior(m):
