@@ -7,8 +7,9 @@ known; the interaction terms are replaced by a 2-5-5-5-2 rbf network. The UDE is
 (collocation initialisation, then single shooting Adam + L-BFGS with a small L2 penalty);
 SINDy on the network's output recovers the two interaction terms, and the physics with
 the discovered terms extrapolates to t = 10. A pure neural ODE with the same network and
-the same training is the comparison. Both are trained again with the states' known lower
-bound (populations are not negative) stated over [0, 10] (ude.StateBounds).
+the same training is the comparison. The UDE is trained again with the states' known
+lower bound (populations are not negative) stated over [0, 10] (ude.StateBounds); a heavy
+test trains the neural ODE with the same bound.
 """
 
 import jax
