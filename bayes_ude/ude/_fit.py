@@ -116,12 +116,10 @@ def fit(
         _check_positive_int("patience", patience, allow_zero=False)
     if not l2 >= 0:
         raise ValueError(f"l2 must be >= 0, got {l2!r}")
-    if penalty is not None:
-        if not callable(penalty):
-            raise TypeError(f"penalty must be callable as penalty(params), got {penalty!r}")
-        loss = _WithPenalty(loss, penalty)
-    if l2:
-        loss = _Penalised(loss, float(l2))
+    if penalty is not None and not callable(penalty):
+        raise TypeError(f"penalty must be callable as penalty(params), got {penalty!r}")
+    if l2 or penalty is not None:
+        loss = _Penalised(loss, float(l2), penalty)
     start = time.perf_counter()
     key = jax.random.key(0) if key is None else key
     arrays, static = eqx.partition(params, eqx.is_inexact_array)
@@ -147,8 +145,12 @@ def fit(
 
 
 class _Penalised(eqx.Module):
+    """``loss + l2 * sum(w^2) + penalty(model)``: the prior and any penalty act on the model,
+    not on multiple shooting's nodes (states, not weights)."""
+
     loss: eqx.Module
-    l2: float
+    l2: float = 0.0
+    penalty: Callable | None = None
 
     @property
     def n_trajectories(self):
@@ -156,30 +158,13 @@ class _Penalised(eqx.Module):
 
     def __call__(self, params, batch=None):
         value = self.loss(params) if batch is None else self.loss(params, batch)
-        # Multiple shooting's nodes are states, not weights: no prior on them.
-        model = params["model"] if _is_multiple_shooting(self.loss) else params
-        arrays = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-        return value + self.l2 * sum(jnp.sum(x**2) for x in arrays)
-
-
-class _WithPenalty(eqx.Module):
-    loss: eqx.Module
-    penalty: Callable
-
-    @property
-    def n_trajectories(self):
-        return getattr(self.loss, "n_trajectories", None)
-
-    def __call__(self, params, batch=None):
-        value = self.loss(params) if batch is None else self.loss(params, batch)
-        model = params["model"] if _is_multiple_shooting(self.loss) else params
-        return value + self.penalty(model)
-
-
-def _is_multiple_shooting(loss) -> bool:
-    while isinstance(loss, (_Penalised, _WithPenalty)):
-        loss = loss.loss
-    return isinstance(loss, MultipleShooting)
+        model = params["model"] if isinstance(self.loss, MultipleShooting) else params
+        if self.l2:
+            arrays = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+            value = value + self.l2 * sum(jnp.sum(x**2) for x in arrays)
+        if self.penalty is not None:
+            value = value + self.penalty(model)
+        return value
 
 
 _ADAM_CACHE: dict = {}
