@@ -36,9 +36,9 @@ def call_model(t, u, model):
     return model(t, u)
 
 
-def _as_batch(ts, ys, what: str = "ys"):
+def _as_times(ts) -> np.ndarray:
+    """``ts`` as a float array, checked: 1-D, at least 2 times, finite, increasing."""
     ts = np.asarray(ts, dtype=float)
-    ys = np.asarray(ys, dtype=float)
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"ts must be a 1-D array of at least 2 times, got shape {ts.shape}")
     if not np.all(np.isfinite(ts)):
@@ -47,6 +47,12 @@ def _as_batch(ts, ys, what: str = "ys"):
         i = int(np.flatnonzero(np.diff(ts) <= 0)[0])
         raise ValueError(f"ts must be strictly increasing; ts[{i + 1}]={ts[i + 1]} <= "
                          f"ts[{i}]={ts[i]}")
+    return ts
+
+
+def _as_batch(ts, ys, what: str = "ys"):
+    ts = _as_times(ts)
+    ys = np.asarray(ys, dtype=float)
     if ys.ndim == 2:
         ys = ys[None]
     if ys.ndim != 3:
@@ -102,6 +108,10 @@ class _SolveOptions(eqx.Module):
                              atol=self.atol, max_steps=self.max_steps,
                              sensitivity=self.sensitivity)
 
+    def solve_batch(self, vector_field, u0s, ts, params):
+        """One solve per row of ``u0s`` (vmapped)."""
+        return jax.vmap(lambda u: self.solve(vector_field, u, ts, params))(u0s)
+
 
 def _options(solver, rtol, atol, max_steps, sensitivity) -> _SolveOptions:
     return _SolveOptions(solver=solvers.Tsit5() if solver is None else solver, rtol=float(rtol),
@@ -149,7 +159,7 @@ class SingleShooting(eqx.Module):
         """Solutions ``(B, len(ts), n)`` and success flags ``(B,)`` from ``u0``."""
         ts = self.ts if ts is None else jnp.asarray(ts)
         u0 = self.u0 if u0 is None else u0
-        sols = jax.vmap(lambda u: self.options.solve(self.vector_field, u, ts, params))(u0)
+        sols = self.options.solve_batch(self.vector_field, u0, ts, params)
         return sols.ys, sols.success
 
     def __call__(self, params, batch=None):
@@ -444,7 +454,7 @@ class StateBounds(eqx.Module):
             raise ValueError(f"u0 must have shape (n,) or (B, n), got {u0.shape}")
         if not np.all(np.isfinite(u0)):
             raise ValueError("u0 contains NaN or inf")
-        ts, _ = _as_batch(ts, np.zeros((len(np.atleast_1d(ts)), u0.shape[1])))
+        ts = _as_times(ts)
         n = u0.shape[1]
         lo, hi = _bound(lower, n, "lower", -np.inf), _bound(upper, n, "upper", np.inf)
         if np.any(lo >= hi):
@@ -463,8 +473,7 @@ class StateBounds(eqx.Module):
 
     def __call__(self, params, batch=None):
         del batch  # the bounds hold for every trajectory, not a minibatch of the data
-        sols = jax.vmap(lambda u: self.options.solve(self.vector_field, u, self.ts,
-                                                     params))(self.u0)
+        sols = self.options.solve_batch(self.vector_field, self.u0, self.ts, params)
         ok = sols.success[:, None, None]
         u = jnp.where(ok, sols.ys, 0.0)
         below = jax.nn.relu((self.lower - u) / self.scale)

@@ -218,13 +218,13 @@ def test_map_start_moves_chains_out_of_a_much_lower_mode():
 
 CORR = 0.995
 SCALES = np.array([1.0, 20.0])
+COV = np.outer(SCALES, SCALES) * np.array([[1.0, CORR], [CORR, 1.0]])
 
 
 def correlated_gaussian():
     """A 2-D Gaussian with correlation 0.995 and scales 1 and 20: a diagonal mass matrix
     cannot undo the correlation, a dense one makes it N(0, I)."""
-    cov = np.outer(SCALES, SCALES) * np.array([[1.0, CORR], [CORR, 1.0]])
-    numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), jnp.asarray(cov)))
+    numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), jnp.asarray(COV)))
 
 
 @pytest.mark.parametrize("backend", ["numpyro", "blackjax"])
@@ -237,7 +237,6 @@ def test_dense_mass_matrix_undoes_correlation(backend):
                                       num_samples=1000, num_chains=2, dense_mass=dense,
                                       progress=False, posterior_predictive=False)
             for dense in (False, True)}
-    cov = np.outer(SCALES, SCALES) * np.array([[1.0, CORR], [CORR, 1.0]])
     steps = {}
     for dense, idata in runs.items():
         x = idata.posterior["x"].values.reshape(-1, 2)
@@ -248,4 +247,4 @@ def test_dense_mass_matrix_undoes_correlation(backend):
         assert not idata.sample_stats["diverging"].values.any()
     assert steps[True] < 0.3 * steps[False], steps
     assert np.cov(runs[True].posterior["x"].values.reshape(-1, 2).T) == pytest.approx(
-        cov, rel=0.3)
+        COV, rel=0.3)
