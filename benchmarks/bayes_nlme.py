@@ -22,7 +22,9 @@ from ``jax.monitoring`` events), for Stan ``stan_model()`` (C++ compilation).
 Environment: ``BAYES_UDE_XLA_TUNING=0`` keeps XLA's default CPU small-while-loop
 threshold (the package raises it; see bayes_ude/_xla.py); ``BAYES_NLME_DRAWS`` sets
 warmup = draws per chain (default 1000); ``BAYES_NLME_BACKEND`` picks ours' NUTS backend (``numpyro``, default, or
-``blackjax``); ``BAYES_NLME_STAN=0`` skips Stan.
+``blackjax``); ``BAYES_NLME_STAN=0`` skips Stan; ``BAYES_NLME_OMEGA_PRIOR`` sets both
+samplers' prior on the omega SDs, as ``bayes-ude pk fit --omega-prior`` takes it
+(default ``halfnormal:1``; e.g. ``halfcauchy:0.1``).
 
 Usage: python benchmarks/bayes_nlme.py
 
@@ -78,11 +80,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayes_ude import nlme  # noqa: E402
+from bayes_ude.nlme._command import DEFAULT_OMEGA_PRIOR, omega_prior  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = SAMPLES = int(os.environ.get("BAYES_NLME_DRAWS", "1000"))
 CHAINS = 4
 BACKEND = os.environ.get("BAYES_NLME_BACKEND", "numpyro")
+OMEGA_PRIOR = os.environ.get("BAYES_NLME_OMEGA_PRIOR", DEFAULT_OMEGA_PRIOR)
 ETA_NAMES = ("eta_ka", "eta_cl", "eta_v")
 POP = ("tka", "tcl", "tv", "omega_eta_ka", "omega_eta_cl", "omega_eta_v", "add_sd")
 
@@ -100,7 +104,8 @@ def run_ours(model, pop):
     _compile.clear()
     start = time.perf_counter()
     res = nlme.fit(model, pop, "nuts", num_warmup=WARMUP, num_samples=SAMPLES,
-                   num_chains=CHAINS, progress=False, backend=BACKEND)
+                   num_chains=CHAINS, progress=False, backend=BACKEND,
+                   priors=nlme.Priors(omega_sd=omega_prior(OMEGA_PRIOR)))
     seconds = time.perf_counter() - start
     compile_s = sum(_compile.values())
     a = res.idata.attrs
@@ -145,7 +150,9 @@ def stan_input(model, pop, seed: int = 123) -> str:
             "dose_time": _r(np.asarray(pop.dose_time)[dmask]),
             "dose_amt": _r(np.asarray(pop.dose_amt)[dmask]),
             "theta_init": _r([float(model.theta[k]) for k in ("tka", "tcl", "tv")]),
-            "theta_scale": _r(2.0), "add_sd_scale": _r(5.0 * model.sigma["add_sd"])}
+            "theta_scale": _r(2.0), "add_sd_scale": _r(5.0 * model.sigma["add_sd"]),
+            "omega_cauchy": _r(int(OMEGA_PRIOR.lower().startswith("halfcauchy"))),
+            "omega_scale": _r(float(omega_prior(OMEGA_PRIOR).scale))}
     # as ours (bayes_ude.nlme._bayes._init_near): initial values, U(-0.2, 0.2) jitter on
     # the unconstrained scale
     rng = np.random.default_rng(seed)
@@ -212,8 +219,8 @@ def main():
 
     pop = nlme.load_theophylline_population()
     model = nlme.builtin_model("oral1cmt", pop)
-    print(f"Theophylline oral1cmt, {CHAINS} chains x ({WARMUP} warmup + {SAMPLES} draws); "
-          f"XLA small-loop threshold: {_xla.status()}",
+    print(f"Theophylline oral1cmt, {CHAINS} chains x ({WARMUP} warmup + {SAMPLES} draws), "
+          f"omega SD prior {OMEGA_PRIOR}; XLA small-loop threshold: {_xla.status()}",
           flush=True)
     runs = [run_ours(model, pop)]
     print(f"ours done in {runs[0]['total']:.1f} s", flush=True)
@@ -242,14 +249,22 @@ def main():
           f"(target >= 2); compile excluded {rates[0][1] / rates[1][1]:.2f}; "
           f"sampling phase only {rates[0][2] / rates[1][2]:.2f}")
     # same posterior? medians, with the Monte Carlo standard error of each
-    print(f"\n{'parameter':<15}{'ours':>9}{'Stan':>9}{'z':>7}   (z: difference / MCSE)")
+    # and nlmixr2's FOCEI estimates (tests/reference), which our FOCEI reproduces
+    ref = pd.read_csv(ROOT / "tests/reference/theoph_nlmixr2.csv", comment="#",
+                      index_col="parameter")
+    focei = {k: float(ref.loc[k, "estimate"]) for k in ("tka", "tcl", "tv", "add_sd")}
+    for eta, cv in ref["bsv_cv_pct"].dropna().items():
+        focei[f"omega_eta_{eta[1:]}"] = float(np.log(1 + (cv / 100) ** 2))
+    print(f"\n{'parameter':<15}{'ours':>9}{'Stan':>9}{'z':>7}{'FOCEI':>9}{'ours/FOCEI':>12}"
+          f"   (z: difference / MCSE)")
     worst = 0.0
     for k in POP:
         a, b = runs[0]["draws"][k], stan["draws"][k]
         se = np.hypot(float(az.mcse(a, method="median")), float(az.mcse(b, method="median")))
         z = (np.median(a) - np.median(b)) / se
         worst = max(worst, abs(z))
-        print(f"{k:<15}{np.median(a):>9.4f}{np.median(b):>9.4f}{z:>7.2f}")
+        print(f"{k:<15}{np.median(a):>9.4f}{np.median(b):>9.4f}{z:>7.2f}{focei[k]:>9.4f}"
+              f"{np.median(a) / focei[k]:>12.3f}")
     print("posterior medians agree within Monte Carlo error" if worst < 4 else
           "WARNING: posterior medians differ by more than 4 Monte Carlo SEs")
     return 0

@@ -9,6 +9,8 @@ from pathlib import Path
 
 __all__ = ["add_pk_parser", "run_pk_fit"]
 
+OMEGA_PRIORS = ("halfnormal", "halfcauchy")
+DEFAULT_OMEGA_PRIOR = "halfnormal:1"  # Priors' default
 SHIPPED = {"theophylline": "theophylline.csv", "warfarin": "warfarin_pkpd.csv"}
 
 
@@ -38,6 +40,11 @@ def add_pk_parser(sub) -> None:
                      help="NUTS: draws per chain (default 1000); SGLD: steps per chain are "
                           "4x this")
     fit.add_argument("--seed", type=int, default=0, help="Bayesian: random seed (default 0)")
+    fit.add_argument("--omega-prior", default=None, metavar="DIST:SCALE",
+                     help="Bayesian: prior of each between-subject SD (log-scale "
+                          "parameters), halfnormal:SCALE or halfcauchy:SCALE (default: "
+                          f"{DEFAULT_OMEGA_PRIOR}; see docs/bayes_nlme.md on prior "
+                          "sensitivity)")
     fit.add_argument("--eta", default=None,
                      help="comma-separated parameters with between-subject variability "
                           "(default: ka,cl,v where the model has them)")
@@ -69,6 +76,25 @@ def _load(data: str):
     return read_nonmem(path)
 
 
+
+
+def omega_prior(text: str):
+    """``"halfnormal:1"`` or ``"halfcauchy:0.1"`` -> the NumPyro distribution."""
+    import numpyro.distributions as dist
+
+    name, _, scale = text.partition(":")
+    name = name.strip().lower()
+    try:
+        value = float(scale)
+    except ValueError:
+        value = float("nan")
+    if name not in OMEGA_PRIORS or not value > 0 or value == float("inf"):
+        raise SystemExit(f"bayes-ude pk fit: --omega-prior must be DIST:SCALE with DIST one "
+                         f"of {', '.join(OMEGA_PRIORS)} and SCALE a positive number "
+                         f"(e.g. halfcauchy:0.1), got {text!r}")
+    return (dist.HalfNormal if name == "halfnormal" else dist.HalfCauchy)(value)
+
+
 def _write_summary(summary: dict, out: Path, extra: Path | None) -> None:
     """``summary.json`` in ``out``, and a copy at ``extra`` (``--json``) if given."""
     text = json.dumps(summary, indent=2) + "\n"
@@ -89,6 +115,11 @@ def run_pk_fit(args: argparse.Namespace) -> int:
     from ._data import NonmemDataError
     from ._estimate import fit
 
+    if args.omega_prior is not None:
+        if args.method not in ("nuts", "sgld"):
+            raise SystemExit(f"bayes-ude pk fit: --omega-prior is a prior, for --method nuts "
+                             f"or sgld; {args.method} is maximum likelihood")
+        omega_prior(args.omega_prior)  # a bad value fails before any work
     start = time.perf_counter()
     try:
         pop = _load(args.data)
@@ -176,23 +207,27 @@ def _run_bayes(args, pop, model, start) -> int:
     for name in ("chains", "warmup", "samples"):
         if getattr(args, name) < 1:
             raise SystemExit(f"bayes-ude pk fit: --{name} must be >= 1")
+    from ._bayes import Priors
+
     key = jax.random.key(args.seed)
     progress = not args.quiet
+    prior_text = args.omega_prior or DEFAULT_OMEGA_PRIOR
+    priors = Priors(omega_sd=omega_prior(prior_text))
     if args.method == "nuts":
         # start the chains at the maximum-likelihood (FOCEI) estimates and EBEs
         ml = fit(model, pop, "focei", max_iter=args.max_iter, progress=progress,
                  covariance=False)
         result = fit(model, pop, "nuts", init=ml, num_warmup=args.warmup,
                      num_samples=args.samples, num_chains=args.chains, key=key,
-                     progress=progress)
+                     progress=progress, priors=priors)
     else:
         result = fit(model, pop, "sgld", num_steps=4 * args.samples,
-                     num_chains=args.chains, key=key, progress=progress)
+                     num_chains=args.chains, key=key, progress=progress, priors=priors)
     seconds = time.perf_counter() - start
     table = result.table()
     summary = result.summary()
     summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
-                   error_model=args.error, data=str(args.data))
+                   error_model=args.error, data=str(args.data), omega_prior=prior_text)
     if not args.quiet:
         with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
             print(table.to_string())

@@ -6,8 +6,8 @@
 //   C(t) = F D ka / (V (ka - k)) (exp(-k tau) - exp(-ka tau)),  k = cl / v,  F = 1,
 //   tau = t - dose time (C = 0 for tau <= 0: a sample at the dose time sees no drug)
 //   dv ~ normal(C, add_sd)
-// Priors: theta ~ normal(initial value, theta_scale), omega_sd ~ half-normal(1),
-//   add_sd ~ half-normal(5 x initial add_sd), eta_z ~ normal(0, 1).
+// Priors: theta ~ normal(initial value, theta_scale), omega_sd ~ half-normal(omega_scale)
+//   or half-Cauchy(omega_scale) (omega_cauchy = 1), add_sd ~ half-normal(5 x initial add_sd), eta_z ~ normal(0, 1).
 data {
   int<lower = 1> N;                  // subjects
   int<lower = 1> M;                  // observations (all subjects)
@@ -19,6 +19,8 @@ data {
   vector[3] theta_init;              // log ka, log cl, log v
   real<lower = 0> theta_scale;
   real<lower = 0> add_sd_scale;
+  int<lower = 0, upper = 1> omega_cauchy;  // 0: half-normal, 1: half-Cauchy
+  real<lower = 0> omega_scale;
 }
 parameters {
   real tka;
@@ -46,7 +48,10 @@ model {
   tka ~ normal(theta_init[1], theta_scale);
   tcl ~ normal(theta_init[2], theta_scale);
   tv ~ normal(theta_init[3], theta_scale);
-  omega_sd ~ normal(0, 1);
+  if (omega_cauchy)
+    omega_sd ~ cauchy(0, omega_scale);
+  else
+    omega_sd ~ normal(0, omega_scale);
   add_sd ~ normal(0, add_sd_scale);
   to_vector(eta_z) ~ std_normal();
   dv ~ normal(conc, add_sd);

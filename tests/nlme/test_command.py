@@ -68,3 +68,20 @@ def test_missing_file_and_bad_table_are_clear_errors(tmp_path):
         cli.main(["pk", "fit", "theophylline", "--eta", "cl,q"])
     with pytest.raises(SystemExit, match="allometric weight column 'WEIGHT'"):
         cli.main(["pk", "fit", "theophylline", "--allometric", "WEIGHT"])
+    for bad_prior in ("halfnormal", "halfcauchy:-1", "gamma:2", "halfnormal:inf"):
+        with pytest.raises(SystemExit, match="--omega-prior must be DIST:SCALE"):
+            cli.main(["pk", "fit", "theophylline", "--method", "nuts", "--omega-prior",
+                      bad_prior])
+    with pytest.raises(SystemExit, match="--omega-prior is a prior"):
+        cli.main(["pk", "fit", "theophylline", "--omega-prior", "halfcauchy:0.1"])
+
+
+def test_omega_prior_names_its_distribution():
+    from numpyro import distributions as dist
+
+    from bayes_ude.nlme._command import omega_prior
+
+    for text, kind, scale in (("halfnormal:1", dist.HalfNormal, 1.0),
+                              ("HalfCauchy: 0.1", dist.HalfCauchy, 0.1)):
+        prior = omega_prior(text)
+        assert isinstance(prior, kind) and float(prior.scale) == scale
