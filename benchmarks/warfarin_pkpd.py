@@ -22,7 +22,8 @@ Steps (times are wall-clock, compilation included):
 example (network elimination on 40 simulated subjects, FOCEI and a small NUTS run, with the
 learned curve against the truth). ``--quick`` shrinks everything for a smoke test.
 
-Usage: python benchmarks/warfarin_pkpd.py [--quick] [--nuts-full] [--mm] [--json FILE]
+Usage: python benchmarks/warfarin_pkpd.py [--quick] [--nuts-full] [--mm] [--metric laplace]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import argparse
 import json
 import time
 
+import arviz as az
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -101,13 +103,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=150)
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--max-tree-depth", type=int, default=6)
+    parser.add_argument("--metric", choices=["adapt", "laplace"], default="adapt",
+                        help="NUTS metric: adapted in warmup (default) or the Laplace "
+                             "metric at the FOCEI fit, fixed (nlme.fit(..., metric=))")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     max_iter = 5 if args.quick else 300
     settings = dict(num_warmup=10 if args.quick else args.warmup,
                     num_samples=10 if args.quick else args.samples,
                     num_chains=args.chains, max_tree_depth=args.max_tree_depth,
-                    key=jax.random.key(0))
+                    metric=args.metric, key=jax.random.key(0))
     results: dict = {"focei": {}, "nuts": {}, "held_out": {}, "settings": {
         k: v for k, v in settings.items() if k != "key"}}
     t_all = time.perf_counter()
@@ -187,14 +192,17 @@ def mm_example(quick, settings, results):
     true = truth["vmax"] * c / (truth["km"] + c)
     res, sec = nuts(model, pop, fit, settings)
     report_nuts("Michaelis-Menten network elimination", res, sec, results["nuts"])
-    flat = res.u_draws.reshape(-1, res.u_draws.shape[-1])
-    draws = np.stack([_pkpd.elimination_curve(model, model.unpack(jnp.asarray(u))[0], c)
-                      for u in flat[:: max(1, flat.shape[0] // 100)]])
+    u = res.u_draws  # chain, draw, parameter
+    per_chain = np.stack([np.stack([
+        _pkpd.elimination_curve(model, model.unpack(jnp.asarray(x))[0], c)
+        for x in chain[:: max(1, u.shape[1] // 100)]]) for chain in u])
+    draws = per_chain.reshape(-1, len(c))
+    curve_rhat = [float(az.rhat(per_chain[..., j])) for j in range(len(c))]
     table = pd.DataFrame({
         "C (mg/L)": c, "true Vmax C/(Km+C)": true,
         "FOCEI": _pkpd.elimination_curve(fit.model, fit.theta, c),
         "NUTS median": np.median(draws, 0), "NUTS 5 %": np.quantile(draws, 0.05, 0),
-        "NUTS 95 %": np.quantile(draws, 0.95, 0)})
+        "NUTS 95 %": np.quantile(draws, 0.95, 0), "NUTS R-hat": curve_rhat})
     print("\nElimination rate (mg/h), typical subject:\n"
           + table.to_string(index=False, float_format="{:.3f}".format))
     print(f"max relative error FOCEI {np.max(np.abs(table['FOCEI'] / true - 1)):.3f}, "

@@ -4,6 +4,7 @@ rejected proposals."""
 
 from ._arviz import to_inference_data as to_inference_data
 from ._failure import reject_failed_solve as reject_failed_solve
+from ._nuts import laplace_inverse_mass as laplace_inverse_mass
 from ._nuts import run_nuts as run_nuts
 from ._priors import network_prior as network_prior
 from ._sgmcmc import PSGLDState as PSGLDState
@@ -22,6 +23,7 @@ __all__ = [
     "SGLDState",
     "SGMCMCKernel",
     "grad_estimator",
+    "laplace_inverse_mass",
     "network_prior",
     "polynomial_schedule",
     "posterior_pytree",

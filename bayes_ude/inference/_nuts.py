@@ -73,6 +73,7 @@ def run_nuts(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     dense_mass: bool = False,
+    inverse_mass_matrix=None,
     init="uniform",
     chunk_size: int = 100,
     progress: bool = True,
@@ -106,6 +107,12 @@ def run_nuts(
         diagonal one: for posteriors whose parameters are strongly correlated (networks
         coupled to physical parameters), at O(d^2) memory and O(d^2) work per leapfrog
         step.
+    inverse_mass_matrix : a fixed dense inverse mass matrix (``d x d``, over the flat
+        unconstrained parameter vector, sites in sorted name order), e.g.
+        :func:`laplace_inverse_mass` at a mode: warmup then adapts only the step size
+        (NumPyro backend). For posteriors too ill-conditioned for a metric estimated from
+        the warmup's draws (networks inside ODE models: the diagonal metric's steps stay
+        tiny and the chains crawl).
     init : initial values: ``"uniform"`` (NumPyro's default, uniform in (-2, 2) on the
         unconstrained scale), ``"median"``, ``"prior"``, ``"map"``, a dict of values (e.g.
         a MAP estimate), or a NumPyro init strategy. ``"map"``: each chain draws
@@ -144,6 +151,19 @@ def run_nuts(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    if inverse_mass_matrix is not None:
+        if backend != "numpyro":
+            raise ValueError("inverse_mass_matrix (a fixed metric) needs backend='numpyro'")
+        if dense_mass:
+            raise ValueError("give either dense_mass (adapt a dense metric) or "
+                             "inverse_mass_matrix (a fixed one), not both")
+        inverse_mass_matrix = np.asarray(inverse_mass_matrix, dtype=float)
+        dim = _flat_size(model, model_args, model_kwargs)
+        if inverse_mass_matrix.shape != (dim, dim) or not np.all(
+                np.isfinite(inverse_mass_matrix)):
+            raise ValueError(f"inverse_mass_matrix must be a finite {dim} x {dim} matrix "
+                             f"(the model's unconstrained dimension), got shape "
+                             f"{inverse_mass_matrix.shape}")
     key = jax.random.key(0) if key is None else key
     run = _run_numpyro if backend == "numpyro" else _run_blackjax
     start = time.perf_counter()
@@ -157,11 +177,61 @@ def run_nuts(
     samples, stats, timing, partial = run(
         model, model_args, model_kwargs, key, num_warmup, num_samples, num_chains,
         target_accept, max_tree_depth, _init_strategy(init), chunk_size, progress,
-        keep_failed_states, starts, dense_mass=bool(dense_mass))
+        keep_failed_states, starts, dense_mass=bool(dense_mass),
+        **({} if inverse_mass_matrix is None else {"inverse_mass_matrix": inverse_mass_matrix}))
     return _assemble(model, model_args, model_kwargs, samples, stats, key,
                      posterior_predictive, dims, coords,
                      {"backend": backend, "partial": int(partial), **timing,
                       "seconds_total": time.perf_counter() - start})
+
+
+def _latent_sites(model, args, kwargs) -> dict:
+    """The model's continuous latent sites: ``{name: shape}`` (one trace, no compilation)."""
+    trace = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace(*args,
+                                                                              **kwargs)
+    out = {}
+    for k, v in trace.items():
+        if v["type"] == "sample" and not v["is_observed"] and not v["fn"].support.is_discrete:
+            out[k] = jnp.shape(biject_to(v["fn"].support).inv(v["value"]))
+    return out
+
+
+def _flat_size(model, args, kwargs) -> int:
+    return int(sum(math.prod(s) for s in _latent_sites(model, args, kwargs).values()))
+
+
+def laplace_inverse_mass(model: Callable, *model_args, values: dict, floor: float = 1e-3,
+                         **model_kwargs) -> np.ndarray:
+    """The Laplace metric: the inverse Hessian of the potential (negative log joint) at
+    ``values`` (constrained values of every latent site, e.g. a MAP estimate), on the flat
+    unconstrained scale that :func:`run_nuts`'s ``inverse_mass_matrix`` takes.
+
+    Eigenvalues of the Hessian are replaced by their absolute values, at least ``floor``
+    (a point that is not quite a mode can have negative curvature; a direction the model
+    leaves flat gets SD at most ``1/sqrt(floor)``). One Hessian, by forward-over-reverse
+    differentiation, compiled once.
+    """
+    if not floor > 0:
+        raise ValueError(f"floor must be > 0, got {floor!r}")
+    sites = _latent_sites(model, model_args, model_kwargs)
+    missing = sorted(set(sites) - set(values))
+    if missing:
+        raise ValueError(f"laplace_inverse_mass: values has no entry for the latent sites "
+                         f"{missing}")
+    _, potential_fn, _, _ = infer_util.initialize_model(
+        jax.random.key(0), model, init_strategy=init_to_value(values=dict(values)),
+        model_args=model_args, model_kwargs=model_kwargs)
+    z = infer_util.unconstrain_fn(model, model_args, model_kwargs,
+                                  {k: values[k] for k in sites})
+    flat, unravel = ravel_pytree(z)
+    hess = jax.jit(jax.hessian(lambda x: potential_fn(unravel(x))),
+                   compiler_options=compiler_options())(flat)
+    hess = np.asarray(hess, dtype=float)
+    if not np.all(np.isfinite(hess)):
+        raise ValueError("laplace_inverse_mass: the Hessian at values is not finite")
+    lam, vec = np.linalg.eigh(0.5 * (hess + hess.T))
+    lam = np.maximum(np.abs(lam), floor)
+    return (vec / lam) @ vec.T
 
 
 def _tree_depth(n_steps):
@@ -307,12 +377,21 @@ def _finite_start(state) -> bool:
 
 def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                  target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-                 keep_failed_states, starts=None, dense_mass=False):
+                 keep_failed_states, starts=None, dense_mass=False,
+                 inverse_mass_matrix=None):
     """NumPyro's NUTS kernel (its own adaptation) stepped by our own chunked scan, so that
     warmup and sampling both report progress, compile once, and can be interrupted."""
     del keep_failed_states  # BlackJAX only (run_nuts has checked)
+    metric = {}
+    if inverse_mass_matrix is not None:
+        # one dense block over every latent site (NumPyro ravels a block's sites in
+        # sorted order, as laplace_inverse_mass does), kept fixed
+        block = tuple(sorted(_latent_sites(model, args, kwargs)))
+        metric = {"dense_mass": [block], "adapt_mass_matrix": False,
+                  "inverse_mass_matrix": {block: jnp.asarray(inverse_mass_matrix)}}
     kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                  init_strategy=init_strategy, dense_mass=dense_mass)
+                  init_strategy=init_strategy,
+                  **(metric or {"dense_mass": dense_mass}))
     opts = compiler_options()
     keys = jax.random.split(key, num_chains)
 

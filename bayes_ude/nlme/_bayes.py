@@ -478,7 +478,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
               priors: Priors | None = None, init=None, key=None, progress: bool = True,
               num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
               target_accept: float = 0.8, max_tree_depth: int = 10,
-              dense_mass: bool = False, backend: str = "numpyro",
+              dense_mass: bool = False, metric: str = "adapt", backend: str = "numpyro",
               batch_size: int | None = None,
               num_steps: int = 5000, burn_in: int | None = None, step_size=None,
               thin: int = 1, marginal: str = "focei",
@@ -498,6 +498,13 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     key : PRNG key (default ``jax.random.key(0)``).
     num_warmup, num_samples, num_chains, target_accept, max_tree_depth, dense_mass,
         backend : NUTS settings (see :func:`bayes_ude.inference.run_nuts`).
+    metric : NUTS metric: ``"adapt"`` (default: estimated during warmup, diagonal or
+        ``dense_mass``) or ``"laplace"``: the inverse Hessian of the log joint at the
+        starting point (``init``, best a maximum-likelihood fit: its estimates and EBEs),
+        fixed, with warmup adapting only the step size
+        (:func:`bayes_ude.inference.laplace_inverse_mass`). For networks inside the
+        dynamics, whose posteriors are too ill-conditioned for the warmup's estimate
+        (docs/pkpd.md: the Michaelis-Menten network mixes with it and not without).
     batch_size, num_steps, burn_in, step_size, thin : SG-MCMC settings: subjects per
         minibatch (default ``min(N, 64)``), steps per chain, discarded steps (default half),
         step size in whitened coordinates (default 0.1 with control variates, else
@@ -512,6 +519,11 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     """
     if method not in SAMPLERS:
         raise ValueError(f"Bayesian method must be one of {SAMPLERS}, got {method!r}")
+    if metric not in ("adapt", "laplace"):
+        raise ValueError(f"metric must be 'adapt' or 'laplace', got {metric!r}")
+    if metric == "laplace" and (method != "nuts" or dense_mass):
+        raise ValueError("metric='laplace' is a NUTS metric (method='nuts', without "
+                         "dense_mass)")
     priors = Priors() if priors is None else priors
     priors.check(model)
     model.check(population)
@@ -521,7 +533,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     if method == "nuts":
         idata, u_draws = _fit_nuts(model, population, priors, init, key, progress,
                                    num_warmup, num_samples, num_chains, target_accept,
-                                   max_tree_depth, backend, dense_mass)
+                                   max_tree_depth, backend, dense_mass, metric)
     else:
         idata, u_draws = _fit_sgmcmc(model, population, priors, init, key, progress, method,
                                      batch_size, num_steps, burn_in, step_size, thin,
@@ -534,8 +546,9 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
 
 
 def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_samples,
-              num_chains, target_accept, max_tree_depth, backend, dense_mass=False):
-    from ..inference import run_nuts
+              num_chains, target_accept, max_tree_depth, backend, dense_mass=False,
+              metric="adapt"):
+    from ..inference import laplace_inverse_mass, run_nuts
 
     fn = numpyro_model(model, population, priors)
     values = _initial_values(model, population, init)
@@ -550,6 +563,8 @@ def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_sa
     idata = run_nuts(fn, num_warmup=num_warmup, num_samples=num_samples,
                      num_chains=num_chains, key=key, target_accept=target_accept,
                      max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+                     inverse_mass_matrix=(laplace_inverse_mass(fn, values=values)
+                                          if metric == "laplace" else None),
                      init=_init_near(values), progress=progress, posterior_predictive=False,
                      dims=dims, coords=coords, backend=backend)
     post = {k: np.asarray(v) for k, v in idata.posterior.items()}

@@ -76,8 +76,6 @@ def _load(data: str):
     return read_nonmem(path)
 
 
-
-
 def omega_prior(text: str):
     """``"halfnormal:1"`` or ``"halfcauchy:0.1"`` -> the NumPyro distribution."""
     import numpyro.distributions as dist

@@ -248,3 +248,50 @@ def test_dense_mass_matrix_undoes_correlation(backend):
     assert steps[True] < 0.3 * steps[False], steps
     assert np.cov(runs[True].posterior["x"].values.reshape(-1, 2).T) == pytest.approx(
         COV, rel=0.3)
+
+
+def gaussian_and_lognormal():
+    """x: the correlated Gaussian; s: LogNormal(0.3, 0.5), whose potential on its
+    unconstrained (log) scale is (y - 0.3)^2 / (2 0.5^2) + const (the density's 1/s and
+    the Jacobian's s cancel): curvature 4 at any y."""
+    numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), jnp.asarray(COV)))
+    numpyro.sample("s", dist.LogNormal(0.3, 0.5))
+
+
+def test_laplace_metric_is_the_inverse_hessian_and_samples_the_target():
+    """The Laplace metric of a Gaussian is its covariance, and of the log-normal site 0.5^2
+    whatever point it is taken at (closed forms; sites in sorted order: s, then x); NUTS
+    with it kept fixed gets the moments right in a few leapfrog steps (measured 4.4)."""
+    values = {"x": jnp.array([3.0, -40.0]), "s": jnp.asarray(2.0)}
+    inv_mass = inference.laplace_inverse_mass(gaussian_and_lognormal, values=values)
+    expected = np.zeros((3, 3))
+    expected[0, 0] = 0.25
+    expected[1:, 1:] = COV
+    np.testing.assert_allclose(inv_mass, expected, rtol=1e-8, atol=1e-10)
+    idata = inference.run_nuts(gaussian_and_lognormal, num_warmup=300, num_samples=1000,
+                               num_chains=2, inverse_mass_matrix=inv_mass, progress=False,
+                               posterior_predictive=False)
+    x = idata.posterior["x"].values.reshape(-1, 2)
+    np.testing.assert_allclose(x.std(axis=0), SCALES, rtol=0.15)
+    assert abs(np.corrcoef(x.T)[0, 1] - CORR) < 0.005
+    log_s = np.log(idata.posterior["s"].values.ravel())
+    assert log_s.mean() == pytest.approx(0.3, abs=0.1) and log_s.std() == pytest.approx(
+        0.5, rel=0.15)
+    assert float(idata.sample_stats["n_steps"].mean()) < 8
+    assert not idata.sample_stats["diverging"].values.any()
+
+
+def test_laplace_metric_bad_inputs():
+    with pytest.raises(ValueError, match=r"no entry for the latent sites \['s'\]"):
+        inference.laplace_inverse_mass(gaussian_and_lognormal, values={"x": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="floor must be > 0"):
+        inference.laplace_inverse_mass(correlated_gaussian, values={"x": jnp.zeros(2)},
+                                       floor=0.0)
+    with pytest.raises(ValueError, match=r"finite 2 x 2 matrix"):
+        inference.run_nuts(correlated_gaussian, inverse_mass_matrix=np.eye(3), progress=False)
+    with pytest.raises(ValueError, match="backend='numpyro'"):
+        inference.run_nuts(correlated_gaussian, backend="blackjax",
+                           inverse_mass_matrix=np.eye(2), progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        inference.run_nuts(correlated_gaussian, dense_mass=True,
+                           inverse_mass_matrix=np.eye(2), progress=False)
