@@ -185,15 +185,19 @@ def run_nuts(
                       "seconds_total": time.perf_counter() - start})
 
 
+def _is_latent(site) -> bool:
+    """A continuous latent sample site of a NumPyro trace (what NUTS moves)."""
+    return (site["type"] == "sample" and not site["is_observed"]
+            and not site["fn"].support.is_discrete)
+
+
 def _latent_sites(model, args, kwargs) -> dict:
-    """The model's continuous latent sites: ``{name: shape}`` (one trace, no compilation)."""
+    """The model's continuous latent sites: ``{name: unconstrained shape}`` (one trace,
+    no compilation)."""
     trace = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace(*args,
                                                                               **kwargs)
-    out = {}
-    for k, v in trace.items():
-        if v["type"] == "sample" and not v["is_observed"] and not v["fn"].support.is_discrete:
-            out[k] = jnp.shape(biject_to(v["fn"].support).inv(v["value"]))
-    return out
+    return {k: jnp.shape(biject_to(v["fn"].support).inv(v["value"]))
+            for k, v in trace.items() if _is_latent(v)}
 
 
 def _flat_size(model, args, kwargs) -> int:
@@ -218,14 +222,14 @@ def laplace_inverse_mass(model: Callable, *model_args, values: dict, floor: floa
     if missing:
         raise ValueError(f"laplace_inverse_mass: values has no entry for the latent sites "
                          f"{missing}")
-    _, potential_fn, _, _ = infer_util.initialize_model(
-        jax.random.key(0), model, init_strategy=init_to_value(values=dict(values)),
-        model_args=model_args, model_kwargs=model_kwargs)
     z = infer_util.unconstrain_fn(model, model_args, model_kwargs,
                                   {k: values[k] for k in sites})
     flat, unravel = ravel_pytree(z)
-    hess = jax.jit(jax.hessian(lambda x: potential_fn(unravel(x))),
-                   compiler_options=compiler_options())(flat)
+
+    def potential(x):
+        return infer_util.potential_energy(model, model_args, model_kwargs, unravel(x))
+
+    hess = jax.jit(jax.hessian(potential), compiler_options=compiler_options())(flat)
     hess = np.asarray(hess, dtype=float)
     if not np.all(np.isfinite(hess)):
         raise ValueError("laplace_inverse_mass: the Hessian at values is not finite")
@@ -287,8 +291,7 @@ def _draw_initial(model, args, kwargs, init_strategy, key):
     seeded = numpyro.handlers.substitute(numpyro.handlers.seed(model, key),
                                          substitute_fn=init_strategy)
     trace = numpyro.handlers.trace(seeded).get_trace(*args, **kwargs)
-    sites = {k: v for k, v in trace.items() if v["type"] == "sample"
-             and not v["is_observed"] and not v["fn"].support.is_discrete}
+    sites = {k: v for k, v in trace.items() if _is_latent(v)}
     return infer_util.transform_fn({k: biject_to(v["fn"].support) for k, v in sites.items()},
                                    {k: v["value"] for k, v in sites.items()}, invert=True)
 
