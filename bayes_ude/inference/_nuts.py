@@ -158,12 +158,16 @@ def run_nuts(
             raise ValueError("give either dense_mass (adapt a dense metric) or "
                              "inverse_mass_matrix (a fixed one), not both")
         inverse_mass_matrix = np.asarray(inverse_mass_matrix, dtype=float)
-        dim = _flat_size(model, model_args, model_kwargs)
+        sites = _latent_sites(model, model_args, model_kwargs)
+        dim = int(sum(math.prod(shape) for shape in sites.values()))
         if inverse_mass_matrix.shape != (dim, dim) or not np.all(
                 np.isfinite(inverse_mass_matrix)):
             raise ValueError(f"inverse_mass_matrix must be a finite {dim} x {dim} matrix "
                              f"(the model's unconstrained dimension), got shape "
                              f"{inverse_mass_matrix.shape}")
+        # one dense block over every latent site, in sorted order (as NumPyro ravels a
+        # block's sites and laplace_inverse_mass ravels its dict)
+        inverse_mass_matrix = {tuple(sorted(sites)): jnp.asarray(inverse_mass_matrix)}
     key = jax.random.key(0) if key is None else key
     run = _run_numpyro if backend == "numpyro" else _run_blackjax
     start = time.perf_counter()
@@ -198,10 +202,6 @@ def _latent_sites(model, args, kwargs) -> dict:
                                                                               **kwargs)
     return {k: jnp.shape(biject_to(v["fn"].support).inv(v["value"]))
             for k, v in trace.items() if _is_latent(v)}
-
-
-def _flat_size(model, args, kwargs) -> int:
-    return int(sum(math.prod(s) for s in _latent_sites(model, args, kwargs).values()))
 
 
 def laplace_inverse_mass(model: Callable, *model_args, values: dict, floor: float = 1e-3,
@@ -385,16 +385,12 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     """NumPyro's NUTS kernel (its own adaptation) stepped by our own chunked scan, so that
     warmup and sampling both report progress, compile once, and can be interrupted."""
     del keep_failed_states  # BlackJAX only (run_nuts has checked)
-    metric = {}
-    if inverse_mass_matrix is not None:
-        # one dense block over every latent site (NumPyro ravels a block's sites in
-        # sorted order, as laplace_inverse_mass does), kept fixed
-        block = tuple(sorted(_latent_sites(model, args, kwargs)))
-        metric = {"dense_mass": [block], "adapt_mass_matrix": False,
-                  "inverse_mass_matrix": {block: jnp.asarray(inverse_mass_matrix)}}
+    metric = {"dense_mass": dense_mass}
+    if inverse_mass_matrix is not None:  # {block of sites: matrix}, kept fixed
+        metric = {"dense_mass": list(inverse_mass_matrix), "adapt_mass_matrix": False,
+                  "inverse_mass_matrix": inverse_mass_matrix}
     kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                  init_strategy=init_strategy,
-                  **(metric or {"dense_mass": dense_mass}))
+                  init_strategy=init_strategy, **metric)
     opts = compiler_options()
     keys = jax.random.split(key, num_chains)
 
