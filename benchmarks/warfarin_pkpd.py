@@ -23,7 +23,10 @@ example (network elimination on 40 simulated subjects, FOCEI and a small NUTS ru
 learned curve against the truth). ``--quick`` shrinks everything for a smoke test.
 
 Usage: python benchmarks/warfarin_pkpd.py [--quick] [--nuts-full] [--mm] [--metric laplace]
-       [--json FILE]
+       [--width N] [--l2 X] [--warmup N] [--samples N] [--max-tree-depth N]
+       [--target-accept X] [--json FILE]
+(the mixed 1-3-1 runs of docs/pkpd.md: --metric laplace --width 3 --l2 1 --warmup 200
+--samples 200 --max-tree-depth 8 --target-accept 0.9)
 """
 
 from __future__ import annotations
@@ -106,13 +109,20 @@ def main() -> None:
     parser.add_argument("--metric", choices=["adapt", "laplace"], default="adapt",
                         help="NUTS metric: adapted in warmup (default) or the Laplace "
                              "metric at the FOCEI fit, fixed (nlme.fit(..., metric=))")
+    parser.add_argument("--target-accept", type=float, default=0.8)
+    parser.add_argument("--width", type=int, default=8,
+                        help="hidden units of both networks (default 8)")
+    parser.add_argument("--l2", type=float, default=0.1,
+                        help="L2 penalty (prior precision / 2) on their weights (default 0.1)")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     max_iter = 5 if args.quick else 300
     settings = dict(num_warmup=10 if args.quick else args.warmup,
                     num_samples=10 if args.quick else args.samples,
                     num_chains=args.chains, max_tree_depth=args.max_tree_depth,
-                    metric=args.metric, key=jax.random.key(0))
+                    metric=args.metric, target_accept=args.target_accept,
+                    key=jax.random.key(0))
+    net_options = {"width": args.width, "l2": args.l2}
     results: dict = {"focei": {}, "nuts": {}, "held_out": {}, "settings": {
         k: v for k, v in settings.items() if k != "key"}}
     t_all = time.perf_counter()
@@ -124,7 +134,8 @@ def main() -> None:
     report_focei("emax", emax, sec, results["focei"])
     start = _natural(emax)
     net_model = _pkpd.warfarin_pkpd_model(pop, "network",
-                                          init={"ic50": float(np.exp(start["tic50"]))})
+                                          init={"ic50": float(np.exp(start["tic50"]))},
+                                          **net_options)
     shared = {k: v for k, v in start.items() if k in net_model.parameter_names()}
     network, sec = focei(net_model, pop, init=shared, max_iter=max_iter)
     report_focei("network", network, sec, results["focei"])
@@ -172,7 +183,7 @@ def main() -> None:
             report_nuts(f"{name} (all subjects)", res, sec, results["nuts"])
 
     if args.mm:
-        mm_example(args.quick, settings, results)
+        mm_example(args.quick, settings, results, net_options)
 
     results["total_seconds"] = time.perf_counter() - t_all
     print(f"\nTotal {results['total_seconds']:.0f} s")
@@ -181,10 +192,10 @@ def main() -> None:
             json.dump(results, fh, indent=2, default=float)
 
 
-def mm_example(quick, settings, results):
+def mm_example(quick, settings, results, net_options):
     """Part 4: network elimination on simulated Michaelis-Menten data."""
     pop, truth = _pkpd.michaelis_menten_population(12 if quick else 40)
-    model = _pkpd.network_elimination_model(pop)
+    model = _pkpd.network_elimination_model(pop, **net_options)
     fit, sec = focei(model, pop, max_iter=5 if quick else 300)
     report_focei("Michaelis-Menten network elimination", fit, sec, results["focei"])
     y = np.asarray(pop.obs_dv)[np.asarray(pop.obs_mask)]
