@@ -14,9 +14,6 @@ from scipy.integrate import solve_ivp
 
 from bayes_ude import crnn, solvers
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("crnn/test_crnn")
-
 # Ji & Deng (2021), case 1: 2A -> B, A -> C, C -> D, B + D -> E.
 K_TRUE = np.array([0.1, 0.2, 0.13, 0.3])
 NU_TRUE = np.array([[-2, 1, 0, 0, 0],

@@ -17,9 +17,6 @@ import pytest
 from bayes_ude import discovery
 from tests.helpers import scipy_solve
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("discovery/test_sindy")
-
 # --------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------

@@ -13,9 +13,6 @@ from numpyro.infer import Predictive
 
 from bayes_ude import inference, nn, solvers
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("inference/test_nuts")
-
 PRIOR_SD = 10.0
 
 

@@ -8,9 +8,6 @@ import pytest
 
 from bayes_ude import inference
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("inference/test_sgmcmc")
-
 
 def test_psgld_noise_is_sqrt_2_eps_G_and_preconditioner_is_a_running_average():
     g1, g2 = jnp.array([2.0, -0.5]), jnp.array([1.0, 3.0])

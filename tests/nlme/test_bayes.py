@@ -18,9 +18,6 @@ from bayes_ude import cli, nlme
 from bayes_ude.nlme._command import omega_prior
 from tests.nlme.test_estimate import Line, _linear_population
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("nlme/test_bayes")
-
 
 def _line_model(omega="diagonal", l2=None, extra_theta=None):
     theta = {"ta": 1.7, "tb": -0.4} | (extra_theta or {})

@@ -38,9 +38,6 @@ from bayes_ude.nlme._simulate import (
     simulate_covariate_population,
 )
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("nlme/test_deep")
-
 
 @pytest.fixture(scope="module")
 def small():

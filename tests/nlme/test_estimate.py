@@ -16,9 +16,6 @@ from scipy.stats import multivariate_normal
 
 from bayes_ude import datasets, nlme
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("nlme/test_estimate")
-
 REF = Path(__file__).resolve().parents[1] / "reference" / "theoph_nlme.csv"
 
 

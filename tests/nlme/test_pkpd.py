@@ -24,9 +24,6 @@ from bayes_ude import datasets, nlme
 from bayes_ude.nlme import _pkpd
 from bayes_ude.nlme._fixed_step import FixedStepODEModel
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("nlme/test_pkpd")
-
 # the typical warfarin subject (nlmixr2's estimates, rounded) and two hard cases
 TYPICAL = dict(ktr=1.1, ka=0.9, cl=0.13, v=7.9, imax=0.97, ic50=1.0, kout=0.055, r0=96.5)
 CASES = [

@@ -18,9 +18,6 @@ import pytest
 
 from bayes_ude import discovery, inference, nn, pde, solvers, ude
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("pde/test_fisher_kpp")
-
 D_TRUE, R_TRUE, DX, N = 0.01, 1.0, 0.04, 26
 TS = np.arange(0.0, 5.0001, 0.5)
 GRID = pde.Grid(N, DX, "periodic")

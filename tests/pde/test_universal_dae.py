@@ -15,9 +15,6 @@ from scipy.integrate import solve_ivp
 
 from bayes_ude import discovery, nn, pde, solvers, ude
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("pde/test_universal_dae")
-
 K1, K2, K3 = 0.04, 3e7, 1e4
 MASS = np.diag([1.0, 1.0, 0.0])
 TS = np.geomspace(1e-5, 1e5, 40)          # log-spaced: the dynamics span ten decades

@@ -8,9 +8,6 @@ import pytest
 from bayes_ude import solvers
 from tests.helpers import richardson_gradient, scipy_solve
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("solvers/test_events")
-
 TIGHT = {"rtol": 1e-11, "atol": 1e-13}
 
 # --- the breakpoint problem of the foundation issue ------------------------------------

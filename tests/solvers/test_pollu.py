@@ -8,9 +8,6 @@ from scipy.integrate import solve_ivp
 from bayes_ude import solvers
 from tests.solvers import pollu
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("solvers/test_pollu")
-
 TS = np.linspace(0.0, 60.0, 13)
 
 # y1..y4 at t = 60 from the Bari test set's reference solution (RADAU5 in quadruple

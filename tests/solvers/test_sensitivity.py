@@ -10,9 +10,6 @@ from bayes_ude import solvers
 from tests.helpers import richardson_gradient, scipy_solve
 from tests.solvers.test_nonstiff import LV_P, LV_TS, LV_U0, lotka_volterra
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("solvers/test_sensitivity")
-
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 

@@ -10,9 +10,6 @@ from bayes_ude import solvers
 from tests.helpers import richardson_gradient, robertson, scipy_solve
 from tests.solvers.test_nonstiff import logistic_decay, logistic_decay_exact
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("solvers/test_stiff")
-
 K_ROBERTSON = jnp.array([0.04, 3e7, 1e4])
 
 

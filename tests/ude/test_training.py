@@ -15,9 +15,6 @@ from scipy.integrate import solve_ivp
 
 from bayes_ude import ude
 
-# module-scoped fixtures: keep the module on one pytest-xdist worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("ude/test_training")
-
 TRUE = np.array([1.5, 1.0, 3.0, 1.0])
 START = np.array([3.0, 0.5, 6.0, 0.5])
 
