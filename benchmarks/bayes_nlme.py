@@ -77,6 +77,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 import arviz as az  # noqa: E402
 import numpy as np  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayes_ude import nlme  # noqa: E402
@@ -87,6 +88,7 @@ WARMUP = SAMPLES = int(os.environ.get("BAYES_NLME_DRAWS", "1000"))
 CHAINS = 4
 BACKEND = os.environ.get("BAYES_NLME_BACKEND", "numpyro")
 OMEGA_PRIOR = os.environ.get("BAYES_NLME_OMEGA_PRIOR", DEFAULT_OMEGA_PRIOR)
+OMEGA_SD_PRIOR = omega_prior(OMEGA_PRIOR)  # parsed once, for both samplers
 ETA_NAMES = ("eta_ka", "eta_cl", "eta_v")
 POP = ("tka", "tcl", "tv", "omega_eta_ka", "omega_eta_cl", "omega_eta_v", "add_sd")
 
@@ -105,7 +107,7 @@ def run_ours(model, pop):
     start = time.perf_counter()
     res = nlme.fit(model, pop, "nuts", num_warmup=WARMUP, num_samples=SAMPLES,
                    num_chains=CHAINS, progress=False, backend=BACKEND,
-                   priors=nlme.Priors(omega_sd=omega_prior(OMEGA_PRIOR)))
+                   priors=nlme.Priors(omega_sd=OMEGA_SD_PRIOR))
     seconds = time.perf_counter() - start
     compile_s = sum(_compile.values())
     a = res.idata.attrs
@@ -151,8 +153,8 @@ def stan_input(model, pop, seed: int = 123) -> str:
             "dose_amt": _r(np.asarray(pop.dose_amt)[dmask]),
             "theta_init": _r([float(model.theta[k]) for k in ("tka", "tcl", "tv")]),
             "theta_scale": _r(2.0), "add_sd_scale": _r(5.0 * model.sigma["add_sd"]),
-            "omega_cauchy": _r(int(OMEGA_PRIOR.lower().startswith("halfcauchy"))),
-            "omega_scale": _r(float(omega_prior(OMEGA_PRIOR).scale))}
+            "omega_cauchy": _r(int(isinstance(OMEGA_SD_PRIOR, dist.HalfCauchy))),
+            "omega_scale": _r(float(OMEGA_SD_PRIOR.scale))}
     # as ours (bayes_ude.nlme._bayes._init_near): initial values, U(-0.2, 0.2) jitter on
     # the unconstrained scale
     rng = np.random.default_rng(seed)
