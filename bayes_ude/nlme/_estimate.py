@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -54,6 +57,52 @@ METHODS = ("fo", "foce", "focei", "laplace", "lb")
 #: The Bayesian methods of :func:`fit` (run by :func:`bayes_ude.nlme.fit_bayes`).
 SAMPLERS = ("nuts", "sgld", "psgld", "sghmc")
 _LOG_2PI = float(np.log(2.0 * np.pi))
+
+# Bounds of FitResult.degenerate. Built-in models (and the estimate table) take typical
+# values named ``t...`` on the log scale and random effects as exponential (log-normal).
+#: A log-scale typical value beyond +-20 is a factor e^20 (5e8) from 1 in the data's units.
+DEGENERATE_LOG_THETA = 20.0
+#: A between-subject variance above 100 on the log scale (SD 10) makes one SD of eta a
+#: factor e^10 (2e4); populations reported in PK lie below 4 (SD 2).
+DEGENERATE_OMEGA = 100.0
+#: A residual SD above 100 (proportional and exponential: 100 = 10 000 % CV; additive:
+#: 100 times the largest |DV|) explains nothing.
+DEGENERATE_SIGMA = 100.0
+#: −2LL per observation is log(2 pi R) + r^2 / R; at a maximum of the likelihood with sigma
+#: free, r^2 / R averages about 1 and log(2 pi R) is a few tens at most (R from 1e-12 to
+#: 1e12), so 1e4 per observation means residuals pinned at a fixed variance: e.g. the
+#: variance floor of a proportional error where the prediction is 0 (a pre-dose sample).
+DEGENERATE_MINUS2LL_PER_OBS = 1e4
+
+
+def _pause_for_tests(stage: str) -> None:
+    """Testing hook, not for users: with ``BAYES_UDE_TEST_PAUSE=<stage>`` in the environment,
+    say so on stderr and sleep (60 s at most) at that stage, so that a test can send SIGINT
+    to a ``bayes-ude`` process at a known moment. Stages: ``fit`` (between chunks of outer
+    iterations), ``covariance`` (before the covariance step), ``writing`` (in ``bayes-ude pk
+    fit``, after the estimates are saved, before diagnostics, VPC and plots)."""
+    if os.environ.get("BAYES_UDE_TEST_PAUSE") == stage:
+        print(f"bayes-ude: BAYES_UDE_TEST_PAUSE: paused at {stage}", file=sys.stderr,
+              flush=True)
+        time.sleep(60.0)
+
+
+def json_safe(value, where: str = "", replaced: list[str] | None = None):
+    """``value`` (dicts, lists, numbers, strings) with every non-finite float replaced by
+    ``None`` (JSON has no NaN or Infinity) and numpy scalars made Python ones; the path of
+    each replaced number (e.g. ``"theta.tka"``) is appended to ``replaced``."""
+    if isinstance(value, Mapping):
+        return {k: json_safe(v, f"{where}.{k}" if where else str(k), replaced)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, f"{where}[{i}]", replaced) for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        if replaced is not None:
+            replaced.append(f"{where} ({value})")
+        return None
+    return value
 
 
 # --------------------------------------------------------------------------- inner step
@@ -497,6 +546,8 @@ class FitResult:
     eta : EBEs, a DataFrame subject x random effect; ``shrinkage`` eta-shrinkage (SD
         version, 1 − SD(eta_hat)/omega^(1/2)) per random effect.
     converged, iterations, seconds, message, interrupted.
+    degenerate : why the estimates are a degenerate solution (property; empty if they are
+        not): run-away estimates or a −2LL no real fit reaches (see its docstring).
     """
 
     method: str
@@ -545,6 +596,52 @@ class FitResult:
         return 100.0 * self.se / self.estimates.abs()
 
     @property
+    def degenerate(self) -> list[str]:
+        """Reasons the estimates are a degenerate solution, empty if none: the optimiser
+        may report convergence at estimates that ran away to absurd values, or at a −2LL
+        that only records with a pinned variance give. Checked (bounds and their reasons
+        at the ``DEGENERATE_*`` constants of this module): a non-finite −2LL or estimate;
+        −2LL above ``DEGENERATE_MINUS2LL_PER_OBS`` per observation; a log-scale typical
+        value (``t...``) beyond ±``DEGENERATE_LOG_THETA``; a between-subject variance
+        above ``DEGENERATE_OMEGA``; a residual SD above ``DEGENERATE_SIGMA`` (additive: that
+        many times the largest |DV|). Standard errors that are not available are not a
+        reason by themselves (the covariance step warns about those)."""
+        reasons = []
+        if not np.isfinite(self.minus2ll):
+            reasons.append(f"-2LL is {self.minus2ll}")
+        elif self.minus2ll > DEGENERATE_MINUS2LL_PER_OBS * max(self.n_obs, 1):
+            reasons.append(
+                f"-2LL {self.minus2ll:.4g} is {self.minus2ll / max(self.n_obs, 1):.2g} per "
+                f"observation (above {DEGENERATE_MINUS2LL_PER_OBS:g}: some residual variances "
+                "are pinned, e.g. at the floor of a proportional error where the prediction is "
+                "0)")
+        bad = [k for k, v in self.estimates.items() if not np.isfinite(v)]
+        if bad:
+            reasons.append(f"non-finite estimates {bad}")
+        for name in self.model.theta:
+            value = float(self.estimates.get(name, 0.0))
+            if name.startswith("t") and abs(value) > DEGENERATE_LOG_THETA:
+                reasons.append(f"{name} = {value:.4g} (a log-scale typical value beyond "
+                               f"±{DEGENERATE_LOG_THETA:g})")
+        for eta in self.model.eta_names:
+            value = float(self.estimates.get(f"omega_{eta}", 0.0))
+            if value > DEGENERATE_OMEGA:
+                reasons.append(f"omega_{eta} = {value:.4g} (a between-subject variance above "
+                               f"{DEGENERATE_OMEGA:g} on the log scale)")
+        mask = np.asarray(self.population.obs_mask)
+        dv = np.abs(np.asarray(self.population.obs_dv))[mask]
+        data_scale = float(dv.max()) if dv.size else 1.0
+        for name in self.model.sigma_names:
+            value = float(self.estimates[name])
+            additive = name not in _dimensionless_sigma(self.model)
+            limit = DEGENERATE_SIGMA * (data_scale if additive else 1.0)
+            if value > limit:
+                reasons.append(f"{name} = {value:.4g} (a residual SD above {limit:.4g}"
+                               + (f", {DEGENERATE_SIGMA:g} times the largest |DV|)"
+                                  if additive else ")"))
+        return reasons
+
+    @property
     def shrinkage(self) -> pd.Series:
         sd = self.eta.std(ddof=1)  # NONMEM's eta-shrinkage uses the sample SD of the EBEs
         return 1.0 - sd / np.sqrt(np.diag(self.omega.to_numpy()))
@@ -566,10 +663,12 @@ class FitResult:
                 eta = "eta_" + name[1:]
                 if eta in omega.index:
                     var = omega.loc[eta, eta]
-                    row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(var)))
+                    with np.errstate(over="ignore"):  # inf for a run-away variance
+                        row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(var)))
                     row["shrinkage_pct"] = 100 * float(self.shrinkage[eta])
             if name.startswith("omega_") and name[6:] in omega.index:
-                row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(est)))
+                with np.errstate(over="ignore"):
+                    row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(est)))
                 row["shrinkage_pct"] = 100 * float(self.shrinkage[name[6:]])
             rows.append(row)
         return pd.DataFrame(rows).set_index("parameter")
@@ -590,10 +689,12 @@ class FitResult:
             "shrinkage": {k: float(v) for k, v in self.shrinkage.items()},
             "converged": self.converged, "iterations": self.iterations,
             "seconds": self.seconds, "interrupted": self.interrupted, "message": self.message,
+            "degenerate": self.degenerate,
         }
 
     def to_json(self, path=None) -> str:
-        text = json.dumps(self.summary(), indent=2)
+        """The summary as JSON (non-finite numbers as ``null``), also written to ``path``."""
+        text = json.dumps(json_safe(self.summary()), indent=2, allow_nan=False)
         if path is not None:
             with open(path, "w") as fh:
                 fh.write(text + "\n")
@@ -637,6 +738,7 @@ class FitResult:
                     f"{self.n_obs} observations, {self.n_parameters} estimated parameters\n"
                     f"-2LL {self.minus2ll:.4f}  OFV {self.ofv:.4f}  AIC {self.aic:.4f}  "
                     f"BIC {self.bic:.4f}  ({'converged' if self.converged else 'NOT converged'}"
+                    f"{' to a degenerate solution' if self.degenerate else ''}"
                     f", {self.iterations} iterations, {self.seconds:.2f} s)\n")
             return head + self.table().to_string()
 
@@ -686,7 +788,11 @@ def fit(
     Returns
     -------
     FitResult. Ctrl-C during the fit returns the current estimates with
-    ``interrupted=True`` (no covariance step).
+    ``interrupted=True`` (no covariance step); Ctrl-C during the covariance step returns
+    the estimates without standard errors, also ``interrupted=True``. Ctrl-C before the
+    first chunk of iterations has finished (during compilation) is re-raised: there are
+    no estimates to keep. Estimates that ran away to absurd values are listed in
+    :attr:`FitResult.degenerate` (with a warning).
 
     Notes
     -----
@@ -757,7 +863,10 @@ def fit(
             bar.set_postfix(ofv=f"{float(state.value):.4f}")
             if bool(state.done):
                 break
+            _pause_for_tests("fit")
     except KeyboardInterrupt:
+        if iterations == 0:
+            raise  # during compilation or the first chunk: no estimates to keep
         interrupted = True
     finally:
         bar.close()
@@ -793,16 +902,40 @@ def _finish(model, population, method, problem, state, names, free, fixed_names,
     se = pd.Series(np.nan, index=names)
     cov_df = cov_u = None
     if covariance and not interrupted:
-        cov_df, se, cov_u = _covariance(problem, x, eta, names, free, jac)
+        try:
+            _pause_for_tests("covariance")
+            cov_df, se, cov_u = _covariance(problem, x, eta, names, free, jac)
+        except KeyboardInterrupt:
+            interrupted = True
+            message = "interrupted during the covariance step: no standard errors"
     eta_df = pd.DataFrame(np.asarray(eta), columns=list(model.eta_names),
                           index=pd.Index(population.ids, name="ID"))
-    return FitResult(
+    result = FitResult(
         method=method, model=model, population=population, u=u, minus2ll=minus2ll, ofv=ofv,
         aic=minus2ll + 2 * p, bic=minus2ll + p * np.log(n_obs), n_obs=n_obs, n_parameters=p,
         estimates=estimates, se=se, covariance=cov_df, eta=eta_df, converged=converged,
         iterations=iterations, seconds=time.perf_counter() - start, message=message,
         interrupted=interrupted, fixed=fixed_names, history=history,
         covariance_unconstrained=cov_u if free.size == len(names) else None)
+    reasons = result.degenerate
+    if reasons:
+        warnings.warn(f"NLME fit: {'converged to' if converged else 'stopped at'} a "
+                      f"degenerate solution: {'; '.join(reasons)}", stacklevel=3)
+    return result
+
+
+def _dimensionless_sigma(model) -> set[str]:
+    """Names of the residual SDs that are relative (proportional, exponential), not in the
+    data's units."""
+    from ._error import Combined, Exponential, Proportional
+
+    names = set()
+    for em in model.error_models.values():
+        if isinstance(em, Proportional | Exponential):
+            names.add(em.name)
+        elif isinstance(em, Combined):
+            names.add(em.prop)
+    return names
 
 
 def _covariance(problem: _Problem, x, eta, names, free, jac):
