@@ -154,17 +154,24 @@ def main(argv: list[str] | None = None) -> int:
                       help="folder for the plot and the estimate table (default: %(default)s)")
     demo.add_argument("--no-files", action="store_true", help="print only, write nothing")
     sub.add_parser("datasets", help="list the shipped data sets")
-    from .nlme._command import add_pk_parser, run_pk_fit
+    from .nlme._command import EXIT_INTERRUPTED, add_pk_parser, check_pk_args, run_pk_fit
 
     add_pk_parser(sub)
     args = parser.parse_args(argv)
-    if args.command in ("pk", "demo"):
-        _compilation_cache()
-    if args.command == "pk":
-        return run_pk_fit(args)
-    if args.command == "demo":
-        _lynx_hare_map(None if args.no_files else args.out)
-    elif args.command == "datasets":
+    try:
+        if args.command == "pk":
+            check_pk_args(args)  # bad options fail before JAX is even imported
+        if args.command in ("pk", "demo"):
+            _compilation_cache()
+        if args.command == "pk":
+            return run_pk_fit(args)
+        if args.command == "demo":
+            _lynx_hare_map(None if args.no_files else args.out)
+    except KeyboardInterrupt:
+        # Ctrl-C where no command handles it (importing, loading): no traceback
+        print("bayes-ude: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.command == "datasets":
         from . import datasets
 
         for name, fn in (("theophylline", datasets.load_theophylline),

@@ -40,3 +40,20 @@ def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit) as exc:
         cli.main(["fit-everything"])
     assert exc.value.code == 2
+
+
+def test_pk_fit_help_says_the_folder_is_replaced(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["pk", "fit", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "replaced as a whole" in text and "--allow-degenerate" in text
+
+
+def test_ctrl_c_outside_a_fit_exits_130_without_traceback(monkeypatch, tmp_path, capsys):
+    def interrupted(out, quiet=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_lynx_hare_map", interrupted)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "bayes-ude: interrupted\n"

@@ -1,9 +1,26 @@
-"""``bayes-ude pk fit``: population PK from a NONMEM-style table, tables and plots out."""
+"""``bayes-ude pk fit``: population PK from a NONMEM-style table, tables and plots out.
+
+Output rules (docs/nlme.md, "From the command line"): every option is checked before any
+work; results are written into a temporary folder beside ``--out`` and renamed into place
+at the end, replacing the earlier folder as a whole, so stale and new files never mix.
+Ctrl-C before there are results (loading, compilation, the first iterations) writes
+nothing and leaves ``--out`` as it was; Ctrl-C once there are estimates (or draws) skips
+what is left, writes what exists and marks ``summary.json`` ``"status": "interrupted"``.
+Exit codes: 0 done, 1 a bad option or data, 3 a degenerate maximum-likelihood solution
+(without ``--allow-degenerate``), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,9 +73,17 @@ def add_pk_parser(sub) -> None:
     fit.add_argument("--allometric", metavar="WT", default=None,
                      help="weight column for allometric scaling of CL, Q (0.75) and V (1)")
     fit.add_argument("--out", type=Path, default=Path("bayes_ude_output"),
-                     help="folder for tables, plots and summary.json (default: %(default)s)")
-    fit.add_argument("--json", type=Path, default=None, help="also write the summary here")
-    fit.add_argument("--max-iter", type=int, default=500, help="outer iterations (default 500)")
+                     help="folder for tables, plots and summary.json, replaced as a whole "
+                          "when the run ends (an existing folder may hold only files "
+                          "bayes-ude writes); Ctrl-C before there are results leaves it as "
+                          "it was (default: %(default)s)")
+    fit.add_argument("--json", type=Path, default=None,
+                     help="also write the summary to this file")
+    fit.add_argument("--max-iter", type=int, default=500,
+                     help="outer iterations, >= 1 (default 500)")
+    fit.add_argument("--allow-degenerate", action="store_true",
+                     help="exit 0 even when the maximum-likelihood estimates are degenerate "
+                          "(run-away values; exit code 3 otherwise)")
     fit.add_argument("--no-plots", action="store_true", help="write tables only")
     fit.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
@@ -93,16 +118,245 @@ def omega_prior(text: str):
     return (dist.HalfNormal if name == "halfnormal" else dist.HalfCauchy)(value)
 
 
-def _write_summary(summary: dict, out: Path, extra: Path | None) -> None:
-    """``summary.json`` in ``out``, and a copy at ``extra`` (``--json``) if given."""
-    text = json.dumps(summary, indent=2) + "\n"
-    (out / "summary.json").write_text(text)
-    if extra is not None:
-        extra.parent.mkdir(parents=True, exist_ok=True)
-        extra.write_text(text)
+#: Every file ``bayes-ude`` writes into an output folder (``pk fit`` and ``demo``): an
+#: existing ``--out`` folder is replaced as a whole, so it may hold nothing else.
+OUTPUT_FILES = frozenset({
+    "summary.json", "estimates.csv", "diagnostics.csv", "ebe.csv", "vpc.csv", "gof.png",
+    "vpc.png", "individual.png", "posterior.nc", "eta_posterior_median.csv", "trace.png",
+    "lynx_hare_fit.png", "lynx_hare_map.csv"})
+EXIT_DEGENERATE = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
+
+
+def _fail(message: str):
+    raise SystemExit(f"bayes-ude pk fit: {message}")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _probe(folder: Path, option: str, given: Path) -> None:
+    """Fail unless a folder can be created in ``folder`` (the nearest existing ancestor of
+    where ``option`` writes): the test is the operation itself, not permission bits."""
+    if not folder.is_dir():
+        _fail(f"{option} {str(given)!r}: {folder} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".bayes-ude-probe-", dir=folder))
+    except OSError as err:
+        _fail(f"{option} {str(given)!r}: cannot write in {folder} ({err.strerror})")
+
+
+def check_pk_args(args: argparse.Namespace) -> None:
+    """Check the options of ``pk fit`` that need no data, before any work (one-line errors
+    naming the option)."""
+    if args.max_iter < 1:
+        _fail(f"--max-iter must be >= 1, got {args.max_iter}")
+    for name in ("chains", "warmup", "samples"):
+        if getattr(args, name) < 1:
+            _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
+    out = args.out
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} is an existing file; --out names a folder")
+    if out.is_dir():
+        ours = set(OUTPUT_FILES)
+        if args.json is not None and _same_folder(args.json.parent, out):
+            ours.add(args.json.name)  # a --json copy kept inside --out is ours too
+        try:
+            foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        except OSError as err:
+            _fail(f"--out {str(out)!r}: cannot read the folder ({err.strerror})")
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            _fail(f"--out {str(out)!r} exists and holds files bayes-ude does not write "
+                  f"({shown}); the folder is replaced as a whole, so name a new folder or "
+                  f"one an earlier run wrote")
+    _probe(_nearest_existing(Path(os.path.abspath(out)).parent), "--out", out)
+    if args.json is not None:
+        if args.json.is_dir():
+            _fail(f"--json {str(args.json)!r} is a folder; --json names a file")
+        _probe(_nearest_existing(Path(os.path.abspath(args.json)).parent), "--json",
+               args.json)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Within the block SIGINT (Ctrl-C) is recorded, not raised, so the block always
+    completes; the yielded list is non-empty if one came."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield got
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """``path`` gets ``text`` whole or not at all (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _Output:
+    """The ``--out`` folder, written atomically: files go into a temporary folder beside it
+    (same file system), each first under a hidden part name and renamed when complete;
+    :meth:`commit` adds ``summary.json`` and renames the folder into place, replacing the
+    earlier one as a whole; :meth:`discard` removes it if it was not committed."""
+
+    def __init__(self, out: Path, json_copy: Path | None):
+        self.shown = out
+        self.target = Path(os.path.abspath(out))
+        self.json_copy = json_copy
+        parent = self.target.parent
+        self.created = []  # ancestors made here, deepest first (discard removes them)
+        p = parent
+        while not p.exists():
+            self.created.append(p)
+            p = p.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=parent))
+        self.tmp.chmod(0o777 & ~_umask())  # as mkdir would make it, not mkdtemp's 0o700
+        self.files: list[str] = []
+        self.interrupted_at: str | None = None
+        self.committed = False
+
+    def save(self, name: str, write) -> None:
+        """Write ``name`` with ``write(path)``; listed only once complete."""
+        assert name in OUTPUT_FILES, f"add {name!r} to OUTPUT_FILES"
+        part = self.tmp / f".part.{name}"  # same suffix: writers choose the format by it
+        write(part)
+        os.replace(part, self.tmp / name)
+        if name not in self.files:
+            self.files.append(name)
+
+    def commit(self, summary: dict) -> bool:
+        """Write ``summary.json`` (with ``status``, ``files``, ``warnings``), put the folder
+        in place and write the ``--json`` copy, with Ctrl-C held off meanwhile. Returns
+        whether a Ctrl-C came during it."""
+        from ._estimate import json_safe
+
+        with _sigint_deferred() as late:
+            summary["status"] = "interrupted" if self.interrupted_at else "complete"
+            if self.interrupted_at:
+                summary["interrupted"] = True
+                summary["interrupted_at"] = self.interrupted_at
+            summary["files"] = [*self.files, "summary.json"]
+            summary.setdefault("warnings", [])
+            replaced: list[str] = []
+            safe = json_safe(summary, replaced=replaced)
+            if replaced:
+                safe["warnings"].append("not finite, written as null: " + ", ".join(replaced))
+            text = json.dumps(safe, indent=2, allow_nan=False) + "\n"
+            self.save("summary.json", lambda path: path.write_text(text))
+            for leftover in self.tmp.glob(".part.*"):
+                leftover.unlink()
+            target = self.target
+            if target.exists() or target.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                old.rmdir()
+                os.replace(target, old)
+                os.replace(self.tmp, target)
+                if old.is_symlink():
+                    old.unlink()
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, target)
+            self.committed = True
+            if self.json_copy is not None:
+                _write_atomically(self.json_copy, text)
+        return bool(late)
+
+    def discard(self) -> None:
+        if self.committed:
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def report(self, quiet: bool) -> None:
+        """Say what was written (only files that exist) and, on stderr, an interruption."""
+        names = [f for f in self.files if (self.target / f).exists()]
+        if not quiet:
+            print(f"wrote {', '.join(names)} to {self.shown}/"
+                  + (f" (summary also in {self.json_copy})" if self.json_copy else ""))
+        if self.interrupted_at:
+            print(f"bayes-ude pk fit: interrupted ({self.interrupted_at}); {self.shown}/ holds "
+                  f"what was done, summary.json has \"status\": \"interrupted\"",
+                  file=sys.stderr)
+
+
+def _predose_rows(pop) -> list[int]:
+    """Data rows of observations with DV > 0 at or before their subject's first dose (not
+    a steady-state dose): built-in models predict 0 there (a dose acts from the next
+    instant on)."""
+    import numpy as np
+
+    mask = np.asarray(pop.obs_mask) & (np.asarray(pop.obs_dv) > 0)
+    dose_mask = np.asarray(pop.dose_mask)
+    if dose_mask.shape[1] == 0:
+        return sorted(int(r) for r in np.asarray(pop.obs_row)[mask])
+    dose_time = np.where(dose_mask, np.asarray(pop.dose_time), np.inf)
+    first = dose_time.argmin(axis=1)
+    first_time = dose_time.min(axis=1)
+    first_ss = np.asarray(pop.dose_ss)[np.arange(len(first)), first] & dose_mask.any(axis=1)
+    pre = mask & (np.asarray(pop.obs_time) <= first_time[:, None]) & ~first_ss[:, None]
+    return sorted(int(r) for r in np.asarray(pop.obs_row)[pre])
+
+
+def _predose_warning(args: argparse.Namespace, pop) -> list[str]:
+    """Warn (stderr) when a proportional or exponential error meets observations with
+    DV > 0 where the prediction is 0; returns the warnings for summary.json."""
+    if args.error not in ("proportional", "exponential"):
+        return []
+    rows = _predose_rows(pop)
+    if not rows:
+        return []
+    shown = ", ".join(map(str, rows[:20])) + (", ..." if len(rows) > 20 else "")
+    what = ("no variance (the floor 1e-12)" if args.error == "proportional"
+            else "the log of 0 (the floor 1e-300)")
+    text = (f"{len(rows)} observation(s) with DV > 0 at or before their subject's first dose "
+            f"(data rows {shown}): the prediction there is 0, which gives a {args.error} "
+            f"error model {what}, so the fit is meaningless; use --error combined, or "
+            f"exclude these records (MDV = 1)")
+    print(f"bayes-ude pk fit: warning: {text}", file=sys.stderr)
+    return [text]
 
 
 def run_pk_fit(args: argparse.Namespace) -> int:
+    check_pk_args(args)
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -111,7 +365,6 @@ def run_pk_fit(args: argparse.Namespace) -> int:
 
     from ._builtin import builtin_model
     from ._data import NonmemDataError
-    from ._estimate import fit
 
     if args.omega_prior is not None:
         if args.method not in ("nuts", "sgld"):
@@ -134,78 +387,120 @@ def run_pk_fit(args: argparse.Namespace) -> int:
                               eta=None if args.eta is None else args.eta.split(","))
     except ValueError as err:
         raise SystemExit(f"bayes-ude pk fit: {err}") from None
-    if not args.quiet:
-        print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations, "
-              f"{pop.n_doses} doses; model {args.model}, {args.error} error, "
-              f"{args.method.upper()}")
-    if args.method in ("nuts", "sgld"):
-        return _run_bayes(args, pop, model, start)
-    result = fit(model, pop, args.method, max_iter=args.max_iter, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    summary = result.summary()
-    summary["seconds"] = seconds
-    summary["fit_seconds"] = result.seconds
-    summary["model"] = args.model
-    summary["error_model"] = args.error
-    summary["data"] = str(args.data)
-    table = result.table()
-    if not args.quiet:
-        import pandas as pd
-
-        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
-            print(table.drop(columns="fixed").to_string())
-        print(f"-2LL {result.minus2ll:.3f}   OFV {result.ofv:.3f}   AIC {result.aic:.3f}   "
-              f"BIC {result.bic:.3f}")
-        state = ("interrupted" if result.interrupted else
-                 "converged" if result.converged else "NOT converged")
-        print(f"{state} in {result.iterations} iterations; fit {result.seconds:.2f} s, "
-              f"total {seconds:.2f} s (including compilation)")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "estimates.csv")
-    if not result.interrupted:
-        diag = result.diagnostics(n_sim=500)
-        diag.to_csv(out / "diagnostics.csv", index=False)
-        result.individual_parameters().to_csv(out / "ebe.csv")
-        vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
-        vpc_table.to_csv(out / "vpc.csv", index=False)
-        from ._diagnostics import epsilon_shrinkage
-
-        summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
-        if not args.no_plots:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            from ._diagnostics import plot_gof, plot_individual, plot_vpc
-
-            fig = plot_gof(diag, title=f"{args.model}, {args.method.upper()}: goodness of fit")
-            fig.savefig(out / "gof.png", dpi=110)
-            ax = plot_vpc(result, table=vpc_table)
-            ax.figure.savefig(out / "vpc.png", dpi=110)
-            fig2 = plot_individual(result)
-            fig2.savefig(out / "individual.png", dpi=110)
-            plt.close("all")
-    _write_summary(summary, out, args.json)
-    if not args.quiet:
-        print(f"wrote estimates.csv, diagnostics.csv, ebe.csv, vpc.csv"
-              f"{'' if args.no_plots or result.interrupted else ', gof.png, vpc.png, individual.png'}"
-              f" and summary.json to {out}/")
-    return 130 if result.interrupted else 0
+    notes = _predose_warning(args, pop)
+    output = _Output(args.out, args.json)
+    try:
+        if not args.quiet:
+            print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations, "
+                  f"{pop.n_doses} doses; model {args.model}, {args.error} error, "
+                  f"{args.method.upper()}")
+        if args.method in ("nuts", "sgld"):
+            return _run_bayes(args, pop, model, start, output, notes)
+        return _run_ml(args, pop, model, start, output, notes)
+    except KeyboardInterrupt:
+        if not output.committed:
+            print(f"bayes-ude pk fit: interrupted before there were results; nothing written "
+                  f"({args.out} is as it was)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        output.discard()
 
 
-def _run_bayes(args, pop, model, start) -> int:
+def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
+    """The maximum-likelihood branch: estimates, diagnostics, EBEs, VPC, plots."""
+    import warnings
+
+    import pandas as pd
+
+    from ._estimate import _pause_for_tests, fit
+
+    with warnings.catch_warnings():
+        # said below, once, in the command's words
+        warnings.filterwarnings("ignore", message=r"NLME fit: .* degenerate solution")
+        result = fit(model, pop, args.method, max_iter=args.max_iter, progress=not args.quiet)
+    # There are estimates from here on: Ctrl-C skips what is left and keeps what exists.
+    with _sigint_deferred() as sigint:
+        seconds = time.perf_counter() - start
+        summary = result.summary()
+        summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
+                       error_model=args.error, data=str(args.data), warnings=list(notes))
+        reasons = summary["degenerate"]
+        verb = "converged to" if result.converged else "stopped at"
+        if reasons:
+            summary["warnings"].append(f"{verb} a degenerate solution: "
+                                       + "; ".join(reasons))
+        table = result.table()
+        output.save("estimates.csv", table.to_csv)
+        if not args.quiet:
+            with pd.option_context("display.float_format", "{:.4g}".format,
+                                   "display.width", 120):
+                print(table.drop(columns="fixed").to_string())
+            print(f"-2LL {result.minus2ll:.3f}   OFV {result.ofv:.3f}   AIC {result.aic:.3f}   "
+                  f"BIC {result.bic:.3f}")
+            state = ("interrupted" if result.interrupted else
+                     "converged" if result.converged else "NOT converged")
+            if reasons and not result.interrupted:
+                state += " to a degenerate solution" if result.converged else " (degenerate)"
+            print(f"{state} in {result.iterations} iterations; fit {result.seconds:.2f} s, "
+                  f"total {seconds:.2f} s (including compilation)")
+        if reasons:
+            print(f"bayes-ude pk fit: {verb} a degenerate solution: {'; '.join(reasons)}"
+                  + ("" if args.allow_degenerate or result.interrupted else
+                     f" (exit code {EXIT_DEGENERATE}; --allow-degenerate accepts it)"),
+                  file=sys.stderr)
+    if result.interrupted:
+        output.interrupted_at = ("covariance step" if "covariance" in result.message
+                                 else "fit")
+    elif sigint:
+        output.interrupted_at = "writing estimates"
+    stage = "writing"
+    try:
+        if not output.interrupted_at:
+            _pause_for_tests("writing")
+            stage = "diagnostics"
+            diag = result.diagnostics(n_sim=500)
+            output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
+            from ._diagnostics import epsilon_shrinkage
+
+            summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
+            stage = "individual parameters"
+            output.save("ebe.csv", result.individual_parameters().to_csv)
+            stage = "vpc"
+            vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+            output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
+            if not args.no_plots:
+                stage = "plots"
+                import matplotlib
+
+                matplotlib.use("Agg")
+                import matplotlib.pyplot as plt
+
+                from ._diagnostics import plot_gof, plot_individual, plot_vpc
+
+                fig = plot_gof(diag, title=f"{args.model}, {args.method.upper()}: "
+                                          "goodness of fit")
+                output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
+                ax = plot_vpc(result, table=vpc_table)
+                output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+                fig2 = plot_individual(result)
+                output.save("individual.png", lambda path: fig2.savefig(path, dpi=110))
+                plt.close("all")
+    except KeyboardInterrupt:
+        output.interrupted_at = stage
+    late = output.commit(summary)
+    output.report(args.quiet)
+    if output.interrupted_at or late:
+        return EXIT_INTERRUPTED
+    return EXIT_DEGENERATE if reasons and not args.allow_degenerate else 0
+
+
+def _run_bayes(args, pop, model, start, output: _Output, notes: list[str]) -> int:
     """The Bayesian branch: posterior table, NetCDF, posterior-predictive VPC, trace plot."""
     import jax
     import pandas as pd
 
-    from ._estimate import fit
-
-    for name in ("chains", "warmup", "samples"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"bayes-ude pk fit: --{name} must be >= 1")
     from ._bayes import Priors
+    from ._estimate import _pause_for_tests, fit
 
     key = jax.random.key(args.seed)
     progress = not args.quiet
@@ -215,54 +510,69 @@ def _run_bayes(args, pop, model, start) -> int:
         # start the chains at the maximum-likelihood (FOCEI) estimates and EBEs
         ml = fit(model, pop, "focei", max_iter=args.max_iter, progress=progress,
                  covariance=False)
+        if ml.interrupted:
+            raise KeyboardInterrupt  # a start for the chains is not a result: nothing to keep
         result = fit(model, pop, "nuts", init=ml, num_warmup=args.warmup,
                      num_samples=args.samples, num_chains=args.chains, key=key,
                      progress=progress, priors=priors)
     else:
         result = fit(model, pop, "sgld", num_steps=4 * args.samples,
                      num_chains=args.chains, key=key, progress=progress, priors=priors)
-    seconds = time.perf_counter() - start
-    table = result.table()
-    summary = result.summary()
-    summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
-                   error_model=args.error, data=str(args.data), omega_prior=prior_text)
-    if not args.quiet:
-        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
-            print(table.to_string())
-        print(f"{args.method.upper()}: {args.chains} chains; max R-hat "
-              f"{summary['max_r_hat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}"
-              + (f", {result.num_divergent} divergences" if args.method == "nuts" else "")
-              + f"; fit {result.seconds:.1f} s, total {seconds:.1f} s (including compilation)")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    table.index.name = "parameter"
-    table.to_csv(out / "estimates.csv")
-    result.to_netcdf(out / "posterior.nc")
-    eta = result.eta
-    if eta is not None:
-        eta.to_csv(out / "eta_posterior_median.csv")
-    vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
-    vpc_table.to_csv(out / "vpc.csv", index=False)
-    written = ["estimates.csv", "posterior.nc", "vpc.csv"] + (
-        ["eta_posterior_median.csv"] if eta is not None else [])
-    if not args.no_plots:
-        import matplotlib
+    # There are draws from here on: Ctrl-C skips what is left and keeps what exists (the
+    # draws, the table and summary.json first, with Ctrl-C held off until they are saved).
+    with _sigint_deferred() as sigint:
+        seconds = time.perf_counter() - start
+        output.save("posterior.nc", result.to_netcdf)
+        table = result.table()
+        summary = result.summary()
+        summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
+                       error_model=args.error, data=str(args.data), omega_prior=prior_text,
+                       warnings=list(notes))
+        table.index.name = "parameter"
+        output.save("estimates.csv", table.to_csv)
+        eta = result.eta
+        if eta is not None:
+            output.save("eta_posterior_median.csv", eta.to_csv)
+        if not args.quiet:
+            with pd.option_context("display.float_format", "{:.4g}".format,
+                                   "display.width", 120):
+                print(table.to_string())
+            print(f"{args.method.upper()}: {args.chains} chains; max R-hat "
+                  f"{summary['max_r_hat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}"
+                  + (f", {result.num_divergent} divergences" if args.method == "nuts" else "")
+                  + f"; fit {result.seconds:.1f} s, total {seconds:.1f} s (including "
+                    "compilation)")
+    if result.idata.attrs.get("partial"):
+        output.interrupted_at = "sampling"
+    elif sigint:
+        output.interrupted_at = "writing estimates"
+    stage = "writing"
+    try:
+        if not output.interrupted_at:
+            _pause_for_tests("writing")
+            stage = "vpc"
+            vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+            output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
+            if not args.no_plots:
+                stage = "plots"
+                import matplotlib
 
-        matplotlib.use("Agg")
-        import arviz as az
-        import matplotlib.pyplot as plt
+                matplotlib.use("Agg")
+                import arviz as az
+                import matplotlib.pyplot as plt
 
-        from ._diagnostics import plot_vpc
+                from ._diagnostics import plot_vpc
 
-        ax = plot_vpc(result, table=vpc_table,
-                      title="Posterior predictive check (prediction-corrected VPC)")
-        ax.figure.savefig(out / "vpc.png", dpi=110)
-        names = [n for n in result.draws if n in result.idata.posterior]
-        axes = az.plot_trace(result.idata, var_names=names, compact=True)
-        axes.ravel()[0].figure.savefig(out / "trace.png", dpi=90)
-        plt.close("all")
-        written += ["vpc.png", "trace.png"]
-    _write_summary(summary, out, args.json)
-    if not args.quiet:
-        print(f"wrote {', '.join(written)} and summary.json to {out}/")
-    return 130 if result.idata.attrs.get("partial") else 0
+                ax = plot_vpc(result, table=vpc_table,
+                              title="Posterior predictive check (prediction-corrected VPC)")
+                output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+                names = [n for n in result.draws if n in result.idata.posterior]
+                axes = az.plot_trace(result.idata, var_names=names, compact=True)
+                output.save("trace.png",
+                            lambda path: axes.ravel()[0].figure.savefig(path, dpi=90))
+                plt.close("all")
+    except KeyboardInterrupt:
+        output.interrupted_at = stage
+    late = output.commit(summary)
+    output.report(args.quiet)
+    return EXIT_INTERRUPTED if output.interrupted_at or late else 0
