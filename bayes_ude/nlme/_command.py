@@ -543,7 +543,10 @@ def _run_bayes(args, pop, model, start, output: _Output, notes: list[str]) -> in
                   + f"; fit {result.seconds:.1f} s, total {seconds:.1f} s (including "
                     "compilation)")
     if result.idata.attrs.get("partial"):
-        output.interrupted_at = "sampling"
+        # the sampler marks draws cut short, or optional parts it skipped ("skipped")
+        skipped = result.idata.attrs.get("skipped")
+        output.interrupted_at = (f"assembling the draws (skipped {skipped})" if skipped
+                                 else "sampling")
     elif sigint:
         output.interrupted_at = "writing estimates"
     stage = "writing"
