@@ -14,6 +14,7 @@ subjects at once with :func:`jax.vmap` over axis 0 -- never a Python loop over s
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from jaxtyping import Array, ArrayLike
 
 __all__ = [
     "NonmemDataError",
+    "NonmemDataWarning",
     "Population",
     "covariates_at",
     "load_theophylline_population",
@@ -38,12 +40,23 @@ __all__ = [
 _REQUIRED = ("ID", "TIME", "DV")
 _OPTIONAL = ("AMT", "EVID", "MDV", "CMT", "RATE", "II", "ADDL", "SS", "DVID")
 _RESERVED = _REQUIRED + _OPTIONAL
+# Columns that mark observations below the limit of quantification (a non-zero flag) or
+# give that limit (``DV < LLOQ``). Censored likelihoods (Beal's M3) are not implemented,
+# so flagged observations are an error; they are never covariates.
+_CENSORING_FLAGS = ("BLQ", "BQL", "CENS", "CENSORED")
+_CENSORING_LIMITS = ("LLOQ", "LOQ")
 
 # Values read as "missing" in a cell (NONMEM writes ``.``).
 _MISSING_STRINGS = frozenset({"", ".", "NA", "NAN", "NAN.", "NULL"})
 
 # How many problems the error message lists (all are in ``NonmemDataError.problems``).
 _MAX_SHOWN = 20
+# How many rows a message lists before "... (N in all)"; and how many non-numeric cells
+# of one column get a line each before they are summarised in one line for the column.
+_MAX_ROWS = 10
+_MAX_CELLS = 3
+# A decimal comma ("0,5"), accepted in semicolon-separated files.
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
 
 
 class NonmemDataError(ValueError):
@@ -75,6 +88,15 @@ class NonmemDataError(ValueError):
         super().__init__("\n".join(lines))
 
 
+class NonmemDataWarning(UserWarning):
+    """A NONMEM table is readable but probably not what was meant.
+
+    Issued by :func:`read_nonmem` for duplicate records, dose records with ``AMT`` 0,
+    subjects without doses (while others have them) or without observations, and a
+    file read with a separator other than the comma; the message names the rows.
+    """
+
+
 # --------------------------------------------------------------------------------------
 # The Population pytree
 # --------------------------------------------------------------------------------------
@@ -92,7 +114,8 @@ class Population(eqx.Module):
     Attributes
     ----------
     ids : tuple
-        The original ``ID`` of each subject (``int`` where integral).
+        The original ``ID`` of each subject (``int`` where integral; the text for IDs
+        read with ``read_nonmem(..., character_ids=True)``).
     covariate_names : tuple[str, ...]
         Covariate column names as spelled in the table; index of the last axis of the
         ``*_cov`` arrays.
@@ -143,6 +166,10 @@ class Population(eqx.Module):
         Covariate values from each change point on (padding repeats the last).
     cov_mask : (S, Nc) bool
         Use :func:`covariates_at` for the value at any time ``t``.
+    cmt_given : bool
+        Whether the table had a ``CMT`` column (static). Without one every record has
+        ``CMT`` 1, which the structural models read as "the model's own dosing and
+        observation compartments" (see ``StructuralModel.check_population``).
     """
 
     ids: tuple = eqx.field(static=True)
@@ -169,6 +196,7 @@ class Population(eqx.Module):
     cov_time: ArrayLike
     cov_value: ArrayLike
     cov_mask: ArrayLike
+    cmt_given: bool = eqx.field(static=True, default=False)
 
     # ---- convenience (outside jit: these read concrete arrays) -------------------------
 
@@ -208,7 +236,8 @@ class Population(eqx.Module):
             raise IndexError(f"subject positions {idx.tolist()} out of range for {n} subjects")
         ids = tuple(self.ids[int(i)] for i in idx)
         leaves = {name: np.asarray(getattr(self, name))[idx] for name in _ARRAY_FIELDS}
-        return Population(ids=ids, covariate_names=self.covariate_names, **leaves)
+        return Population(ids=ids, covariate_names=self.covariate_names,
+                          cmt_given=self.cmt_given, **leaves)
 
     def subject(self, i: int) -> Population:
         """A one-subject population: the subject at position ``i`` (0-based)."""
@@ -265,7 +294,9 @@ class Population(eqx.Module):
 
 
 _ARRAY_FIELDS = tuple(
-    name for name in Population.__dataclass_fields__ if name not in ("ids", "covariate_names")
+    name
+    for name in Population.__dataclass_fields__
+    if name not in ("ids", "covariate_names", "cmt_given")
 )
 
 
@@ -300,17 +331,55 @@ def covariates_at(time: ArrayLike, value: ArrayLike, mask: ArrayLike, t: ArrayLi
 # --------------------------------------------------------------------------------------
 
 
-def _read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+_SEPARATORS = {";": "semicolon", "\t": "tab"}
+
+
+def _first_line(path) -> str | None:
+    """The header line of a CSV file (first line with something before any ``#``)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for line in fh:
+            text = line.split("#", 1)[0]
+            if text.strip():
+                return text.rstrip("\r\n")
+    return None
+
+
+def _read_table(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The table and, for a file that is not comma-separated, the separator's name."""
     if isinstance(source, pd.DataFrame):
-        return source.reset_index(drop=True)
+        return source.reset_index(drop=True), None
+    empty = NonmemDataError(
+        ["the file is empty: no header and no rows (expected a CSV table with a header "
+         "line such as ID,TIME,DV,AMT,EVID,CMT)"]
+    )
+    sep, sep_name = ",", None
+    if isinstance(source, str | Path):
+        header = _first_line(source)
+        if header is None:
+            raise empty
+        if "," not in header:
+            # A one-column reading would report "required column is missing" for a table
+            # that is merely not comma-separated: read it with its own separator.
+            for candidate, name in _SEPARATORS.items():
+                if candidate in header:
+                    sep, sep_name = candidate, name
+                    break
+            else:
+                if len(header.split()) > 1:
+                    sep, sep_name = r"\s+", "whitespace"
     # Everything as text, so that a non-numeric cell is reported rather than silently
     # turning its whole column into strings or NaN.
-    return pd.read_csv(
-        source, dtype=str, keep_default_na=False, skipinitialspace=True, comment="#"
-    )
+    try:
+        table = pd.read_csv(
+            source, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
+            comment="#",
+        )
+    except pd.errors.EmptyDataError:
+        raise empty from None
+    return table, sep_name
 
 
-def _parse(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _parse(series: pd.Series, decimal_comma: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Column -> (float64 values with NaN for missing, bool 'not a number' mask)."""
     n = len(series)
     if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
@@ -326,6 +395,8 @@ def _parse(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         text = str(raw).strip()
         if text.upper() in _MISSING_STRINGS:
             continue
+        if decimal_comma and _DECIMAL_COMMA.fullmatch(text):
+            text = text.replace(",", ".")
         try:
             x = float(text)
         except ValueError:
@@ -336,6 +407,15 @@ def _parse(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             continue
         values[k] = x
     return values, bad
+
+
+def _rows_text(rows: Sequence[int], limit: int = _MAX_ROWS) -> str:
+    """``"row 4"``, ``"rows 4, 9, 12"``, ``"rows 4, 9, ... (37 in all)"``."""
+    rows = [int(r) for r in rows]
+    if len(rows) == 1:
+        return f"row {rows[0]}"
+    shown = ", ".join(map(str, rows[:limit]))
+    return f"rows {shown}" + (f", ... ({len(rows)} in all)" if len(rows) > limit else "")
 
 
 def _id_value(x: float):
@@ -351,6 +431,8 @@ def read_nonmem(
     *,
     covariates: Sequence[str] | None = None,
     dvid: str | None = None,
+    drop: Sequence[str] | None = None,
+    character_ids: bool = False,
 ) -> Population:
     """Read and validate a NONMEM-style table into a :class:`Population`.
 
@@ -358,14 +440,27 @@ def read_nonmem(
     ----------
     source : str, Path or pandas.DataFrame
         A CSV file (``.`` or an empty cell is missing; lines starting with ``#`` are
-        skipped) or a DataFrame. Column names are matched case-insensitively.
+        skipped) or a DataFrame. Column names are matched case-insensitively. A file
+        whose header has no comma but a semicolon, a tab or spaces is read with that
+        separator (with a :class:`NonmemDataWarning`; in a semicolon-separated file a
+        decimal comma, ``0,5``, is read as ``0.5``).
     covariates : sequence of str, optional
         The covariate columns (any case). Default: every column that is not one of
-        ``ID, TIME, DV, AMT, EVID, MDV, CMT, RATE, II, ADDL, SS, DVID`` (nor ``dvid``).
-        Given explicitly, other extra columns are ignored.
+        ``ID, TIME, DV, AMT, EVID, MDV, CMT, RATE, II, ADDL, SS, DVID`` (nor ``dvid``, nor
+        a censoring column ``BLQ, BQL, CENS, CENSORED, LLOQ, LOQ``). Given explicitly,
+        other extra columns are ignored (so a text column need not be numeric).
     dvid : str, optional
         Name of the column holding the observation type; default ``DVID`` when present
         (otherwise every observation has type 1).
+    drop : sequence of str, optional
+        Columns (any case) to ignore as if absent: e.g. a text column that is not a
+        covariate, or a censoring column whose flagged observations should be fitted as
+        measured values. ``ID``, ``TIME`` and ``DV`` cannot be dropped.
+    character_ids : bool
+        Read ``ID`` as text (e.g. ``"A01"``): subjects are told apart by the text (after
+        stripping blanks) and numbered 1, 2, ... in order of first appearance, their
+        position in the :class:`Population`; ``Population.ids`` keeps the text, so
+        tables of results show it. Default ``False``: ``ID`` must be numeric.
 
     Returns
     -------
@@ -380,12 +475,23 @@ def read_nonmem(
         an observation without ``DV``, an unknown ``EVID``, a negative ``AMT`` or
         ``RATE``, ``RATE = -1/-2`` (modelled rate/duration, not supported), ``ADDL > 0``
         without ``II > 0``, ``SS`` other than 0/1, a subject whose covariate is missing
-        on every record.
+        on every record; an empty file, a table without rows or without any observation;
+        observations flagged by a censoring column (``BLQ``, ``BQL``, ``CENS``,
+        ``CENSORED`` non-zero, or ``DV`` below ``LLOQ``/``LOQ``): censored (M3)
+        likelihoods are not implemented, so they would be fitted as measured values.
 
     Warns
     -----
-    UserWarning
-        For a subject without observations (kept: it contributes no likelihood).
+    NonmemDataWarning
+        (a ``UserWarning``) naming the rows: for a subject without observations (kept:
+        it contributes no likelihood); subjects without a dose record when others have
+        one (a PK model predicts 0 for them); dose records with ``AMT`` 0 (they add
+        nothing; a steady-state constant infusion, ``AMT 0, RATE > 0, SS 1``, is not
+        warned about); duplicate records (two identical doses are both given; an
+        observation repeated with the same ``ID, TIME, CMT, DVID`` and ``DV`` counts
+        twice); a file read with a separator other than the comma. Observations with the
+        same ``ID, TIME, CMT, DVID`` but different ``DV`` are replicate measurements,
+        fitted as independent ones without a warning.
 
     Notes
     -----
@@ -405,13 +511,28 @@ def read_nonmem(
       are kept as scheduled even past a later reset.
     * **Covariates** must be numeric; a missing value is filled with the subject's last
       value before it (last observation carried forward), leading missing ones with the
-      first value present.
+      first value present. A text column that is not needed: ``drop=[name]``, or name
+      the covariates to keep with ``covariates=[...]``.
+    * **CMT** is kept as given; whether it fits a model is the model's question
+      (``StructuralModel.check_population``, called by every fit).
     """
-    table = _read_table(source)
+    table, sep_name = _read_table(source)
     problems: list[str] = []
+    notes: list[str] = []  # warnings, issued once the table has no errors
+    if sep_name is not None:
+        notes.append(
+            f"the file's header has no comma: read as {sep_name}-separated"
+            + (" (a decimal comma, 0,5, reads as 0.5)" if sep_name == "semicolon" else "")
+            + "; save it comma-separated to silence this"
+        )
 
     # ---- columns ---------------------------------------------------------------------
     names = [str(c).strip() for c in table.columns]
+    table.columns = names
+    if len(table) == 0:
+        raise NonmemDataError(
+            [f"the table has a header ({', '.join(names)}) but no data rows"]
+        )
     upper: dict[str, str] = {}
     for name in names:
         key = name.upper()
@@ -422,7 +543,20 @@ def read_nonmem(
             )
         else:
             upper[key] = name
-    table.columns = names
+    for c in drop or ():
+        key = str(c).strip().upper()
+        if key in _REQUIRED:
+            problems.append(
+                f"column {upper.get(key, c)}: a required column (ID, TIME, DV) cannot be "
+                "dropped"
+            )
+        elif key not in upper:
+            problems.append(
+                f"column {c}: given to drop, but the table has no such column (columns "
+                f"found: {', '.join(names)})"
+            )
+        else:
+            names.remove(upper.pop(key))
     dvid_key = dvid.strip().upper() if dvid is not None else "DVID"
     if dvid is not None and dvid_key not in upper:
         problems.append(f"column {dvid}: the observation-type column given as dvid is missing")
@@ -432,8 +566,11 @@ def read_nonmem(
                 f"column {req}: required column is missing (columns found: {', '.join(names)})"
             )
     reserved = set(_RESERVED) | {dvid_key}
+    censoring = [upper[k] for k in (*_CENSORING_FLAGS, *_CENSORING_LIMITS) if k in upper]
     if covariates is None:
-        cov_names = [n for n in names if n.upper() not in reserved]
+        cov_names = [
+            n for n in names if n.upper() not in reserved and n not in censoring
+        ]
     else:
         cov_names = []
         for c in covariates:
@@ -451,21 +588,38 @@ def read_nonmem(
     rows = np.arange(1, n_rows + 1)
 
     # ---- numbers -----------------------------------------------------------------------
+    decimal_comma = sep_name == "semicolon"
     cols: dict[str, np.ndarray] = {}
     bad: dict[str, np.ndarray] = {}
-    id_raw = table[upper["ID"]]
     for key in [*(k for k in _RESERVED if k != "DVID"), "DVID"]:
         col_key = dvid_key if key == "DVID" else key
         if col_key in upper:
-            cols[key], bad[key] = _parse(table[upper[col_key]])
+            cols[key], bad[key] = _parse(table[upper[col_key]], decimal_comma)
+    labels: list = []  # character IDs: the text of subject k + 1
+    if character_ids:
+        text = table[upper["ID"]].map(
+            lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x))
+            else str(x).strip()
+        )
+        missing = text.str.upper().isin(_MISSING_STRINGS).to_numpy()
+        codes, uniques = pd.factorize(text.where(~missing))  # order of first appearance
+        labels = list(uniques)
+        cols["ID"] = np.where(codes >= 0, codes + 1.0, np.nan)
+        bad["ID"] = np.zeros(len(table), dtype=bool)
     cov_cols = {}
     for name in cov_names:
-        cov_cols[name], bad[name] = _parse(table[name])
+        cov_cols[name], bad[name] = _parse(table[name], decimal_comma)
+    for name in censoring:
+        cols[name.upper()], bad[name.upper()] = _parse(table[name], decimal_comma)
 
     ids = cols["ID"]
 
+    def label(x: float):
+        """A subject's ID as shown (its text for character IDs)."""
+        return labels[int(x) - 1] if character_ids else _id_value(x)
+
     def where(r: int) -> str:
-        sid = "?" if not math.isfinite(ids[r]) else str(_id_value(ids[r]))
+        sid = "?" if not math.isfinite(ids[r]) else str(label(ids[r]))
         return f"row {rows[r]} (subject {sid})"
 
     display = {k: (dvid if k == "DVID" and dvid is not None else upper.get(k, k)) for k in cols}
@@ -473,10 +627,37 @@ def read_nonmem(
     raw_cells = {k: table[upper[dvid_key if k == "DVID" else k]] for k in cols}
     raw_cells.update({n: table[n] for n in cov_names})
     for key, mask in bad.items():
-        for r in np.nonzero(mask)[0]:
+        hint = "use '.' for missing"
+        values = [str(raw_cells[key].iloc[r]).strip() for r in np.nonzero(mask)[0]]
+        if key == "ID":
+            hint += (
+                "; for IDs that are text, read with character_ids=True (command line: "
+                "--character-ids)"
+            )
+        elif key in cov_names:
+            hint += (
+                f"; covariates must be numbers: recode the column, or leave it out with "
+                f"drop=[{key!r}] (command line: --drop {key}) or keep only the covariates "
+                "you need with covariates=[...] (--covariates)"
+            )
+        elif key == "DV" and any(
+            v.startswith("<") or re.search("BLQ|BQL|LOQ", v.upper()) for v in values
+        ):
+            hint += (
+                "; values below the limit of quantification cannot be fitted yet (M3 is "
+                "not implemented): set MDV=1 on those records, or delete them"
+            )
+        idx = np.nonzero(mask)[0]
+        if len(idx) <= _MAX_CELLS:
+            for r, v in zip(idx, values, strict=True):
+                problems.append(
+                    f"{where(r)}, column {display[key]}: {v!r} is not a number ({hint})"
+                )
+        else:
+            examples = ", ".join(repr(v) for v in list(dict.fromkeys(values))[:3])
             problems.append(
-                f"{where(r)}, column {display[key]}: {raw_cells[key].iloc[r]!r} is not a "
-                "number (use '.' for missing)"
+                f"column {display[key]}: {len(idx)} values are not numbers ({examples}, ...; "
+                f"{_rows_text(rows[idx])}) ({hint})"
             )
 
     def ok(key: str) -> np.ndarray:
@@ -608,6 +789,29 @@ def read_nonmem(
             "positive integer"
         )
 
+    # ---- nothing to fit, or censored observations fitted as measured -------------------
+    if not is_obs.any():
+        problems.append(
+            "the table has no observation records (EVID 0, or no EVID column, with MDV not "
+            "1 and a DV): there is nothing to fit"
+        )
+    for name in censoring:
+        v = cols[name.upper()]
+        if name.upper() in _CENSORING_FLAGS:
+            flagged = is_obs & np.isfinite(v) & (v != 0)
+            what = f"flagged as censored ({name} not 0)"
+        else:
+            flagged = is_obs & dv_present & np.isfinite(v) & (cols["DV"] < v)
+            what = f"with DV below {name}"
+        if flagged.any():
+            problems.append(
+                f"column {name}: {int(flagged.sum())} observation(s) {what} "
+                f"({_rows_text(rows[flagged])}): censored likelihoods (Beal's M3) are not "
+                "implemented, so they would be fitted as measured values. Exclude them "
+                "(MDV=1 on those records, or delete them), or, to fit DV as given, drop the "
+                f"column (drop=[{name!r}], command line --drop {name})"
+            )
+
     # ---- subjects: grouping, time order, covariate fill --------------------------------
     valid_id = ok("ID")
     subject_ids: list[float] = list(dict.fromkeys(ids[valid_id].tolist()))
@@ -643,6 +847,89 @@ def read_nonmem(
     if problems:
         raise NonmemDataError(problems)
 
+    # ---- readable, but probably not what was meant: warnings naming the rows -----------
+    group_of = dict(zip(subject_ids, groups, strict=True))
+
+    def subjects_text(sids) -> str:
+        parts = [
+            f"{label(sid)} (rows {rows[group_of[sid][0]]}-{rows[group_of[sid][-1]]})"
+            for sid in sids[:_MAX_ROWS]
+        ]
+        more = f", ... ({len(sids)} in all)" if len(sids) > _MAX_ROWS else ""
+        return ", ".join(parts) + more
+
+    def same_records(select: np.ndarray, keys: dict[str, np.ndarray], value: np.ndarray):
+        """Groups (rows, differ) of selected records equal in ``keys``; ``differ``:
+        whether their ``value`` differs."""
+        idx = np.nonzero(select)[0]
+        frame = pd.DataFrame({k: v[idx] for k, v in keys.items()})
+        dup = frame.duplicated(keep=False).to_numpy()
+        if not dup.any():
+            return []
+        frame = frame[dup].assign(_value=value[idx[dup]], _row=rows[idx[dup]])
+        return [
+            (grp["_row"].tolist(), grp["_value"].nunique(dropna=False) > 1, grp.iloc[0])
+            for _, grp in frame.groupby(list(keys), sort=False)
+        ]
+
+    def listing(found) -> str:
+        parts = [
+            f"{_rows_text(r)} (subject {label(first['id'])}, TIME {_fmt(first['time'])})"
+            for r, _, first in found[:_MAX_ROWS]
+        ]
+        more = f"; ... ({len(found)} sets in all)" if len(found) > _MAX_ROWS else ""
+        return "; ".join(parts) + more
+
+    obs_keys = {"id": ids, "time": time, "cmt": cmt, "dvid": dvid_v}
+    # Observations at one ID, TIME, CMT and DVID with different DV are replicate
+    # measurements (warfarin's subject 8 has four pairs): fitted as independent, no warning.
+    copies = [f for f in same_records(is_obs, obs_keys, cols["DV"]) if not f[1]]
+    if copies:
+        notes.append(
+            "duplicate observation records (same ID, TIME, CMT, DVID and DV): "
+            f"{listing(copies)}; each is fitted as a separate measurement, so a copied "
+            "record counts twice: delete the copies"
+        )
+    dose_keys = {"id": ids, "time": time, "cmt": cmt, "evid": evid.astype(np.float64),
+                 "amt": amt, "rate": rate, "ii": ii, "addl": addl, "ss": ss}
+    found = same_records(is_dose, dose_keys, amt)
+    if found:
+        notes.append(
+            f"identical dose records: {listing(found)}; every one is given, so the subject "
+            "gets the dose more than once: delete the copies if they are copies"
+        )
+    zero = is_dose & (amt == 0) & ~((ss == 1) & (rate > 0))
+    if zero.any():
+        notes.append(
+            f"dose records with AMT 0 give no drug: {_rows_text(rows[zero])} (subject(s) "
+            f"{', '.join(str(label(x)) for x in dict.fromkeys(ids[zero].tolist()))}); give "
+            "the amount, or use EVID 2 for a record that only carries covariates, EVID 3 "
+            "for a reset alone"
+        )
+    if is_dose.any():
+        dosed = set(ids[is_dose].tolist())
+        undosed = [sid for sid in subject_ids if sid not in dosed]
+        if undosed:
+            notes.append(
+                f"{len(undosed)} subject(s) without a dose record while others have one: "
+                f"{subjects_text(undosed)}; a PK model predicts 0 for them (doses before "
+                "the first observation must be in the table, e.g. SS=1 for steady state)"
+            )
+    no_obs = [sid for sid in subject_ids if not is_obs[group_of[sid]].any()]
+    if len(no_obs) == 1:
+        g = group_of[no_obs[0]]
+        notes.append(
+            f"subject {label(no_obs[0])} (rows {rows[g[0]]}-{rows[g[-1]]}) has no "
+            "observations; it is kept but contributes no likelihood"
+        )
+    elif no_obs:
+        notes.append(
+            f"{len(no_obs)} subjects have no observations: {subjects_text(no_obs)}; they "
+            "are kept but contribute no likelihood"
+        )
+    for note in notes:
+        warnings.warn(note, NonmemDataWarning, stacklevel=2)
+
     # ---- assemble per subject (data preparation; the model never loops) ---------------
     n_cov = len(cov_names)
     per_subject = []
@@ -674,7 +961,7 @@ def read_nonmem(
         ).reshape(len(dose_items), n_cov)
         per_subject.append(
             dict(
-                id=_id_value(sid),
+                id=label(sid),
                 first_time=float(tg[0]),
                 obs=obs,
                 doses=dose_items,
@@ -683,13 +970,6 @@ def read_nonmem(
                 cov_rows=g[change],
             )
         )
-        if not len(obs):
-            warnings.warn(
-                f"subject {_id_value(sid)} (rows {rows[g[0]]}-{rows[g[-1]]}) has no "
-                "observations; it is kept but contributes no likelihood",
-                UserWarning,
-                stacklevel=2,
-            )
 
     n_sub = len(per_subject)
     n_o = max((len(p["obs"]) for p in per_subject), default=0)
@@ -765,6 +1045,7 @@ def read_nonmem(
     return Population(
         ids=tuple(p["id"] for p in per_subject),
         covariate_names=tuple(cov_names),
+        cmt_given="CMT" in upper,
         **out,
     )
 
