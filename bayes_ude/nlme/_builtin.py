@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._error import Additive, Combined, Exponential, Proportional
-from ._model import PopulationModel
+from ._model import PopulationModel, check_data
 from ._pk import OneCompartmentIV, OneCompartmentOral, TwoCompartmentIV, TwoCompartmentOral
 
 __all__ = ["BUILTIN_MODELS", "ERROR_MODELS", "builtin_model", "nca_initial_estimates"]
@@ -91,6 +91,8 @@ def builtin_model(name: str, population, error: str = "additive",
         raise ValueError(f"allometric weight column {allometric!r} is not in the data; "
                          f"covariates there: {list(population.covariate_names)}")
     structural_cls, params = BUILTIN_MODELS[name]
+    # before any initial value: a wrong compartment or no observation is said as such
+    check_data(structural_cls(), population)
     nca = nca_initial_estimates(population, dvid)
     init = {"ka": nca["ka"], "cl": nca["cl"], "v": nca["v"], "q": nca["cl"], "vp": 2 * nca["v"]}
     if allometric is not None:

@@ -101,6 +101,15 @@ class Omega:
                 for r, c in zip(rows, cols, strict=True)]
 
 
+def check_data(structural: StructuralModel, population) -> None:
+    """The checks of :meth:`PopulationModel.check` that need only the structural model:
+    some observation to fit, and every record in a compartment the model has."""
+    if not np.any(np.asarray(population.obs_mask)):
+        raise ValueError("the data have no observations (none left, if some were left out): "
+                         "there is nothing to fit")
+    structural.check_population(population)
+
+
 def _chol_to_vector(omega: Omega, matrix: np.ndarray) -> np.ndarray:
     chol = np.linalg.cholesky(matrix)
     rows, cols = omega.free
@@ -319,11 +328,15 @@ class PopulationModel:
         return y_t, f_t, r
 
     def check(self, population) -> None:
-        """Raise a clear error if the data cannot be used with this model."""
+        """Raise a clear error if the data cannot be used with this model: covariates it
+        reads that the data lack, no observations, records in compartments the structural
+        model does not have (:meth:`StructuralModel.check_population`), observation types
+        without an error model, ``DV <= 0`` under the exponential error model."""
         missing = [c for c in self.covariates if c not in population.covariate_names]
         if missing:
             raise ValueError(f"the model uses covariates {missing} that are not columns of the "
                              f"data (covariates there: {list(population.covariate_names)})")
+        check_data(self.structural, population)
         models = self.error_models
         mask = np.asarray(population.obs_mask)
         dvid = np.asarray(population.obs_dvid)

@@ -18,13 +18,18 @@ An observation at the time of a dose sees the state just before that dose (as
 
 Compartments are numbered from 1, NONMEM style: oral models have 1 = depot, 2 = central
 (3 = peripheral); IV models have 1 = central (2 = peripheral).
+:meth:`StructuralModel.check_population` (called by every fit) rejects records in a
+compartment the model does not have, naming the rows: a dose may go into any compartment of
+a closed-form model (into the depot it is absorbed, elsewhere it is a bolus or infusion
+there); an observation is the central concentration, so its ``CMT`` must be the central
+compartment -- or 1 throughout when the table has no ``CMT`` column (the reader's default).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import equinox as eqx
@@ -49,11 +54,56 @@ _SEPARATION = 1e-7
 
 
 class StructuralModel(eqx.Module):
-    """Maps one subject's individual parameters and doses to predictions at its records."""
+    """Maps one subject's individual parameters and doses to predictions at its records.
+
+    A model states which ``CMT`` values it accepts through :attr:`compartment_names`,
+    :attr:`dose_compartments` and :attr:`observation_compartments`;
+    :meth:`check_population` holds the data to them.
+    """
+
+    #: the built-in name (``bayes-ude pk fit --model``), for messages; "" if none
+    builtin_name: ClassVar[str] = ""
 
     def specialise(self, population) -> StructuralModel:
         """A version for this data set (e.g. without unused dose types); default: itself."""
         return self
+
+    @property
+    def compartment_names(self) -> Mapping[int, str]:
+        """The model's compartments, ``{CMT: name}`` (empty: not stated). Default: for a
+        model with ``n_states``, ``{1: "state 0", ...}``."""
+        n = getattr(self, "n_states", None)
+        return {} if n is None else {k: f"state {k - 1}" for k in range(1, int(n) + 1)}
+
+    @property
+    def dose_compartments(self) -> Mapping[int, str] | None:
+        """``{CMT: what a dose there is}`` for the compartments doses may go into;
+        ``None``: any (not checked). Default: every compartment."""
+        names = self.compartment_names
+        return {k: f"into {v}" for k, v in names.items()} if names else None
+
+    @property
+    def observation_compartments(self) -> Sequence[int] | None:
+        """The ``CMT`` values an observation may have; ``None``: any (not checked).
+        Default: every compartment (the observation function decides what is seen)."""
+        return tuple(self.compartment_names) or None
+
+    @property
+    def needs_doses(self) -> bool:
+        """Whether every prediction is 0 without doses (a PK model)."""
+        return False
+
+    def check_population(self, population) -> None:
+        """Raise ``ValueError`` if the data do not fit the model's compartments.
+
+        Every real dose's ``CMT`` must be one of :attr:`dose_compartments` and every real
+        observation's one of :attr:`observation_compartments`; when the table had no
+        ``CMT`` column (``population.cmt_given`` false) every record has the reader's
+        default 1, which stands for the model's own dosing and observation compartments
+        and is not checked. A model that :attr:`needs_doses` needs at least one dose. The
+        message names the rows, the ``CMT`` and the model's compartments.
+        """
+        check_compartments(self, population)
 
     @abc.abstractmethod
     def predict(self, params: Mapping[str, Array], subject) -> Float[Array, " n_obs"]:
@@ -65,6 +115,90 @@ class StructuralModel(eqx.Module):
     #: ``"reverse"``, or ``"forward"`` (one directional derivative per parameter) for
     #: models that JAX cannot differentiate in reverse mode to third order
     outer_gradient: ClassVar[str] = "reverse"
+
+
+def _and(items: Sequence[str], word: str = "and") -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} {items[-1]}"
+
+
+def _model_label(model) -> str:
+    name = type(model).__name__
+    return f"{model.builtin_name} ({name})" if model.builtin_name else name
+
+
+def check_compartments(model: StructuralModel, population) -> None:
+    """:meth:`StructuralModel.check_population` for any model (see there)."""
+    import numpy as np
+
+    from ._data import _rows_text
+
+    label = _model_label(model)
+    dose_mask = np.asarray(population.dose_mask, dtype=bool)
+    if model.needs_doses and not dose_mask.any():
+        raise ValueError(f"the data have no doses, so every prediction of {label} is 0; "
+                         "a PK model needs the dose records (EVID 1 with AMT)")
+    if not getattr(population, "cmt_given", True):
+        return  # every CMT is the reader's default 1: the model's own compartments
+    names = model.compartment_names
+    doses = model.dose_compartments
+    observed = model.observation_compartments
+    ids = population.ids
+    lines = []
+
+    def offending(mask, cmt, row, allowed, what):
+        bad = mask & ~np.isin(cmt, list(allowed))
+        for c in sorted(set(cmt[bad].tolist())):
+            at = bad & (cmt == c)
+            subjects = list(dict.fromkeys(ids[s] for s in np.nonzero(at)[0]))
+            rows = sorted(set(row[at].tolist()))
+            which = ("a compartment the model does not have" if c not in names
+                     else f"the {names[c]} compartment")
+            shown = ", ".join(str(x) for x in subjects[:5]) + (", ..." if len(subjects) > 5
+                                                                else "")
+            lines.append((rows[0], f"{_rows_text(rows)} (subject"
+                                   f"{'s' if len(subjects) > 1 else ''} {shown}): {what} "
+                                   f"CMT {c}, {which}"))
+
+    if doses is not None:
+        offending(dose_mask, np.asarray(population.dose_cmt), np.asarray(population.dose_row),
+                  doses, "dose into")
+    obs_mask = np.asarray(population.obs_mask, dtype=bool)
+    obs_cmt = np.asarray(population.obs_cmt)
+    if observed is not None:
+        offending(obs_mask, obs_cmt, np.asarray(population.obs_row), observed,
+                  "observation in")
+    if not lines:
+        return
+    lines = [text for _, text in sorted(lines)]
+    if names:
+        has = (f"has compartments {_and([f'{k} ({v})' for k, v in names.items()])}"
+               if len(names) > 1 else
+               f"has one compartment, {_and([f'{k} ({v})' for k, v in names.items()])}")
+    else:
+        has = "does not state its compartments"
+    parts = [f"the data do not fit the compartments of {label}: it {has}"]
+    if doses is not None:
+        parts.append(f"doses go into {_and([f'{k} ({v})' for k, v in doses.items()], 'or')}")
+    if observed is not None:
+        text = f"an observation's CMT must be {_and([str(k) for k in observed], 'or')}"
+        if isinstance(model, ClosedFormModel) and observed[0] in names:
+            text += f" (the model predicts the {names[observed[0]]} concentration)"
+        if 1 not in observed:
+            text += " -- or 1 everywhere, in a table without a CMT column"
+        parts.append(text)
+    message = "; ".join(parts) + ":\n" + "\n".join(f"  - {line}" for line in lines[:20])
+    if len(lines) > 20:
+        message += f"\n  ... and {len(lines) - 20} more"
+    if observed is not None and 1 not in observed and np.any(obs_mask & (obs_cmt == 1)):
+        message += "\n(a CMT that is missing or 0 reads as 1)"
+    dose_cmt = np.asarray(population.dose_cmt)[dose_mask]
+    if (model.builtin_name.startswith("iv") and np.any(obs_mask & (obs_cmt == 2))
+            and np.all(dose_cmt == 1)):
+        message += ("\nThese look like oral data (doses into CMT 1, a depot; observations "
+                    "in CMT 2, the central compartment): use an oral model (oral1cmt or "
+                    "oral2cmt).")
+    raise ValueError(message)
 
 
 def _separate(a, b):
@@ -89,6 +223,35 @@ class ClosedFormModel(StructuralModel):
     infusions: bool = eqx.field(static=True, default=True)
     steady_state: bool = eqx.field(static=True, default=True)
     resets: bool = eqx.field(static=True, default=True)
+    #: the compartments ``{CMT: name}`` and what a dose into each is (subclasses); the
+    #: defaults number ``1..n_compartments``
+    compartment_table: ClassVar[Mapping[int, str] | None] = None
+    dose_table: ClassVar[Mapping[int, str] | None] = None
+    #: the compartment whose concentration the model predicts (``None``: not stated, the
+    #: observations' CMT is not checked)
+    central_compartment: ClassVar[int | None] = None
+
+    @property
+    def compartment_names(self) -> Mapping[int, str]:
+        if self.compartment_table is not None:
+            return self.compartment_table
+        return {k: f"compartment {k}" for k in range(1, self.n_compartments + 1)}
+
+    @property
+    def dose_compartments(self) -> Mapping[int, str]:
+        if self.dose_table is not None:
+            return self.dose_table
+        return {k: f"into {v}" for k, v in self.compartment_names.items()}
+
+    @property
+    def observation_compartments(self) -> tuple[int, ...] | None:
+        """The central compartment: a closed form predicts its concentration whatever
+        an observation's ``CMT``."""
+        return None if self.central_compartment is None else (self.central_compartment,)
+
+    @property
+    def needs_doses(self) -> bool:
+        return True
 
     @abc.abstractmethod
     def exponents(self, p: Mapping[str, Array]) -> tuple[Array, Array]:
@@ -177,6 +340,10 @@ class OneCompartmentIV(ClosedFormModel):
     parameter_names: ClassVar[tuple[str, ...]] = ("cl", "v")
     n_compartments: int = eqx.field(static=True, default=1)
     dosing_compartment: int = eqx.field(static=True, default=1)
+    builtin_name: ClassVar[str] = "iv1cmt"
+    compartment_table: ClassVar[Mapping[int, str]] = {1: "central"}
+    dose_table: ClassVar[Mapping[int, str]] = {1: "IV bolus or infusion"}
+    central_compartment: ClassVar[int] = 1
 
     def exponents(self, p):
         k = p["cl"] / p["v"]
@@ -192,6 +359,11 @@ class OneCompartmentOral(ClosedFormModel):
     parameter_names: ClassVar[tuple[str, ...]] = ("ka", "cl", "v")
     n_compartments: int = eqx.field(static=True, default=2)
     dosing_compartment: int = eqx.field(static=True, default=1)
+    builtin_name: ClassVar[str] = "oral1cmt"
+    compartment_table: ClassVar[Mapping[int, str]] = {1: "depot", 2: "central"}
+    dose_table: ClassVar[Mapping[int, str]] = {1: "absorbed, first order",
+                                               2: "IV bolus or infusion"}
+    central_compartment: ClassVar[int] = 2
 
     def exponents(self, p):
         k = p["cl"] / p["v"]
@@ -223,6 +395,11 @@ class TwoCompartmentIV(ClosedFormModel):
     parameter_names: ClassVar[tuple[str, ...]] = ("cl", "v", "q", "vp")
     n_compartments: int = eqx.field(static=True, default=2)
     dosing_compartment: int = eqx.field(static=True, default=1)
+    builtin_name: ClassVar[str] = "iv2cmt"
+    compartment_table: ClassVar[Mapping[int, str]] = {1: "central", 2: "peripheral"}
+    dose_table: ClassVar[Mapping[int, str]] = {1: "IV bolus or infusion",
+                                               2: "bolus or infusion into peripheral"}
+    central_compartment: ClassVar[int] = 1
 
     def exponents(self, p):
         k21, alpha, beta = _macro(p)
@@ -241,6 +418,13 @@ class TwoCompartmentOral(ClosedFormModel):
     parameter_names: ClassVar[tuple[str, ...]] = ("ka", "cl", "v", "q", "vp")
     n_compartments: int = eqx.field(static=True, default=3)
     dosing_compartment: int = eqx.field(static=True, default=1)
+    builtin_name: ClassVar[str] = "oral2cmt"
+    compartment_table: ClassVar[Mapping[int, str]] = {1: "depot", 2: "central",
+                                                      3: "peripheral"}
+    dose_table: ClassVar[Mapping[int, str]] = {1: "absorbed, first order",
+                                               2: "IV bolus or infusion",
+                                               3: "bolus or infusion into peripheral"}
+    central_compartment: ClassVar[int] = 2
 
     def exponents(self, p):
         k21, alpha, beta = _macro(p)
@@ -270,7 +454,10 @@ class ODEModel(StructuralModel):
     vector_field : ``f(t, amounts, params) -> d amounts / dt`` with ``params`` the
         individual-parameter mapping; may contain a neural network (closed over or as an
         ``equinox.Module``).
-    n_states : number of states (compartments); doses go into ``CMT - 1``.
+    n_states : number of states (compartments); a dose goes into state ``CMT - 1``, and
+        ``CMT`` must be 1, ..., ``n_states`` for doses and observations alike
+        (:meth:`check_population`; which state an observation sees is ``observe``'s
+        choice, by ``DVID``).
     observe : ``observe(amounts, params) -> prediction`` for one time point, or a mapping
         ``{dvid: observe}`` for several observation types.
     solver, rtol, atol, max_steps : passed on to :func:`bayes_ude.solvers.solve`.
