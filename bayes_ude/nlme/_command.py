@@ -72,6 +72,15 @@ def add_pk_parser(sub) -> None:
                      help="use only observations of this DVID (e.g. 1 = PK in warfarin)")
     fit.add_argument("--allometric", metavar="WT", default=None,
                      help="weight column for allometric scaling of CL, Q (0.75) and V (1)")
+    fit.add_argument("--drop", metavar="COL[,COL]", default=None,
+                     help="columns of the data to ignore (e.g. a text column that is not a "
+                          "covariate, or a BLQ/CENS column to fit flagged values as given)")
+    fit.add_argument("--covariates", metavar="COL[,COL]", default=None,
+                     help="the covariate columns to read (default: every column that is "
+                          "not a NONMEM item); other extra columns are ignored")
+    fit.add_argument("--character-ids", action="store_true",
+                     help="IDs are text (e.g. A01): subjects are numbered in order of "
+                          "appearance and the tables show the text")
     fit.add_argument("--out", type=Path, default=Path("bayes_ude_output"),
                      help="folder for tables, plots and summary.json, replaced as a whole "
                           "when the run ends (an existing folder may hold only files "
@@ -88,17 +97,44 @@ def add_pk_parser(sub) -> None:
     fit.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
-def _load(data: str):
-    from .. import datasets
-    from ._data import read_nonmem
+def _load(data: str, args: argparse.Namespace | None = None):
+    """The data set (a shipped name or a CSV path) read with the options of ``args``
+    (``--drop``, ``--covariates``, ``--character-ids``); the reader's warnings about the
+    data are printed on stderr in the command's words."""
+    import warnings
 
+    from .. import datasets
+    from ._data import NonmemDataWarning, read_nonmem
+
+    def columns(option: str):
+        text = getattr(args, option, None)
+        if text is None:
+            return None
+        names = [c.strip() for c in text.split(",") if c.strip()]
+        if option == "drop" and not names:
+            raise SystemExit(f"bayes-ude pk fit: --{option} needs column names, got {text!r}")
+        return names
+
+    options = dict(drop=columns("drop"), covariates=columns("covariates"),
+                   character_ids=bool(getattr(args, "character_ids", False)))
     if data in SHIPPED:
-        return read_nonmem(datasets.data_path(SHIPPED[data]))
-    path = Path(data)
-    if not path.exists():
-        raise SystemExit(f"bayes-ude pk fit: no such file {data!r} (and not a shipped data "
-                         f"set: {', '.join(SHIPPED)})")
-    return read_nonmem(path)
+        path = datasets.data_path(SHIPPED[data])
+    else:
+        path = Path(data)
+        if not path.exists():
+            raise SystemExit(f"bayes-ude pk fit: no such file {data!r} (and not a shipped "
+                             f"data set: {', '.join(SHIPPED)})")
+        if path.is_dir():
+            raise SystemExit(f"bayes-ude pk fit: {data!r} is a folder, not a CSV file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonmemDataWarning)
+        pop = read_nonmem(path, **options)
+    for w in caught:
+        if issubclass(w.category, NonmemDataWarning):
+            print(f"bayes-ude pk fit: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return pop
 
 
 def omega_prior(text: str):
@@ -373,7 +409,7 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         omega_prior(args.omega_prior)  # a bad value fails before any work
     start = time.perf_counter()
     try:
-        pop = _load(args.data)
+        pop = _load(args.data, args)
     except NonmemDataError as err:
         raise SystemExit(f"bayes-ude pk fit: the data table has problems:\n{err}") from None
     if args.dvid is not None:
