@@ -4,9 +4,10 @@ __version__ = "0.1.0"
 
 import importlib
 
-from . import _xla
+from . import _precision, _xla
 
 _xla.apply()  # before any submodule can start the JAX backend
+_precision.apply()  # float64 for the whole process; opt out with BAYES_UDE_X64=0
 
 # Submodules load on first use (``bayes_ude.pde``, ``from bayes_ude import nlme``): a
 # population-PK script then does not pay for importing the PDE, UDE and SINDy code.

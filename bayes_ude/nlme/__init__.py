@@ -2,11 +2,9 @@
 
 from typing import TYPE_CHECKING
 
-import jax as _jax
-
-# Population estimation needs float64: the outer optimiser differentiates through inner
-# Newton solves, and in float32 FOCE/FOCEI gradients stall far from the optimum.
-_jax.config.update("jax_enable_x64", True)
+# Population estimation needs float64 (the outer optimiser differentiates through inner
+# Newton solves, and in float32 FOCE/FOCEI gradients stall far from the optimum):
+# ``import bayes_ude`` turns it on for the whole process (bayes_ude/_precision.py).
 
 from ._data import NonmemDataError as NonmemDataError
 from ._data import Population as Population
