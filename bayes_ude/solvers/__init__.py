@@ -16,6 +16,7 @@ from ._rosenbrock import AbstractRosenbrock as AbstractRosenbrock
 from ._rosenbrock import Rodas5P as Rodas5P
 from ._rosenbrock import Rosenbrock23 as Rosenbrock23
 from ._solve import AUTO_FORWARD_MAX_PARAMS as AUTO_FORWARD_MAX_PARAMS
+from ._solve import MIN_RTOL_EPS as MIN_RTOL_EPS
 from ._solve import check_dae as check_dae
 from ._solve import Solution as Solution
 from ._solve import solve as solve
@@ -25,6 +26,7 @@ from ._status import status_message as status_message
 __all__ = [
     "AUTO_FORWARD_MAX_PARAMS",
     "AbstractRosenbrock",
+    "MIN_RTOL_EPS",
     "Auto",
     "Rodas5P",
     "Rosenbrock23",

@@ -80,7 +80,10 @@ def adjoint_solve(problem, opts):
         diff_bar = dict(mu)
         diff_bar["u0"] = lam
         ok = status == Status.SUCCESS
-        diff_bar = jax.tree.map(lambda v: jnp.where(ok, v, 0.0), diff_bar)
+        # A failed solve: zero gradients for a zero cotangent (solvers.sanitize), NaN for
+        # a NaN one (a loss computed from the NaN values), as in _solve._nan_link.
+        poison = 0.0 * jnp.sum(cotangents[0])
+        diff_bar = jax.tree.map(lambda v: jnp.where(ok, v, poison.astype(v.dtype)), diff_bar)
         const_bar = jax.tree.map(
             lambda v: jnp.zeros_like(v) if jnp.issubdtype(v.dtype, jnp.inexact)
             else None, const)

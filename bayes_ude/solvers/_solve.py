@@ -20,11 +20,21 @@ Design
   - ``"auto"``: forward when the differentiable inputs have at most
     :data:`AUTO_FORWARD_MAX_PARAMS` entries, reverse otherwise (crossover measured in
     ``benchmarks/solvers_sensitivity_crossover.py``).
+
+* Precision: the solve computes in JAX's default float dtype, float64 since
+  ``import bayes_ude`` turns x64 on (``bayes_ude/_precision.py``); float32 inputs
+  (``u0``, floating leaves of ``args``, times) are promoted to it, which loses nothing.
+  With x64 off (``BAYES_UDE_X64=0``) the solve runs in float32, warns once per process
+  that it does, and refuses an ``rtol`` below :data:`MIN_RTOL_EPS` machine epsilons.
+* A pytree state (a dict, tuple or ``equinox.Module`` of arrays) is solved as the
+  flat vector of its leaves (:class:`_Raveled`); ``ys`` has the structure of ``u0``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,6 +69,22 @@ SENSITIVITIES = ("auto", "forward", "reverse", "adjoint")
 #: growing number of parameters: forward wins up to about this size.
 AUTO_FORWARD_MAX_PARAMS = 16
 
+#: The smallest ``rtol`` accepted, in machine epsilons of the dtype of the solve:
+#: ~6e-7 in float32, ~1e-15 in float64. An embedded error estimate is a difference of
+#: stage combinations of size ~|y|, so it carries round-off of a few eps |y| (more after
+#: many steps); a tolerance near eps asks the controller to resolve its own noise, and
+#: it then shortens the step until max_steps or collapse, or reports success with an
+#: error far above the tolerance. MATLAB's ode solvers raise rtol to 100 eps for that
+#: reason. Measured here in float32 on Lotka--Volterra over 10 time units: Tsit5's error
+#: follows rtol down to 3e-7 (1e-6) and no further (1e-6 at rtol 1e-7 in 106 steps,
+#: 8e-6 at 1e-10 in 8579), Rodas5P's stalls at ~4e-5 from 3e-6 on and reaches max_steps
+#: at 1e-10; in float64 the tightest tolerance the tests use is 1e-13 (450 eps). 5 eps
+#: keeps the default rtol=1e-6 usable in float32 and refuses what cannot be honoured:
+#: rtol=1e-7 (0.8 eps) in float32, 1e-16 in float64.
+MIN_RTOL_EPS = 5
+
+_warned_float32 = False
+
 
 class Solution(eqx.Module):
     """Result of :func:`solve`.
@@ -66,13 +92,15 @@ class Solution(eqx.Module):
     Attributes
     ----------
     ts : the requested save times.
-    ys : the solution at ``ts``, shape ``(len(ts), *u0.shape)``; NaN where the solve failed.
+    ys : the solution at ``ts``, shape ``(len(ts), *u0.shape)`` (for a pytree ``u0``, a
+        pytree of its structure whose leaves have that leading axis); NaN where the
+        solve failed.
     status : a :class:`Status` code (int32 array; 0 is success).
     num_steps : number of solver steps taken (accepted and rejected, all segments).
     """
 
     ts: Float[Array, " n_save"]
-    ys: Float[Array, "n_save ..."]
+    ys: PyTree[Float[Array, "n_save ..."]]
     status: Int[Array, ""]
     num_steps: Int[Array, ""]
 
@@ -97,6 +125,13 @@ def _validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, a
               sensitivity, max_steps) -> None:
     if not callable(vector_field):
         raise TypeError(f"vector_field must be callable f(t, u, args), got {type(vector_field)}")
+    if isinstance(saveat, (dfx.SaveAt, dfx.SubSaveAt)):
+        raise TypeError(
+            "saveat must be a 1-D array of output times, got a diffrax.SaveAt: pass the "
+            "times themselves, solve(f, u0, ts, args) (the solve runs from t0, default "
+            "ts[0], to ts[-1]); dense output and saving every step are not available "
+            "through solve"
+        )
     if not jnp.issubdtype(jnp.result_type(u0), jnp.inexact) and not jnp.issubdtype(
         jnp.result_type(u0), jnp.integer
     ):
@@ -156,6 +191,100 @@ def _validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, a
         raise ValueError(
             f"vector_field must return an array of the shape of u0 {jnp.shape(u0)}, "
             f"got {getattr(out, 'shape', type(out).__name__)}"
+        )
+
+
+def _is_array_like(u0) -> bool:
+    """An array or a scalar; anything else (lists and tuples included, as in JAX and
+    diffrax) is a pytree state."""
+    return isinstance(u0, (jax.Array, np.ndarray, np.generic, int, float, complex))
+
+
+def _unravel(y, treedef, shapes):
+    """The pytree of ``treedef`` and leaf ``shapes`` from the last axis of ``y``."""
+    sizes = [math.prod(shape) for shape in shapes]
+    offsets = np.cumsum([0, *sizes])
+    lead = y.shape[:-1]
+    leaves = [y[..., offsets[i]:offsets[i + 1]].reshape(*lead, *shape)
+              for i, shape in enumerate(shapes)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+class _Raveled(eqx.Module):
+    """The vector field of a pytree state, acting on the flat vector of its leaves."""
+
+    field: Callable
+    treedef: Any = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        du = self.field(t, _unravel(y, self.treedef, self.shapes), args)
+        leaves, treedef = jax.tree.flatten(du)
+        shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+        if treedef != self.treedef or shapes != self.shapes:
+            raise ValueError(
+                "vector_field must return a pytree of the structure and leaf shapes of u0 "
+                f"({self.treedef}, shapes {self.shapes}), got {treedef}, shapes {shapes}"
+            )
+        return jnp.concatenate([jnp.ravel(x) for x in leaves])
+
+
+def _flatten_state(vector_field, u0):
+    """``(flat u0, vector field on it, (treedef, shapes))`` for a pytree state."""
+    leaves, treedef = jax.tree.flatten(u0)
+    bad = [type(x).__name__ for x in leaves if not _is_array_like(x)]
+    if not leaves or bad:
+        raise TypeError(
+            "u0 must be an array, or a pytree (dict, tuple, equinox.Module) whose "
+            f"leaves are arrays; got {type(u0).__name__}"
+            + (f" with leaves of type {sorted(set(bad))}" if bad else " without leaves")
+        )
+    shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+    flat = jnp.concatenate([jnp.ravel(jnp.asarray(x)) for x in leaves])
+    return flat, _Raveled(vector_field, treedef, shapes), (treedef, shapes)
+
+
+def _default_dtype(u0) -> np.dtype:
+    """JAX's default float (or complex) dtype: what the solve computes in."""
+    kind = complex if jnp.issubdtype(u0.dtype, jnp.complexfloating) else float
+    return jnp.result_type(kind)
+
+
+def _promote(tree, dtype):
+    """Floating arrays of ``tree`` with fewer bits than ``dtype`` cast to it."""
+    def cast(x):
+        if (eqx.is_inexact_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
+                and jnp.finfo(x.dtype).bits < jnp.finfo(dtype).bits):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
+def _check_precision(dtype, rtol, adaptive: bool) -> None:
+    """Refuse an ``rtol`` that ``dtype`` cannot resolve; say once that float32 is used."""
+    global _warned_float32
+    eps = float(jnp.finfo(dtype).eps)
+    single = jnp.finfo(dtype).bits < 64
+    how = ("BAYES_UDE_X64=0 was set, or jax.config.update('jax_enable_x64', False) was "
+           "called after importing bayes_ude")
+    if adaptive and isinstance(rtol, (int, float)) and rtol < MIN_RTOL_EPS * eps:
+        fix = (f"; to solve in float64, unset BAYES_UDE_X64=0 (or call "
+               f"jax.config.update('jax_enable_x64', True) before creating arrays)"
+               if single else "")
+        raise ValueError(
+            f"rtol={rtol:g} is below what {jnp.dtype(dtype).name} can resolve: the solve "
+            f"needs rtol >= {MIN_RTOL_EPS} x eps = {MIN_RTOL_EPS * eps:.1e}"
+            + (f" (the solve is in {jnp.dtype(dtype).name} because jax_enable_x64 is off: "
+               f"{how})" if single else "") + fix
+        )
+    if single and not _warned_float32:
+        _warned_float32 = True
+        warnings.warn(
+            f"solving in {jnp.dtype(dtype).name} because jax_enable_x64 is off ({how}): "
+            f"tolerances below rtol={MIN_RTOL_EPS * eps:.0e} are refused, and results are "
+            "accurate to about 1e-6 at best. This warning is given once per process.",
+            UserWarning, stacklevel=3,
         )
 
 
@@ -258,12 +387,31 @@ def _integrate(field, y0, args, table: EventTable | None, t0, saveat, opts, adjo
     return ys, status, nsteps
 
 
-def _finalise(ys, status):
-    """Non-finite values count as failure; a failed solve returns NaN everywhere."""
+def _nan_link(diff):
+    """NaN, with derivative 0 with respect to every floating input in ``diff``.
+
+    A failed solve's values are this instead of the solver's output, whose cotangent is
+    masked (a NaN state inside the solver would otherwise turn even a zero cotangent into
+    a NaN gradient, and :func:`sanitize` could not keep gradients finite). The zero
+    derivative still carries the cotangent: a loss computed from the NaN values (any
+    loss whose cotangent there is NaN, e.g. a squared error) gets a NaN gradient, not a
+    silent 0.0; :func:`sanitize` sends a zero cotangent, and 0 x 0 stays 0.
+    """
+    leaves = [x for x in jax.tree.leaves(diff)
+              if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating)]
+    link = sum((jnp.sum(x) for x in leaves), start=jnp.zeros(()))
+    return jnp.nan + 0.0 * link
+
+
+def _finalise(ys, status, diff=None):
+    """Non-finite values count as failure; a failed solve returns NaN everywhere (with a
+    NaN gradient for a loss that uses the NaNs when ``diff``, the differentiable inputs,
+    is given: see :func:`_nan_link`)."""
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(ys)]))
     status = jnp.where((status == Status.SUCCESS) & ~finite, Status.NONFINITE, status)
     ok = status == Status.SUCCESS
-    ys = jax.tree.map(lambda v: jnp.where(ok, v, jnp.nan), ys)
+    fail = jnp.nan if diff is None else _nan_link(diff)
+    ys = jax.tree.map(lambda v: jnp.where(ok, v, jnp.asarray(fail, v.dtype)), ys)
     return ys, status.astype(jnp.int32)
 
 
@@ -318,7 +466,7 @@ def _run_plain(problem: _Problem, diff, const, opts, adjoint):
     table = problem.table(diff, const, u0.dtype)
     ys, status, nsteps = _integrate(vf, u0, args, table, const["t0"], const["saveat"], opts,
                                     adjoint)
-    ys, status = _finalise(ys, status)
+    ys, status = _finalise(ys, status, diff)
     return ys, status, nsteps
 
 
@@ -411,7 +559,8 @@ def _forward_solve(problem: _Problem, opts: _Opts):
         ys = ys_aug[:, :n_u].reshape(n_save, *u0.shape)
         sens = ys_aug[:, n_u:].reshape(n_save, n_theta, *u0.shape)
         # On failure the values are NaN and the derivatives zero, so that a log density
-        # that masks the failure (-inf) keeps finite gradients.
+        # that masks the failure (-inf) keeps finite gradients; a loss computed from the
+        # NaN values still gets a NaN gradient (its cotangent is NaN, and NaN x 0 = NaN).
         sens = jnp.where(status == Status.SUCCESS, sens, 0.0)
         ys_dot = jnp.tensordot(theta_dot, jnp.moveaxis(sens, 1, 0), axes=1)
         return (ys, status, nsteps), (ys_dot, _float0(status), _float0(nsteps))
@@ -572,14 +721,20 @@ def solve(
     vector_field : ``f(t, u, args) -> du/dt`` (same shape as ``u``). Parameters may be in
         ``args``, inside an ``equinox.Module`` vector field, or closed over; all are
         differentiable.
-    u0 : initial state (any shape; 1-D when doses are given).
+    u0 : initial state: an array of any shape (1-D when doses are given), or a pytree of
+        arrays (a dict, tuple, NamedTuple or ``equinox.Module``; no doses, mass matrix or
+        user Jacobian then), for which ``vector_field`` returns a pytree of the same
+        structure. It is solved as the flat vector of its leaves; ``ys`` then has the
+        structure of ``u0``, each leaf with a leading save axis.
     saveat : strictly increasing 1-D array of output times. The solve starts at
         ``t0`` (default ``saveat[0]``) and ends at ``saveat[-1]``.
     args : pytree passed to ``vector_field``.
     solver : a diffrax solver; default :class:`Tsit5`. Stiff problems: :class:`Rodas5P`;
         unknown stiffness: :class:`Auto` (Tsit5 switching to Rodas5P while stiff).
     rtol, atol : tolerances of the step-size controller. With forward sensitivities
-        they apply to the sensitivities too.
+        they apply to the sensitivities too. ``rtol`` must be at least
+        :data:`MIN_RTOL_EPS` machine epsilons of the solve's dtype (1e-15 in float64,
+        6e-7 in float32).
     t0 : start time, if before ``saveat[0]``.
     tstops : times where the vector field is discontinuous (e.g. piecewise parameters);
         the solver steps exactly onto each and restarts there.
@@ -602,21 +757,45 @@ def solve(
     Solution with ``ts``, ``ys`` (``(len(saveat), *u0.shape)``), ``status``,
     ``success`` and ``num_steps``. A failed solve (too many steps, collapsing step
     size, non-finite values) gives ``success=False`` and NaN values; it never raises
-    under ``jit``. See :func:`log_density_penalty`.
+    under ``jit``. A non-finite initial state or vector field stops the solve within a
+    few steps (``Status.NONFINITE``). The gradient of a loss computed from the NaN values
+    of a failed solve is NaN; use :func:`sanitize` and :func:`log_density_penalty` for a
+    ``-inf`` log density with finite gradients.
 
     Raises
     ------
     ValueError, TypeError
         For bad input, before anything is traced: wrong shapes, non-increasing
-        ``saveat``, ``tstops`` or dose times outside the span, unknown options.
+        ``saveat``, ``tstops`` or dose times outside the span, unknown options, a
+        ``diffrax.SaveAt`` instead of times, an ``rtol`` the dtype cannot resolve.
+
+    Notes
+    -----
+    Precision: the solve computes in JAX's default float dtype, float64 since
+    ``import bayes_ude`` turns JAX's x64 mode on for the process. Float32 inputs
+    (``u0``, floating leaves of ``args``, times) are promoted to float64, which loses
+    nothing. With the opt-out ``BAYES_UDE_X64=0`` (x64 off) the solve runs in float32 and
+    warns once per process that it does, and an ``rtol`` below :data:`MIN_RTOL_EPS` x
+    float32's epsilon (6e-7) raises ``ValueError`` instead of silently missing the
+    tolerance.
     """
     solver = dfx.Tsit5() if solver is None else solver
     doses = tuple(doses) if isinstance(doses, (list, tuple)) else doses
+    structure = None
+    if not _is_array_like(u0):
+        if doses or mass_matrix is not None or getattr(solver, "jacobian", None) is not None:
+            raise TypeError(
+                "doses, mass_matrix and a solver's jacobian need u0 to be a 1-D array "
+                f"(they index its entries); got a pytree state ({type(u0).__name__})"
+            )
+        u0, vector_field, structure = _flatten_state(vector_field, u0)
     _validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, atol,
               sensitivity, max_steps)
+    # Compute in JAX's default dtype (see the module notes): float32 inputs are promoted.
     u0 = jnp.asarray(u0)
-    if not jnp.issubdtype(u0.dtype, jnp.inexact):
-        u0 = u0.astype(jnp.result_type(float))
+    u0 = u0.astype(_default_dtype(u0))
+    args = _promote(args, jnp.result_type(float))
+    _check_precision(u0.dtype, rtol, adaptive)
     if sensitivity == "adjoint" and (tstops is not None or doses or mass_matrix is not None):
         raise ValueError(
             "sensitivity='adjoint' does not support tstops, doses or mass_matrix yet; use "
@@ -629,4 +808,7 @@ def solve(
         solver = _with_mass_matrix(vector_field, u0, args, t0, saveat, solver, mass_matrix)
     opts = _Opts(solver=solver, rtol=float(rtol), atol=float(atol), max_steps=max_steps,
                  dt0=None if dt0 is None else float(dt0), adaptive=bool(adaptive))
-    return _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts, sensitivity)
+    sol = _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts, sensitivity)
+    if structure is not None:
+        sol = dataclasses.replace(sol, ys=_unravel(sol.ys, *structure))
+    return sol

@@ -22,10 +22,12 @@ class Status(enum.IntEnum):
 _MESSAGES = {
     Status.SUCCESS: "success",
     Status.MAX_STEPS: "the maximum number of steps was reached (raise `max_steps`, or the "
-    "problem may be stiff: try solver=solvers.Kvaerno5())",
+    "problem may be stiff: try solver=solvers.Rodas5P(), or solvers.Auto() when only part "
+    "of the solution is stiff)",
     Status.STEP_SIZE_COLLAPSE: "the step size collapsed to round-off level (the solution "
     "probably blows up in finite time, or the vector field is not finite)",
-    Status.NONFINITE: "the solution contains non-finite values",
+    Status.NONFINITE: "the state or the vector field is not finite (NaN or inf): check u0, "
+    "the parameters and where the vector field is defined",
     Status.SOLVER_FAILURE: "the solver failed (e.g. a nonlinear solve in an implicit method "
     "did not converge)",
 }
@@ -47,7 +49,11 @@ def from_diffrax(result: dfx.RESULTS) -> Int[Array, ""]:
             jnp.where(
                 result == dfx.RESULTS.dt_min_reached,
                 Status.STEP_SIZE_COLLAPSE,
-                Status.SOLVER_FAILURE,
+                jnp.where(
+                    result == dfx.RESULTS.nonfinite,  # from GuardedPIDController
+                    Status.NONFINITE,
+                    Status.SOLVER_FAILURE,
+                ),
             ),
         ),
     ).astype(jnp.int32)

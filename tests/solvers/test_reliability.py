@@ -1,0 +1,185 @@
+"""Issue 20 (items 4, 7, 12): precision is never dropped silently, non-finite states fail
+fast with a NaN gradient, and the API edges an ML user hits give clear errors or work."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import NamedTuple
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bayes_ude
+from bayes_ude import solvers
+from bayes_ude.solvers import Status
+
+TS = jnp.linspace(0.0, 1.0, 5)
+
+
+def decay(t, u, k):
+    return -k * u
+
+
+def quadratic_growth(t, u, r):
+    """u' = r u^2, u(0) = 1: blows up at t = 1/r (r = 2: inside TS)."""
+    return r * u**2
+
+
+# --------------------------------------------------------------------------------------
+# Item 4: precision
+# --------------------------------------------------------------------------------------
+
+
+def test_import_turns_x64_on_and_float32_inputs_are_promoted():
+    assert bayes_ude._precision.status().startswith("on")
+    u0, k, ts = (jnp.ones(2, jnp.float32), jnp.float32(0.5), TS.astype(jnp.float32))
+    sol = solvers.solve(decay, u0, ts, k, rtol=1e-10, atol=1e-12)
+    assert sol.ys.dtype == jnp.float64
+    # Accurate far beyond float32's ~1e-7: the solve really ran in float64.
+    np.testing.assert_allclose(sol.ys[:, 0], np.exp(-0.5 * np.asarray(TS)), rtol=1e-9)
+
+
+def test_rtol_below_float64_resolution_raises():
+    with pytest.raises(ValueError, match=r"rtol=1e-17 is below what float64 can resolve"):
+        solvers.solve(decay, jnp.ones(2), TS, 0.5, rtol=1e-17)
+
+
+_X64_OFF = textwrap.dedent("""
+    import warnings
+    import jax, jax.numpy as jnp
+    import bayes_ude
+    import bayes_ude.nlme  # used to switch x64 on for the whole process
+    from bayes_ude import solvers
+    print(jax.config.jax_enable_x64, bayes_ude._precision.status())
+    f = lambda t, u, k: -k * u
+    ts = jnp.linspace(0.0, 1.0, 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sols = [solvers.solve(f, jnp.ones(2), ts, 0.5, rtol=1e-4, atol=1e-6)
+                for _ in range(2)]
+    print(sols[0].ys.dtype, bool(sols[0].success),
+          sum("solving in float32 because jax_enable_x64 is off" in str(w.message)
+              for w in caught))
+    for rtol in (1e-10, 1e-13):
+        try:
+            solvers.solve(f, jnp.ones(2), ts, 0.5, rtol=rtol)
+            print("no error")
+        except ValueError as e:
+            print(str(e).replace(chr(10), " "))
+""")
+
+
+def test_opt_out_solves_in_float32_with_one_warning_and_refuses_tight_rtol():
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["BAYES_UDE_X64"] = "0"
+    out = subprocess.run([sys.executable, "-c", _X64_OFF], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    x64, solved, *errors = out.stdout.strip().splitlines()
+    assert x64.startswith("False off (BAYES_UDE_X64=0)")  # bayes_ude.nlme left it off
+    assert solved == "float32 True 1"  # float32, success, and said so exactly once
+    for rtol, message in zip(("1e-10", "1e-13"), errors):
+        assert f"rtol={rtol} is below what float32 can resolve" in message
+        assert "jax_enable_x64 is off" in message and "unset BAYES_UDE_X64=0" in message
+
+
+# --------------------------------------------------------------------------------------
+# Item 7: non-finite states
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sensitivity", ["forward", "reverse"])
+def test_nan_initial_state_fails_at_once(sensitivity):
+    sol = solvers.solve(decay, jnp.array([jnp.nan, 1.0]), TS, 0.5, sensitivity=sensitivity)
+    assert int(sol.status) == Status.NONFINITE
+    assert int(sol.num_steps) <= 2  # was max_steps (10_000)
+    assert np.isnan(sol.ys).all()
+    assert "not finite" in solvers.status_message(sol.status)
+
+
+@pytest.mark.parametrize("dt0", [None, 0.1])
+def test_nan_vector_field_fails_fast(dt0):
+    # NaN from the start (at t = 0, where the round-off test of the step cannot fire):
+    # 20 rejected steps, each 5x shorter, then NONFINITE; was max_steps (10_000).
+    sol = solvers.solve(decay, jnp.ones(2), TS, jnp.array(jnp.nan), dt0=dt0)
+    assert int(sol.status) == Status.NONFINITE
+    assert int(sol.num_steps) <= 25
+
+
+@pytest.mark.parametrize("sensitivity", ["forward", "reverse", "adjoint"])
+def test_gradient_of_a_loss_on_failed_solve_is_nan_but_sanitized_is_finite(sensitivity):
+    def losses(r):
+        sol = solvers.solve(quadratic_growth, jnp.ones(1), TS, r, sensitivity=sensitivity)
+        raw = jnp.sum((sol.ys - 1.0) ** 2)
+        safe = jnp.sum((solvers.sanitize(sol) - 1.0) ** 2) + solvers.log_density_penalty(sol)
+        return raw, safe
+
+    # r = 2 blows up at t = 0.5; r = nan makes the vector field NaN from the start.
+    for r in (2.0, jnp.nan):
+        g_raw = jax.grad(lambda r: losses(r)[0])(r)
+        assert np.isnan(g_raw), (r, g_raw)  # was 0.0: a silent "stationary point"
+    g_safe = jax.grad(lambda r: losses(r)[1])(2.0)
+    assert np.isfinite(g_safe)
+
+
+# --------------------------------------------------------------------------------------
+# Item 12: API edges
+# --------------------------------------------------------------------------------------
+
+
+class Oscillator(NamedTuple):
+    x: jax.Array
+    v: jax.Array
+
+
+def oscillator(t, u, w):
+    return {"x": u["v"], "v": -(w**2) * u["x"]}
+
+
+def test_pytree_state():
+    u0 = {"x": jnp.array([1.0, 0.5]), "v": jnp.zeros(2)}
+    sol = solvers.solve(oscillator, u0, TS, 2.0, rtol=1e-10, atol=1e-12)
+    assert set(sol.ys) == {"x", "v"} and sol.ys["x"].shape == (5, 2)
+    np.testing.assert_allclose(sol.ys["x"][:, 0], np.cos(2.0 * np.asarray(TS)), rtol=1e-8)
+    np.testing.assert_allclose(sol.ys["v"][:, 1], -np.sin(2.0 * np.asarray(TS)), atol=1e-8)
+    # Differentiable like an array state: d x(1) / dw = -t sin(w t) at t = 1.
+    grad = jax.grad(lambda w: solvers.solve(oscillator, u0, TS, w).ys["x"][-1, 0])(2.0)
+    np.testing.assert_allclose(grad, -np.sin(2.0), rtol=1e-5)
+    # NamedTuples and tuples are pytrees too (as in JAX and diffrax).
+    nt = solvers.solve(lambda t, u, w: Oscillator(u.v, -(w**2) * u.x),
+                       Oscillator(jnp.ones(()), jnp.zeros(())), TS, 2.0)
+    assert isinstance(nt.ys, Oscillator) and nt.ys.x.shape == (5,)
+    np.testing.assert_allclose(nt.ys.x, sol.ys["x"][:, 0], rtol=1e-5)
+    tup = solvers.solve(lambda t, u, k: (-k * u[0], -k * u[1]), (1.0, 2.0), TS, 0.5)
+    assert isinstance(tup.ys, tuple) and tup.ys[1].shape == (5,)
+    assert set(solvers.sanitize(sol)) == {"x", "v"}
+
+
+def test_pytree_state_errors():
+    u0 = {"x": jnp.ones(2), "v": jnp.zeros(2)}
+    with pytest.raises(ValueError, match="vector_field must return a pytree of the structure"):
+        solvers.solve(lambda t, u, w: u["x"], u0, TS, 2.0)
+    with pytest.raises(TypeError, match="need u0 to be a 1-D array"):
+        solvers.solve(oscillator, u0, TS, 2.0, doses=[solvers.Bolus(0.5, 1.0, 0)])
+    with pytest.raises(TypeError, match="u0 must be an array, or a pytree"):
+        solvers.solve(decay, {"x": "a"}, TS, 2.0)
+
+
+def test_diffrax_saveat_is_refused_clearly():
+    with pytest.raises(TypeError, match="got a diffrax.SaveAt: pass the times themselves"):
+        solvers.solve(decay, jnp.ones(2), dfx.SaveAt(ts=TS), 0.5)
+
+
+def test_failure_messages_recommend_rodas5p():
+    message = solvers.status_message(Status.MAX_STEPS)
+    assert "Rodas5P" in message and "Kvaerno5" not in message
+
+
+def test_getting_started_guards_the_log():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "getting-started.md").read_text()
+    assert "jnp.log(ys)" not in text and "jnp.log(jnp.clip(ys" in text
