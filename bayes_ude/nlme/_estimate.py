@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._error import Additive
+from .._batching import batch_map, resolve_devices
 from .._compile import filter_jit
+from ._error import Additive
 from ._model import PopulationModel
 
 __all__ = ["FitResult", "fit", "objective"]
@@ -251,29 +252,36 @@ class _Subject(eqx.Module):
         return base + logdet_info, eta
 
 
-def _population_objective(model, method, u, population, eta_start):
-    theta, omega, sigma = model.unpack(u)
+def _population_objective(model, method, u, population, eta_start, devices=None):
+    """The OFV at ``u`` and every subject's EBE: subjects in blocks, over ``devices``
+    (:func:`bayes_ude._batching.batch_map`: a vectorised inner Newton loop runs as long
+    as its slowest subject, so one loop over all subjects would cost more than linearly)."""
 
-    def one(subject, e0):
+    def one(item, u):
+        subject, e0 = item
+        theta, omega, sigma = model.unpack(u)
         return _Subject(model, method, theta, omega, sigma, subject).minus2ll(e0)
 
-    values, etas = jax.vmap(one)(population, eta_start)
-    return jnp.sum(values) + model.penalty(theta), etas
+    values, etas = batch_map(one, (population, eta_start), u, devices=devices)
+    return jnp.sum(values) + model.penalty(model.unpack(u)[0]), etas
 
 
-def objective(model: PopulationModel, population, method: str = "focei", u=None):
-    """OFV (−2LL without the ``n_obs log 2 pi`` constant) at ``u`` (default: initial values)."""
+def objective(model: PopulationModel, population, method: str = "focei", u=None, *,
+              devices=None):
+    """OFV (−2LL without the ``n_obs log 2 pi`` constant) at ``u`` (default: initial values);
+    ``devices`` as in :func:`fit`."""
     _check_method(method)
     if method == "lb":
         method = "foce"  # the likelihood Lindstrom-Bates reports
     u = jnp.asarray(model.initial_vector() if u is None else u, float)
     eta0 = jnp.zeros((population.n_subjects, model.n_eta))
-    return _objective_jit(model.specialised(population), method, u, population, eta0)
+    return _objective_jit(model.specialised(population), method, u, population, eta0,
+                          tuple(resolve_devices(devices)))
 
 
 @filter_jit
-def _objective_jit(model, method, u, population, eta0):
-    return _population_objective(model, method, u, population, eta0)[0]
+def _objective_jit(model, method, u, population, eta0, devices):
+    return _population_objective(model, method, u, population, eta0, devices)[0]
 
 
 def _check_method(method):
@@ -288,13 +296,14 @@ class _Problem(eqx.Module):
     free: tuple[int, ...] = eqx.field(static=True)  # indices of estimated entries of u
     u_fixed: jax.Array
     population: object
+    devices: tuple | None = eqx.field(static=True, default=None)
 
     def full(self, x):
         return self.u_fixed.at[np.asarray(self.free, int)].set(x)
 
     def value(self, x, eta_start):
         return _population_objective(self.model, self.method, self.full(x), self.population,
-                                     eta_start)
+                                     eta_start, self.devices)
 
 
 class _BFGS(NamedTuple):
@@ -418,18 +427,21 @@ class _PNLS(eqx.Module):
     free: tuple[int, ...] = eqx.field(static=True)
     u: jax.Array
     population: object
+    devices: tuple | None = eqx.field(static=True, default=None)
 
     def value(self, x, eta_start):
-        theta, omega, sigma = self.model.unpack(self.u.at[np.asarray(self.free, int)].set(x))
+        u = self.u.at[np.asarray(self.free, int)].set(x)
 
-        def one(subject, e0):
+        def one(item, u):
+            subject, e0 = item
+            theta, omega, sigma = self.model.unpack(u)
             subj = _Subject(self.model, "foce", theta, omega, sigma, subject)
             eta, _ = _newton(jax.lax.stop_gradient(subj).conditional,
                              jax.lax.stop_gradient(e0))
             eta = jax.lax.stop_gradient(eta)
             return subj.conditional(eta), eta
 
-        values, etas = jax.vmap(one)(self.population, eta_start)
+        values, etas = batch_map(one, (self.population, eta_start), u, devices=self.devices)
         return jnp.sum(values), etas
 
 
@@ -504,7 +516,7 @@ def _lindstrom_bates(problem: _Problem, x, eta, max_iter, tol, bar):
     u = problem.full(x)
     iterations = 0
     for _ in range(max_iter):
-        pnls = _PNLS(model, theta_free, u, problem.population)
+        pnls = _PNLS(model, theta_free, u, problem.population, problem.devices)
         st = _minimise(pnls, u[np.asarray(theta_free, int)], eta, tol)
         eta = st.eta
         u_pnls = u.at[np.asarray(theta_free, int)].set(st.x)
@@ -522,7 +534,7 @@ def _lindstrom_bates(problem: _Problem, x, eta, max_iter, tol, bar):
         if change < 1e-9:
             break
     # final PNLS at the converged omega and sigma
-    pnls = _PNLS(model, theta_free, u, problem.population)
+    pnls = _PNLS(model, theta_free, u, problem.population, problem.devices)
     st = _minimise(pnls, u[np.asarray(theta_free, int)], eta, tol)
     u = u.at[np.asarray(theta_free, int)].set(st.x)
     return u[free], st.eta, iterations
@@ -755,6 +767,7 @@ def fit(
     covariance: bool = True,
     progress: bool = True,
     chunk: int = 25,
+    devices=None,
     **bayes,
 ) -> FitResult:
     """Maximum-likelihood fit of a population model.
@@ -784,6 +797,10 @@ def fit(
         NaN standard errors.
     progress : show a progress bar.
     chunk : outer iterations per compiled call (progress updates between chunks).
+    devices : where the subjects are computed: ``None`` (default: every local GPU, or one
+        CPU device), ``"all"``, a count, or a list of devices. Subjects are padded to a
+        multiple of the device count and split evenly; the objective and the estimates are
+        the same as on one device, to rounding (see :func:`bayes_ude._batching.batch_map`).
 
     Returns
     -------
@@ -833,7 +850,8 @@ def fit(
     free = np.array([i for i, n in enumerate(names) if n not in fixed_names], int)
     # device_put, not jnp.asarray: no eager (compiled) conversions at start-up
     problem = _Problem(model, method, tuple(int(i) for i in free),
-                       jax.device_put(np.asarray(u0, float)), population)
+                       jax.device_put(np.asarray(u0, float)), population,
+                       tuple(resolve_devices(devices)))
     x = jax.device_put(np.asarray(u0[free], float))
     eta = jax.device_put(np.zeros((population.n_subjects, model.n_eta)))
     if method == "lb":
@@ -842,7 +860,8 @@ def fit(
             x, eta, n_alt = _lindstrom_bates(problem, x, eta, max_iter, tol, bar)
         finally:
             bar.close()
-        problem = _Problem(model, "foce", problem.free, problem.u_fixed, population)
+        problem = _Problem(model, "foce", problem.free, problem.u_fixed, population,
+                           problem.devices)
         state = _run_chunk(problem, _bfgs_init(x, eta), jnp.asarray(1, int),
                            jnp.asarray(0.0, float))
         return _finish(model, population, method, problem, state, names, free, fixed_names,

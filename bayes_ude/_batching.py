@@ -1,0 +1,131 @@
+"""One function over a leading batch axis (subjects, ensemble members): blocks and devices.
+
+Two facts decide how a batch of independent, adaptive computations (inner Newton solves of
+the EBEs, adaptive ODE solves) should run:
+
+* **A vectorised loop runs as long as its slowest member.** ``jax.vmap`` of a
+  ``while_loop`` iterates until every member is done, so the cost of N members is N times
+  the *largest* iteration count among them, and the largest of N grows with N. Measured on
+  the FOCEI objective + gradient of a simulated oral population (2-core CPU): 129 us per
+  subject at N = 300 and 941 us at N = 3,000 with one ``vmap``; with blocks of 8 subjects
+  (``lax.map`` over blocks, ``vmap`` inside) 111 and 124 us. On a CPU, blocks make the cost
+  linear in N. On a GPU the members of one block run in parallel, so one block holding all
+  of them is fastest (the H200 evaluated the same objective for 1,000 and 10,000 subjects
+  in the same time).
+* **Independent members need no communication**, so splitting the batch over devices
+  (``shard_map`` over a 1-D mesh) costs one reduction of whatever the caller sums.
+
+:func:`batch_map` does both. The batch is padded (by repeating its last member) to a
+multiple of ``devices x block``; the padded members' outputs are dropped, so callers see
+exactly ``n`` results and never a padding artefact in a sum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["batch_map", "default_block", "resolve_devices"]
+
+#: Block size on a CPU: small enough that a block's slowest member costs little more than
+#: the median (8-32 measured equally good), large enough for vectorised arithmetic.
+CPU_BLOCK = 16
+
+
+def resolve_devices(devices: int | str | Sequence | None = None) -> list:
+    """The devices a batch is split over.
+
+    ``None``: every local device on a GPU or TPU, one on a CPU (extra CPU devices from
+    ``--xla_force_host_platform_device_count`` share the same cores); ``"all"``: every
+    local device; an ``int`` k: the first k local devices; or a sequence of devices.
+    """
+    local = jax.local_devices()
+    if devices is None:
+        return local[:1] if local[0].platform == "cpu" else local
+    if isinstance(devices, str):
+        if devices != "all":
+            raise ValueError(f"devices must be None, 'all', a count or a list of devices, "
+                             f"got {devices!r}")
+        return local
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(local):
+            raise ValueError(f"devices={devices}: this process has {len(local)} local "
+                             f"device(s) ({local[0].platform})")
+        return local[:int(devices)]
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices: an empty list")
+    return devices
+
+
+def default_block(devices: Sequence) -> int | None:
+    """Members per block: :data:`CPU_BLOCK` on a CPU, ``None`` (one block) elsewhere."""
+    return CPU_BLOCK if devices[0].platform == "cpu" else None
+
+
+def _pad(tree, n_to: int):
+    def pad(a):
+        a = jnp.asarray(a)
+        extra = n_to - a.shape[0]
+        if extra == 0:
+            return a
+        return jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)], axis=0)
+
+    return jax.tree.map(pad, tree)
+
+
+def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str = "auto",
+              devices: int | str | Sequence | None = None) -> Any:
+    """``jax.vmap(fn, in_axes=(0, None))(xs, args)``, computed in blocks and over devices.
+
+    ``fn(x, args)`` takes one member ``x`` of the pytree ``xs`` (every leaf with the same
+    leading size ``n``) and the shared ``args`` (parameters; pass traced values here rather
+    than closing over them, so that they reach every device); it returns a pytree. The
+    result has leading size ``n``, as ``vmap`` would give, and agrees with it to rounding.
+
+    ``block``: members per vectorised block (``"auto"``: :func:`default_block`; ``None``:
+    one block per device). The batch is padded to a multiple of ``block`` times the device
+    count, by repeating its last member; padded members' outputs are dropped. ``devices``: see :func:`resolve_devices`; with more than one,
+    the blocks are split evenly over them (``shard_map``), each device running its share on
+    its own. Works under ``jit`` and ``grad``.
+    """
+    devices = resolve_devices(devices)
+    leaves = jax.tree.leaves(xs)
+    if not leaves:
+        raise ValueError("batch_map: xs has no arrays")
+    n = int(jnp.shape(leaves[0])[0])
+    if block == "auto":
+        block = default_block(devices)
+    n_dev = len(devices)
+    # A given block size does not depend on the device count (only on n), so that every
+    # member sits in the same block at the same place on 1 device as on several: results
+    # then agree to the last bits, not only to the rounding of differently sized vectors.
+    block = math.ceil(n / n_dev) if block is None else max(1, min(int(block), n))
+    per_device = math.ceil(n / (n_dev * block)) * block
+    xs = _pad(xs, per_device * n_dev)
+
+    def local(chunk, shared):
+        if block == per_device:
+            return jax.vmap(fn, in_axes=(0, None))(chunk, shared)
+        blocks = jax.tree.map(lambda a: a.reshape((per_device // block, block) + a.shape[1:]),
+                              chunk)
+        out = jax.lax.map(lambda b: jax.vmap(fn, in_axes=(0, None))(b, shared), blocks)
+        return jax.tree.map(lambda a: a.reshape((per_device,) + a.shape[2:]), out)
+
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    # One program for every device count, a mesh of one device included: a program without
+    # shard_map is fused differently by XLA, and its members then differ in the last bits
+    # (measured 1e-14 on a FOCEI objective of 478, which an outer optimiser can amplify).
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    out = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("batch"), PartitionSpec()),
+                        out_specs=PartitionSpec("batch"), check_vma=False)(xs, args)
+    # gathered on every device: a caller's sum over the batch then adds the members in the
+    # same order as on one device, not as a sum of per-device partial sums
+    out = jax.lax.with_sharding_constraint(out, NamedSharding(mesh, PartitionSpec()))
+    return jax.tree.map(lambda a: a[:n], out)
