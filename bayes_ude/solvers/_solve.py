@@ -47,6 +47,7 @@ import optimistix as optx
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
+from .. import _precision
 from ._controller import GuardedPIDController
 from ._events import (
     Bolus,
@@ -266,8 +267,8 @@ def _check_precision(dtype, rtol, adaptive: bool) -> None:
     global _warned_float32
     eps = float(jnp.finfo(dtype).eps)
     single = jnp.finfo(dtype).bits < 64
-    how = ("BAYES_UDE_X64=0 was set, or jax.config.update('jax_enable_x64', False) was "
-           "called after importing bayes_ude")
+    how = ("BAYES_UDE_X64=0 is set" if _precision.status().startswith("off") else
+           "jax.config.update('jax_enable_x64', False) was called after importing bayes_ude")
     if adaptive and isinstance(rtol, (int, float)) and rtol < MIN_RTOL_EPS * eps:
         fix = (f"; to solve in float64, unset BAYES_UDE_X64=0 (or call "
                f"jax.config.update('jax_enable_x64', True) before creating arrays)"
