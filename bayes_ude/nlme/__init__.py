@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 # ``import bayes_ude`` turns it on for the whole process (bayes_ude/_precision.py).
 
 from ._data import NonmemDataError as NonmemDataError
+from ._data import NonmemDataWarning as NonmemDataWarning
 from ._data import Population as Population
 from ._data import covariates_at as covariates_at
 from ._data import load_theophylline_population as load_theophylline_population

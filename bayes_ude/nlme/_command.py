@@ -97,10 +97,12 @@ def add_pk_parser(sub) -> None:
     fit.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
-def _load(data: str, args: argparse.Namespace | None = None):
+def _load(data: str, args: argparse.Namespace | None = None,
+          messages: list[str] | None = None):
     """The data set (a shipped name or a CSV path) read with the options of ``args``
     (``--drop``, ``--covariates``, ``--character-ids``); the reader's warnings about the
-    data are printed on stderr in the command's words."""
+    data are printed on stderr in the command's words (and appended to ``messages``, for
+    ``summary.json``)."""
     import warnings
 
     from .. import datasets
@@ -132,6 +134,8 @@ def _load(data: str, args: argparse.Namespace | None = None):
     for w in caught:
         if issubclass(w.category, NonmemDataWarning):
             print(f"bayes-ude pk fit: warning: {w.message}", file=sys.stderr)
+            if messages is not None:
+                messages.append(f"data: {w.message}")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return pop
@@ -408,8 +412,9 @@ def run_pk_fit(args: argparse.Namespace) -> int:
                              f"or sgld; {args.method} is maximum likelihood")
         omega_prior(args.omega_prior)  # a bad value fails before any work
     start = time.perf_counter()
+    data_notes: list[str] = []
     try:
-        pop = _load(args.data, args)
+        pop = _load(args.data, args, data_notes)
     except NonmemDataError as err:
         raise SystemExit(f"bayes-ude pk fit: the data table has problems:\n{err}") from None
     if args.dvid is not None:
@@ -423,7 +428,7 @@ def run_pk_fit(args: argparse.Namespace) -> int:
                               eta=None if args.eta is None else args.eta.split(","))
     except ValueError as err:
         raise SystemExit(f"bayes-ude pk fit: {err}") from None
-    notes = _predose_warning(args, pop)
+    notes = data_notes + _predose_warning(args, pop)
     output = _Output(args.out, args.json)
     try:
         if not args.quiet:

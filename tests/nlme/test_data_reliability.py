@@ -291,7 +291,10 @@ def test_blq_and_lloq_columns_are_an_error_unless_dropped_or_unflagged(tmp_path)
 def test_the_command_prints_the_readers_warnings(tmp_path, capsys):
     path = _csv(tmp_path, [ORAL[0], ORAL[0], *ORAL[1:]])
     args = argparse.Namespace(drop=None, covariates=None, character_ids=False)
-    pop = _load(str(path), args)
+    messages = []
+    pop = _load(str(path), args, messages)
     assert pop.n_doses == 3
     err = capsys.readouterr().err
     assert err.startswith("bayes-ude pk fit: warning: identical dose records: rows 1, 2")
+    # and kept for summary.json's warnings
+    assert len(messages) == 1 and messages[0].startswith("data: identical dose records")
