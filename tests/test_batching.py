@@ -115,3 +115,15 @@ def test_sharded_and_unsharded_runs_agree_on_4_cpu_devices():
                           env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.startswith("ok")
+
+
+def test_cli_devices_option_is_checked_before_any_work(tmp_path, capsys):
+    from bayes_ude.cli import main
+
+    for extra, message in ((["--devices", "x"], "--devices must be 'all' or a count"),
+                           (["--devices", "0"], "--devices must be 'all' or a count"),
+                           (["--devices", "2", "--method", "nuts"], "spread their chains")):
+        with pytest.raises(SystemExit) as err:
+            main(["pk", "fit", "theophylline", "--out", str(tmp_path / "out"), *extra])
+        assert message in str(err.value.code) + capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -93,6 +93,9 @@ def add_pk_parser(sub) -> None:
     fit.add_argument("--allow-degenerate", action="store_true",
                      help="exit 0 even when the maximum-likelihood estimates are degenerate "
                           "(run-away values; exit code 3 otherwise)")
+    fit.add_argument("--devices", default=None, metavar="all|N",
+                     help="maximum likelihood: split the subjects over this many local devices "
+                          "(or 'all'); default: every GPU, or one CPU device")
     fit.add_argument("--no-plots", action="store_true", help="write tables only")
     fit.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
@@ -205,6 +208,13 @@ def check_pk_args(args: argparse.Namespace) -> None:
     for name in ("chains", "warmup", "samples"):
         if getattr(args, name) < 1:
             _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
+    devices = getattr(args, "devices", None)
+    if devices is not None:
+        if args.method in ("nuts", "sgld"):
+            _fail("--devices splits the subjects of a maximum-likelihood fit; the Bayesian "
+                  "methods spread their chains over the local devices by themselves")
+        if devices != "all" and not (devices.isdigit() and int(devices) >= 1):
+            _fail(f"--devices must be 'all' or a count >= 1, got {devices!r}")
     out = args.out
     if out.exists() and not out.is_dir():
         _fail(f"--out {str(out)!r} is an existing file; --out names a folder")
@@ -458,7 +468,15 @@ def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
     with warnings.catch_warnings():
         # said below, once, in the command's words
         warnings.filterwarnings("ignore", message=r"NLME fit: .* degenerate solution")
-        result = fit(model, pop, args.method, max_iter=args.max_iter, progress=not args.quiet)
+        devices = getattr(args, "devices", None)
+        try:
+            result = fit(model, pop, args.method, max_iter=args.max_iter,
+                         progress=not args.quiet,
+                         devices=int(devices) if devices and devices.isdigit() else devices)
+        except ValueError as err:
+            if "local device" not in str(err):
+                raise
+            raise SystemExit(f"bayes-ude pk fit: --devices {devices}: {err}") from None
     # There are estimates from here on: Ctrl-C skips what is left and keeps what exists.
     with _sigint_deferred() as sigint:
         seconds = time.perf_counter() - start
