@@ -90,9 +90,10 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
 
     ``block``: members per vectorised block (``"auto"``: :func:`default_block`; ``None``:
     one block per device). The batch is padded to a multiple of ``block`` times the device
-    count, by repeating its last member; padded members' outputs are dropped. ``devices``: see :func:`resolve_devices`; with more than one,
-    the blocks are split evenly over them (``shard_map``), each device running its share on
-    its own. Works under ``jit`` and ``grad``.
+    count, by repeating its last member; padded members' outputs are dropped.
+    ``devices``: see :func:`resolve_devices`; with more than one, the blocks are split
+    evenly over them (``shard_map``), each device running its share on its own. Works
+    under ``jit`` and ``grad``.
     """
     devices = resolve_devices(devices)
     leaves = jax.tree.leaves(xs)

@@ -2,10 +2,12 @@
 
 from typing import TYPE_CHECKING
 
+from ._builtin import builtin_model as builtin_model
+from ._builtin import nca_initial_estimates as nca_initial_estimates
+
 # Population estimation needs float64 (the outer optimiser differentiates through inner
 # Newton solves, and in float32 FOCE/FOCEI gradients stall far from the optimum):
 # ``import bayes_ude`` turns it on for the whole process (bayes_ude/_precision.py).
-
 from ._data import NonmemDataError as NonmemDataError
 from ._data import NonmemDataWarning as NonmemDataWarning
 from ._data import Population as Population
@@ -13,32 +15,6 @@ from ._data import covariates_at as covariates_at
 from ._data import load_theophylline_population as load_theophylline_population
 from ._data import load_warfarin_population as load_warfarin_population
 from ._data import read_nonmem as read_nonmem
-from ._error import Additive as Additive
-from ._error import Combined as Combined
-from ._error import ErrorModel as ErrorModel
-from ._error import Exponential as Exponential
-from ._error import Proportional as Proportional
-from ._estimate import FitResult as FitResult
-from ._estimate import fit as fit
-from ._estimate import objective as objective
-from ._model import Omega as Omega
-from ._model import PopulationModel as PopulationModel
-from ._pk import ClosedFormModel as ClosedFormModel
-from ._pk import ODEModel as ODEModel
-from ._pk import OneCompartmentIV as OneCompartmentIV
-from ._pk import OneCompartmentOral as OneCompartmentOral
-from ._pk import StructuralModel as StructuralModel
-from ._pk import TwoCompartmentIV as TwoCompartmentIV
-from ._pk import TwoCompartmentOral as TwoCompartmentOral
-from ._diagnostics import diagnostics as diagnostics
-from ._diagnostics import epsilon_shrinkage as epsilon_shrinkage
-from ._diagnostics import individual_parameters as individual_parameters
-from ._diagnostics import plot_gof as plot_gof
-from ._diagnostics import plot_individual as plot_individual
-from ._diagnostics import plot_vpc as plot_vpc
-from ._diagnostics import simulate as simulate
-from ._diagnostics import vpc as vpc
-from ._builtin import builtin_model as builtin_model
 from ._deep import CovariateEffect as CovariateEffect
 from ._deep import CovariateIndividual as CovariateIndividual
 from ._deep import CovariateNetwork as CovariateNetwork
@@ -48,11 +24,32 @@ from ._deep import augment as augment
 from ._deep import covariate_model as covariate_model
 from ._deep import partial_dependence as partial_dependence
 from ._deep import population_predictions as population_predictions
-from ._simulate import CovariateTruth as CovariateTruth
-from ._simulate import compare_covariate_models as compare_covariate_models
-from ._simulate import simulate_covariate_population as simulate_covariate_population
-from ._builtin import nca_initial_estimates as nca_initial_estimates
+from ._diagnostics import diagnostics as diagnostics
+from ._diagnostics import epsilon_shrinkage as epsilon_shrinkage
+from ._diagnostics import individual_parameters as individual_parameters
+from ._diagnostics import plot_gof as plot_gof
+from ._diagnostics import plot_individual as plot_individual
+from ._diagnostics import plot_vpc as plot_vpc
+from ._diagnostics import simulate as simulate
+from ._diagnostics import vpc as vpc
+from ._error import Additive as Additive
+from ._error import Combined as Combined
+from ._error import ErrorModel as ErrorModel
+from ._error import Exponential as Exponential
+from ._error import Proportional as Proportional
+from ._estimate import FitResult as FitResult
+from ._estimate import fit as fit
+from ._estimate import objective as objective
 from ._fixed_step import FixedStepODEModel as FixedStepODEModel
+from ._model import Omega as Omega
+from ._model import PopulationModel as PopulationModel
+from ._pk import ClosedFormModel as ClosedFormModel
+from ._pk import ODEModel as ODEModel
+from ._pk import OneCompartmentIV as OneCompartmentIV
+from ._pk import OneCompartmentOral as OneCompartmentOral
+from ._pk import StructuralModel as StructuralModel
+from ._pk import TwoCompartmentIV as TwoCompartmentIV
+from ._pk import TwoCompartmentOral as TwoCompartmentOral
 from ._pkpd import MM_TRUTH as MM_TRUTH
 from ._pkpd import NetworkEliminationPK as NetworkEliminationPK
 from ._pkpd import TransitTurnoverPKPD as TransitTurnoverPKPD
@@ -62,6 +59,9 @@ from ._pkpd import michaelis_menten_population as michaelis_menten_population
 from ._pkpd import network_elimination_model as network_elimination_model
 from ._pkpd import split_subjects as split_subjects
 from ._pkpd import warfarin_pkpd_model as warfarin_pkpd_model
+from ._simulate import CovariateTruth as CovariateTruth
+from ._simulate import compare_covariate_models as compare_covariate_models
+from ._simulate import simulate_covariate_population as simulate_covariate_population
 
 # The Bayesian layer (NumPyro) loads on first use: a maximum-likelihood fit does not pay
 # for importing NumPyro.

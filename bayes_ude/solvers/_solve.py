@@ -270,8 +270,8 @@ def _check_precision(dtype, rtol, adaptive: bool) -> None:
     how = ("BAYES_UDE_X64=0 is set" if _precision.status().startswith("off") else
            "jax.config.update('jax_enable_x64', False) was called after importing bayes_ude")
     if adaptive and isinstance(rtol, (int, float)) and rtol < MIN_RTOL_EPS * eps:
-        fix = (f"; to solve in float64, unset BAYES_UDE_X64=0 (or call "
-               f"jax.config.update('jax_enable_x64', True) before creating arrays)"
+        fix = ("; to solve in float64, unset BAYES_UDE_X64=0 (or call "
+               "jax.config.update('jax_enable_x64', True) before creating arrays)"
                if single else "")
         raise ValueError(
             f"rtol={rtol:g} is below what {jnp.dtype(dtype).name} can resolve: the solve "

@@ -83,7 +83,7 @@ def test_opt_out_solves_in_float32_with_one_warning_and_refuses_tight_rtol():
     x64, solved, *errors = out.stdout.strip().splitlines()
     assert x64.startswith("False off (BAYES_UDE_X64=0)")  # bayes_ude.nlme left it off
     assert solved == "float32 True 1"  # float32, success, and said so exactly once
-    for rtol, message in zip(("1e-10", "1e-13"), errors):
+    for rtol, message in zip(("1e-10", "1e-13"), errors, strict=True):
         assert f"rtol={rtol} is below what float32 can resolve" in message
         assert "jax_enable_x64 is off" in message and "unset BAYES_UDE_X64=0" in message
 
