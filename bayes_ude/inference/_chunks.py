@@ -7,12 +7,15 @@ from collections.abc import Callable
 
 
 def run_chunks(total: int, chunk_size: int, advance: Callable[[int, int], object], bar,
-               what: str = "draws per chain"):
+               what: str = "draws per chain", guard=None):
     """Call ``advance(done, n)`` for chunks of ``n <= chunk_size`` until ``total``.
 
     Returns ``(pieces, done, partial)``: the outputs of the completed chunks, how many
     units they cover, and whether Ctrl-C stopped the run early (a warning says so). An
     interrupt before the first chunk completes is re-raised: there is nothing to keep.
+    With an :class:`~bayes_ude.inference._interrupt.InterruptGuard`, a later Ctrl-C is
+    deferred from the moment the draws are complete or the loop was interrupted
+    (``guard.defer()``), so that the caller can finish them.
     """
     pieces, done, partial = [], 0, False
     try:
@@ -23,9 +26,15 @@ def run_chunks(total: int, chunk_size: int, advance: Callable[[int, int], object
                 pieces.append(piece)
             done += n
             bar.update(n)
+        if guard is not None:
+            guard.defer()
     except KeyboardInterrupt:
         if not pieces:
             raise
-        partial = True
-        warnings.warn(f"interrupted: returning the {done} {what} taken so far", stacklevel=3)
+        if guard is not None:
+            guard.defer()
+        partial = done < total
+        if partial:
+            warnings.warn(f"interrupted: returning the {done} {what} taken so far",
+                          stacklevel=3)
     return pieces, done, partial
