@@ -74,6 +74,18 @@ _MULTI = textwrap.dedent("""
         out = jax.jit(lambda xs, p: batch_map(loop, xs, p, devices=dev, block=4))(xs, 0.9)
         assert out.shape == (37,) and float(jnp.max(jnp.abs(out - ref))) < 1e-13, dev
 
+    # an ensemble over devices: exponential decay, 10 members over 3 devices (padded)
+    from bayes_ude import solvers
+    ks = jnp.linspace(0.5, 2.0, 10)
+    ts = jnp.linspace(0.0, 2.0, 5)
+    decay = lambda t, u, k: -k * u
+    one = solvers.solve_ensemble(decay, jnp.ones(1), ts, ks, batch_u0=False)
+    three = solvers.solve_ensemble(decay, jnp.ones(1), ts, ks, batch_u0=False, devices=3)
+    assert three.ys.shape == (10, 5, 1) and bool(three.success.all())
+    assert float(jnp.max(jnp.abs(three.ys - one.ys))) < 1e-13
+    exact = jnp.exp(-ks[:, None] * ts[None, :])[..., None]
+    assert float(jnp.max(jnp.abs(three.ys - exact))) < 1e-5  # rtol 1e-6 (default)
+
     # a small oral population (13 subjects: padded on 2 and 4 devices), FOCEI
     rng = np.random.default_rng(1)
     rows = []
@@ -108,7 +120,8 @@ _MULTI = textwrap.dedent("""
 
 
 def test_sharded_and_unsharded_runs_agree_on_4_cpu_devices():
-    """batch_map over 2, 3 and 4 devices (padding when the batch does not divide) and FOCEI
+    """batch_map over 2, 3 and 4 devices (padding when the batch does not divide), an
+    ensemble solve over 3 devices against one and the closed form, and FOCEI
     objective, -2LL and estimates on 1, 2 and 4 devices: the same to 1e-10."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     done = subprocess.run([sys.executable, "-c", _MULTI], capture_output=True, text=True,

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 from jaxtyping import ArrayLike, PyTree
 
+from .._batching import batch_map
 from ._solve import Solution, solve
 
 
@@ -19,6 +20,7 @@ def solve_ensemble(
     *,
     batch_u0: bool = True,
     batch_args: bool = True,
+    devices=None,
     **kwargs: Any,
 ) -> Solution:
     """Solve one model for a batch of initial states and/or parameters at once.
@@ -29,6 +31,11 @@ def solve_ensemble(
     slowest member finishes, so batch members of similar cost together). Keyword
     arguments go to :func:`solve`. Returns a :class:`Solution` whose fields have the batch
     axis first; failed members have ``success=False`` without affecting the others.
+
+    ``devices`` (``"all"``, a count or a list of devices; default: the default device)
+    splits the members evenly over several devices (``shard_map`` over a 1-D mesh,
+    members padded to a multiple of the device count), each device stepping its own
+    members (see :func:`bayes_ude._batching.batch_map`).
     """
     if not (batch_u0 or batch_args):
         raise ValueError("solve_ensemble needs batch_u0 or batch_args (or both) to be True")
@@ -36,4 +43,12 @@ def solve_ensemble(
     def one(u, a):
         return solve(vector_field, u, saveat, a, **kwargs)
 
-    return jax.vmap(one, in_axes=(0 if batch_u0 else None, 0 if batch_args else None))(u0, args)
+    if devices is None:
+        return jax.vmap(one, in_axes=(0 if batch_u0 else None, 0 if batch_args else None))(
+            u0, args)
+    # members split over the devices (one vectorised block each); the unbatched input is
+    # shared by all of them
+    batched = (u0 if batch_u0 else None, args if batch_args else None)
+    shared = (None if batch_u0 else u0, None if batch_args else args)
+    return batch_map(lambda b, s: one(b[0] if batch_u0 else s[0], b[1] if batch_args else s[1]),
+                     batched, shared, block=None, devices=devices)
