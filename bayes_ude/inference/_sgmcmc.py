@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ._arviz import to_inference_data
 from ._chunks import run_chunks
+from ._interrupt import interrupt_guard
 from ._priors import _site_name
 
 
@@ -295,19 +296,24 @@ def run_sgmcmc(
             return None
         return jax.tree.map(lambda x: np.asarray(x)[keep], traj), np.stack(per_draw)
 
-    try:
-        kept, done, partial = run_chunks(num_steps, chunk_size, advance, bar, what="steps")
-    finally:
-        bar.close()
-    draws = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1),
-                         *[k[0] for k in kept])
-    n_failed = np.swapaxes(np.concatenate([k[1] for k in kept], axis=0), 0, 1)
-    posterior = {k: np.asarray(v) for k, v in _position_dict(draws, name).items()}
-    return to_inference_data(posterior, sample_stats={"solver_failed": n_failed}, attrs={
-        "sampler": _kernel_name(kernel), "partial": int(partial), "num_steps": done,
-        "burn_in": burn_in, "thin": thin, "batch_size": batch_size,
-        "num_failed_steps": int(failed_total[0].sum()),
-        "seconds": time.perf_counter() - start})
+    # once the draws exist, a Ctrl-C is deferred until they are InferenceData
+    with interrupt_guard() as guard:
+        try:
+            kept, done, partial = run_chunks(num_steps, chunk_size, advance, bar,
+                                             what="steps", guard=guard)
+        finally:
+            bar.close()
+        draws = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1),
+                             *[k[0] for k in kept])
+        n_failed = np.swapaxes(np.concatenate([k[1] for k in kept], axis=0), 0, 1)
+        posterior = {k: np.asarray(v) for k, v in _position_dict(draws, name).items()}
+        return to_inference_data(posterior, sample_stats={"solver_failed": n_failed},
+                                 attrs={"sampler": _kernel_name(kernel),
+                                        "partial": int(partial), "num_steps": done,
+                                        "burn_in": burn_in, "thin": thin,
+                                        "batch_size": batch_size,
+                                        "num_failed_steps": int(failed_total[0].sum()),
+                                        "seconds": time.perf_counter() - start})
 
 
 def _all_finite(tree):

@@ -266,7 +266,9 @@ class BayesianFitResult:
         the individual parameters with a ``subject`` dimension), ``sample_stats``,
         ``log_likelihood`` (NUTS: per subject), ``posterior_predictive`` (``dv``:
         replicate observations of the same subjects, in DV units), ``observed_data``;
-        ``attrs`` has timings.
+        ``attrs`` has timings, and ``partial = 1`` when Ctrl-C cut the sampling short or,
+        once the draws existed, skipped optional groups (named in ``attrs["skipped"]``;
+        an interrupt after sampling never loses the draws).
     draws : natural-scale parameter draws, ``{name: (chain, draw)}``, names as in
         :meth:`PopulationModel.parameter_names` (theta, ``omega_*`` (co)variances,
         sigma).
@@ -530,24 +532,29 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     model = model.specialised(population)
     key = jax.random.key(0) if key is None else key
     start = time.perf_counter()
-    if method == "nuts":
-        idata, u_draws = _fit_nuts(model, population, priors, init, key, progress,
-                                   num_warmup, num_samples, num_chains, target_accept,
-                                   max_tree_depth, backend, dense_mass, metric)
-    else:
-        idata, u_draws = _fit_sgmcmc(model, population, priors, init, key, progress, method,
-                                     batch_size, num_steps, burn_in, step_size, thin,
-                                     num_chains, marginal, control_variates)
-    result = BayesianFitResult(method=method, model=model, population=population,
-                               idata=idata, draws=_natural_draws(model, u_draws),
-                               u=_central_u(model, u_draws), u_draws=u_draws,
-                               seconds=time.perf_counter() - start, priors=priors)
+    from ..inference._interrupt import interrupt_guard
+
+    # Once the sampler has its draws, a Ctrl-C is deferred until the result is built (the
+    # posterior predictive, optional, is skipped): the draws are never lost
+    with interrupt_guard() as guard:
+        if method == "nuts":
+            idata, u_draws = _fit_nuts(model, population, priors, init, key, progress,
+                                       num_warmup, num_samples, num_chains, target_accept,
+                                       max_tree_depth, backend, dense_mass, metric, guard)
+        else:
+            idata, u_draws = _fit_sgmcmc(model, population, priors, init, key, progress,
+                                         method, batch_size, num_steps, burn_in, step_size,
+                                         thin, num_chains, marginal, control_variates)
+        result = BayesianFitResult(method=method, model=model, population=population,
+                                   idata=idata, draws=_natural_draws(model, u_draws),
+                                   u=_central_u(model, u_draws), u_draws=u_draws,
+                                   seconds=time.perf_counter() - start, priors=priors)
     return result
 
 
 def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_samples,
               num_chains, target_accept, max_tree_depth, backend, dense_mass=False,
-              metric="adapt"):
+              metric="adapt", guard=None):
     from ..inference import laplace_inverse_mass, run_nuts
 
     fn = numpyro_model(model, population, priors)
@@ -569,20 +576,28 @@ def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_sa
                      dims=dims, coords=coords, backend=backend)
     post = {k: np.asarray(v) for k, v in idata.posterior.items()}
     u_draws = _u_from_sites(model, post)
-    # posterior predictive: replicate observations of the same subjects, in DV units
-    eta = jnp.asarray(post["eta"])
-    flat_u = jnp.reshape(jnp.asarray(u_draws), (-1, u_draws.shape[-1]))
-    flat_eta = jnp.reshape(eta, (-1, n_sub, model.n_eta))
-    dv = np.asarray(_replicate(model, flat_u, flat_eta, population,
-                               jax.random.fold_in(key, 7)))
-    dv = dv.reshape((*u_draws.shape[:2], *dv.shape[1:]))
     mask = np.asarray(population.obs_mask)
+
+    def replicate():
+        # posterior predictive: replicate observations of the same subjects, in DV units
+        eta = jnp.asarray(post["eta"])
+        flat_u = jnp.reshape(jnp.asarray(u_draws), (-1, u_draws.shape[-1]))
+        flat_eta = jnp.reshape(eta, (-1, n_sub, model.n_eta))
+        dv = np.asarray(_replicate(model, flat_u, flat_eta, population,
+                                   jax.random.fold_in(key, 7)))
+        return dv.reshape((*u_draws.shape[:2], *dv.shape[1:]))
+
     import xarray as xr
 
-    idata.add_groups(posterior_predictive=xr.Dataset(
-        {"dv": (("chain", "draw", "subject", "record"), np.where(mask, dv, np.nan))},
-        coords={"chain": idata.posterior.chain, "draw": idata.posterior.draw,
-                "subject": ids, "record": coords["record"]}))
+    # optional: a Ctrl-C here (or earlier, in run_nuts's assembly) skips it
+    dv, done = (replicate(), True) if guard is None else guard.optional(replicate)
+    if done:
+        idata.add_groups(posterior_predictive=xr.Dataset(
+            {"dv": (("chain", "draw", "subject", "record"), np.where(mask, dv, np.nan))},
+            coords={"chain": idata.posterior.chain, "draw": idata.posterior.draw,
+                    "subject": ids, "record": coords["record"]}))
+    else:
+        guard.mark(idata.attrs, ["posterior_predictive"], stacklevel=3)
     idata.observed_data["dv"] = (("subject", "record"),
                                  np.where(mask, np.asarray(population.obs_dv), np.nan))
     return idata, u_draws

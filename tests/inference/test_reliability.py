@@ -187,6 +187,43 @@ def test_ctrl_c_in_the_predictive_skips_only_the_predictive(monkeypatch):
 
 
 @main_thread_only
+def test_ctrl_c_after_nlme_sampling_keeps_the_fit(monkeypatch, capsys):
+    """nlme.fit(..., "nuts") on a tiny linear mixed model: a SIGINT while the posterior
+    predictive is simulated skips it, and one while the result is being built (natural-
+    scale draws) is deferred: the fit comes back whole, marked partial."""
+    from bayes_ude import nlme
+    from bayes_ude.nlme import _bayes
+    from tests.nlme.test_estimate import Line, _linear_population
+
+    pop, _ = _linear_population(n=6)
+    model = nlme.PopulationModel(
+        Line(), lambda th, eta, cov: {"a": th["ta"] + eta["eta_a"], "b": th["tb"]},
+        theta={"ta": 1.7, "tb": -0.4}, omega=nlme.Omega(("eta_a",), np.array([0.5])),
+        sigma={"add_sd": 0.5}, error=nlme.Additive())
+    replicate, natural = _bayes._replicate, _bayes._natural_draws
+
+    def replicate_then_ctrl_c(*args):
+        _sigint()  # raised here: the optional step is skipped
+        return replicate(*args)
+
+    def ctrl_c_then_natural(*args):
+        _sigint()  # deferred: the draws are finished
+        return natural(*args)
+
+    monkeypatch.setattr(_bayes, "_replicate", replicate_then_ctrl_c)
+    monkeypatch.setattr(_bayes, "_natural_draws", ctrl_c_then_natural)
+    with pytest.warns(UserWarning, match="without posterior_predictive"):
+        result = nlme.fit(model, pop, "nuts", num_warmup=50, num_samples=50, num_chains=2,
+                          progress=False)
+    assert result.draws["ta"].shape == (2, 50) and np.all(np.isfinite(result.draws["ta"]))
+    assert result.idata.attrs["partial"] == 1
+    assert result.idata.attrs["skipped"] == "posterior_predictive"
+    assert "posterior_predictive" not in result.idata.groups()
+    assert "log_likelihood" in result.idata.groups()  # taken before the interrupts
+    assert "interrupt received" in capsys.readouterr().err
+
+
+@main_thread_only
 def test_interrupt_guard_defers_only_after_the_draws_and_nests():
     before = signal.getsignal(signal.SIGINT)
     with _interrupt.interrupt_guard() as outer:
