@@ -43,9 +43,9 @@ _INITS = {"uniform": init_to_uniform, "median": init_to_median,
 
 
 #: ``init="map"``: candidates drawn per chain (half uniform, half from the prior), how
-#: many of the best of them each chain climbs from (L-BFGS, at most ``MAP_MAX_ITER`` iterations), and how far (nats of
-#: log density) below the best mode of all chains a chain's mode may lie before the chain
-#: is moved to a better one.
+#: many of the best of them each chain climbs from (L-BFGS, at most ``MAP_MAX_ITER``
+#: iterations), and how far (nats of log density) below the best mode of all chains a
+#: chain's mode may lie before the chain is moved to a better one.
 MAP_CANDIDATES = 16
 MAP_CLIMBS = 4
 MAP_MAX_ITER = 300
