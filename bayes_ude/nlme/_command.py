@@ -442,9 +442,9 @@ def run_pk_fit(args: argparse.Namespace) -> int:
     output = _Output(args.out, args.json)
     try:
         if not args.quiet:
-            print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations, "
-                  f"{pop.n_doses} doses; model {args.model}, {args.error} error, "
-                  f"{args.method.upper()}")
+            print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations "
+                  f"(padding efficiency {pop.padding_efficiency:.0%}), {pop.n_doses} doses; "
+                  f"model {args.model}, {args.error} error, {args.method.upper()}")
         if args.method in ("nuts", "sgld"):
             return _run_bayes(args, pop, model, start, output, notes)
         return _run_ml(args, pop, model, start, output, notes)

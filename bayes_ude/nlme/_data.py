@@ -215,6 +215,14 @@ class Population(eqx.Module):
         """Total number of real doses (after ``ADDL`` expansion)."""
         return int(np.sum(np.asarray(self.dose_mask)))
 
+    @property
+    def padding_efficiency(self) -> float:
+        """Real observations over the padded observation slots (``S`` times the largest
+        subject's count): 1 when every subject has as many observations, small when one
+        subject has many more than the rest (every subject is computed at that size)."""
+        mask = np.asarray(self.obs_mask)
+        return float(mask.sum() / max(mask.size, 1))
+
     def take(self, indices: Sequence[int] | ArrayLike) -> Population:
         """The subjects at positions ``indices`` (e.g. a minibatch or held-out subjects).
 

@@ -695,6 +695,7 @@ class FitResult:
         return {
             "method": self.method, "minus2ll": self.minus2ll, "ofv": self.ofv, "aic": self.aic,
             "bic": self.bic, "n_obs": self.n_obs, "n_subjects": self.population.n_subjects,
+            "padding_efficiency": self.population.padding_efficiency,
             "n_parameters": self.n_parameters, "theta": theta, "omega": omega,
             "sigma": self.sigma,
             "se": {k: (None if not np.isfinite(v) else float(v)) for k, v in self.se.items()},

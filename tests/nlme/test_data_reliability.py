@@ -298,3 +298,10 @@ def test_the_command_prints_the_readers_warnings(tmp_path, capsys):
     assert err.startswith("bayes-ude pk fit: warning: identical dose records: rows 1, 2")
     # and kept for summary.json's warnings
     assert len(messages) == 1 and messages[0].startswith("data: identical dose records")
+
+
+def test_padding_efficiency_counts_real_over_padded_observations(tmp_path):
+    # subject 1: 2 observations, subject 2: 3 -> 5 real of 2 x 3 padded slots
+    pop = _read(tmp_path, [*ORAL, "2,4,6.0,.,0,2"])
+    assert pop.padding_efficiency == pytest.approx(5 / 6)
+    assert _read(tmp_path, ORAL).padding_efficiency == 1.0
