@@ -43,24 +43,36 @@ def resolve_devices(devices: int | str | Sequence | None = None) -> list:
     ``None``: every local device on a GPU or TPU, one on a CPU (extra CPU devices from
     ``--xla_force_host_platform_device_count`` share the same cores); ``"all"``: every
     local device; an ``int`` k: the first k local devices; or a sequence of devices.
+    Under several processes (:mod:`bayes_ude._distributed`) the same choice is made on
+    every process and the devices of all of them are returned, process by process.
     """
     local = jax.local_devices()
+    take = _every_process if jax.process_count() > 1 else local.__getitem__
     if devices is None:
-        return local[:1] if local[0].platform == "cpu" else local
+        return take(slice(1) if local[0].platform == "cpu" else slice(None))
     if isinstance(devices, str):
         if devices != "all":
             raise ValueError(f"devices must be None, 'all', a count or a list of devices, "
                              f"got {devices!r}")
-        return local
+        return take(slice(None))
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(local):
             raise ValueError(f"devices={devices}: this process has {len(local)} local "
                              f"device(s) ({local[0].platform})")
-        return local[:int(devices)]
+        return take(slice(int(devices)))
     devices = list(devices)
     if not devices:
         raise ValueError("devices: an empty list")
     return devices
+
+
+def _every_process(which: slice) -> list:
+    """``which`` of each process's devices, for every process (a mesh over all of them:
+    each process computes its own devices' share of the batch)."""
+    by_process: dict[int, list] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    return [d for p in sorted(by_process) for d in by_process[p][which]]
 
 
 def default_block(devices: Sequence) -> int | None:
