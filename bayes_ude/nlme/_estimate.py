@@ -322,6 +322,9 @@ def _bfgs_init(x, eta):
     # explicit dtypes: a weakly typed leaf would make the next call compile again; built
     # in numpy (an eager jnp operation is a small compilation of its own, at start-up)
     x = np.asarray(x)
+    # eta too: under several processes (jax.distributed) a fit's EBEs are a global array,
+    # replicated over every process's devices, which device_put cannot take as it is
+    eta = np.asarray(eta)
     dtype = x.dtype
     return jax.device_put(_BFGS(x, np.asarray(np.inf, dtype), np.zeros_like(x), eta,
                                 np.eye(x.size, dtype=dtype), np.asarray(0, np.int64),
