@@ -96,6 +96,22 @@ def add_pk_parser(sub) -> None:
     fit.add_argument("--devices", default=None, metavar="all|N",
                      help="maximum likelihood: split the subjects over this many local devices "
                           "(or 'all'); default: every GPU, or one CPU device")
+    run = fit.add_argument_group(
+        "several processes", "one fit as N processes (jax.distributed; hosts or GPUs), each "
+        "reading the whole table and computing its devices' share of the subjects; only "
+        "process 0 prints and writes (see docs/scaling.md)")
+    run.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                     help="address of process 0 and a free port (default: "
+                          "$JAX_COORDINATOR_ADDRESS)")
+    run.add_argument("--num-processes", type=int, metavar="N", default=None,
+                     help="number of processes (default: $JAX_NUM_PROCESSES)")
+    run.add_argument("--process-id", type=int, metavar="I", default=None,
+                     help="this process, 0..N-1 (default: $JAX_PROCESS_ID)")
+    run.add_argument("--distributed", action="store_true",
+                     help="read what is not given from srun (SLURM) or mpirun (Open MPI)")
+    run.add_argument("--coordinator-timeout", type=float, metavar="SECONDS", default=120.0,
+                     help="seconds for every process to reach the coordinator, then a clear "
+                          "error (default 120)")
     fit.add_argument("--no-plots", action="store_true", help="write tables only")
     fit.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
@@ -215,6 +231,9 @@ def check_pk_args(args: argparse.Namespace) -> None:
                   "methods spread their chains over the local devices by themselves")
         if devices != "all" and not (devices.isdigit() and int(devices) >= 1):
             _fail(f"--devices must be 'all' or a count >= 1, got {devices!r}")
+    from .._distributed import command_settings
+
+    command_settings(args)  # --coordinator, --num-processes, --process-id
     out = args.out
     if out.exists() and not out.is_dir():
         _fail(f"--out {str(out)!r} is an existing file; --out names a folder")
@@ -407,6 +426,9 @@ def _predose_warning(args: argparse.Namespace, pop) -> list[str]:
 
 def run_pk_fit(args: argparse.Namespace) -> int:
     check_pk_args(args)
+    from .._distributed import start_command
+
+    start_command(args)  # several processes: join them (before any JAX computation)
     import jax
 
     jax.config.update("jax_enable_x64", True)
