@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["batch_map", "default_block", "resolve_devices"]
+__all__ = ["batch_map", "default_block", "replicated_sharding", "resolve_devices"]
 
 #: Block size on a CPU: small enough that a block's slowest member costs little more than
 #: the median (8-32 measured equally good), large enough for vectorised arithmetic.
@@ -78,6 +78,18 @@ def _every_process(which: slice) -> list:
 def default_block(devices: Sequence) -> int | None:
     """Members per block: :data:`CPU_BLOCK` on a CPU, ``None`` (one block) elsewhere."""
     return CPU_BLOCK if devices[0].platform == "cpu" else None
+
+
+def replicated_sharding(devices: Sequence):
+    """The sharding of :func:`batch_map`'s outputs over several ``devices`` (replicated on
+    each; ``None`` for one device). Put a loop's starting state there too
+    (``jax.device_put(state, replicated_sharding(devices))``): a jitted step whose inputs
+    change sharding between its first and later calls is compiled twice."""
+    if len(devices) == 1:
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    return NamedSharding(Mesh(np.asarray(devices), ("batch",)), PartitionSpec())
 
 
 def _pad(tree, n_to: int):
@@ -130,15 +142,17 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
         out = jax.lax.map(lambda b: jax.vmap(fn, in_axes=(0, None))(b, shared), blocks)
         return jax.tree.map(lambda a: a.reshape((per_device,) + a.shape[2:]), out)
 
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    if n_dev == 1:
+        out = local(xs, args)
+    else:
+        from jax.sharding import Mesh, PartitionSpec
 
-    # One program for every device count, a mesh of one device included: a program without
-    # shard_map is fused differently by XLA, and its members then differ in the last bits
-    # (measured 1e-14 on a FOCEI objective of 478, which an outer optimiser can amplify).
-    mesh = Mesh(np.asarray(devices), ("batch",))
-    out = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("batch"), PartitionSpec()),
-                        out_specs=PartitionSpec("batch"), check_vma=False)(xs, args)
-    # gathered on every device: a caller's sum over the batch then adds the members in the
-    # same order as on one device, not as a sum of per-device partial sums
-    out = jax.lax.with_sharding_constraint(out, NamedSharding(mesh, PartitionSpec()))
+        mesh = Mesh(np.asarray(devices), ("batch",))
+        out = jax.shard_map(local, mesh=mesh,
+                            in_specs=(PartitionSpec("batch"), PartitionSpec()),
+                            out_specs=PartitionSpec("batch"), check_vma=False)(xs, args)
+        # gathered on every device (replicated_sharding): a caller's sum over the batch
+        # then adds the members in the same order as on one device, not as a sum of
+        # per-device partial sums
+        out = jax.lax.with_sharding_constraint(out, replicated_sharding(devices))
     return jax.tree.map(lambda a: a[:n], out)

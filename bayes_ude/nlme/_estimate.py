@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .._batching import batch_map, resolve_devices
+from .._batching import batch_map, replicated_sharding, resolve_devices
 from .._compile import filter_jit
 from ._error import Additive
 from ._model import PopulationModel
@@ -318,7 +318,7 @@ class _BFGS(NamedTuple):
     done: jax.Array
 
 
-def _bfgs_init(x, eta):
+def _bfgs_init(x, eta, devices=None):
     # explicit dtypes: a weakly typed leaf would make the next call compile again; built
     # in numpy (an eager jnp operation is a small compilation of its own, at start-up)
     x = np.asarray(x)
@@ -326,9 +326,12 @@ def _bfgs_init(x, eta):
     # replicated over every process's devices, which device_put cannot take as it is
     eta = np.asarray(eta)
     dtype = x.dtype
+    # placed as _run_chunk's outputs will be (replicated over the subjects' devices), so
+    # that its second call does not compile again
     return jax.device_put(_BFGS(x, np.asarray(np.inf, dtype), np.zeros_like(x), eta,
                                 np.eye(x.size, dtype=dtype), np.asarray(0, np.int64),
-                                np.asarray(False)))
+                                np.asarray(False)),
+                          replicated_sharding(devices) if devices else None)
 
 
 @filter_jit
@@ -496,7 +499,7 @@ def _linearise(model, u, population, eta):
 
 
 def _minimise(problem, x, eta, tol, max_iter=1000):
-    state = _bfgs_init(x, eta)
+    state = _bfgs_init(x, eta, problem.devices)
     done = 0
     while done < max_iter:
         state = _run_chunk(problem, state, jnp.asarray(100, int), jnp.asarray(tol, float))
@@ -866,12 +869,12 @@ def fit(
             bar.close()
         problem = _Problem(model, "foce", problem.free, problem.u_fixed, population,
                            problem.devices)
-        state = _run_chunk(problem, _bfgs_init(x, eta), jnp.asarray(1, int),
+        state = _run_chunk(problem, _bfgs_init(x, eta, problem.devices), jnp.asarray(1, int),
                            jnp.asarray(0.0, float))
         return _finish(model, population, method, problem, state, names, free, fixed_names,
                        n_alt, n_alt < max_iter, False, covariance, start, [float(state.value)],
                        gradient_check=False, tol=tol)
-    state = _bfgs_init(x, eta)
+    state = _bfgs_init(x, eta, problem.devices)
     history: list[float] = []
     iterations, interrupted = 0, False
     bar = tqdm(total=max_iter, desc=f"{method.upper()}", disable=not progress, leave=False)
@@ -973,7 +976,8 @@ def _covariance(problem: _Problem, x, eta, names, free, jac):
     # gradients from the compiled outer iteration itself (a fresh state's first
     # iteration only evaluates), so the covariance step compiles nothing new
     grads = np.stack([
-        np.asarray(_run_chunk(problem, _bfgs_init(point, eta), np.asarray(1, np.int64),
+        np.asarray(_run_chunk(problem, _bfgs_init(point, eta, problem.devices),
+                              np.asarray(1, np.int64),
                               np.asarray(0.0)).grad)
         for point in np.concatenate([x + steps, x - steps])])
     hess = (grads[:p] - grads[p:]) / (2.0 * h[:, None])
