@@ -128,8 +128,9 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
         block = default_block(devices)
     n_dev = len(devices)
     # A given block size does not depend on the device count (only on n), so that every
-    # member sits in the same block at the same place on 1 device as on several: results
-    # then agree to the last bits, not only to the rounding of differently sized vectors.
+    # member sits in the same block at the same place on 1 device as on several (vectors
+    # of other lengths round differently: 2.8e-9 apart in FOCEI estimates on 13 subjects
+    # with blocks of 13 and 4; the same blocks on 2 and 4 devices agree to 1e-14).
     block = math.ceil(n / n_dev) if block is None else max(1, min(int(block), n))
     per_device = math.ceil(n / (n_dev * block)) * block
     xs = _pad(xs, per_device * n_dev)
