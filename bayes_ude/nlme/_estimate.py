@@ -499,7 +499,9 @@ def _linearise(model, u, population, eta):
 
 
 def _minimise(problem, x, eta, tol, max_iter=1000):
-    state = _bfgs_init(x, eta, problem.devices)
+    # the PNLS step maps its subjects over devices (its outputs placed there); the LME
+    # step's linearised subjects are one vmap on the default device
+    state = _bfgs_init(x, eta, getattr(problem, "devices", None))
     done = 0
     while done < max_iter:
         state = _run_chunk(problem, state, jnp.asarray(100, int), jnp.asarray(tol, float))
