@@ -7,7 +7,10 @@ NONMEM CSV and measures, for every N:
 
 * reading the CSV (``nlme.read_nonmem``),
 * one FOCEI objective + gradient (warm; the function the outer BFGS evaluates),
-* one full FOCEI fit (up to ``--fit-max`` subjects; estimates against the truth),
+* one full FOCEI fit (up to ``--fit-max`` subjects; estimates against the simulation
+  truth and against what the simulated subjects hold, :func:`sample_truth`), and the
+  peer's fit of the same model to the same data: R's ``nlme`` (``Rscript``, when
+  installed; ``benchmarks/r/scaling_nlme.R``), with the ratio of fit times,
 * one NUTS gradient (the potential of ``nlme.numpyro_model``, all subjects' etas),
 * one SGLD step on a minibatch of 100 subjects (gathered on the device),
 * peak resident memory of the process, and the compiled programs' temporary memory per
@@ -47,13 +50,33 @@ PROTOCOL = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.5, 16.0, 24.0, 36.0)
 MINIBATCH = 100
 
 
+def _etas(rng, n: int):
+    import numpy as np
+
+    return rng.normal(size=(n, 3)) * np.array([OMEGA_SD[p] for p in ("ka", "cl", "v")])
+
+
+def sample_truth(n: int, seed: int = 0) -> dict:
+    """What the simulated subjects themselves hold: the geometric means of their ka, CL and
+    V (``exp`` of the mean eta, times the typical value) and the variances of their etas.
+    An estimate cannot be closer to the simulation truth than these are (at N = 1,000
+    the variance of 1,000 normal draws is within +-4.5 % of omega^2 only 2 times in 3)."""
+    import numpy as np
+
+    eta = _etas(np.random.default_rng(seed), n)
+    out = {f"t{p}": TRUTH[p] * math.exp(eta[:, j].mean()) for j, p in enumerate(TRUTH)}
+    out.update({f"omega_eta_{p}": float(eta[:, j].var()) for j, p in enumerate(TRUTH)})
+    out["prop_sd"] = PROP_SD
+    return out
+
+
 def simulate_table(n: int, seed: int = 0):
     """A NONMEM table (pandas) of ``n`` subjects, computed with numpy alone."""
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    eta = rng.normal(size=(n, 3)) * np.array([OMEGA_SD[p] for p in ("ka", "cl", "v")])
+    eta = _etas(rng, n)
     ka, cl, v = (TRUTH[p] * np.exp(eta[:, j]) for j, p in enumerate(("ka", "cl", "v")))
     k = cl / v
     wt = rng.uniform(50, 100, n)
@@ -83,6 +106,51 @@ def simulate_table(n: int, seed: int = 0):
     table = pd.concat([doses, obs], ignore_index=True)
     return table.sort_values(["ID", "TIME", "EVID"], ascending=[True, True, False],
                              kind="stable").reset_index(drop=True)
+
+
+def _r_observations(table, path: Path) -> None:
+    """The observations with each subject's dose and whether it had a second one, for R."""
+    doses = table[table["EVID"] == 1].set_index("ID")
+    obs = table[table["EVID"] == 0][["ID", "TIME", "DV"]].copy()
+    obs["DOSE"] = doses.loc[obs["ID"], "AMT"].to_numpy()
+    obs["TWICE"] = doses.loc[obs["ID"], "ADDL"].to_numpy()
+    obs.to_csv(path, index=False)
+
+
+def r_nlme_fit(table, timeout: float) -> dict | None:
+    """R's nlme (Lindstrom-Bates, ML) on the same data and model: wall seconds of the fit
+    (timed inside R) and its estimates; ``None`` without Rscript, a note if it failed or
+    ran past ``timeout``."""
+    import shutil
+
+    import pandas as pd
+
+    if shutil.which("Rscript") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        obs, out = Path(tmp) / "obs.csv", Path(tmp) / "out.csv"
+        _r_observations(table, obs)
+        try:
+            done = subprocess.run(["Rscript", str(ROOT / "benchmarks" / "r" / "scaling_nlme.R"),
+                                   str(obs), str(out)], capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"note": f"did not finish in {timeout:.0f} s"}
+        if done.returncode != 0 or not out.exists():
+            return {"note": "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1]}
+        values = pd.read_csv(out).set_index("name")["value"]
+    est = {k: float(values[k]) for k in values.index if k not in ("loglik", "seconds")}
+    return {"seconds": float(values["seconds"]), "loglik": float(values["loglik"]),
+            "estimates": est}
+
+
+def _errors(est: dict, truth: dict) -> dict:
+    """Relative errors of natural-scale estimates (theta on the log scale in ``est``)."""
+    out = {f"t{p}": math.exp(est[f"t{p}"]) / truth[f"t{p}"] - 1 for p in TRUTH}
+    out.update({f"omega_eta_{p}": est[f"omega_eta_{p}"] / truth[f"omega_eta_{p}"] - 1
+                for p in TRUTH})
+    out["prop_sd"] = est["prop_sd"] / truth["prop_sd"] - 1
+    return {k: float(v) for k, v in out.items()}
 
 
 def _population_model():
@@ -125,7 +193,7 @@ def _compiled(fn, *args):
     return seconds, temp, compiled
 
 
-def measure(n: int, fit_max: int, seed: int = 0) -> dict:
+def measure(n: int, fit_max: int, seed: int = 0, r_timeout: float = 1800.0) -> dict:
     """Every measurement for one N, in this process."""
     import jax
 
@@ -135,6 +203,7 @@ def measure(n: int, fit_max: int, seed: int = 0) -> dict:
     from numpyro.infer.util import initialize_model
 
     from bayes_ude import inference, nlme
+    from bayes_ude.inference._sgmcmc import sample_indices
     from bayes_ude.nlme._estimate import _LOG_2PI, _Problem, _Subject
 
     out = {"n": n, "backend": jax.default_backend(), "devices": len(jax.devices())}
@@ -184,7 +253,7 @@ def measure(n: int, fit_max: int, seed: int = 0) -> dict:
 
     def sgld_step(key, position, population):
         k_idx, k_step = jax.random.split(key)
-        idx = jax.random.choice(k_idx, n, (batch,), replace=False)
+        idx = sample_indices(k_idx, n, batch)  # as run_sgmcmc draws its minibatches
         minibatch = jax.tree.map(lambda a: a[idx], population)
         return kernel.step(k_step, kernel.init(position), minibatch, 1e-4).position
 
@@ -200,12 +269,20 @@ def measure(n: int, fit_max: int, seed: int = 0) -> dict:
         out["fit_s"] = time.perf_counter() - start
         out["fit_iterations"] = int(result.iterations)
         out["fit_converged"] = bool(result.converged)
-        est = result.estimates
-        errors = {f"t{p}": math.exp(est[f"t{p}"]) / TRUTH[p] - 1 for p in TRUTH}
-        errors.update({f"omega_eta_{p}": est[f"omega_eta_{p}"] / OMEGA_SD[p] ** 2 - 1
-                       for p in OMEGA_SD})
-        errors["prop_sd"] = est["prop_sd"] / PROP_SD - 1
-        out["fit_rel_errors"] = {k: float(v) for k, v in errors.items()}
+        est = result.estimates.to_dict()
+        truth = {f"t{p}": TRUTH[p] for p in TRUTH}
+        truth.update({f"omega_eta_{p}": OMEGA_SD[p] ** 2 for p in OMEGA_SD})
+        truth["prop_sd"] = PROP_SD
+        sample = sample_truth(n, seed)
+        out["fit_rel_errors"] = _errors(est, truth)
+        out["fit_rel_errors_sample"] = _errors(est, sample)
+        out["fit_minus2ll"] = float(result.minus2ll)
+        peer = r_nlme_fit(table, r_timeout)
+        if peer is not None:
+            if "estimates" in peer:
+                peer["rel_errors"] = _errors(peer["estimates"], truth)
+                peer["rel_errors_sample"] = _errors(peer["estimates"], sample)
+            out["r_nlme"] = peer
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
     if stats and "peak_bytes_in_use" in stats:
@@ -241,13 +318,28 @@ def report(rows: list[dict]) -> None:
             if k in a and k in b:
                 parts.append(f"{h.replace(' s', '')} {slope((a['n'], b['n']), (a[k], b[k])):.2f}")
         print(f"log-log slope N={a['n']}->{b['n']}: " + ", ".join(parts))
+    def errors(label, errs):
+        worst = max(errs.items(), key=lambda kv: abs(kv[1]))
+        return (f"    {label}: largest {worst[0]} {worst[1]:+.1%}; " + ", ".join(
+            f"{k} {v:+.1%}" for k, v in errs.items()))
+
     for r in rows:
-        if "fit_rel_errors" in r:
-            worst = max(r["fit_rel_errors"].items(), key=lambda kv: abs(kv[1]))
-            print(f"FOCEI fit N={r['n']}: {r['fit_s']:.1f} s, {r['fit_iterations']} iterations, "
-                  f"converged={r['fit_converged']}; largest relative error vs truth "
-                  f"{worst[0]} {worst[1]:+.1%}; all: " + ", ".join(
-                      f"{k} {v:+.1%}" for k, v in r["fit_rel_errors"].items()))
+        if "fit_rel_errors" not in r:
+            continue
+        print(f"FOCEI fit N={r['n']}: {r['fit_s']:.1f} s (compile included), "
+              f"{r['fit_iterations']} iterations, converged={r['fit_converged']}")
+        print(errors("vs the simulation truth", r["fit_rel_errors"]))
+        print(errors("vs the simulated subjects (sample_truth)", r["fit_rel_errors_sample"]))
+        peer = r.get("r_nlme")
+        if peer is None:
+            print("    R nlme: Rscript not found (apt-get install r-base-core r-cran-nlme)")
+        elif "note" in peer:
+            print(f"    R nlme: {peer['note']}")
+        else:
+            print(f"  R nlme (Lindstrom-Bates, ML) N={r['n']}: {peer['seconds']:.1f} s; "
+                  f"bayes_ude FOCEI fit / R nlme fit: {r['fit_s'] / peer['seconds']:.2f}x")
+            print(errors("vs the simulation truth", peer["rel_errors"]))
+            print(errors("vs the simulated subjects", peer["rel_errors_sample"]))
 
 
 def main() -> None:
@@ -255,12 +347,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--fit-max", type=int, default=1000,
                         help="run the full FOCEI fit up to this N (default %(default)s)")
+    parser.add_argument("--r-timeout", type=float, default=1800.0,
+                        help="seconds R's nlme may take per N (default %(default)s)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None,
                         help="write the measurements (a list of rows) here")
     args = parser.parse_args()
     if args.one is not None:
-        row = measure(args.one, args.fit_max)
+        row = measure(args.one, args.fit_max, r_timeout=args.r_timeout)
         text = json.dumps(row)
         if args.json:
             args.json.write_text(text)
@@ -271,7 +365,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / "row.json"
             cmd = [sys.executable, __file__, "--one", str(n), "--fit-max", str(args.fit_max),
-                   "--json", str(target)]
+                   "--r-timeout", str(args.r_timeout), "--json", str(target)]
             done = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stdout, done.stderr, file=sys.stderr)

@@ -4,8 +4,9 @@ The processes run on this machine (coordinator on 127.0.0.1, one CPU device each
 between them), as they would on several hosts. Each runs ``bayes-ude pk fit`` (FOCEI, in
 the process itself through ``cli.main``) and then a short NUTS run through the Python API,
 on a tiny simulated oral population; a single process with two CPU devices runs the same
-script at the same time. The subjects are split over two devices in both, so the
-computation is the same program and the results must agree to the last bit. (One device
+script at the same time. The subjects are split over two devices in both (the FOCEI
+objective; each NUTS chain's log density), so the computation is the same program and the
+results must agree to the last bit. (One device
 against two: the estimates differ by ~4e-9, the EBEs' inner Newton tolerance, as
 ``tests/test_batching.py`` shows; that is not what is tested here.)
 """
@@ -76,7 +77,7 @@ _SCRIPT = textwrap.dedent("""
     model = nlme.builtin_model("oral1cmt", pop, "proportional", eta=["ka", "cl"])
     # as many warmup draws as draws: one compiled chunk program for both
     post = nlme.fit(model, pop, "nuts", num_warmup=15, num_samples=15, num_chains=2,
-                    key=jax.random.key(3), progress=False)
+                    key=jax.random.key(3), progress=False, devices="all")
     draws = {k: np.asarray(v).tolist() for k, v in post.idata.posterior.items()}
     print("RESULT", json.dumps(dict(code=code, process=jax.process_index(),
                                     processes=jax.process_count(),
@@ -151,8 +152,8 @@ def test_two_processes_give_the_results_of_one(tmp_path):
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
     assert np.isfinite(pd.read_csv(tmp_path / "p0" / "estimates.csv")["se"]).all()
 
-    # NUTS: every process runs the chains itself (no split of chains over processes), so
-    # each has the single process's draws
+    # NUTS: every process runs the chains, each chain's log density with its subjects
+    # split over the two processes (devices="all"): each has the single process's draws
     for p in (p0, p1):
         assert p["draws"].keys() == one["draws"].keys()
         for site, values in one["draws"].items():

@@ -96,6 +96,7 @@ def run_nuts(
     dims: dict | None = None,
     coords: dict | None = None,
     keep_failed_states: bool = False,
+    spread_chains: bool = True,
     **model_kwargs,
 ):
     """Sample ``model(*model_args, **model_kwargs)`` with NUTS; return InferenceData.
@@ -168,6 +169,10 @@ def run_nuts(
         trajectory stopped at a failed solve, the values of the variables at the state
         where the solve failed (``sample_stats["failed_at.<name>"]``, NaN for the other
         draws), e.g. to see which region of parameter space makes the solver fail.
+    spread_chains : split the chains evenly over the local devices (the most that divide
+        ``num_chains``; default). ``False``: every chain on the default device, for a
+        model that spreads its own work over the devices (a population model whose
+        subjects are split over them, :func:`bayes_ude.nlme.fit` with ``devices``).
 
     Returns
     -------
@@ -216,6 +221,7 @@ def run_nuts(
         raise ValueError("keep_failed_states needs backend='blackjax' (NumPyro's NUTS does "
                          "not keep the state where a trajectory diverged)")
     init_strategy = _init_strategy(init)
+    chain_devices = _chain_devices(num_chains) if spread_chains else 1
     with interrupt_guard() as guard:
         starts = None
         if isinstance(init, str) and init == "map":
@@ -224,7 +230,7 @@ def run_nuts(
         samples, stats, timing, partial = run(
             model, model_args, model_kwargs, key, num_warmup, num_samples, num_chains,
             target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-            keep_failed_states, starts, guard, dense_mass=bool(dense_mass),
+            keep_failed_states, starts, guard, chain_devices, dense_mass=bool(dense_mass),
             **({} if inverse_mass_matrix is None
                else {"inverse_mass_matrix": inverse_mass_matrix}))
         # from here on a Ctrl-C is deferred (the guard), or skips an optional step
@@ -305,14 +311,14 @@ def _chain_devices(num_chains: int) -> int:
     return math.gcd(jax.local_device_count(), num_chains)
 
 
-def _spread(fn, num_chains: int):
+def _spread(fn, n_dev: int):
     """``fn`` (all inputs and outputs with a leading chain axis) with the chains split
     evenly over the local devices (GPUs), each device running its block of chains on its
     own (``shard_map``, no communication); ``fn`` itself when there is one device. (On a
     CPU, JAX shows one device unless ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
     or ``jax_num_cpu_devices`` says otherwise; measured on the lynx-hare model, two CPU
-    devices ran the chains no faster than one.)"""
-    n_dev = _chain_devices(num_chains)
+    devices ran the chains no faster than one.) ``n_dev``: how many devices
+    (:func:`_chain_devices`)."""
     if n_dev == 1:
         return fn
     from jax.sharding import Mesh, PartitionSpec
@@ -322,10 +328,10 @@ def _spread(fn, num_chains: int):
     return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
 
 
-def _per_chain(fn, num_chains: int):
+def _per_chain(fn, n_dev: int):
     """``fn(*args)`` of one chain as a function of the same arguments with a leading chain
-    axis: :func:`_over_chains`, split over the devices by :func:`_spread`."""
-    return _spread(lambda *xs: _over_chains(lambda a: fn(*a), xs), num_chains)
+    axis: :func:`_over_chains`, split over ``n_dev`` devices by :func:`_spread`."""
+    return _spread(lambda *xs: _over_chains(lambda a: fn(*a), xs), n_dev)
 
 
 def _draw_initial(model, args, kwargs, init_strategy, key):
@@ -436,7 +442,7 @@ def _finite_start(state) -> bool:
 
 def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                  target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-                 keep_failed_states, starts, guard, dense_mass=False,
+                 keep_failed_states, starts, guard, chain_devices, dense_mass=False,
                  inverse_mass_matrix=None):
     """NumPyro's NUTS kernel (its own adaptation) stepped by our own chunked scan, so that
     warmup and sampling both report progress, compile once, and can be interrupted."""
@@ -461,10 +467,10 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     # which doubles the program; the search only where a chain starts at a non-finite
     # log density or gradient
     inits = (keys,) if starts is None else (keys, starts)
-    state = jax.jit(_per_chain(init_drawn, num_chains), compiler_options=opts)(*inits)
+    state = jax.jit(_per_chain(init_drawn, chain_devices), compiler_options=opts)(*inits)
     if not _finite_start(state):
         state = jax.jit(_per_chain(lambda k: kernel.init(k, num_warmup, None, args, kwargs),
-                                   num_chains), compiler_options=opts)(keys)
+                                   chain_devices), compiler_options=opts)(keys)
 
     def one(s, _):
         s = kernel.sample(s, args, kwargs)
@@ -474,7 +480,7 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     @functools.partial(jax.jit, static_argnums=1, compiler_options=opts)
     def advance(state, n):
         # outputs (chain, draw, ...); one program for warmup and sampling
-        return _per_chain(lambda s: jax.lax.scan(one, s, None, length=n), num_chains)(state)
+        return _per_chain(lambda s: jax.lax.scan(one, s, None, length=n), chain_devices)(state)
 
     bar = tqdm(total=num_warmup + num_samples, desc="NUTS (numpyro): warmup",
                disable=not progress, leave=False)
@@ -524,7 +530,7 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
 def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                   target_accept, max_tree_depth, init_strategy, chunk_size, progress,
-                  keep_failed_states, starts, guard, dense_mass=False):
+                  keep_failed_states, starts, guard, chain_devices, dense_mass=False):
     k_init, k_warm, k_sample = jax.random.split(key, 3)
     init_params, potential_gen, postprocess_gen, _ = infer_util.initialize_model(
         jax.random.split(k_init, num_chains), model, init_strategy=init_strategy,
@@ -551,7 +557,7 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
                       jnp.mean(info.info.acceptance_rate[num_warmup // 2:]))
             return state, params, failed.sum(), checks
 
-        return _per_chain(one, num_chains)(keys, positions)
+        return _per_chain(one, chain_devices)(keys, positions)
 
     @functools.partial(jax.jit, static_argnums=3, compiler_options=compiler_options())
     def sample_chunk(keys, states, params, n):
@@ -570,7 +576,7 @@ def _run_blackjax(model, args, kwargs, key, num_warmup, num_samples, num_chains,
 
             return jax.lax.scan(one, state, jax.random.split(k, n))
 
-        return _per_chain(chain, num_chains)(keys, states, params)
+        return _per_chain(chain, chain_devices)(keys, states, params)
 
     bar = tqdm(total=num_samples, desc="NUTS (blackjax): warmup", disable=not progress,
                leave=False)

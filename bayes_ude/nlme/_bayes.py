@@ -33,6 +33,7 @@ import numpyro.distributions as dist
 import pandas as pd
 from numpyro.distributions.transforms import biject_to
 
+from .._batching import batch_map, resolve_devices
 from .._compile import compiler_options, filter_jit
 from ._estimate import SAMPLERS
 from ._model import PopulationModel, _chol_to_vector
@@ -120,7 +121,8 @@ def _blocks(model: PopulationModel) -> list[list[int]]:
 
 
 # ----------------------------------------------------------------------- NumPyro model
-def numpyro_model(model: PopulationModel, population, priors: Priors | None = None):
+def numpyro_model(model: PopulationModel, population, priors: Priors | None = None, *,
+                  devices=None):
     """The population model as a NumPyro model (a function of no arguments).
 
     Sites: one per theta name; ``omega_sd`` (one per random effect, in the model's order)
@@ -130,6 +132,13 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     ``eta = z L'`` and the individual parameters ``<name>_i`` as deterministic sites;
     ``y``, the observations on the error models' scale (``log DV`` for the exponential
     model; padding masked), one event per subject.
+
+    ``devices`` (as in :func:`bayes_ude.nlme.fit`; default one device on a CPU, every
+    local GPU): the subjects' predictions, the costly part of the log density and its
+    gradient, are split evenly over them
+    (:func:`bayes_ude._batching.batch_map`, one vectorised block per device) and
+    gathered for the observation site, so the density is summed in the same order and the
+    draws are the same on any number of devices.
     """
     priors = Priors() if priors is None else priors
     priors.check(model)
@@ -138,6 +147,14 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     q = model.n_eta
     n_subjects = population.n_subjects
     mask = jnp.asarray(population.obs_mask)
+    devices = tuple(resolve_devices(devices))
+
+    def subject(item, shared):
+        eta_i, s = item
+        theta, sigma = shared
+        ind = model.individual_parameters(theta, eta_i, s)
+        scalars = {k: v for k, v in ind.items() if jnp.shape(v) == ()}
+        return scalars, model.residual(model.predict(theta, eta_i, s), sigma, s)
 
     def fn():
         theta = {k: numpyro.sample(k, priors.theta_dist(model, k)) for k in model.theta}
@@ -157,12 +174,10 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
         with numpyro.plate("subject", n_subjects):
             z = numpyro.sample("eta_z", dist.Normal(0.0, 1.0).expand([q]).to_event(1))
         eta = numpyro.deterministic("eta", z @ chol.T)
-        ind = jax.vmap(lambda e, s: model.individual_parameters(theta, e, s))(eta, population)
+        ind, (y, f_t, r) = batch_map(subject, (eta, population), (theta, sigma), block=None,
+                                     devices=devices)
         for name, value in ind.items():
-            if jnp.shape(value) == (n_subjects,):
-                numpyro.deterministic(f"{name}_i", value)
-        f = jax.vmap(lambda e, s: model.predict(theta, e, s))(eta, population)
-        y, f_t, r = jax.vmap(lambda fi, s: model.residual(fi, sigma, s))(f, population)
+            numpyro.deterministic(f"{name}_i", value)
         # padding must not reach the density (nor its gradient) through NaNs
         y = jnp.where(mask, y, 0.0)
         f_t = jnp.where(mask, f_t, 0.0)
@@ -484,7 +499,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
               batch_size: int | None = None,
               num_steps: int = 5000, burn_in: int | None = None, step_size=None,
               thin: int = 1, marginal: str = "focei",
-              control_variates: bool = True) -> BayesianFitResult:
+              control_variates: bool = True, devices=None) -> BayesianFitResult:
     """Bayesian fit of a population model (usually through :func:`bayes_ude.nlme.fit`).
 
     Parameters
@@ -518,6 +533,12 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     control_variates : SGLD-CV: subtract each subject's gradient at the
         maximum-likelihood point from its minibatch term and add their sum back (same
         mean, far smaller minibatch noise near the mode; default on).
+    devices : where the subjects are computed (as in :func:`bayes_ude.nlme.fit`; default
+        every local GPU, or one CPU device). NUTS: each chain's log density has its
+        subjects split over them (and the chains all run on the default device, one after
+        the other on a CPU, vectorised elsewhere); SG-MCMC: each minibatch's subjects and
+        the control variates' gradients are split over them. The draws are the same on
+        any number of devices (same key).
     """
     if method not in SAMPLERS:
         raise ValueError(f"Bayesian method must be one of {SAMPLERS}, got {method!r}")
@@ -531,6 +552,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     model.check(population)
     model = model.specialised(population)
     key = jax.random.key(0) if key is None else key
+    devices = tuple(resolve_devices(devices))
     start = time.perf_counter()
     from ..inference._interrupt import interrupt_guard
 
@@ -540,11 +562,13 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
         if method == "nuts":
             idata, u_draws = _fit_nuts(model, population, priors, init, key, progress,
                                        num_warmup, num_samples, num_chains, target_accept,
-                                       max_tree_depth, backend, dense_mass, metric, guard)
+                                       max_tree_depth, backend, dense_mass, metric, guard,
+                                       devices)
         else:
             idata, u_draws = _fit_sgmcmc(model, population, priors, init, key, progress,
                                          method, batch_size, num_steps, burn_in, step_size,
-                                         thin, num_chains, marginal, control_variates)
+                                         thin, num_chains, marginal, control_variates,
+                                         devices)
         result = BayesianFitResult(method=method, model=model, population=population,
                                    idata=idata, draws=_natural_draws(model, u_draws),
                                    u=_central_u(model, u_draws), u_draws=u_draws,
@@ -554,10 +578,11 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
 
 def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_samples,
               num_chains, target_accept, max_tree_depth, backend, dense_mass=False,
-              metric="adapt", guard=None):
+              metric="adapt", guard=None, devices=None):
     from ..inference import laplace_inverse_mass, run_nuts
 
-    fn = numpyro_model(model, population, priors)
+    devices = tuple(resolve_devices(devices))
+    fn = numpyro_model(model, population, priors, devices=devices)
     values = _initial_values(model, population, init)
     ids = list(population.ids)
     n_sub = population.n_subjects
@@ -573,7 +598,9 @@ def _fit_nuts(model, population, priors, init, key, progress, num_warmup, num_sa
                      inverse_mass_matrix=(laplace_inverse_mass(fn, values=values)
                                           if metric == "laplace" else None),
                      init=_init_near(values), progress=progress, posterior_predictive=False,
-                     dims=dims, coords=coords, backend=backend)
+                     dims=dims, coords=coords, backend=backend,
+                     # subjects split over several devices: the chains stay together
+                     spread_chains=len(devices) == 1)
     post = {k: np.asarray(v) for k, v in idata.posterior.items()}
     u_draws = _u_from_sites(model, post)
     mask = np.asarray(population.obs_mask)
@@ -633,13 +660,20 @@ def _replicate_impl(model, us, etas, population, key):
 
 
 # ---------------------------------------------------------------------------- SG-MCMC
+def _subject_gradients(loglik, p, population, devices):
+    return _subject_gradients_jit(loglik, p, population, tuple(resolve_devices(devices)))
+
+
 @filter_jit
-def _subject_gradients(loglik, p, population):
-    return jax.vmap(lambda s: jax.grad(loglik)(jnp.zeros(p), s))(population)
+def _subject_gradients_jit(loglik, p, population, devices):
+    # in blocks on a CPU (each subject's inner Newton loop), over the devices
+    return batch_map(lambda s, _: jax.grad(loglik)(jnp.zeros(p), s), population,
+                     devices=devices)
 
 
 def _fit_sgmcmc(model, population, priors, init, key, progress, method, batch_size,
-                num_steps, burn_in, step_size, thin, num_chains, marginal, control_variates):
+                num_steps, burn_in, step_size, thin, num_chains, marginal, control_variates,
+                devices=None):
     """SG-MCMC on the population parameters, subjects in minibatches.
 
     The chains move in whitened coordinates ``v``: ``u = u_ml + C v`` with ``C C'`` the
@@ -656,6 +690,9 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, batch_si
     if marginal not in ("focei", "laplace"):
         raise ValueError(f"marginal must be 'focei' or 'laplace', got {marginal!r}")
     n = population.n_subjects
+    devices = tuple(resolve_devices(devices))
+    # minibatches split over several devices; on one, BlackJAX's estimator as it is
+    sharded = devices if len(devices) > 1 else None
     batch_size = min(n, 64) if batch_size is None else batch_size
     burn_in = num_steps // 2 if burn_in is None else burn_in
     if step_size is None:
@@ -665,7 +702,7 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, batch_si
     ml = init
     if not (isinstance(ml, FitResult) and ml.covariance_unconstrained is not None):
         ml = fit(model, population, marginal, init=init if isinstance(init, Mapping) else None,
-                 progress=progress)
+                 progress=progress, devices=devices)
         if ml.covariance_unconstrained is None:
             raise RuntimeError("SG-MCMC needs the maximum-likelihood covariance as its "
                                "preconditioner, and the covariance step failed (see the "
@@ -706,7 +743,7 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, batch_si
         # SGLD-CV (Baker et al. 2019): each subject's log likelihood minus its tangent at
         # the ML point v = 0, and the sum of those tangents added back exactly, so the
         # minibatch estimate keeps its mean and loses most of its variance near the mode
-        g = _subject_gradients(loglik, p, pop)  # (N, p)
+        g = _subject_gradients(loglik, p, pop, devices)  # (N, p)
         g_total = jnp.sum(g, axis=0)
 
         def prior_term(v):
@@ -716,10 +753,10 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, batch_si
             subject, g_i = item
             return loglik(v, subject) - g_i @ v
 
-        grad = inference.grad_estimator(prior_term, item_term, n)
+        grad = inference.grad_estimator(prior_term, item_term, n, devices=sharded)
         data = (pop, g)
     else:
-        grad = inference.grad_estimator(logprior, loglik, n)
+        grad = inference.grad_estimator(logprior, loglik, n, devices=sharded)
         data = pop
     kernel = {"sgld": inference.sgld, "psgld": inference.psgld,
               "sghmc": inference.sghmc}[method](grad)

@@ -94,8 +94,10 @@ def add_pk_parser(sub) -> None:
                      help="exit 0 even when the maximum-likelihood estimates are degenerate "
                           "(run-away values; exit code 3 otherwise)")
     fit.add_argument("--devices", default=None, metavar="all|N",
-                     help="maximum likelihood: split the subjects over this many local devices "
-                          "(or 'all'); default: every GPU, or one CPU device")
+                     help="split the subjects over this many local devices (or 'all'): "
+                          "the objective of a maximum-likelihood fit, each NUTS chain's "
+                          "log density (the chains then share the devices), each SGLD "
+                          "minibatch; default: every GPU, or one CPU device")
     run = fit.add_argument_group(
         "several processes", "one fit as N processes (jax.distributed; hosts or GPUs), each "
         "reading the whole table and computing its devices' share of the subjects; only "
@@ -226,9 +228,6 @@ def check_pk_args(args: argparse.Namespace) -> None:
             _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
     devices = getattr(args, "devices", None)
     if devices is not None:
-        if args.method in ("nuts", "sgld"):
-            _fail("--devices splits the subjects of a maximum-likelihood fit; the Bayesian "
-                  "methods spread their chains over the local devices by themselves")
         if devices != "all" and not (devices.isdigit() and int(devices) >= 1):
             _fail(f"--devices must be 'all' or a count >= 1, got {devices!r}")
     from .._distributed import command_settings
@@ -479,6 +478,19 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         output.discard()
 
 
+@contextlib.contextmanager
+def _devices_checked(args):
+    """``--devices`` as ``fit`` takes it; more devices than this process has: the
+    command's one-line error (the count is only known once JAX has started)."""
+    devices = getattr(args, "devices", None)
+    try:
+        yield int(devices) if devices and devices.isdigit() else devices
+    except ValueError as err:
+        if devices is None or "local device" not in str(err):
+            raise
+        raise SystemExit(f"bayes-ude pk fit: --devices {devices}: {err}") from None
+
+
 def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
     """The maximum-likelihood branch: estimates, diagnostics, EBEs, VPC, plots."""
     import warnings
@@ -490,15 +502,9 @@ def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
     with warnings.catch_warnings():
         # said below, once, in the command's words
         warnings.filterwarnings("ignore", message=r"NLME fit: .* degenerate solution")
-        devices = getattr(args, "devices", None)
-        try:
+        with _devices_checked(args) as devices:
             result = fit(model, pop, args.method, max_iter=args.max_iter,
-                         progress=not args.quiet,
-                         devices=int(devices) if devices and devices.isdigit() else devices)
-        except ValueError as err:
-            if "local device" not in str(err):
-                raise
-            raise SystemExit(f"bayes-ude pk fit: --devices {devices}: {err}") from None
+                         progress=not args.quiet, devices=devices)
     # There are estimates from here on: Ctrl-C skips what is left and keeps what exists.
     with _sigint_deferred() as sigint:
         seconds = time.perf_counter() - start
@@ -587,18 +593,20 @@ def _run_bayes(args, pop, model, start, output: _Output, notes: list[str]) -> in
     progress = not args.quiet
     prior_text = args.omega_prior or DEFAULT_OMEGA_PRIOR
     priors = Priors(omega_sd=omega_prior(prior_text))
-    if args.method == "nuts":
-        # start the chains at the maximum-likelihood (FOCEI) estimates and EBEs
-        ml = fit(model, pop, "focei", max_iter=args.max_iter, progress=progress,
-                 covariance=False)
-        if ml.interrupted:
-            raise KeyboardInterrupt  # a start for the chains is not a result: nothing to keep
-        result = fit(model, pop, "nuts", init=ml, num_warmup=args.warmup,
-                     num_samples=args.samples, num_chains=args.chains, key=key,
-                     progress=progress, priors=priors)
-    else:
-        result = fit(model, pop, "sgld", num_steps=4 * args.samples,
-                     num_chains=args.chains, key=key, progress=progress, priors=priors)
+    with _devices_checked(args) as devices:
+        if args.method == "nuts":
+            # start the chains at the maximum-likelihood (FOCEI) estimates and EBEs
+            ml = fit(model, pop, "focei", max_iter=args.max_iter, progress=progress,
+                     covariance=False, devices=devices)
+            if ml.interrupted:
+                raise KeyboardInterrupt  # a start for the chains is not a result
+            result = fit(model, pop, "nuts", init=ml, num_warmup=args.warmup,
+                         num_samples=args.samples, num_chains=args.chains, key=key,
+                         progress=progress, priors=priors, devices=devices)
+        else:
+            result = fit(model, pop, "sgld", num_steps=4 * args.samples,
+                         num_chains=args.chains, key=key, progress=progress, priors=priors,
+                         devices=devices)
     # There are draws from here on: Ctrl-C skips what is left and keeps what exists (the
     # draws, the table and summary.json first, with Ctrl-C held off until they are saved).
     with _sigint_deferred() as sigint:

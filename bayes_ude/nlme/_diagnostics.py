@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from jax.scipy.special import ndtri
 
+from .._batching import batch_map, resolve_devices
 from .._compile import filter_jit
 
 __all__ = ["diagnostics", "simulate", "vpc", "plot_gof", "plot_vpc", "plot_individual",
@@ -39,10 +40,11 @@ def _decorrelate(v, e, mask):
 
 
 @filter_jit
-def _residuals(model, u, population, eta):
-    theta, omega, sigma = model.unpack(u)
+def _residuals(model, u, population, eta, devices):
+    def one(item, u):
+        subject, eta_hat = item
+        theta, omega, sigma = model.unpack(u)
 
-    def one(subject, eta_hat):
         def pred_t(e):
             f = model.predict(theta, e, subject)
             return model.residual(f, sigma, subject)
@@ -60,7 +62,7 @@ def _residuals(model, u, population, eta):
         iwres = (y - fi_t) / jnp.sqrt(ri)
         return f0, fi, iwres, wres, cwres
 
-    return jax.vmap(one)(population, eta)
+    return batch_map(one, (population, eta), u, devices=devices)
 
 
 def _sample_y(model, theta, omega, sigma, subject, key):
@@ -102,10 +104,15 @@ def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None) -
 
 
 @filter_jit
-def _npde(model, u, population, key, n):
-    sims = _simulate(model, u, population, key, n)  # (n, S, No)
+def _npde(model, u, population, key, n, devices):
+    # each subject simulates its own n replicates (a key per subject): memory grows with
+    # a block of subjects, not with all of them times n
 
-    def one(subject, ys):
+    def one(item, u):
+        subject, k = item
+        theta, omega, sigma = model.unpack(u)
+        ys = jax.vmap(lambda kk: _sample_y(model, theta, omega, sigma, subject, kk))(
+            jax.random.split(k, n))
         mask = subject.obs_mask
         tr = _transform(model, subject)
         obs = tr(subject.obs_dv)
@@ -118,7 +125,8 @@ def _npde(model, u, population, key, n):
         pde = jnp.clip(pde, 1.0 / (2 * n), 1.0 - 1.0 / (2 * n))
         return ndtri(pde)
 
-    return jax.vmap(one, in_axes=(0, 1))(population, sims)
+    keys = jax.random.split(key, population.obs_time.shape[0])
+    return batch_map(one, (population, keys), u, devices=devices)
 
 
 def _transform(model, subject):
@@ -135,13 +143,18 @@ def _transform(model, subject):
     return tr
 
 
-def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None) -> pd.DataFrame:
+def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None,
+                devices=None) -> pd.DataFrame:
     """One row per observation: ``ID, TIME, DV, DVID, CMT, ROW, PRED, IPRED, RES, IRES,
-    IWRES, WRES, CWRES, NPDE`` (``n_sim`` replicates for NPDE; 0 skips it)."""
+    IWRES, WRES, CWRES, NPDE`` (``n_sim`` replicates for NPDE; 0 skips it). Subjects in
+    blocks and over ``devices`` (default: the fit's, see :func:`bayes_ude.nlme.fit`)."""
     model, pop = fit.model, fit.population
+    devices = tuple(resolve_devices(getattr(fit, "devices", None) if devices is None
+                                    else devices))
     u = jnp.asarray(fit.u)
     eta = jnp.asarray(fit.eta.to_numpy())
-    pred, ipred, iwres, wres, cwres = (np.asarray(a) for a in _residuals(model, u, pop, eta))
+    pred, ipred, iwres, wres, cwres = (np.asarray(a) for a in _residuals(model, u, pop, eta,
+                                                                          devices))
     mask = np.asarray(pop.obs_mask)
     sub, rec = np.nonzero(mask)
     dv = np.asarray(pop.obs_dv)[mask]
@@ -162,7 +175,7 @@ def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None) -> pd.Data
     })
     if n_sim:
         key = jax.random.key(0) if key is None else key
-        out["NPDE"] = np.asarray(_npde(model, u, pop, key, n_sim))[mask]
+        out["NPDE"] = np.asarray(_npde(model, u, pop, key, n_sim, devices))[mask]
     return out
 
 

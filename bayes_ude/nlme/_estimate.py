@@ -594,6 +594,8 @@ class FitResult:
     # covariance of the estimated entries of the unconstrained vector ``u`` (None without
     # a covariance step); used to precondition SG-MCMC
     covariance_unconstrained: np.ndarray | None = None
+    # the devices the subjects were split over (diagnostics use the same)
+    devices: tuple | None = None
 
     # ---- views
     @property
@@ -722,11 +724,12 @@ class FitResult:
         return text
 
     # ---- diagnostics (see bayes_ude.nlme._diagnostics)
-    def diagnostics(self, n_sim: int = 1000, key=None) -> pd.DataFrame:
-        """PRED, IPRED, RES, IRES, IWRES, WRES, CWRES, NPDE per observation."""
+    def diagnostics(self, n_sim: int = 1000, key=None, devices=None) -> pd.DataFrame:
+        """PRED, IPRED, RES, IRES, IWRES, WRES, CWRES, NPDE per observation (subjects over
+        ``devices``, default the fit's)."""
         from ._diagnostics import diagnostics
 
-        return diagnostics(self, n_sim, key)
+        return diagnostics(self, n_sim, key, devices)
 
     def individual_parameters(self) -> pd.DataFrame:
         """EBEs and individual parameters per subject."""
@@ -810,6 +813,9 @@ def fit(
         CPU device), ``"all"``, a count, or a list of devices. Subjects are padded to a
         multiple of the device count and split evenly; the objective and the estimates are
         the same as on one device, to rounding (see :func:`bayes_ude._batching.batch_map`).
+        The Bayesian methods split the subjects the same way (NUTS: inside each chain's
+        log density, the chains then all on the default device; SG-MCMC: each
+        minibatch), with the same draws on any number of devices.
 
     Returns
     -------
@@ -834,7 +840,8 @@ def fit(
         if fixed:
             raise ValueError("fixed parameters are not supported by the Bayesian methods; "
                              "give them a tight prior instead (Priors)")
-        return fit_bayes(model, population, method, progress=progress, init=init, **bayes)
+        return fit_bayes(model, population, method, progress=progress, init=init,
+                         devices=devices, **bayes)
     if bayes:
         raise TypeError(f"fit() got options {sorted(bayes)} that only the Bayesian methods "
                         f"{SAMPLERS} take")
@@ -944,7 +951,8 @@ def _finish(model, population, method, problem, state, names, free, fixed_names,
         estimates=estimates, se=se, covariance=cov_df, eta=eta_df, converged=converged,
         iterations=iterations, seconds=time.perf_counter() - start, message=message,
         interrupted=interrupted, fixed=fixed_names, history=history,
-        covariance_unconstrained=cov_u if free.size == len(names) else None)
+        covariance_unconstrained=cov_u if free.size == len(names) else None,
+        devices=problem.devices)
     reasons = result.degenerate
     if reasons:
         warnings.warn(f"NLME fit: {'converged to' if converged else 'stopped at'} a "

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 from jaxtyping import ArrayLike, PyTree
 
-from .._batching import batch_map
+from .._batching import batch_map, resolve_devices
 from ._solve import Solution, solve
 
 
@@ -32,10 +32,10 @@ def solve_ensemble(
     arguments go to :func:`solve`. Returns a :class:`Solution` whose fields have the batch
     axis first; failed members have ``success=False`` without affecting the others.
 
-    ``devices`` (``"all"``, a count or a list of devices; default: the default device)
-    splits the members evenly over several devices (``shard_map`` over a 1-D mesh,
-    members padded to a multiple of the device count), each device stepping its own
-    members (see :func:`bayes_ude._batching.batch_map`).
+    ``devices`` (``"all"``, a count or a list of devices; default, as everywhere: every
+    local GPU, one CPU device) splits the members evenly over several devices
+    (``shard_map`` over a 1-D mesh, members padded to a multiple of the device count),
+    each device stepping its own members (see :func:`bayes_ude._batching.batch_map`).
     """
     if not (batch_u0 or batch_args):
         raise ValueError("solve_ensemble needs batch_u0 or batch_args (or both) to be True")
@@ -43,7 +43,8 @@ def solve_ensemble(
     def one(u, a):
         return solve(vector_field, u, saveat, a, **kwargs)
 
-    if devices is None:
+    devices = resolve_devices(devices)
+    if len(devices) == 1:
         return jax.vmap(one, in_axes=(0 if batch_u0 else None, 0 if batch_args else None))(
             u0, args)
     # members split over the devices (one vectorised block each); the unbatched input is
@@ -51,4 +52,7 @@ def solve_ensemble(
     batched = (u0 if batch_u0 else None, args if batch_args else None)
     shared = (None if batch_u0 else u0, None if batch_args else args)
     return batch_map(lambda b, s: one(b[0] if batch_u0 else s[0], b[1] if batch_args else s[1]),
-                     batched, shared, block=None, devices=devices)
+                     batched, shared, block=None, devices=devices,
+                     # no copy of the shared input per member (it may be a network's
+                     # weights, shared by 100,000 members)
+                     copy_args=False)

@@ -93,3 +93,30 @@ def test_schedule_and_bad_input(regression):
                              batch_size=5)
     with pytest.raises(ValueError, match="alpha"):
         inference.psgld(grad, alpha=1.0)
+
+
+def test_minibatch_indices_are_a_uniform_subset_at_a_cost_free_of_n():
+    """Floyd's algorithm: distinct indices, each item in a minibatch with probability
+    size/N and each pair with size(size-1)/(N(N-1)) (checked by counting, 5 standard errors),
+    and no array of size N in the program (a permutation of N was what made an SGLD step
+    grow with the number of subjects)."""
+    from bayes_ude.inference._sgmcmc import sample_indices
+
+    n, size, reps = 7, 3, 100_000
+    idx = np.asarray(jax.jit(jax.vmap(lambda k: sample_indices(k, n, size)))(
+        jax.random.split(jax.random.key(0), reps)))
+    assert idx.min() >= 0 and idx.max() < n
+    assert (np.sort(idx, axis=1)[:, 1:] != np.sort(idx, axis=1)[:, :-1]).all()  # distinct
+    p_item = size / n
+    freq = np.bincount(idx.ravel(), minlength=n) / reps
+    assert np.all(np.abs(freq - p_item) < 5 * np.sqrt(p_item * (1 - p_item) / reps))
+    member = np.zeros((reps, n), bool)
+    member[np.arange(reps)[:, None], idx] = True
+    pair = (member[:, :, None] & member[:, None, :]).mean(0)[~np.eye(n, dtype=bool)]
+    p_pair = size * (size - 1) / (n * (n - 1))
+    assert np.all(np.abs(pair - p_pair) < 5 * np.sqrt(p_pair * (1 - p_pair) / reps))
+    # the program for N = 10^9 holds nothing of size N (it would not fit in memory)
+    big = jax.jit(lambda k: sample_indices(k, 10**9, 100))(jax.random.key(1))
+    assert np.unique(np.asarray(big)).size == 100
+    with pytest.raises(ValueError, match="size=8"):
+        sample_indices(jax.random.key(0), 7, 8)
