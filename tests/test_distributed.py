@@ -6,9 +6,8 @@ the process itself through ``cli.main``) and then a short NUTS run through the P
 on a tiny simulated oral population; a single process with two CPU devices runs the same
 script at the same time. The subjects are split over two devices in both (the FOCEI
 objective; each NUTS chain's log density), so the computation is the same program and the
-results must agree to the last bit. (One device
-against two: the estimates differ by ~4e-9, the EBEs' inner Newton tolerance, as
-``tests/test_batching.py`` shows; that is not what is tested here.)
+results must agree to the last bit. (One device against several:
+``tests/test_batching.py``.)
 """
 
 import json
