@@ -22,6 +22,7 @@ exactly ``n`` results and never a padding artefact in a sum.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -103,8 +104,47 @@ def _pad(tree, n_to: int):
     return jax.tree.map(pad, tree)
 
 
+def _broadcast(args, n: int):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + jnp.shape(a)), args)
+
+
+def _ordered_sum(c, lanes: int = 16):
+    """``sum(c, axis=0)`` in one order whatever the compiled program around it: rows added
+    ``lanes`` at a time in a loop (elementwise adds, which XLA does not reorder), then the
+    ``lanes`` partial sums added one by one. ``jnp.sum`` is a reduction whose order XLA
+    picks with the fusion around it."""
+    m = -(-c.shape[0] // lanes)
+    c = jnp.concatenate([c, jnp.zeros((m * lanes - c.shape[0],) + c.shape[1:], c.dtype)])
+    acc = jax.lax.scan(lambda a, x: (a + x, None), jnp.zeros((lanes,) + c.shape[1:], c.dtype),
+                       c.reshape((m, lanes) + c.shape[1:]))[0]
+    out = acc[0]
+    for i in range(1, lanes):
+        out = out + acc[i]
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _copies(args, n: int):
+    """``n`` copies of ``args`` whose cotangents are summed over one materialised
+    ``(n, ...)`` array (the sum XLA would otherwise fuse with how the members' cotangents
+    were laid out, a layout that differs with the device count)."""
+    return _broadcast(args, n)
+
+
+def _copies_fwd(args, n):
+    return _broadcast(args, n), None
+
+
+def _copies_bwd(n, _, ct):
+    return (jax.tree.map(_ordered_sum, ct),)
+
+
+_copies.defvjp(_copies_fwd, _copies_bwd)
+
+
 def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str = "auto",
-              devices: int | str | Sequence | None = None, copy_args: bool = True) -> Any:
+              devices: int | str | Sequence | None = None, copy_args: bool = True,
+              isolate: bool = False) -> Any:
     """``jax.vmap(fn, in_axes=(0, None))(xs, args)``, computed in blocks and over devices.
 
     ``fn(x, args)`` takes one member ``x`` of the pytree ``xs`` (every leaf with the same
@@ -119,11 +159,23 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
     evenly over them (``shard_map``), each device running its share on its own. Works
     under ``jit`` and ``grad``.
     ``copy_args``: give each member its own copy of ``args`` (``n`` copies; default), so
-    that gradients, draws and estimates are the same on any number of devices (below).
+    that gradients, draws and estimates are the same on 2 or 4 devices (below), and on 1
+    where the members' code sits in a loop of its own (an inner Newton loop; ``isolate``).
     ``False`` for shared arguments too large to copy ``n`` times (a network's weights
     shared by 100,000 ensemble members): their gradient is then summed per device, and
     differs in the last bits between device counts.
+    ``isolate`` (with ``copy_args``; a block size, not ``None``): run at least two blocks
+    per device in the loop and sum the members' cotangents of ``args`` in a fixed order
+    (:func:`_ordered_sum`), so that one device computes exactly what several do. Without
+    it, XLA fuses straight-line member code (a closed-form model's predictions) with what
+    surrounds it when the batch is not split, and one device differs from several in the
+    last bits (2e-15 on predictions); NUTS turns that into other draws. Costs padding up to
+    two blocks per device, a loop, and about twice the work per gradient on a CPU. Reverse
+    mode and Hessians (forward over reverse) work; forward mode alone does not (the
+    ordered sum is a ``custom_vjp``).
     """
+    if isolate and (block is None or not copy_args):
+        raise ValueError("batch_map: isolate needs a block size (not None) and copy_args")
     devices = resolve_devices(devices)
     leaves = jax.tree.leaves(xs)
     if not leaves:
@@ -138,6 +190,8 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
     # with blocks of 13 and 4; the same blocks on 2 and 4 devices agree to 1e-14).
     block = math.ceil(n / n_dev) if block is None else max(1, min(int(block), n))
     per_device = math.ceil(n / (n_dev * block)) * block
+    if isolate:
+        per_device = max(per_device, 2 * block)
     replicated = replicated_sharding(devices)
     # With ``copy_args``, the shared arguments go to every member as a copy of its own, and
     # members and copies are kept whole on every device before they are split: in reverse
@@ -147,7 +201,7 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
     # device sums its own members and the partial sums are added: on 2 and 4 devices NUTS
     # gradients 1e-14 apart, which NUTS turns into other draws.
     if copy_args:
-        xs = (xs, jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + jnp.shape(a)), args))
+        xs = (xs, (_copies if isolate else _broadcast)(args, n))
         args = ()
     else:
         xs = (xs, None)

@@ -293,6 +293,49 @@ def measure(n: int, fit_max: int, seed: int = 0, r_timeout: float = 1800.0) -> d
     return out
 
 
+def bias_study(n: int, seeds: int) -> dict:
+    """FOCEI fits of ``seeds`` simulated data sets of ``n`` subjects (seeds 0 ...): each
+    estimate's relative error against the simulation truth, its mean over the data sets
+    (the estimator's bias, with its Monte Carlo standard error) and spread."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+
+    from bayes_ude import nlme
+
+    truth = {f"t{p}": TRUTH[p] for p in TRUTH}
+    truth.update({f"omega_eta_{p}": OMEGA_SD[p] ** 2 for p in OMEGA_SD})
+    truth["prop_sd"] = PROP_SD
+    model = _population_model()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            path = Path(tmp) / f"pop{seed}.csv"
+            simulate_table(n, seed).to_csv(path, index=False, na_rep=".")
+            result = nlme.fit(model, nlme.read_nonmem(path), "focei", progress=False,
+                              covariance=False)
+            rows.append(_errors(result.estimates.to_dict(), truth))
+            print(f"bias study N={n} seed {seed}: " + ", ".join(
+                f"{k} {v:+.1%}" for k, v in rows[-1].items()), file=sys.stderr, flush=True)
+    out = {}
+    for k in rows[0]:
+        v = np.array([r[k] for r in rows])
+        out[k] = {"mean": float(v.mean()), "mc_se": float(v.std(ddof=1) / math.sqrt(v.size)),
+                  "sd": float(v.std(ddof=1)), "errors": v.tolist()}
+    return {"n": n, "seeds": seeds, "params": out}
+
+
+def report_bias(study: dict) -> None:
+    print(f"FOCEI over {study['seeds']} simulated data sets of N={study['n']} (seeds 0-"
+          f"{study['seeds'] - 1}): relative error against the truth, mean (bias) +- MC SE, "
+          f"sd over data sets; within 5 % on every parameter in "
+          f"{sum(all(abs(p['errors'][i]) <= 0.05 for p in study['params'].values()) for i in range(study['seeds']))}"
+          f" of {study['seeds']}")
+    for k, p in study["params"].items():
+        print(f"    {k:<14} {p['mean']:+.1%} +- {p['mc_se']:.1%}   sd {p['sd']:.1%}")
+
+
 def slope(xs, ys) -> float:
     return (math.log(ys[1]) - math.log(ys[0])) / (math.log(xs[1]) - math.log(xs[0]))
 
@@ -354,6 +397,9 @@ def main() -> None:
                         help="run the full FOCEI fit up to this N (default %(default)s)")
     parser.add_argument("--r-timeout", type=float, default=1800.0,
                         help="seconds R's nlme may take per N (default %(default)s)")
+    parser.add_argument("--bias-seeds", type=int, default=0, metavar="K",
+                        help="also fit K simulated data sets of --fit-max subjects and print "
+                             "the estimator's bias (mean relative error over them)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None,
                         help="write the measurements (a list of rows) here")
@@ -378,8 +424,13 @@ def main() -> None:
             rows.append(json.loads(target.read_text()))
         print(f"N={n} done", file=sys.stderr, flush=True)
     report(rows)
+    study = None
+    if args.bias_seeds:
+        study = bias_study(args.fit_max, args.bias_seeds)
+        report_bias(study)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(rows if study is None else
+                                        {"rows": rows, "bias_study": study}, indent=1))
 
 
 if __name__ == "__main__":

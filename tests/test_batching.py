@@ -119,24 +119,33 @@ _MULTI = textwrap.dedent("""
         for col in ("PRED", "IPRED", "CWRES", "NPDE"):
             d = np.max(np.abs(diag[dev][col].to_numpy() - diag[1][col].to_numpy()))
             assert d < 1e-8, (dev, col, d)
+        # simulation (VPC): each replicate's subjects over the fit's devices, the same keys
+        sim = fits[dev].simulate(n=20)
+        assert sim.shape == (20, 13, 7)
+        assert np.max(np.abs(sim - fits[1].simulate(n=20))) < 1e-8, dev
 
     # NUTS: the subjects of each chain's log density over the devices (the chains stay on
-    # them together). 2 and 4 devices run the same per-device code and sum in one order:
-    # the same draws, to the last bit. On one device XLA fuses the subjects' straight-line
-    # code (no loop around it, as FOCEI's inner Newton loop is) with what surrounds it:
-    # predictions ~2e-15 apart, and NUTS, which amplifies any difference, gives other
-    # draws of the same posterior (not compared here draw by draw).
+    # them together). With devices given on a CPU the subjects run in blocks inside a loop
+    # (batch_map's isolate), so one device runs exactly what several do: the same draws,
+    # to the last bit (NUTS amplifies any difference: without the loop, one device's
+    # predictions were 2e-15 apart and its draws others of the same posterior)
     draws = {}
-    for dev in (2, 4):
+    for dev in (1, 2, 4):
         post = nlme.fit(model, pop, "nuts", devices=dev, num_warmup=10, num_samples=10,
-                        num_chains=2, progress=False, key=jax.random.key(5))
+                        num_chains=2, progress=False, key=jax.random.key(5), init=fits[2])
         draws[dev] = post.u_draws
-    assert np.max(np.abs(draws[4] - draws[2])) < 1e-10, np.max(np.abs(draws[4] - draws[2]))
-    # SGLD: each minibatch's subjects over the devices, the same draws
+    for dev in (2, 4):
+        d = np.max(np.abs(draws[dev] - draws[1]))
+        assert d < 1e-10, (dev, d)
+    # SGLD: each minibatch's subjects over the devices, the same draws (the FOCEI marginal
+    # likelihood's inner Newton loop isolates the subjects' code, as in the fit)
     sg = {dev: nlme.fit(model, pop, "sgld", devices=dev, init=fits[2], num_steps=20,
-                        batch_size=5, num_chains=2, progress=False).u_draws
-          for dev in (2, 4)}
-    assert np.max(np.abs(sg[4] - sg[2])) < 1e-10, np.max(np.abs(sg[4] - sg[2]))
+                        batch_size=5, num_chains=2, progress=False,
+                        control_variates=False).u_draws
+          for dev in (1, 2, 4)}
+    for dev in (2, 4):
+        d = np.max(np.abs(sg[dev] - sg[1]))
+        assert d < 1e-10, (dev, d)
     print("ok", {d: r[0] for d, r in results.items()})
 """)
 

@@ -85,22 +85,30 @@ def _sample_obs(model, f, sigma, subject, key):
 
 
 @filter_jit
-def _simulate(model, u, population, key, n):
-    theta, omega, sigma = model.unpack(u)
+def _simulate(model, u, population, key, n, devices=None):
     keys = jax.random.split(key, (n, population.obs_time.shape[0]))
 
-    def rep(ks):
-        return jax.vmap(lambda s, k: _sample_y(model, theta, omega, sigma, s, k))(population, ks)
+    def one(item, u):
+        subject, k = item
+        theta, omega, sigma = model.unpack(u)
+        return _sample_y(model, theta, omega, sigma, subject, k)
+
+    def rep(ks):  # one replicate: the subjects over the devices
+        return batch_map(one, (population, ks), u, block=None, devices=devices)
 
     return jax.lax.map(rep, keys)  # (n, S, No); a map keeps memory at one replicate
 
 
-def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None) -> np.ndarray:
+def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None,
+             devices=None) -> np.ndarray:
     """Simulated observations ``(n, subjects, records)`` from the fitted model (new etas and
-    residual errors) on ``population``'s design (default: the fitted data's)."""
+    residual errors) on ``population``'s design (default: the fitted data's); each
+    replicate's subjects over ``devices`` (default: the fit's)."""
     key = jax.random.key(0) if key is None else key
     population = fit.population if population is None else population
-    return np.asarray(_simulate(fit.model, jnp.asarray(fit.u), population, key, n))
+    devices = tuple(resolve_devices(getattr(fit, "devices", None) if devices is None
+                                    else devices))
+    return np.asarray(_simulate(fit.model, jnp.asarray(fit.u), population, key, n, devices))
 
 
 @filter_jit
