@@ -14,7 +14,9 @@ Definitions (per subject, on the error model's scale — log for the exponential
   Phi^-1(pde)``. Under the model, NPDE are N(0, 1).
 * eta-shrinkage ``1 - SD(eta_hat) / omega^(1/2)``; epsilon-shrinkage ``1 - SD(IWRES)``.
 
-Everything is computed for all subjects at once (``vmap``).
+Everything is computed for all subjects at once, in blocks and over the fit's devices
+(:func:`bayes_ude._batching.batch_map`); NPDE's replicates are simulated subject by subject
+(a key each), so their memory is a block's, not subjects x replicates.
 """
 
 from __future__ import annotations

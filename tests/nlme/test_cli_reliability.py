@@ -263,9 +263,18 @@ def _check_replaced(tmp_path, stage: str) -> dict:
 
 def test_ctrl_c_during_compilation_leaves_the_folder_as_it_was(tmp_path):
     # no compilation cache: the first chunk of iterations compiles for seconds, and the
-    # header line is printed just before it starts
-    code, out, err, seconds = _interrupt(tmp_path, "theophylline: 12 subjects",
-                                         {"BAYES_UDE_COMPILATION_CACHE": "0"})
+    # header line is printed just before it starts. On a machine loaded enough that this
+    # test's process sleeps through compile and first chunk (seen once in a full suite
+    # beside the multi-process tests), the signal comes after the first results: that run
+    # is the fit-stage case, tested below, and the compile case is tried once more
+    for attempt in range(2):
+        case = tmp_path / f"attempt{attempt}"
+        case.mkdir()
+        code, out, err, seconds = _interrupt(case, "theophylline: 12 subjects",
+                                             {"BAYES_UDE_COMPILATION_CACHE": "0"})
+        if "interrupted (fit)" not in err:
+            break
+    tmp_path = case
     assert code == 130, err
     assert "Traceback" not in err
     assert "interrupted before there were results; nothing written" in err
