@@ -327,11 +327,12 @@ def bias_study(n: int, seeds: int) -> dict:
 
 
 def report_bias(study: dict) -> None:
+    params = study["params"].values()
+    within = sum(all(abs(p["errors"][i]) <= 0.05 for p in params)
+                 for i in range(study["seeds"]))
     print(f"FOCEI over {study['seeds']} simulated data sets of N={study['n']} (seeds 0-"
           f"{study['seeds'] - 1}): relative error against the truth, mean (bias) +- MC SE, "
-          f"sd over data sets; within 5 % on every parameter in "
-          f"{sum(all(abs(p['errors'][i]) <= 0.05 for p in study['params'].values()) for i in range(study['seeds']))}"
-          f" of {study['seeds']}")
+          f"sd over data sets; within 5 % on every parameter in {within} of {study['seeds']}")
     for k, p in study["params"].items():
         print(f"    {k:<14} {p['mean']:+.1%} +- {p['mc_se']:.1%}   sd {p['sd']:.1%}")
 
