@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+from .. import _sigint
+
 
 def run_chunks(total: int, chunk_size: int, advance: Callable[[int, int], object], bar,
                what: str = "draws per chain", guard=None):
@@ -19,16 +21,19 @@ def run_chunks(total: int, chunk_size: int, advance: Callable[[int, int], object
     """
     pieces, done, partial = [], 0, False
     try:
-        while done < total:
-            n = min(chunk_size, total - done)
-            piece = advance(done, n)
-            if piece is not None:
-                pieces.append(piece)
-            done += n
-            bar.update(n)
+        with _sigint.counted_sigint():
+            while done < total:
+                n = min(chunk_size, total - done)
+                piece = advance(done, n)
+                if piece is not None:
+                    pieces.append(piece)
+                done += n
+                bar.update(n)
+                _sigint.raise_pending()  # a Ctrl-C swallowed during the chunk
         if guard is not None:
             guard.defer()
     except KeyboardInterrupt:
+        _sigint.handled()
         if not pieces:
             raise
         if guard is not None:

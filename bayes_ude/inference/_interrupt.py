@@ -30,6 +30,8 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 
+from .. import _sigint
+
 
 class InterruptGuard:
     """State of the Ctrl-C handling of one thread (see the module notes)."""
@@ -44,7 +46,9 @@ class InterruptGuard:
     # ----------------------------------------------------------------- the handler
     def _handle(self, signum, frame):
         if not self.deferring:
-            return self._previous(signum, frame)  # e.g. signal.default_int_handler
+            if self._previous is signal.default_int_handler:
+                return _sigint.raise_counted(signum, frame)  # see bayes_ude._sigint
+            return self._previous(signum, frame)
         if not self.received:
             print("interrupt received: finishing the draws (the remaining optional steps "
                   "are skipped)", file=sys.stderr, flush=True)
@@ -69,6 +73,7 @@ class InterruptGuard:
             finally:
                 self.deferring = saved
         except KeyboardInterrupt:
+            _sigint.handled()
             self.deferring = saved  # the finally clause itself may have been interrupted
             if not self.received:
                 print("interrupt received: skipping the optional steps, finishing the draws",

@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from .. import _sigint
+
 __all__ = ["add_pk_parser", "run_pk_fit"]
 
 OMEGA_PRIORS = ("halfnormal", "halfcauchy")
@@ -541,38 +543,46 @@ def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
     elif sigint:
         output.interrupted_at = "writing estimates"
     stage = "writing"
+    # each stage begins with a check for a Ctrl-C that the last one swallowed (_sigint)
     try:
-        if not output.interrupted_at:
-            _pause_for_tests("writing")
-            stage = "diagnostics"
-            diag = result.diagnostics(n_sim=500)
-            output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
-            from ._diagnostics import epsilon_shrinkage
+        with _sigint.counted_sigint():
+            if not output.interrupted_at:
+                _pause_for_tests("writing")
+                _sigint.raise_pending()
+                stage = "diagnostics"
+                diag = result.diagnostics(n_sim=500)
+                output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
+                from ._diagnostics import epsilon_shrinkage
 
-            summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
-            stage = "individual parameters"
-            output.save("ebe.csv", result.individual_parameters().to_csv)
-            stage = "vpc"
-            vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
-            output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
-            if not args.no_plots:
-                stage = "plots"
-                import matplotlib
+                summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
+                _sigint.raise_pending()
+                stage = "individual parameters"
+                output.save("ebe.csv", result.individual_parameters().to_csv)
+                _sigint.raise_pending()
+                stage = "vpc"
+                vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+                output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
+                if not args.no_plots:
+                    _sigint.raise_pending()
+                    stage = "plots"
+                    import matplotlib
 
-                matplotlib.use("Agg")
-                import matplotlib.pyplot as plt
+                    matplotlib.use("Agg")
+                    import matplotlib.pyplot as plt
 
-                from ._diagnostics import plot_gof, plot_individual, plot_vpc
+                    from ._diagnostics import plot_gof, plot_individual, plot_vpc
 
-                fig = plot_gof(diag, title=f"{args.model}, {args.method.upper()}: "
-                                          "goodness of fit")
-                output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
-                ax = plot_vpc(result, table=vpc_table)
-                output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
-                fig2 = plot_individual(result)
-                output.save("individual.png", lambda path: fig2.savefig(path, dpi=110))
-                plt.close("all")
+                    fig = plot_gof(diag, title=f"{args.model}, {args.method.upper()}: "
+                                              "goodness of fit")
+                    output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
+                    ax = plot_vpc(result, table=vpc_table)
+                    output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+                    fig2 = plot_individual(result)
+                    output.save("individual.png", lambda path: fig2.savefig(path, dpi=110))
+                    plt.close("all")
+                _sigint.raise_pending()
     except KeyboardInterrupt:
+        _sigint.handled()
         output.interrupted_at = stage
     late = output.commit(summary)
     output.report(args.quiet)
@@ -639,31 +649,37 @@ def _run_bayes(args, pop, model, start, output: _Output, notes: list[str]) -> in
     elif sigint:
         output.interrupted_at = "writing estimates"
     stage = "writing"
+    # each stage begins with a check for a Ctrl-C that the last one swallowed (_sigint)
     try:
-        if not output.interrupted_at:
-            _pause_for_tests("writing")
-            stage = "vpc"
-            vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
-            output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
-            if not args.no_plots:
-                stage = "plots"
-                import matplotlib
+        with _sigint.counted_sigint():
+            if not output.interrupted_at:
+                _pause_for_tests("writing")
+                _sigint.raise_pending()
+                stage = "vpc"
+                vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+                output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
+                if not args.no_plots:
+                    _sigint.raise_pending()
+                    stage = "plots"
+                    import matplotlib
 
-                matplotlib.use("Agg")
-                import arviz as az
-                import matplotlib.pyplot as plt
+                    matplotlib.use("Agg")
+                    import arviz as az
+                    import matplotlib.pyplot as plt
 
-                from ._diagnostics import plot_vpc
+                    from ._diagnostics import plot_vpc
 
-                ax = plot_vpc(result, table=vpc_table,
-                              title="Posterior predictive check (prediction-corrected VPC)")
-                output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
-                names = [n for n in result.draws if n in result.idata.posterior]
-                axes = az.plot_trace(result.idata, var_names=names, compact=True)
-                output.save("trace.png",
-                            lambda path: axes.ravel()[0].figure.savefig(path, dpi=90))
-                plt.close("all")
+                    ax = plot_vpc(result, table=vpc_table,
+                                  title="Posterior predictive check (prediction-corrected VPC)")
+                    output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+                    names = [n for n in result.draws if n in result.idata.posterior]
+                    axes = az.plot_trace(result.idata, var_names=names, compact=True)
+                    output.save("trace.png",
+                                lambda path: axes.ravel()[0].figure.savefig(path, dpi=90))
+                    plt.close("all")
+                _sigint.raise_pending()
     except KeyboardInterrupt:
+        _sigint.handled()
         output.interrupted_at = stage
     late = output.commit(summary)
     output.report(args.quiet)

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import _sigint
 from .._batching import batch_map, replicated_sharding, resolve_devices
 from .._compile import filter_jit
 from ._error import Additive
@@ -815,7 +816,8 @@ def fit(
         the same as on one device, to rounding (see :func:`bayes_ude._batching.batch_map`).
         The Bayesian methods split the subjects the same way (NUTS: inside each chain's
         log density, the chains then all on the default device; SG-MCMC: each
-        minibatch), with the same draws on any number of devices.
+        minibatch); given explicitly, the draws are the same on 1, 2 or 4 devices (see
+        :func:`bayes_ude.nlme.fit_bayes`).
 
     Returns
     -------
@@ -888,18 +890,22 @@ def fit(
     iterations, interrupted = 0, False
     bar = tqdm(total=max_iter, desc=f"{method.upper()}", disable=not progress, leave=False)
     try:
-        while iterations < max_iter:
-            n = min(chunk, max_iter - iterations)
-            state = _run_chunk(problem, state, np.asarray(n, np.int64), np.asarray(tol, float))
-            done_now = int(state.iteration)
-            iterations += done_now
-            history.append(float(state.value))
-            bar.update(done_now)
-            bar.set_postfix(ofv=f"{float(state.value):.4f}")
-            if bool(state.done):
-                break
-            _pause_for_tests("fit")
+        with _sigint.counted_sigint():
+            while iterations < max_iter:
+                n = min(chunk, max_iter - iterations)
+                state = _run_chunk(problem, state, np.asarray(n, np.int64),
+                                   np.asarray(tol, float))
+                done_now = int(state.iteration)
+                iterations += done_now
+                history.append(float(state.value))
+                bar.update(done_now)
+                bar.set_postfix(ofv=f"{float(state.value):.4f}")
+                _sigint.raise_pending()  # a Ctrl-C swallowed during the chunk
+                if bool(state.done):
+                    break
+                _pause_for_tests("fit")
     except KeyboardInterrupt:
+        _sigint.handled()
         if iterations == 0:
             raise  # during compilation or the first chunk: no estimates to keep
         interrupted = True
@@ -938,9 +944,12 @@ def _finish(model, population, method, problem, state, names, free, fixed_names,
     cov_df = cov_u = None
     if covariance and not interrupted:
         try:
-            _pause_for_tests("covariance")
-            cov_df, se, cov_u = _covariance(problem, x, eta, names, free, jac)
+            with _sigint.counted_sigint():
+                _pause_for_tests("covariance")
+                cov_df, se, cov_u = _covariance(problem, x, eta, names, free, jac)
+                _sigint.raise_pending()
         except KeyboardInterrupt:
+            _sigint.handled()
             interrupted = True
             message = "interrupted during the covariance step: no standard errors"
     eta_df = pd.DataFrame(np.asarray(eta), columns=list(model.eta_names),

@@ -245,6 +245,51 @@ def test_interrupt_guard_defers_only_after_the_draws_and_nests():
         assert fresh.optional(lambda: 1) == (1, True)
 
 
+class _SwallowsCtrlC:
+    """Ctrl-C arriving inside ``__del__`` (as inside JAX's gc callback while XLA
+    compiles): Python prints "Exception ignored" and goes on."""
+
+    def __del__(self):
+        _sigint()
+        for _ in range(10_000):  # the handler runs between these bytecodes
+            pass
+
+
+@main_thread_only
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_that_python_swallowed_is_raised_at_the_next_checkpoint():
+    from bayes_ude import _sigint as sigint
+    from bayes_ude.inference._chunks import run_chunks
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with sigint.counted_sigint():
+            _SwallowsCtrlC()  # garbage at once: its __del__ swallows the interrupt
+            with pytest.raises(KeyboardInterrupt):
+                sigint.raise_pending()
+            sigint.raise_pending()  # accounted for: nothing more to raise
+
+        def advance(done, n):  # the second chunk "compiles" through a swallowed Ctrl-C
+            if done == 1:
+                _SwallowsCtrlC()
+            return done
+
+        class Bar:
+            def update(self, n):
+                pass
+
+        with pytest.warns(UserWarning, match="returning the 2 draws"):
+            pieces, done, partial = run_chunks(5, 1, advance, Bar(), what="draws")
+        assert pieces == [0, 1] and done == 2 and partial
+        with sigint.counted_sigint():  # a caught interrupt is not raised again
+            with pytest.raises(KeyboardInterrupt):
+                _sigint()
+            sigint.handled()
+            sigint.raise_pending()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # -------------------------------------------------------------------- stuck warmup (11)
 
 

@@ -1,0 +1,56 @@
+"""Ctrl-C that Python swallowed is raised at the next checkpoint.
+
+Python turns SIGINT into ``KeyboardInterrupt`` in whatever Python code runs at that
+moment. When that is a garbage-collector callback or a ``__del__`` -- JAX runs one at
+every collection, often while XLA compiles -- Python prints "Exception ignored in ..."
+and carries on: the interrupt is lost and a long fit runs to its end (seen in CI: a
+Ctrl-C during compilation of an NLME fit).
+
+Within :func:`counted_sigint` every SIGINT is counted before it is raised; a loop calls
+:func:`raise_pending` between its steps (after each compiled chunk), which raises the
+``KeyboardInterrupt`` again if one was counted but nobody caught it, and a handler that
+does catch it calls :func:`handled`. The samplers' own handler
+(:mod:`~bayes_ude.inference._interrupt`) counts the same way when it raises; outside the
+block, or under any other handler (IPython's), nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+_COUNT = {"received": 0, "handled": 0}
+
+
+def raise_counted(signum, frame):
+    """Python's default SIGINT handler, counting."""
+    _COUNT["received"] += 1
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def counted_sigint() -> Iterator[None]:
+    """Count SIGINTs in this block (main thread, Python's default handler only)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, raise_counted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def handled() -> None:
+    """A ``KeyboardInterrupt`` was caught: every SIGINT so far is accounted for."""
+    _COUNT["handled"] = _COUNT["received"]
+
+
+def raise_pending() -> None:
+    """Raise ``KeyboardInterrupt`` if a counted SIGINT was never caught."""
+    if _COUNT["received"] > _COUNT["handled"]:
+        handled()
+        raise KeyboardInterrupt
