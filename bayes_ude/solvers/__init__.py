@@ -15,6 +15,9 @@ from ._failure import sanitize as sanitize
 from ._rosenbrock import AbstractRosenbrock as AbstractRosenbrock
 from ._rosenbrock import Rodas5P as Rodas5P
 from ._rosenbrock import Rosenbrock23 as Rosenbrock23
+from ._shadowing import Shadowing as Shadowing
+from ._shadowing import shadowing as shadowing
+from ._shadowing import shadowing_gradient as shadowing_gradient
 from ._solve import AUTO_FORWARD_MAX_PARAMS as AUTO_FORWARD_MAX_PARAMS
 from ._solve import MIN_RTOL_EPS as MIN_RTOL_EPS
 from ._solve import check_dae as check_dae
@@ -42,6 +45,9 @@ __all__ = [
     "Tsit5",
     "log_density_penalty",
     "sanitize",
+    "Shadowing",
+    "shadowing",
+    "shadowing_gradient",
     "solve",
     "solve_ensemble",
     "status_message",
