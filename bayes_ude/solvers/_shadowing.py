@@ -28,7 +28,8 @@ taken out at the interfaces, ``<dJ/du v> + <dJ/dp> - (1/T) sum xi_i (J(t_i) - <J
 a removed ``xi f`` is a time shift of the shadow trajectory, the interval it skips or repeats
 is taken out of the average.
 
-Checks: the leading Lyapunov exponent is estimated along the trajectory (a normalised
+Checks: a window that starts far outside the region its second half visits (more than
+half that region's size: a spin-up too short to reach the attractor) warns; the leading Lyapunov exponent is estimated along the trajectory (a normalised
 tangent, or NILSS's ``R`` diagonals); a window shorter than :data:`MIN_LYAPUNOV_TIMES`
 Lyapunov times gives a warning naming the Lyapunov time, and a NILSS run whose last
 homogeneous tangent still grows (``M`` too small for the unstable directions) warns as well.
@@ -363,21 +364,22 @@ def shadowing(
     if jnp.ndim(objective(u0, p)) > 1:
         raise ValueError("shadowing: objective must return a scalar or a 1-D vector")
     key = jax.random.key(0) if key is None else key
-    grad, average, lyapunov = _shadow(vector_field, objective, u0, p, dt,
+    grad, average, lyapunov, excess = _shadow(vector_field, objective, u0, p, dt,
                                       int(round(spinup / dt)), n_steps, method, segments,
                                       n_unstable, alpha, key)
     gradient = jax.vmap(ravel_pytree(p)[1])(grad)
     if jnp.ndim(objective(u0, p)) == 0:
         gradient = jax.tree.map(lambda x: x[0], gradient)
         average = average[0]
-    _check(lyapunov, window, method)
+    _check(lyapunov, window, method, excess, spinup)
     return Shadowing(gradient, average, lyapunov, window)
 
 
 @filter_jit
 def _shadow(vector_field, objective, u0, p, dt, n_spinup, n_steps, method, segments,
             n_unstable, alpha, key):
-    """The compiled part of :func:`shadowing`: ``(d<J>/dp (q, P), <J> (q,), exponents)``."""
+    """The compiled part of :func:`shadowing`: ``(d<J>/dp (q, P), <J> (q,), exponents,
+    spin-up excess)``."""
     p_flat, unravel = ravel_pytree(p)
     f = lambda u, q: jnp.asarray(vector_field(0.0, u, q))  # noqa: E731
     us = _trajectory(f, u0, p, dt, n_spinup, n_steps)
@@ -401,7 +403,15 @@ def _shadow(vector_field, objective, u0, p, dt, n_spinup, n_steps, method, segme
                 - jnp.einsum("kp,kq->qp", xi, j_interfaces - average) / window)
         lyapunov = jnp.mean(jnp.log(jnp.abs(jnp.diagonal(r, axis1=1, axis2=2))), axis=0) / (
             k_seg * dt)
-    return grad, average, lyapunov
+    # how far the window's first state lies outside the box of states its second half
+    # visits (0 inside; in units of that box's size): a spin-up too short to reach the
+    # attractor leaves the window starting in the transient
+    late = us[n_steps // 2:]
+    lo, hi = late.min(0), late.max(0)
+    size = (hi - lo) + 1e-3 * (jnp.max(jnp.abs(late)) + 1e-12)
+    outside = jnp.maximum(lo - 0.1 * (hi - lo) - us[0], us[0] - hi - 0.1 * (hi - lo))
+    excess = jnp.max(jnp.maximum(outside, 0.0) / size)
+    return grad, average, lyapunov, excess
 
 
 def shadowing_gradient(vector_field: Callable, u0, p, objective: Callable,
@@ -410,11 +420,18 @@ def shadowing_gradient(vector_field: Callable, u0, p, objective: Callable,
     return shadowing(vector_field, u0, p, objective, t_span, **kwargs).gradient
 
 
-def _check(lyapunov, window, method):
-    """The window and NILSS's tangent count against the estimated exponents (concrete
-    values only: under jit the caller reads ``Shadowing.lyapunov``)."""
+def _check(lyapunov, window, method, excess, spinup):
+    """The spin-up, the window and NILSS's tangent count against the trajectory and the
+    estimated exponents (concrete values only: under jit the caller reads
+    ``Shadowing.lyapunov``)."""
     if isinstance(lyapunov, jax.core.Tracer):
         return
+    if float(excess) > 0.5:
+        warnings.warn(
+            f"shadowing: after a spin-up of {spinup:g} the window starts outside the region "
+            f"the trajectory visits in its second half ({float(excess):.2g} times that "
+            f"region's size away): the trajectory has not reached the attractor; give a "
+            f"longer spinup", stacklevel=3)
     lyap = np.asarray(lyapunov)
     leading = float(lyap.max())
     if leading > 1e-3:

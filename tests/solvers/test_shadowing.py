@@ -162,7 +162,10 @@ def test_under_jit_and_fitting_rho_from_the_long_time_mean():
     assert abs(float(rho) - RHO) < 0.02 * RHO, float(rho)
 
 
-def test_short_window_and_too_few_tangents_warn():
+def test_short_window_short_spinup_and_too_few_tangents_warn():
+    with pytest.warns(UserWarning, match="after a spin-up of 0 the window starts outside"):
+        solvers.shadowing(lorenz, jnp.array([60.0, -60.0, 120.0]), {"rho": jnp.asarray(RHO)},
+                          mean_z, (0.0, 30.0), method="lss", spinup=0.0)
     with pytest.warns(UserWarning, match=r"4\.\d Lyapunov times .*Lyapunov time 1\.\d"):
         solvers.shadowing(lorenz, U0, {"rho": jnp.asarray(RHO)}, mean_z, (0.0, 5.0),
                           method="lss", spinup=10.0)
