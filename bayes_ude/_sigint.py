@@ -37,6 +37,7 @@ def counted_sigint() -> Iterator[None]:
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
+    handled()  # a Ctrl-C swallowed in an earlier block, after its last checkpoint, is old
     previous = signal.signal(signal.SIGINT, raise_counted)
     try:
         yield

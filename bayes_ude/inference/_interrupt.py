@@ -110,6 +110,7 @@ def interrupt_guard() -> Iterator[InterruptGuard]:
         guard._previous = previous
         _LOCAL.guard = guard
         if guard.active:
+            _sigint.handled()  # an old swallowed Ctrl-C is not this run's
             signal.signal(signal.SIGINT, guard._handle)
     guard._depth += 1
     outer_deferring = guard.deferring
