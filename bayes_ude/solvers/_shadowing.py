@@ -29,8 +29,8 @@ a removed ``xi f`` is a time shift of the shadow trajectory, the interval it ski
 is taken out of the average.
 
 Checks: a window that starts far outside the region its second half visits (more than
-half that region's size: a spin-up too short to reach the attractor) warns; the leading Lyapunov exponent is estimated along the trajectory (a normalised
-tangent, or NILSS's ``R`` diagonals); a window shorter than :data:`MIN_LYAPUNOV_TIMES`
+half that region's size: a spin-up too short to reach the attractor) warns; the leading
+Lyapunov exponent is estimated along the trajectory (a normalised tangent, or NILSS's ``R`` diagonals); a window shorter than :data:`MIN_LYAPUNOV_TIMES`
 Lyapunov times gives a warning naming the Lyapunov time, and a NILSS run whose last
 homogeneous tangent still grows (``M`` too small for the unstable directions) warns as well.
 Warnings need concrete values: under ``jax.jit`` read them from :class:`Shadowing`
@@ -361,14 +361,15 @@ def shadowing(
     if value.shape != (n,):
         raise ValueError(f"shadowing: vector_field(t, u0, p) must return a state of shape "
                          f"({n},), got {value.shape}")
-    if jnp.ndim(objective(u0, p)) > 1:
+    objective_ndim = jnp.ndim(objective(u0, p))
+    if objective_ndim > 1:
         raise ValueError("shadowing: objective must return a scalar or a 1-D vector")
     key = jax.random.key(0) if key is None else key
     grad, average, lyapunov, excess = _shadow(vector_field, objective, u0, p, dt,
                                       int(round(spinup / dt)), n_steps, method, segments,
                                       n_unstable, alpha, key)
     gradient = jax.vmap(ravel_pytree(p)[1])(grad)
-    if jnp.ndim(objective(u0, p)) == 0:
+    if objective_ndim == 0:
         gradient = jax.tree.map(lambda x: x[0], gradient)
         average = average[0]
     _check(lyapunov, window, method, excess, spinup)

@@ -25,19 +25,21 @@ def mean_z(u, p):
     return u[2]
 
 
+def lorenz_rk4_step(u, rho, dt):
+    """One classical RK4 step, written here apart from the package's integrator."""
+    f = lambda v: lorenz(0.0, v, {"rho": rho})  # noqa: E731
+    k1 = f(u)
+    k2 = f(u + 0.5 * dt * k1)
+    k3 = f(u + 0.5 * dt * k2)
+    k4 = f(u + dt * k3)
+    return u + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
 def ensemble_averages(rho, n=64, window=200.0, spinup=10.0, dt=0.01):
     """Time averages of z over ``n`` trajectories (RK4, the same starts at every rho:
-    common random numbers), each ``window`` long after ``spinup``; written here, apart
-    from the package's integrator."""
+    common random numbers), each ``window`` long after ``spinup``."""
     starts = jnp.array([1.0, 1.0, 25.0]) + jax.random.normal(jax.random.key(0), (n, 3))
-
-    def rk4(u):
-        f = lambda v: lorenz(0.0, v, {"rho": rho})  # noqa: E731
-        k1 = f(u)
-        k2 = f(u + 0.5 * dt * k1)
-        k3 = f(u + 0.5 * dt * k2)
-        k4 = f(u + dt * k3)
-        return u + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    rk4 = lambda u: lorenz_rk4_step(u, rho, dt)  # noqa: E731
 
     def one(u):
         u = jax.lax.fori_loop(0, int(spinup / dt), lambda _, v: rk4(v), u)
@@ -85,12 +87,7 @@ def test_ordinary_sensitivities_of_one_trajectory_are_useless():
 
     def window_mean(rho):
         def step(u, _):
-            f = lambda v: lorenz(0.0, v, {"rho": rho})  # noqa: E731
-            k1 = f(u)
-            k2 = f(u + 0.5 * dt * k1)
-            k3 = f(u + 0.5 * dt * k2)
-            k4 = f(u + dt * k3)
-            u1 = u + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+            u1 = lorenz_rk4_step(u, rho, dt)
             return u1, u1[2]
 
         u = jax.lax.fori_loop(0, 2000, lambda _, v: step(v, None)[0], U0)
