@@ -31,7 +31,8 @@ is taken out of the average.
 Checks: a window that starts far outside the region its second half visits (more than
 half that region's size: a spin-up too short to reach the attractor) warns; the leading
 Lyapunov exponent is estimated along the trajectory (a normalised tangent, or NILSS's
-``R`` diagonals); a window shorter than :data:`MIN_LYAPUNOV_TIMES` Lyapunov times gives a warning naming the Lyapunov time, and a NILSS run whose last
+``R`` diagonals); a window shorter than :data:`MIN_LYAPUNOV_TIMES` Lyapunov times gives
+a warning naming the Lyapunov time, and a NILSS run whose last
 homogeneous tangent still grows (``M`` too small for the unstable directions) warns as well.
 Warnings need concrete values: under ``jax.jit`` read them from :class:`Shadowing`
 (``lyapunov``) instead. The systems are autonomous (``vector_field`` is called with ``t =
