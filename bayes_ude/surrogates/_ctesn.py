@@ -443,7 +443,7 @@ def fit_ctesn(
                     t0=ts[0] if t0 is None else t0, max_steps=max_steps)
 
     # 1. the reference and training solves
-    start = time_now()
+    start = _now()
     dense = _drive_grid(ts, time)
     ref = solve(vector_field, u0, dense, p_ref, **solve_kw)
     if not bool(ref.success):
@@ -453,7 +453,7 @@ def fit_ctesn(
     unit = design(n_train, box.dim, design_kind, k_design)
     params = np.asarray(box.from_unit(unit))
     ys, status = _ensemble(vector_field, u0, ts, params, solve_kw, chunk, devices, progress)
-    solve_seconds = time_now() - start
+    solve_seconds = _now() - start
 
     ok = (status == 0) & np.all(np.isfinite(ys), axis=(1, 2))
     n_failed = int(np.sum(~ok))
@@ -471,7 +471,7 @@ def fit_ctesn(
                            f"RBF ({failure})")
 
     # 2. the reservoir, driven by the normalised reference
-    start = time_now()
+    start = _now()
     x_ref = np.asarray(ref.ys)
     peak = np.max(np.abs(x_ref), axis=0)
     a, w_hyb = _random_reservoir(k_reservoir, reservoir_size, u0.shape[0], spectral_radius)
@@ -492,7 +492,7 @@ def fit_ctesn(
     w_out = np.einsum("ft,nts->nfs", solve_ls, ys[ok] / scale)
     mean_w, modes_w, coeffs = _compress(w_out, feats, pod_tol)
     interpolant = fit_rbf(unit[ok], coeffs, kernel)
-    fit_seconds = time_now() - start
+    fit_seconds = _now() - start
 
     report = TrainingReport(
         n_train=n_train, n_failed=n_failed,
@@ -530,7 +530,7 @@ def _compress(w_out: np.ndarray, feats: np.ndarray, tol: float):
     return mean, modes, coeffs
 
 
-def time_now() -> float:
+def _now() -> float:
     return time.perf_counter()
 
 

@@ -76,10 +76,11 @@ ax.legend()
 fig.tight_layout()
 
 # %% [markdown]
-# ## Speed: 1,000 rate vectors
+# ## Speed: 1,000 rate vectors (100 in the tiny run)
 
 # %%
-points = sur.box.from_unit(surrogates.design(1000, 3, "uniform", jax.random.key(7)))
+points = sur.box.from_unit(surrogates.design(100 if TINY else 1000, 3, "uniform",
+                                             jax.random.key(7)))
 ours = jax.jit(lambda p: sur(p))
 full = jax.jit(lambda p: solvers.solve_ensemble(
     robertson, Y0, TS, p, batch_u0=False, t0=0.0, solver=solvers.Rodas5P(), rtol=1e-6,
