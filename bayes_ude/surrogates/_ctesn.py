@@ -526,7 +526,8 @@ def _compress(w_out: np.ndarray, feats: np.ndarray, tol: float):
             break
         residual -= np.outer(u[:, r] * s[r], vt[r])
     coeffs = u[:, :rank] * s[:rank]
-    modes = np.einsum("nr,nfs->rfs", u[:, :rank] / s[:rank], dev)
+    inverse = np.divide(1.0, s[:rank], out=np.zeros(rank), where=s[:rank] > 0)  # all alike: 0
+    modes = np.einsum("nr,nfs->rfs", u[:, :rank] * inverse, dev)
     return mean, modes, coeffs
 
 
