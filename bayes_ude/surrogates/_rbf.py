@@ -66,7 +66,7 @@ class RBFInterpolant(eqx.Module):
         d2 = (jnp.sum(u ** 2, axis=-1)[..., None] + jnp.sum(self.centres ** 2, axis=-1)
               - 2.0 * u @ self.centres.T)
         basis = jnp.concatenate([_radial(d2, self.k), _monomials(u, self.exponents)], axis=-1)
-        return basis @ jnp.concatenate([self.weights, self.tail])
+        return basis @ jnp.concatenate([self.weights, self.tail])  # one product, not two
 
 
 def _monomials(u, exponents):
