@@ -80,8 +80,8 @@ def main(quick: bool) -> None:
     report("CRNN field + VJP", t_ours, t_hand, "hand-written jnp")
 
     # ---- 1b. loss + gradient over the 20 experiments
-    loss = crnn.TrajectoryLoss(train, "mae", crnn.SolveOptions(rtol=RTOL, atol=ATOL,
-                                                               sensitivity="reverse"))
+    loss = crnn.TrajectoryLoss(train, "mae", crnn.DEFAULT_SOLVE.replace(
+        rtol=RTOL, atol=ATOL, sensitivity="reverse"))
     ours = eqx.filter_jit(eqx.filter_value_and_grad(loss))
     ts, ys, u0, scale = train.ts, train.ys, train.u0, train.scale
 

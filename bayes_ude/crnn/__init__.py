@@ -13,9 +13,9 @@ from ._bayes import run_nuts as run_nuts
 from ._bayes import run_psgld as run_psgld
 from ._discover import Discovery as Discovery
 from ._discover import discover as discover
+from ._fit import DEFAULT_SOLVE as DEFAULT_SOLVE
 from ._fit import CollocationLoss as CollocationLoss
 from ._fit import Experiments as Experiments
-from ._fit import SolveOptions as SolveOptions
 from ._fit import TrajectoryLoss as TrajectoryLoss
 from ._fit import fit as fit
 from ._fit import fit_collocation as fit_collocation

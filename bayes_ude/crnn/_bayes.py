@@ -49,7 +49,7 @@ from jaxtyping import ArrayLike
 
 from .. import inference, solvers
 from ..inference._sgmcmc import _position_dict
-from ._fit import Experiments, SolveOptions, check_model_data, simulate, simulate_one
+from ._fit import DEFAULT_SOLVE, Experiments, check_model_data, simulate, simulate_one
 from ._model import CRNN
 from ._prune import active_reactions
 
@@ -118,7 +118,7 @@ def _obs_logpdf(ys, pred, sigma, scale, floor):
 
 def log_likelihood(model: CRNN, log_sigma, ts, ys, u0, temperature=None, *,
                    scale: ArrayLike, floor: float = NOISE_FLOOR,
-                   options: SolveOptions = SolveOptions()):
+                   options: solvers.SolveOptions = DEFAULT_SOLVE):
     """Log likelihood of one experiment (``ys`` of shape ``(T, n_species)``) under the
     relative-error model of the module notes; ``-inf`` if the solve fails (its gradient
     stays finite)."""
@@ -129,7 +129,7 @@ def log_likelihood(model: CRNN, log_sigma, ts, ys, u0, temperature=None, *,
 
 
 def estimate_noise(model: CRNN, data: Experiments, floor: float = NOISE_FLOOR,
-                   options: SolveOptions = SolveOptions()) -> float:
+                   options: solvers.SolveOptions = DEFAULT_SOLVE) -> float:
     """The relative noise level ``sigma`` of the data around ``model``'s solution (the
     root mean square of ``(y - c) / (c + floor * scale)``): a starting value for
     sampling."""
@@ -168,7 +168,7 @@ def _fisher(position, static, data, floor, options, prior):
     for ``y ~ Normal(f, s)`` each observation adds ``grad f grad f^T / s^2 +
     2 grad s grad s^T / s^2``; the priors add their precisions."""
     flat, unravel = ravel_pytree(position)
-    forward = _with_options(options, sensitivity="forward")
+    forward = options.replace(sensitivity="forward")
 
     def mean_and_sd(x):
         p = unravel(x)
@@ -189,12 +189,6 @@ def _fisher(position, static, data, floor, options, prior):
     return info + prior_precision
 
 
-def _with_options(options: SolveOptions, **changes) -> SolveOptions:
-    fields = {k: getattr(options, k) for k in ("solver", "rtol", "atol", "max_steps",
-                                                "sensitivity")}
-    return SolveOptions(**{**fields, **changes})
-
-
 def run_psgld(
     model: CRNN,
     data: Experiments,
@@ -209,7 +203,7 @@ def run_psgld(
     init_spread: float | None = None,
     prior: Prior = Prior(),
     floor: float = NOISE_FLOOR,
-    options: SolveOptions = SolveOptions(),
+    options: solvers.SolveOptions = DEFAULT_SOLVE,
     key: jax.Array | None = None,
     progress: bool = True,
 ):
@@ -251,7 +245,8 @@ def run_psgld(
         steps to spread to the posterior's width. 0 without whitening.
     prior : :class:`Prior`.
     floor : absolute noise floor (fraction of each species' scale).
-    options : :class:`SolveOptions` of the solves.
+    options : the :class:`bayes_ude.solvers.SolveOptions` of the solves (default
+        :data:`DEFAULT_SOLVE`).
 
     Returns
     -------
@@ -359,7 +354,7 @@ def credible_interval(idata, var: str = "rate_constant", prob: float = 0.95):
 
 
 def numpyro_model(model: CRNN, data: Experiments, prior: Prior = Prior(),
-                  floor: float = NOISE_FLOOR, options: SolveOptions = SolveOptions(),
+                  floor: float = NOISE_FLOOR, options: solvers.SolveOptions = DEFAULT_SOLVE,
                   sample_stoichiometry: bool = True):
     """NumPyro model of the pruned B-CRNN: only the kept coefficients (``nu``, a vector in
     row-major order of ``model.mask``) and the rate constants of active reactions
@@ -405,7 +400,7 @@ def run_nuts(
     num_chains: int = 2,
     prior: Prior = Prior(),
     floor: float = NOISE_FLOOR,
-    options: SolveOptions = SolveOptions(),
+    options: solvers.SolveOptions = DEFAULT_SOLVE,
     sample_stoichiometry: bool = True,
     key: jax.Array | None = None,
     progress: bool = True,

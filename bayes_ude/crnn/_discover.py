@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
 import optax
 
-from collections.abc import Sequence
-
-from ._fit import Experiments, SolveOptions, TrajectoryLoss, fit, fit_collocation
+from .. import solvers
+from ._fit import DEFAULT_SOLVE, Experiments, TrajectoryLoss, fit, fit_collocation
 from ._model import CRNN
 from ._prune import prune
 
@@ -52,7 +52,7 @@ def discover(
     l1: float = 1e-3,
     thresholds: Sequence[float] = (0.1, 0.4),
     loss: str = "mae",
-    options: SolveOptions = SolveOptions(),
+    options: solvers.SolveOptions = DEFAULT_SOLVE,
     progress: bool = True,
     **model_kwargs,
 ) -> Discovery:

@@ -124,34 +124,25 @@ def check_model_data(model: CRNN, data: Experiments) -> None:
         raise ValueError("an Arrhenius CRNN needs the temperature of every experiment")
 
 
-class SolveOptions(eqx.Module):
-    """How each experiment is solved: :func:`bayes_ude.solvers.solve`'s options.
-
-    The default is Tsit5 at ``rtol=1e-6``, ``atol=1e-8``: a trained CRNN of data like
-    Ji & Deng's is not stiff (rates within two orders of magnitude); pass
-    ``solver=solvers.Rodas5P()`` (or ``solvers.Auto()``) for stiff mechanisms.
-    ``max_steps`` bounds a solve that a bad weight made stiff: it fails (and the training
-    step is skipped, the sample rejected) instead of running for ever.
-    """
-
-    solver: object = eqx.field(static=True, default=None)
-    rtol: float = eqx.field(static=True, default=1e-6)
-    atol: float = eqx.field(static=True, default=1e-8)
-    max_steps: int = eqx.field(static=True, default=4096)
-    sensitivity: str = eqx.field(static=True, default="auto")
+#: How each experiment is solved unless told otherwise (the ``options`` of every function
+#: here): Tsit5 at ``rtol=1e-6``, ``atol=1e-8``, since a trained CRNN of data like Ji &
+#: Deng's is not stiff (rates within two orders of magnitude); pass
+#: ``DEFAULT_SOLVE.replace(solver=solvers.Rodas5P())`` (or ``solvers.Auto()``) for stiff
+#: mechanisms. ``max_steps=4096`` (below :func:`bayes_ude.solvers.solve`'s 10 000) bounds a
+#: solve that a bad weight made stiff: it fails (and the training step is skipped, the
+#: sample rejected) instead of running for ever.
+DEFAULT_SOLVE = solvers.SolveOptions(solver=solvers.Tsit5(), rtol=1e-6, atol=1e-8,
+                                     max_steps=4096)
 
 
 def simulate_one(model: CRNN, ts, u0, temperature=None,
-                 options: SolveOptions = SolveOptions()) -> solvers.Solution:
+                 options: solvers.SolveOptions = DEFAULT_SOLVE) -> solvers.Solution:
     """One experiment: solve ``dc/dt = model(t, c, temperature)`` from ``u0`` at ``ts``."""
-    solver = solvers.Tsit5() if options.solver is None else options.solver
-    return solvers.solve(vector_field, u0, ts, (model, temperature), solver=solver,
-                         rtol=options.rtol, atol=options.atol, max_steps=options.max_steps,
-                         sensitivity=options.sensitivity)
+    return options.solve(vector_field, u0, ts, (model, temperature))
 
 
 def simulate(model: CRNN, ts: ArrayLike, u0: ArrayLike, temperature: ArrayLike | None = None,
-             *, options: SolveOptions = SolveOptions()) -> solvers.Solution:
+             *, options: solvers.SolveOptions = DEFAULT_SOLVE) -> solvers.Solution:
     """Solve a batch of experiments (``vmap``): ``u0`` of shape ``(B, n_species)`` (or
     ``(n_species,)``), ``temperature`` ``(B,)`` or ``None``. Returns a batched
     :class:`bayes_ude.solvers.Solution` (``ys`` of shape ``(B, T, n_species)``)."""
@@ -174,7 +165,7 @@ class TrajectoryLoss(eqx.Module):
 
     data: Experiments
     kind: str = eqx.field(static=True)
-    options: SolveOptions
+    options: solvers.SolveOptions
     l1: float = 0.0
 
     @property
@@ -218,7 +209,7 @@ def fit(
     l1: float = 0.0,
     batch_size: int | None = None,
     lbfgs_steps: int = 0,
-    options: SolveOptions = SolveOptions(),
+    options: solvers.SolveOptions = DEFAULT_SOLVE,
     key: jax.Array | None = None,
     progress: bool = True,
 ) -> FitResult:
@@ -244,7 +235,8 @@ def fit(
         with ``l1=0`` to undo the shrinkage of the others).
     batch_size : experiments per step (drawn without replacement); default all.
     lbfgs_steps : full-batch L-BFGS iterations after AdamW (on the same loss).
-    options : :class:`SolveOptions` of the solves.
+    options : the :class:`bayes_ude.solvers.SolveOptions` of the solves (default
+        :data:`DEFAULT_SOLVE`).
     key : PRNG key for minibatches.
 
     Returns
@@ -459,7 +451,7 @@ def fit_collocation(
 
 
 def validation_error(model: CRNN, data: Experiments, scale: ArrayLike | None = None,
-                     options: SolveOptions = SolveOptions()) -> dict[str, float]:
+                     options: solvers.SolveOptions = DEFAULT_SOLVE) -> dict[str, float]:
     """Errors of ``model`` on (held-out) experiments: ``{"mae": ..., "rmse": ...}`` of the
     concentrations divided by ``scale`` (default the data's own), and ``"relative"``: the
     root mean squared error over the root mean square of the data."""

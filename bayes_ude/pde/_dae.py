@@ -41,6 +41,8 @@ class MassMatrixShooting(eqx.Module):
     t0 : start of the solves (``<= ts[0]``).
     scale : per-species residual scale ``(n,)``.
     mass_matrix : ``M`` ``(n, n)``, possibly singular.
+    options : the :class:`bayes_ude.solvers.SolveOptions` of the solves (built from the
+        constructor's ``solver``, ``rtol``, ``atol``, ``max_steps`` and ``sensitivity``).
     """
 
     ts: Array
@@ -50,11 +52,7 @@ class MassMatrixShooting(eqx.Module):
     scale: Array
     mass_matrix: Array
     vector_field: Callable = eqx.field(static=True)
-    solver: object = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    sensitivity: str = eqx.field(static=True)
+    options: solvers.SolveOptions
 
     def __init__(self, ts: ArrayLike, ys: ArrayLike, mass_matrix: ArrayLike, *,
                  u0: ArrayLike | None = None, t0: float | None = None,
@@ -101,13 +99,12 @@ class MassMatrixShooting(eqx.Module):
         self.scale = jnp.asarray(s)
         self.mass_matrix = jnp.asarray(mass)
         self.vector_field = vector_field
-        self.solver = solvers.Rodas5P() if solver is None else solver
-        if not isinstance(self.solver, solvers.AbstractRosenbrock):
+        solver = solvers.Rodas5P() if solver is None else solver
+        if not isinstance(solver, solvers.AbstractRosenbrock):
             raise ValueError(f"solver must be a Rosenbrock solver (solvers.Rodas5P, "
-                             f"solvers.Rosenbrock23), got {type(self.solver).__name__}")
-        self.rtol, self.atol = float(rtol), float(atol)
-        self.max_steps = int(max_steps)
-        self.sensitivity = sensitivity
+                             f"solvers.Rosenbrock23), got {type(solver).__name__}")
+        self.options = solvers.SolveOptions(solver=solver, rtol=rtol, atol=atol,
+                                            max_steps=max_steps, sensitivity=sensitivity)
 
     @property
     def n_trajectories(self) -> int:
@@ -117,10 +114,8 @@ class MassMatrixShooting(eqx.Module):
         """One solve of ``M u' = f`` from ``u0`` at ``t0`` (a new initial state, e.g. for
         held-out trajectories)."""
         ts = self.ts if ts is None else jnp.asarray(ts)
-        return solvers.solve(self.vector_field, jnp.asarray(u0), ts, params, t0=self.t0,
-                             solver=self.solver, rtol=self.rtol, atol=self.atol,
-                             max_steps=self.max_steps, sensitivity=self.sensitivity,
-                             mass_matrix=self.mass_matrix)
+        return self.options.solve(self.vector_field, jnp.asarray(u0), ts, params, t0=self.t0,
+                                  mass_matrix=self.mass_matrix)
 
     def predict(self, params, ts: ArrayLike | None = None, u0: ArrayLike | None = None
                 ) -> tuple[Array, Array]:

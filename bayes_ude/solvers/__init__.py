@@ -12,6 +12,11 @@ from ._events import Bolus as Bolus
 from ._events import Infusion as Infusion
 from ._failure import log_density_penalty as log_density_penalty
 from ._failure import sanitize as sanitize
+from ._fixed_grid import Grid as Grid
+from ._fixed_grid import integrate_on_grid as integrate_on_grid
+from ._fixed_grid import linear_on_grid as linear_on_grid
+from ._fixed_grid import subject_grid as subject_grid
+from ._options import SolveOptions as SolveOptions
 from ._rosenbrock import AbstractRosenbrock as AbstractRosenbrock
 from ._rosenbrock import Rodas5P as Rodas5P
 from ._rosenbrock import Rosenbrock23 as Rosenbrock23
@@ -20,8 +25,8 @@ from ._shadowing import shadowing as shadowing
 from ._shadowing import shadowing_gradient as shadowing_gradient
 from ._solve import AUTO_FORWARD_MAX_PARAMS as AUTO_FORWARD_MAX_PARAMS
 from ._solve import MIN_RTOL_EPS as MIN_RTOL_EPS
-from ._solve import check_dae as check_dae
 from ._solve import Solution as Solution
+from ._solve import check_dae as check_dae
 from ._solve import solve as solve
 from ._status import Status as Status
 from ._status import status_message as status_message
@@ -37,12 +42,16 @@ __all__ = [
     "Bolus",
     "Dopri5",
     "Dopri8",
+    "Grid",
     "GuardedPIDController",
     "Infusion",
     "Kvaerno5",
     "Solution",
+    "SolveOptions",
     "Status",
     "Tsit5",
+    "integrate_on_grid",
+    "linear_on_grid",
     "log_density_penalty",
     "sanitize",
     "Shadowing",
@@ -51,4 +60,5 @@ __all__ = [
     "solve",
     "solve_ensemble",
     "status_message",
+    "subject_grid",
 ]

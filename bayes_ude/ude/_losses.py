@@ -96,26 +96,9 @@ def _select(x, batch):
     return x if batch is None else x[batch]
 
 
-class _SolveOptions(eqx.Module):
-    solver: object = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    sensitivity: str = eqx.field(static=True)
-
-    def solve(self, vector_field, u0, ts, params):
-        return solvers.solve(vector_field, u0, ts, params, solver=self.solver, rtol=self.rtol,
-                             atol=self.atol, max_steps=self.max_steps,
-                             sensitivity=self.sensitivity)
-
-    def solve_batch(self, vector_field, u0s, ts, params):
-        """One solve per row of ``u0s`` (vmapped)."""
-        return jax.vmap(lambda u: self.solve(vector_field, u, ts, params))(u0s)
-
-
-def _options(solver, rtol, atol, max_steps, sensitivity) -> _SolveOptions:
-    return _SolveOptions(solver=solvers.Tsit5() if solver is None else solver, rtol=float(rtol),
-                         atol=float(atol), max_steps=int(max_steps), sensitivity=sensitivity)
+def _solve_batch(options: solvers.SolveOptions, vector_field, u0s, ts, params):
+    """One solve per row of ``u0s`` (vmapped)."""
+    return jax.vmap(lambda u: options.solve(vector_field, u, ts, params))(u0s)
 
 
 def _mse(pred, ys, scale, ok):
@@ -140,7 +123,7 @@ class SingleShooting(eqx.Module):
     u0: Array
     scale: Array
     vector_field: Callable = eqx.field(static=True)
-    options: _SolveOptions
+    options: solvers.SolveOptions
 
     def __init__(self, ts, ys, *, u0=None, vector_field: Callable = call_model, scale=None,
                  solver=None, rtol=1e-6, atol=1e-8, max_steps=10_000, sensitivity="auto"):
@@ -149,7 +132,8 @@ class SingleShooting(eqx.Module):
         self.u0 = jnp.asarray(_u0(ys, u0))
         self.scale = jnp.asarray(_scale(ys, scale))
         self.vector_field = vector_field
-        self.options = _options(solver, rtol, atol, max_steps, sensitivity)
+        self.options = solvers.SolveOptions(solver=solver, rtol=rtol, atol=atol,
+                                            max_steps=max_steps, sensitivity=sensitivity)
 
     @property
     def n_trajectories(self) -> int:
@@ -159,7 +143,7 @@ class SingleShooting(eqx.Module):
         """Solutions ``(B, len(ts), n)`` and success flags ``(B,)`` from ``u0``."""
         ts = self.ts if ts is None else jnp.asarray(ts)
         u0 = self.u0 if u0 is None else u0
-        sols = self.options.solve_batch(self.vector_field, u0, ts, params)
+        sols = _solve_batch(self.options, self.vector_field, u0, ts, params)
         return sols.ys, sols.success
 
     def __call__(self, params, batch=None):
@@ -193,7 +177,7 @@ class MultipleShooting(eqx.Module):
     segment_length: int = eqx.field(static=True)
     continuity: float
     vector_field: Callable = eqx.field(static=True)
-    options: _SolveOptions
+    options: solvers.SolveOptions
 
     def __init__(self, ts, ys, segment_length: int, *, continuity: float = 100.0, u0=None,
                  vector_field: Callable = call_model, scale=None, solver=None, rtol=1e-6,
@@ -212,7 +196,8 @@ class MultipleShooting(eqx.Module):
         self.segment_length = segment_length
         self.continuity = float(continuity)
         self.vector_field = vector_field
-        self.options = _options(solver, rtol, atol, max_steps, sensitivity)
+        self.options = solvers.SolveOptions(solver=solver, rtol=rtol, atol=atol,
+                                            max_steps=max_steps, sensitivity=sensitivity)
 
     @property
     def n_trajectories(self) -> int:
@@ -359,7 +344,7 @@ class PredictionError(eqx.Module):
     scale: Array
     gain: Array
     vector_field: Callable = eqx.field(static=True)
-    options: _SolveOptions
+    options: solvers.SolveOptions
 
     def __init__(self, ts, ys, gain: float = 1.0, *, u0=None,
                  vector_field: Callable = call_model, scale=None, solver=None, rtol=1e-6,
@@ -372,7 +357,8 @@ class PredictionError(eqx.Module):
         self.scale = jnp.asarray(_scale(ys, scale))
         self.gain = jnp.asarray(float(gain))
         self.vector_field = vector_field
-        self.options = _options(solver, rtol, atol, max_steps, sensitivity)
+        self.options = solvers.SolveOptions(solver=solver, rtol=rtol, atol=atol,
+                                            max_steps=max_steps, sensitivity=sensitivity)
 
     @property
     def n_trajectories(self) -> int:
@@ -442,7 +428,7 @@ class StateBounds(eqx.Module):
     scale: Array
     weight: float
     vector_field: Callable = eqx.field(static=True)
-    options: _SolveOptions
+    options: solvers.SolveOptions
 
     def __init__(self, ts, u0, *, lower=0.0, upper=None, scale=1.0, weight: float = 10.0,
                  vector_field: Callable = call_model, solver=None, rtol=1e-6, atol=1e-8,
@@ -469,11 +455,12 @@ class StateBounds(eqx.Module):
         self.scale = jnp.asarray(_scale(u0[:, None], scale))
         self.weight = float(weight)
         self.vector_field = vector_field
-        self.options = _options(solver, rtol, atol, max_steps, sensitivity)
+        self.options = solvers.SolveOptions(solver=solver, rtol=rtol, atol=atol,
+                                            max_steps=max_steps, sensitivity=sensitivity)
 
     def __call__(self, params, batch=None):
         del batch  # the bounds hold for every trajectory, not a minibatch of the data
-        sols = self.options.solve_batch(self.vector_field, self.u0, self.ts, params)
+        sols = _solve_batch(self.options, self.vector_field, self.u0, self.ts, params)
         ok = sols.success[:, None, None]
         u = jnp.where(ok, sols.ys, 0.0)
         below = jax.nn.relu((self.lower - u) / self.scale)
