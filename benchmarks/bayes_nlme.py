@@ -155,7 +155,7 @@ def stan_input(model, pop, seed: int = 123) -> str:
             "theta_scale": _r(2.0), "add_sd_scale": _r(5.0 * model.sigma["add_sd"]),
             "omega_cauchy": _r(int(isinstance(OMEGA_SD_PRIOR, dist.HalfCauchy))),
             "omega_scale": _r(float(OMEGA_SD_PRIOR.scale))}
-    # as ours (bayes_ude.nlme._bayes._init_near): initial values, U(-0.2, 0.2) jitter on
+    # as ours (bayes_ude.nlme._priors.init_near): initial values, U(-0.2, 0.2) jitter on
     # the unconstrained scale
     rng = np.random.default_rng(seed)
     sd0 = np.sqrt(np.diag(np.asarray(model.omega.init)))

@@ -204,7 +204,8 @@ def measure(n: int, fit_max: int, seed: int = 0, r_timeout: float = 1800.0) -> d
 
     from bayes_ude import inference, nlme
     from bayes_ude.inference._sgmcmc import sample_indices
-    from bayes_ude.nlme._estimate import _LOG_2PI, _Problem, _Subject
+    from bayes_ude.nlme._likelihood import LOG_2PI, SubjectLikelihood
+    from bayes_ude.nlme._optimise import Problem
 
     out = {"n": n, "backend": jax.default_backend(), "devices": len(jax.devices())}
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,7 +223,7 @@ def measure(n: int, fit_max: int, seed: int = 0, r_timeout: float = 1800.0) -> d
     u0 = np.asarray(model.initial_vector(), float)
 
     # FOCEI objective + gradient: what the outer BFGS evaluates once per iteration
-    problem = _Problem(model, "focei", tuple(range(u0.size)), jnp.asarray(u0), pop)
+    problem = Problem(model, "focei", tuple(range(u0.size)), jnp.asarray(u0), pop)
     eta0 = jnp.zeros((n, model.n_eta))
     value_and_grad = jax.value_and_grad(problem.value, has_aux=True)
     out["focei_compile_s"], temp, f = _compiled(value_and_grad, jnp.asarray(u0), eta0)
@@ -244,9 +245,9 @@ def measure(n: int, fit_max: int, seed: int = 0, r_timeout: float = 1800.0) -> d
 
     def loglik(u, subject):
         theta, omega, sigma = model.unpack(u)
-        m2, _ = _Subject(model, "focei", theta, omega, sigma, subject).minus2ll(
+        m2, _ = SubjectLikelihood(model, "focei", theta, omega, sigma, subject).minus2ll(
             jnp.zeros(model.n_eta))
-        return -0.5 * (m2 + jnp.sum(subject.obs_mask) * _LOG_2PI)
+        return -0.5 * (m2 + jnp.sum(subject.obs_mask) * LOG_2PI)
 
     kernel = inference.sgld(inference.grad_estimator(logprior, loglik, n))
     batch = min(MINIBATCH, n)

@@ -2,6 +2,8 @@
 or BlackJAX), SG-MCMC kernels (SGLD, pSGLD, SGHMC), ArviZ output, and failed solves as
 rejected proposals."""
 
+from .._sampler_options import SAMPLERS as SAMPLERS
+from .._sampler_options import SamplerOptions as SamplerOptions
 from ._arviz import to_inference_data as to_inference_data
 from ._failure import reject_failed_solve as reject_failed_solve
 from ._nuts import laplace_inverse_mass as laplace_inverse_mass
@@ -19,7 +21,9 @@ from ._sgmcmc import sghmc as sghmc
 from ._sgmcmc import sgld as sgld
 
 __all__ = [
+    "SAMPLERS",
     "PSGLDState",
+    "SamplerOptions",
     "SGLDState",
     "SGMCMCKernel",
     "grad_estimator",

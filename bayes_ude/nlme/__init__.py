@@ -1,5 +1,6 @@
 """Nonlinear mixed-effects (population) models."""
 
+import importlib
 from typing import TYPE_CHECKING
 
 from ._builtin import builtin_model as builtin_model
@@ -12,9 +13,6 @@ from ._data import NonmemDataError as NonmemDataError
 from ._data import NonmemDataWarning as NonmemDataWarning
 from ._data import Population as Population
 from ._data import covariates_at as covariates_at
-from ._data import load_theophylline_population as load_theophylline_population
-from ._data import load_warfarin_population as load_warfarin_population
-from ._data import read_nonmem as read_nonmem
 from ._deep import CovariateEffect as CovariateEffect
 from ._deep import CovariateIndividual as CovariateIndividual
 from ._deep import CovariateNetwork as CovariateNetwork
@@ -37,10 +35,10 @@ from ._error import Combined as Combined
 from ._error import ErrorModel as ErrorModel
 from ._error import Exponential as Exponential
 from ._error import Proportional as Proportional
-from ._estimate import FitResult as FitResult
-from ._estimate import fit as fit
-from ._estimate import objective as objective
+from ._fit import fit as fit
 from ._fixed_step import FixedStepODEModel as FixedStepODEModel
+from ._likelihood import objective as objective
+from ._likelihood import subject_log_density as subject_log_density
 from ._model import Omega as Omega
 from ._model import PopulationModel as PopulationModel
 from ._pk import ClosedFormModel as ClosedFormModel
@@ -59,24 +57,27 @@ from ._pkpd import michaelis_menten_population as michaelis_menten_population
 from ._pkpd import network_elimination_model as network_elimination_model
 from ._pkpd import split_subjects as split_subjects
 from ._pkpd import warfarin_pkpd_model as warfarin_pkpd_model
+from ._read import load_theophylline_population as load_theophylline_population
+from ._read import load_warfarin_population as load_warfarin_population
+from ._read import read_nonmem as read_nonmem
+from ._results import BayesianFitResult as BayesianFitResult
+from ._results import FitResult as FitResult
+from ._results import PopulationFit as PopulationFit
 from ._simulate import CovariateTruth as CovariateTruth
 from ._simulate import compare_covariate_models as compare_covariate_models
 from ._simulate import simulate_covariate_population as simulate_covariate_population
 
 # The Bayesian layer (NumPyro) loads on first use: a maximum-likelihood fit does not pay
 # for importing NumPyro.
-_BAYES = ("BayesianFitResult", "Priors", "fit_bayes", "numpyro_model", "subject_log_density")
+_LAZY = {"Priors": "_priors", "numpyro_model": "_priors", "fit_bayes": "_bayes"}
 if TYPE_CHECKING:
-    from ._bayes import BayesianFitResult as BayesianFitResult
-    from ._bayes import Priors as Priors
     from ._bayes import fit_bayes as fit_bayes
-    from ._bayes import numpyro_model as numpyro_model
-    from ._bayes import subject_log_density as subject_log_density
+    from ._priors import Priors as Priors
+    from ._priors import numpyro_model as numpyro_model
 
 
 def __getattr__(name):
-    if name in _BAYES:
-        from . import _bayes
-
-        return getattr(_bayes, name)
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -129,7 +129,8 @@ def _load(data: str, args: argparse.Namespace | None = None,
     import warnings
 
     from .. import datasets
-    from ._data import NonmemDataWarning, read_nonmem
+    from ._data import NonmemDataWarning
+    from ._read import read_nonmem
 
     def columns(option: str):
         text = getattr(args, option, None)
@@ -332,7 +333,7 @@ class _Output:
         """Write ``summary.json`` (with ``status``, ``files``, ``warnings``), put the folder
         in place and write the ``--json`` copy, with Ctrl-C held off meanwhile. Returns
         whether a Ctrl-C came during it."""
-        from ._estimate import json_safe
+        from ._results import json_safe
 
         with _sigint_deferred() as late:
             summary["status"] = "interrupted" if self.interrupted_at else "complete"
@@ -499,7 +500,8 @@ def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
 
     import pandas as pd
 
-    from ._estimate import _pause_for_tests, fit
+    from ._estimate import _pause_for_tests
+    from ._fit import fit
 
     with warnings.catch_warnings():
         # said below, once, in the command's words
@@ -596,8 +598,9 @@ def _run_bayes(args, pop, model, start, output: _Output, notes: list[str]) -> in
     import jax
     import pandas as pd
 
-    from ._bayes import Priors
-    from ._estimate import _pause_for_tests, fit
+    from ._estimate import _pause_for_tests
+    from ._fit import fit
+    from ._priors import Priors
 
     key = jax.random.key(args.seed)
     progress = not args.quiet

@@ -41,10 +41,11 @@ from jaxtyping import Array
 
 from ..nn import MLP, flatten
 from ._data import Population
+from ._fit import fit as run_fit
 from ._model import Omega, PopulationModel
 
 if TYPE_CHECKING:
-    from ._estimate import FitResult
+    from ._results import FitResult
 
 __all__ = [
     "CovariateEffect",
@@ -539,8 +540,6 @@ def augment(
     -------
     The refitted :class:`FitResult` (or the model when ``refit=False``).
     """
-    from ._estimate import fit as run_fit
-
     if not hasattr(fit, "eta") or not hasattr(fit, "model"):
         raise TypeError("augment needs a maximum-likelihood FitResult (with EBEs in .eta), "
                         f"got {type(fit).__name__}")

@@ -35,7 +35,10 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .. import solvers
 
 __all__ = [
     "ClosedFormModel",
@@ -129,8 +132,6 @@ def _model_label(model) -> str:
 
 def check_compartments(model: StructuralModel, population) -> None:
     """:meth:`StructuralModel.check_population` for any model (see there)."""
-    import numpy as np
-
     from ._data import _rows_text
 
     label = _model_label(model)
@@ -309,8 +310,6 @@ class ClosedFormModel(StructuralModel):
     def specialise(self, population) -> ClosedFormModel:
         """A copy that leaves out the infusion, steady-state and reset terms the data do not
         need (smaller programs, faster compilation); the general model handles all."""
-        import numpy as np
-
         mask = np.asarray(population.dose_mask)
         flags = {
             "infusions": bool(np.any(np.asarray(population.dose_rate)[mask] > 0)),
@@ -442,6 +441,35 @@ class TwoCompartmentOral(ClosedFormModel):
         return jnp.stack([alpha, beta, ka]), jnp.stack([depot, central, peripheral])
 
 
+def select_by_dvid(outputs: Mapping[int, Array], dvid: Int[Array, " n_obs"]
+                   ) -> Float[Array, " n_obs"]:
+    """Per record, the entry of ``outputs`` (``{dvid: values at every record}``) for its
+    observation type ``dvid``; a record whose ``DVID`` is none of the keys gets the first
+    entry's value (padding, or a single-type model)."""
+    items = list(outputs.items())
+    out = items[0][1]
+    for key, value in items[1:]:
+        out = jnp.where(dvid == key, value, out)
+    return out
+
+
+def observe_states(observe: Callable | Mapping[int, Callable], states, params, subject
+                   ) -> Float[Array, " n_obs"]:
+    """Predictions from the states at the observation records: ``observe(states[i],
+    params)`` for one observe function, or for a mapping ``{dvid: observe}`` the function
+    of each record's ``DVID`` (:func:`select_by_dvid`)."""
+    if callable(observe):
+        return jax.vmap(lambda a: observe(a, params))(states)
+    return select_by_dvid({key: jax.vmap(lambda a, fn=fn: fn(a, params))(states)
+                           for key, fn in observe.items()}, subject.obs_dvid)
+
+
+#: :class:`ODEModel`'s default solve: Tsit5 (:func:`bayes_ude.solvers.solve`'s default)
+#: at tolerances tight enough that the solver's error stays far below any assay's (and the
+#: FOCE/FOCEI objective's finite-precision noise): ``rtol=1e-8``, ``atol=1e-10``.
+ODE_MODEL_SOLVE = solvers.SolveOptions(rtol=1e-8, atol=1e-10, max_steps=10_000)
+
+
 class ODEModel(StructuralModel):
     """Any ODE model, solved by :func:`bayes_ude.solvers.solve` with doses as events.
 
@@ -460,7 +488,11 @@ class ODEModel(StructuralModel):
         choice, by ``DVID``).
     observe : ``observe(amounts, params) -> prediction`` for one time point, or a mapping
         ``{dvid: observe}`` for several observation types.
-    solver, rtol, atol, max_steps : passed on to :func:`bayes_ude.solvers.solve`.
+    options : the :class:`bayes_ude.solvers.SolveOptions` of the solves (default
+        :data:`ODE_MODEL_SOLVE`: Tsit5, ``rtol=1e-8``, ``atol=1e-10``,
+        ``max_steps=10_000``). The constructor also takes ``solver``, ``rtol``, ``atol``
+        and ``max_steps`` as keywords, each replacing that field of the default (not
+        together with ``options``).
     initial : optional ``initial(params) -> amounts at the first record`` (default zeros;
         e.g. a PD baseline).
     dosing_compartment : the (1-based) compartment that ``f`` and ``tlag`` apply to.
@@ -480,16 +512,33 @@ class ODEModel(StructuralModel):
     vector_field: Callable
     n_states: int = eqx.field(static=True)
     observe: Callable | Mapping[int, Callable] = eqx.field(static=True)
-    solver: object = None
-    rtol: float = eqx.field(static=True, default=1e-8)
-    atol: float = eqx.field(static=True, default=1e-10)
-    max_steps: int = eqx.field(static=True, default=10_000)
-    initial: Callable | None = eqx.field(static=True, default=None)
-    dosing_compartment: int = eqx.field(static=True, default=1)
+    options: solvers.SolveOptions
+    initial: Callable | None = eqx.field(static=True)
+    dosing_compartment: int = eqx.field(static=True)
+
+    def __init__(self, vector_field: Callable, n_states: int,
+                 observe: Callable | Mapping[int, Callable], *,
+                 options: solvers.SolveOptions | None = None, solver=None,
+                 rtol: float | None = None, atol: float | None = None,
+                 max_steps: int | None = None, initial: Callable | None = None,
+                 dosing_compartment: int = 1):
+        flat = {name: value for name, value in (("solver", solver), ("rtol", rtol),
+                                                ("atol", atol), ("max_steps", max_steps))
+                if value is not None}
+        if options is not None and flat:
+            raise ValueError(f"ODEModel: give either options or {', '.join(flat)}, not both "
+                             "(options.replace(...) changes single fields)")
+        if options is not None and not isinstance(options, solvers.SolveOptions):
+            raise TypeError("ODEModel: options must be a solvers.SolveOptions, got "
+                            f"{type(options).__name__}")
+        self.vector_field = vector_field
+        self.n_states = n_states
+        self.observe = observe
+        self.options = options if options is not None else ODE_MODEL_SOLVE.replace(**flat)
+        self.initial = initial
+        self.dosing_compartment = dosing_compartment
 
     def predict(self, params, subject):
-        from .. import solvers
-
         times = subject.obs_time
         t0 = jnp.minimum(jnp.min(jnp.where(subject.dose_mask, subject.dose_time, jnp.inf)),
                          times[0])
@@ -523,18 +572,10 @@ class ODEModel(StructuralModel):
         tail = sorted_t[-1] + (1.0 + jnp.arange(n)) * 1e-6 * (1.0 + jnp.abs(sorted_t[-1]))
         key = jnp.where(repeat, tail, sorted_t)
         order2 = jnp.argsort(key)
-        sol = solvers.solve(self.vector_field, u0, key[order2], params, solver=self.solver,
-                            rtol=self.rtol, atol=self.atol, t0=t0, doses=doses,
-                            max_steps=self.max_steps)
+        sol = self.options.solve(self.vector_field, u0, key[order2], params, t0=t0,
+                                 doses=doses)
         slot = jnp.empty(n, int).at[order2].set(jnp.arange(n))  # position of key k in grid
         states_sorted = sol.ys[slot[first]]
         states = jnp.empty_like(states_sorted).at[order].set(states_sorted)
-        if callable(self.observe):
-            pred = jax.vmap(lambda a: self.observe(a, params))(states)
-        else:
-            outs = jnp.stack([jax.vmap(lambda a, fn=fn: fn(a, params))(states)
-                              for fn in self.observe.values()], axis=-1)
-            keys = jnp.asarray(list(self.observe.keys()))
-            which = jnp.argmax(subject.obs_dvid[:, None] == keys[None, :], axis=1)
-            pred = jnp.take_along_axis(outs, which[:, None], axis=1)[:, 0]
+        pred = observe_states(self.observe, states, params, subject)
         return jnp.where(sol.success, pred, jnp.nan)

@@ -20,13 +20,14 @@ diagnostics run on them unchanged:
   elimination (:func:`michaelis_menten_population`) it recovers the true
   elimination-rate curve ``Vmax C / (Km + C)``.
 
-Numerics. The ODEs are integrated on a fixed grid (:mod:`._fixed_step`: a ``lax.scan``
-of Dormand--Prince steps), which FOCEI can differentiate to the third order it needs.
-Only the slow states are integrated (PCA; the central amount under nonlinear
-elimination): the linear absorption chain, the fast part, is in closed form (sums of
-exponentials, superposed over doses), so the grid need not resolve ``ka`` for stability
-and stays small (~90 points per subject). ``tests/nlme/test_pkpd.py`` checks both models
-against scipy's Radau on the full ODE systems.
+Numerics. The ODEs are integrated on a fixed grid
+(:func:`bayes_ude.solvers.integrate_on_grid`, :func:`bayes_ude.solvers.linear_on_grid`: a
+``lax.scan`` of Dormand--Prince steps, and an exact linear solve), which FOCEI can
+differentiate to the third order it needs. Only the slow states are integrated (PCA; the
+central amount under nonlinear elimination): the linear absorption chain, the fast part, is
+in closed form (sums of exponentials, superposed over doses), so the grid need not resolve
+``ka`` for stability and stays small (~90 points per subject). ``tests/nlme/test_pkpd.py``
+checks both models against scipy's Radau on the full ODE systems.
 
 Networks in the dynamics. A network's weights are one fixed effect (``theta["w"]``, a
 flat vector; see :func:`bayes_ude.nn.flatten`) with an L2 penalty (``PopulationModel.l2``,
@@ -58,9 +59,9 @@ import pandas as pd
 
 from .. import nn, solvers
 from ._error import Additive, Combined
-from ._fixed_step import check_bolus_only, integrate_on_grid, linear_on_grid, subject_grid
+from ._fixed_step import check_bolus_only
 from ._model import PopulationModel
-from ._pk import ODEModel, StructuralModel
+from ._pk import ODEModel, StructuralModel, select_by_dvid
 
 __all__ = [
     "MM_TRUTH",
@@ -162,7 +163,7 @@ class TransitTurnoverPKPD(StructuralModel):
     ic50_ref : the network's reference potency (mg/L).
     conc_scale : the network's input scale (mg/L).
     pk_dvid, pd_dvid : observation types.
-    grid : options of :func:`subject_grid`.
+    grid : options of :func:`bayes_ude.solvers.subject_grid`.
     """
 
     drug_effect: str = eqx.field(static=True)
@@ -196,10 +197,12 @@ class TransitTurnoverPKPD(StructuralModel):
         def production(t):  # kin (1 - I(C(t))), C in closed form
             return p["kout"] * p["r0"] * (1.0 - self.inhibition(p, conc(t)))
 
-        grid = subject_grid(subject.obs_time, dose_time, subject.dose_mask, **dict(self.grid))
-        response = linear_on_grid(production, p["kout"], p["r0"], grid, subject.obs_time)
+        grid = solvers.subject_grid(subject.obs_time, dose_time, subject.dose_mask,
+                                    **dict(self.grid))
+        response = solvers.linear_on_grid(production, p["kout"], p["r0"], grid,
+                                          subject.obs_time)
         pk = jax.vmap(conc)(subject.obs_time)
-        return jnp.where(subject.obs_dvid == self.pd_dvid, response, pk)
+        return select_by_dvid({self.pk_dvid: pk, self.pd_dvid: response}, subject.obs_dvid)
 
 
 def _check_dvids(population, pk_dvid: int, pd_dvid: int):
@@ -384,9 +387,10 @@ class NetworkEliminationPK(StructuralModel):
             c = a / p["v"]
             return u - self.clearance(p, c) * c
 
-        grid = subject_grid(subject.obs_time, dose_time, subject.dose_mask, **dict(self.grid))
-        amount = integrate_on_grid(field, jnp.zeros(()), grid, subject.obs_time.shape[0],
-                                   forcing=absorption)
+        grid = solvers.subject_grid(subject.obs_time, dose_time, subject.dose_mask,
+                                    **dict(self.grid))
+        amount = solvers.integrate_on_grid(field, jnp.zeros(()), grid,
+                                           subject.obs_time.shape[0], forcing=absorption)
         return amount / p["v"]
 
 
@@ -418,7 +422,7 @@ _MM_DOSES = (50.0, 150.0, 400.0)
 def _mm_design(n_subjects, doses=_MM_DOSES, times=_MM_TIMES):
     """The simulated study's design (DV 0): one dose per subject, cycling through
     ``doses``, into CMT 1; concentrations at ``times``."""
-    from ._data import read_nonmem
+    from ._read import read_nonmem
 
     rows = []
     for i in range(n_subjects):
@@ -457,8 +461,8 @@ def michaelis_menten_population(
               "vmax": MM_TRUTH["vmax"] * jnp.exp(eta[:, 1]),
               "v": MM_TRUTH["v"] * jnp.exp(eta[:, 2]),
               "km": jnp.full(n_subjects, MM_TRUTH["km"])}
-    ode = ODEModel(_MichaelisMenten(), 2, observe=_central, solver=solvers.Tsit5(),
-                   rtol=1e-10, atol=1e-12)
+    ode = ODEModel(_MichaelisMenten(), 2, observe=_central,
+                   options=solvers.SolveOptions(solver=solvers.Tsit5(), rtol=1e-10, atol=1e-12))
     f = jax.jit(jax.vmap(ode.predict))(params, pop)
     s = MM_TRUTH["sigma"]
     noise = jax.random.normal(k_eps, f.shape) * jnp.sqrt(s["add_sd"] ** 2

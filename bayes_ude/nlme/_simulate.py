@@ -31,7 +31,10 @@ import jax
 import numpy as np
 import pandas as pd
 
-from ._data import Population, read_nonmem
+from ._data import Population
+from ._deep import partial_dependence, population_predictions
+from ._likelihood import subject_log_density
+from ._read import read_nonmem
 
 __all__ = ["CovariateTruth", "compare_covariate_models", "covariate_table",
            "simulate_covariate_population"]
@@ -251,9 +254,6 @@ def compare_covariate_models(fits: Mapping[str, object], heldout: Population,
     n_grid : grid points per curve.
     lpd : compute ``heldout_lpd`` (the slowest column).
     """
-    from ._bayes import subject_log_density
-    from ._deep import partial_dependence, population_predictions
-
     if not fits:
         raise ValueError("give at least one fit")
     population = next(iter(fits.values())).population if population is None else population

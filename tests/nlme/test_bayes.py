@@ -14,7 +14,7 @@ import pytest
 from numpyro.infer.util import log_density
 from scipy import stats
 
-from bayes_ude import cli, nlme
+from bayes_ude import cli, inference, nlme
 from bayes_ude.nlme._command import omega_prior
 from tests.nlme.test_estimate import Line, _linear_population
 
@@ -94,8 +94,14 @@ def test_bad_bayesian_inputs_are_clear_errors():
         nlme.fit(model, pop, "focei", num_samples=10)
     with pytest.raises(ValueError, match="Bayesian method|method must be"):
         nlme.fit(model, pop, "hmc")
-    with pytest.raises(ValueError, match="metric must be 'adapt' or 'laplace'"):
+    with pytest.raises(ValueError, match=r"metric must be one of \('adapt', 'laplace'\)"):
         nlme.fit(model, pop, "nuts", metric="fisher")
+    with pytest.raises(TypeError, match=r"unknown sampler options \['num_smples'\]"):
+        nlme.fit(model, pop, "nuts", num_smples=10)
+    with pytest.raises(ValueError, match="SamplerOptions.num_chains must be an integer >= 1"):
+        nlme.fit(model, pop, "nuts", options=inference.SamplerOptions(num_chains=0))
+    with pytest.raises(ValueError, match=r"target_accept must be in \(0, 1\)"):
+        nlme.fit(model, pop, "sgld", target_accept=1.5)
     with pytest.raises(ValueError, match="metric='laplace' is a NUTS metric"):
         nlme.fit(model, pop, "sgld", metric="laplace")
     with pytest.raises(ValueError, match="diagonal omega"):

@@ -14,7 +14,8 @@ import pytest
 
 from bayes_ude import cli, nlme
 from bayes_ude.nlme._command import _load
-from bayes_ude.nlme._data import NonmemDataError, NonmemDataWarning, read_nonmem
+from bayes_ude.nlme._data import NonmemDataError, NonmemDataWarning
+from bayes_ude.nlme._read import read_nonmem
 
 HEADER = "ID,TIME,DV,AMT,EVID,CMT"
 # Two oral subjects: a dose into the depot (CMT 1), concentrations in the central (CMT 2).

@@ -224,10 +224,10 @@ def test_gradient_of_focei_with_proportional_error():
     u = jnp.asarray(model.initial_vector()) + 0.05
     for method in ("focei",):  # laplace's objective is checked exactly in the LMM test
         eta0 = jnp.zeros((pop.n_subjects, 3))
-        from bayes_ude.nlme._estimate import _population_objective
+        from bayes_ude.nlme._likelihood import population_objective
 
         grad = jax.jit(jax.grad(
-            lambda x, m=method: _population_objective(model, m, x, pop, eta0)[0]))(u)
+            lambda x, m=method: population_objective(model, m, x, pop, eta0)[0]))(u)
         h = 1e-5
         for i in range(u.size):
             e = jnp.zeros_like(u).at[i].set(h)

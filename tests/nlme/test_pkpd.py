@@ -22,7 +22,6 @@ from scipy.integrate import solve_ivp
 
 from bayes_ude import datasets, nlme
 from bayes_ude.nlme import _pkpd
-from bayes_ude.nlme._fixed_step import FixedStepODEModel
 
 # the typical warfarin subject (nlmixr2's estimates, rounded) and two hard cases
 TYPICAL = dict(ktr=1.1, ka=0.9, cl=0.13, v=7.9, imax=0.97, ic50=1.0, kout=0.055, r0=96.5)
@@ -208,7 +207,7 @@ def test_fixed_step_ode_model_matches_closed_form():
     pop = nlme.read_nonmem(df)
     sub = jax.tree.map(lambda x: x[0], pop)
     p = dict(ka=1.2, cl=2.0, v=20.0)
-    ode = FixedStepODEModel(
+    ode = nlme.FixedStepODEModel(
         lambda t, a, q: jnp.stack([-q["ka"] * a[0], q["ka"] * a[0] - q["cl"] / q["v"] * a[1]]),
         2, observe=lambda a, q: a[1] / q["v"], n_uniform=96, n_post_dose=24)
     ref = nlme.OneCompartmentOral().predict(p, sub)
@@ -216,7 +215,7 @@ def test_fixed_step_ode_model_matches_closed_form():
     np.testing.assert_allclose(np.asarray(ode.predict(p, sub)), np.asarray(ref), rtol=1e-6)
 
     # third derivatives exist (shown on a coarse grid: compiling them is the cost here)
-    coarse = FixedStepODEModel(ode.vector_field, 2, observe=ode.observe, n_uniform=4,
+    coarse = nlme.FixedStepODEModel(ode.vector_field, 2, observe=ode.observe, n_uniform=4,
                                n_post_dose=2)
     third = jax.grad(jax.grad(jax.grad(
         lambda k: jnp.sum(coarse.predict(dict(p, ka=k), sub)))))

@@ -1,0 +1,485 @@
+"""The results layer: one interface for every population fit, two concrete results.
+
+:class:`PopulationFit` says what a fit offers whatever produced it: point estimates on the
+natural scale, an estimate table, a JSON summary, simulations and a VPC from the fitted
+model, and the held-out predictive density of new subjects. :class:`FitResult` holds a
+maximum-likelihood fit (:mod:`._estimate`), :class:`BayesianFitResult` a posterior
+(:mod:`._bayes`). Both sit above the likelihood and diagnostics layers and below the fits
+that build them.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .._compile import filter_jit
+from . import _diagnostics
+from ._error import Combined, Exponential, Proportional
+from ._likelihood import subject_log_densities, subject_log_density
+from ._model import PopulationModel
+
+if TYPE_CHECKING:
+    from ._priors import Priors
+
+__all__ = ["BayesianFitResult", "FitResult", "PopulationFit"]
+
+
+# Bounds of FitResult.degenerate. Built-in models (and the estimate table) take typical
+# values named ``t...`` on the log scale and random effects as exponential (log-normal).
+#: A log-scale typical value beyond +-20 is a factor e^20 (5e8) from 1 in the data's units.
+DEGENERATE_LOG_THETA = 20.0
+#: A between-subject variance above 100 on the log scale (SD 10) makes one SD of eta a
+#: factor e^10 (2e4); populations reported in PK lie below 4 (SD 2).
+DEGENERATE_OMEGA = 100.0
+#: A residual SD above 100 (proportional and exponential: 100 = 10 000 % CV; additive:
+#: 100 times the largest |DV|) explains nothing.
+DEGENERATE_SIGMA = 100.0
+#: −2LL per observation is log(2 pi R) + r^2 / R; at a maximum of the likelihood with sigma
+#: free, r^2 / R averages about 1 and log(2 pi R) is a few tens at most (R from 1e-12 to
+#: 1e12), so 1e4 per observation means residuals pinned at a fixed variance: e.g. the
+#: variance floor of a proportional error where the prediction is 0 (a pre-dose sample).
+DEGENERATE_MINUS2LL_PER_OBS = 1e4
+
+def json_safe(value, where: str = "", replaced: list[str] | None = None):
+    """``value`` (dicts, lists, numbers, strings) with every non-finite float replaced by
+    ``None`` (JSON has no NaN or Infinity) and numpy scalars made Python ones; the path of
+    each replaced number (e.g. ``"theta.tka"``) is appended to ``replaced``."""
+    if isinstance(value, Mapping):
+        return {k: json_safe(v, f"{where}.{k}" if where else str(k), replaced)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, f"{where}[{i}]", replaced) for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        if replaced is not None:
+            replaced.append(f"{where} ({value})")
+        return None
+    return value
+
+
+class PopulationFit(abc.ABC):
+    """What every population fit offers (:class:`FitResult`, :class:`BayesianFitResult`).
+
+    Attributes (each result defines them as fields or properties): ``method``; ``model``
+    (specialised to the data); ``population``; ``u``, a central unconstrained parameter
+    vector (the estimates, or the posterior's centre); ``estimates``, natural-scale point
+    estimates as a Series named as :meth:`PopulationModel.parameter_names`; ``theta`` and
+    ``sigma`` as dicts; ``eta``, the subjects' random effects (EBEs or posterior medians;
+    ``None`` where the method does not estimate them); ``seconds``.
+    """
+
+    @abc.abstractmethod
+    def table(self) -> pd.DataFrame:
+        """The estimate table, one row per natural-scale parameter."""
+
+    @abc.abstractmethod
+    def summary(self) -> dict:
+        """A JSON-ready summary (what ``bayes-ude pk fit`` writes)."""
+
+    @abc.abstractmethod
+    def simulate(self, n: int = 100, key=None, population=None) -> np.ndarray:
+        """Simulated observations ``(n, subjects, records)`` on ``population``'s design."""
+
+    @abc.abstractmethod
+    def vpc(self, **kwargs) -> pd.DataFrame:
+        """Visual predictive check table (see :func:`bayes_ude.nlme.vpc`)."""
+
+    @abc.abstractmethod
+    def log_predictive_density(self, population, **kwargs) -> np.ndarray:
+        """Per-subject log predictive density of (held-out) subjects."""
+
+    def to_json(self, path=None) -> str:
+        """The summary as JSON (non-finite numbers as ``null``), also written to ``path``."""
+        text = json.dumps(json_safe(self.summary()), indent=2, allow_nan=False)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text + "\n")
+        return text
+
+
+@dataclasses.dataclass
+class FitResult(PopulationFit):
+    """A maximum-likelihood fit (:func:`bayes_ude.nlme.fit` with an ML method).
+
+    Attributes
+    ----------
+    method : ``"fo"``, ``"foce"``, ``"focei"`` or ``"laplace"``.
+    minus2ll, ofv, aic, bic : −2 log-likelihood; OFV = −2LL − n_obs log(2 pi) (NONMEM's
+        convention; with ``l2`` penalties in the model, OFV includes the penalty and −2LL
+        does not); AIC and BIC from −2LL with the number of estimated parameters (BIC
+        with ``log(n_obs)``).
+    theta, omega, sigma : estimates (omega as a DataFrame over the random-effect names).
+    estimates : Series of all natural-scale parameters (theta, omega elements, sigma).
+    se : Series of standard errors (NaN where the covariance step failed or a parameter
+        is fixed); ``covariance`` the full matrix (estimated parameters).
+    eta : EBEs, a DataFrame subject x random effect; ``shrinkage`` eta-shrinkage (SD
+        version, 1 − SD(eta_hat)/omega^(1/2)) per random effect.
+    converged, iterations, seconds, message, interrupted.
+    degenerate : why the estimates are a degenerate solution (property; empty if they are
+        not): run-away estimates or a −2LL no real fit reaches (see its docstring).
+    """
+
+    method: str
+    model: PopulationModel
+    population: object
+    u: np.ndarray
+    minus2ll: float
+    ofv: float
+    aic: float
+    bic: float
+    n_obs: int
+    n_parameters: int
+    estimates: pd.Series
+    se: pd.Series
+    covariance: pd.DataFrame | None
+    eta: pd.DataFrame
+    converged: bool
+    iterations: int
+    seconds: float
+    message: str = ""
+    interrupted: bool = False
+    fixed: tuple[str, ...] = ()
+    history: list[float] = dataclasses.field(default_factory=list)
+    # covariance of the estimated entries of the unconstrained vector ``u`` (None without
+    # a covariance step); used to precondition SG-MCMC
+    covariance_unconstrained: np.ndarray | None = None
+    # the devices the subjects were split over (diagnostics use the same)
+    devices: tuple | None = None
+
+    # ---- views
+    @property
+    def theta(self) -> dict:
+        return self.model.unpack(jnp.asarray(self.u))[0]
+
+    @property
+    def omega(self) -> pd.DataFrame:
+        om = np.asarray(self.model.unpack(jnp.asarray(self.u))[1])
+        names = list(self.model.eta_names)
+        return pd.DataFrame(om, index=names, columns=names)
+
+    @property
+    def sigma(self) -> dict:
+        return {k: float(v) for k, v in self.model.unpack(jnp.asarray(self.u))[2].items()}
+
+    @property
+    def rse(self) -> pd.Series:
+        """Relative standard errors in % (of the natural-scale estimate)."""
+        return 100.0 * self.se / self.estimates.abs()
+
+    @property
+    def degenerate(self) -> list[str]:
+        """Reasons the estimates are a degenerate solution, empty if none: the optimiser
+        may report convergence at estimates that ran away to absurd values, or at a −2LL
+        that only records with a pinned variance give. Checked (bounds and their reasons
+        at the ``DEGENERATE_*`` constants of this module): a non-finite −2LL or estimate;
+        −2LL above ``DEGENERATE_MINUS2LL_PER_OBS`` per observation; a log-scale typical
+        value (``t...``) beyond ±``DEGENERATE_LOG_THETA``; a between-subject variance
+        above ``DEGENERATE_OMEGA``; a residual SD above ``DEGENERATE_SIGMA`` (additive: that
+        many times the largest |DV|). Standard errors that are not available are not a
+        reason by themselves (the covariance step warns about those)."""
+        reasons = []
+        if not np.isfinite(self.minus2ll):
+            reasons.append(f"-2LL is {self.minus2ll}")
+        elif self.minus2ll > DEGENERATE_MINUS2LL_PER_OBS * max(self.n_obs, 1):
+            reasons.append(
+                f"-2LL {self.minus2ll:.4g} is {self.minus2ll / max(self.n_obs, 1):.2g} per "
+                f"observation (above {DEGENERATE_MINUS2LL_PER_OBS:g}: some residual variances "
+                "are pinned, e.g. at the floor of a proportional error where the prediction is "
+                "0)")
+        bad = [k for k, v in self.estimates.items() if not np.isfinite(v)]
+        if bad:
+            reasons.append(f"non-finite estimates {bad}")
+        for name in self.model.theta:
+            value = float(self.estimates.get(name, 0.0))
+            if name.startswith("t") and abs(value) > DEGENERATE_LOG_THETA:
+                reasons.append(f"{name} = {value:.4g} (a log-scale typical value beyond "
+                               f"±{DEGENERATE_LOG_THETA:g})")
+        for eta in self.model.eta_names:
+            value = float(self.estimates.get(f"omega_{eta}", 0.0))
+            if value > DEGENERATE_OMEGA:
+                reasons.append(f"omega_{eta} = {value:.4g} (a between-subject variance above "
+                               f"{DEGENERATE_OMEGA:g} on the log scale)")
+        mask = np.asarray(self.population.obs_mask)
+        dv = np.abs(np.asarray(self.population.obs_dv))[mask]
+        data_scale = float(dv.max()) if dv.size else 1.0
+        for name in self.model.sigma_names:
+            value = float(self.estimates[name])
+            additive = name not in _dimensionless_sigma(self.model)
+            limit = DEGENERATE_SIGMA * (data_scale if additive else 1.0)
+            if value > limit:
+                reasons.append(f"{name} = {value:.4g} (a residual SD above {limit:.4g}"
+                               + (f", {DEGENERATE_SIGMA:g} times the largest |DV|)"
+                                  if additive else ")"))
+        return reasons
+
+    @property
+    def shrinkage(self) -> pd.Series:
+        sd = self.eta.std(ddof=1)  # NONMEM's eta-shrinkage uses the sample SD of the EBEs
+        return 1.0 - sd / np.sqrt(np.diag(self.omega.to_numpy()))
+
+    def table(self) -> pd.DataFrame:
+        """The estimate table: estimate, SE, RSE %, back-transformed value, BSV CV %,
+        shrinkage % (nlmixr2 style). Log-scale typical values (names starting with ``t``
+        and not of omega/sigma) are back-transformed with ``exp``."""
+        rows = []
+        omega = self.omega
+        for name, est in self.estimates.items():
+            se = self.se.get(name, np.nan)
+            row = {"parameter": name, "estimate": est, "se": se,
+                   "rse_pct": 100 * se / abs(est) if est != 0 else np.nan,
+                   "back_transformed": np.nan, "bsv_cv_pct": np.nan, "shrinkage_pct": np.nan,
+                   "fixed": name in self.fixed}
+            if name in self.model.theta and name.startswith("t"):
+                row["back_transformed"] = float(np.exp(est))
+                eta = "eta_" + name[1:]
+                if eta in omega.index:
+                    var = omega.loc[eta, eta]
+                    with np.errstate(over="ignore"):  # inf for a run-away variance
+                        row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(var)))
+                    row["shrinkage_pct"] = 100 * float(self.shrinkage[eta])
+            if name.startswith("omega_") and name[6:] in omega.index:
+                with np.errstate(over="ignore"):
+                    row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(est)))
+                row["shrinkage_pct"] = 100 * float(self.shrinkage[name[6:]])
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("parameter")
+
+    def summary(self) -> dict:
+        """The JSON-able summary written by the ``bayes-ude pk fit`` command."""
+        names = self.model.parameter_names()
+        n_th = len(names) - len(self.model.omega.element_names()) - len(self.model.sigma_names)
+        theta = {k: float(self.estimates[k]) for k in names[:n_th]}
+        omega = {k[6:] if k.startswith("omega_") else k: float(self.estimates[k])
+                 for k in self.model.omega.element_names()}
+        return {
+            "method": self.method, "minus2ll": self.minus2ll, "ofv": self.ofv, "aic": self.aic,
+            "bic": self.bic, "n_obs": self.n_obs, "n_subjects": self.population.n_subjects,
+            "padding_efficiency": self.population.padding_efficiency,
+            "n_parameters": self.n_parameters, "theta": theta, "omega": omega,
+            "sigma": self.sigma,
+            "se": {k: (None if not np.isfinite(v) else float(v)) for k, v in self.se.items()},
+            "shrinkage": {k: float(v) for k, v in self.shrinkage.items()},
+            "converged": self.converged, "iterations": self.iterations,
+            "seconds": self.seconds, "interrupted": self.interrupted, "message": self.message,
+            "degenerate": self.degenerate,
+        }
+
+    # ---- diagnostics (see bayes_ude.nlme._diagnostics)
+    def diagnostics(self, n_sim: int = 1000, key=None, devices=None) -> pd.DataFrame:
+        """PRED, IPRED, RES, IRES, IWRES, WRES, CWRES, NPDE per observation (subjects over
+        ``devices``, default the fit's)."""
+        return _diagnostics.diagnostics(self, n_sim, key, devices)
+
+    def individual_parameters(self) -> pd.DataFrame:
+        """EBEs and individual parameters per subject."""
+        return _diagnostics.individual_parameters(self)
+
+    def simulate(self, n: int = 100, key=None, population=None) -> np.ndarray:
+        """Simulated observations ``(n, subjects, records)``."""
+        return _diagnostics.simulate(self, n, key, population)
+
+    def log_predictive_density(self, population, method: str = "laplace") -> np.ndarray:
+        """Per-subject ``log p(y_i | estimates)`` of (e.g. held-out) subjects, each
+        subject's random effects integrated out by the Laplace approximation."""
+        return subject_log_density(self.model, self.u, population, method)
+
+    def vpc(self, **kwargs) -> pd.DataFrame:
+        """Visual predictive check table (see :func:`bayes_ude.nlme.vpc`)."""
+        return _diagnostics.vpc(self, **kwargs)
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
+            head = (f"NLME fit ({self.method.upper()}): {self.population.n_subjects} subjects, "
+                    f"{self.n_obs} observations, {self.n_parameters} estimated parameters\n"
+                    f"-2LL {self.minus2ll:.4f}  OFV {self.ofv:.4f}  AIC {self.aic:.4f}  "
+                    f"BIC {self.bic:.4f}  ({'converged' if self.converged else 'NOT converged'}"
+                    f"{' to a degenerate solution' if self.degenerate else ''}"
+                    f", {self.iterations} iterations, {self.seconds:.2f} s)\n")
+            return head + self.table().to_string()
+
+
+@dataclasses.dataclass(eq=False)
+class BayesianFitResult(PopulationFit):
+    """The result of a Bayesian population fit (:func:`fit_bayes`, or
+    :func:`bayes_ude.nlme.fit` with ``method="nuts"`` or an SG-MCMC method).
+
+    Attributes
+    ----------
+    method : ``"nuts"``, ``"sgld"``, ``"psgld"`` or ``"sghmc"``.
+    idata : ArviZ InferenceData: ``posterior`` (sampled sites; for NUTS also ``eta`` and
+        the individual parameters with a ``subject`` dimension), ``sample_stats``,
+        ``log_likelihood`` (NUTS: per subject), ``posterior_predictive`` (``dv``:
+        replicate observations of the same subjects, in DV units), ``observed_data``;
+        ``attrs`` has timings, and ``partial = 1`` when Ctrl-C cut the sampling short or,
+        once the draws existed, skipped optional groups (named in ``attrs["skipped"]``;
+        an interrupt after sampling never loses the draws).
+    draws : natural-scale parameter draws, ``{name: (chain, draw)}``, names as in
+        :meth:`PopulationModel.parameter_names` (theta, ``omega_*`` (co)variances,
+        sigma).
+    estimates : posterior medians of ``draws`` (a Series, like ``FitResult.estimates``).
+    u : a central unconstrained parameter vector (posterior medians of theta and sigma,
+        posterior mean of omega) for population predictions and the VPC's correction.
+    u_draws : every draw as an unconstrained vector ``(chain, draw, p)``.
+    """
+
+    method: str
+    model: PopulationModel
+    population: object
+    idata: object
+    draws: dict
+    u: np.ndarray
+    u_draws: np.ndarray
+    seconds: float
+    priors: Priors
+
+    # ---- views
+    @property
+    def estimates(self) -> pd.Series:
+        return pd.Series({k: float(np.median(v)) for k, v in self.draws.items()})
+
+    @property
+    def theta(self) -> dict:
+        return self.model._theta_from_vector(
+            jnp.asarray([float(np.median(self.draws[n])) for n in
+                         self.model.parameter_names()[:self.model.n_theta]]))
+
+    @property
+    def sigma(self) -> dict:
+        return {k: float(np.median(self.draws[k])) for k in self.model.sigma_names}
+
+    @property
+    def eta(self) -> pd.DataFrame | None:
+        """Posterior medians of the random effects (NUTS only), subject x random effect."""
+        if "eta" not in self.idata.posterior:
+            return None
+        med = np.median(np.asarray(self.idata.posterior["eta"]), axis=(0, 1))
+        return pd.DataFrame(med, columns=list(self.model.eta_names),
+                            index=pd.Index(self.population.ids, name="ID"))
+
+    @property
+    def num_divergent(self) -> int:
+        return int(self.idata.attrs.get("num_divergent", 0))
+
+    def table(self, ci: float = 0.9) -> pd.DataFrame:
+        """Posterior median, equal-tailed ``ci`` credible interval, R-hat and bulk/tail
+        ESS per natural-scale parameter."""
+        import arviz as az
+
+        lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
+        rows = {}
+        for name, x in self.draws.items():
+            x = np.asarray(x, float)
+            rows[name] = {
+                "median": np.median(x), f"q{100 * lo:g}": np.quantile(x, lo),
+                f"q{100 * hi:g}": np.quantile(x, hi), "sd": np.std(x),
+                "r_hat": float(az.rhat(x)) if x.shape[0] > 1 else np.nan,
+                "ess_bulk": float(az.ess(x, method="bulk")),
+                "ess_tail": float(az.ess(x, method="tail"))}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    def summary(self) -> dict:
+        """JSON-ready summary: method, timings, the table, divergences."""
+        table = self.table()
+        return {"method": self.method, "n_subjects": self.population.n_subjects,
+                "n_obs": self.population.n_obs, "seconds": self.seconds,
+                "num_divergent": self.num_divergent,
+                "max_r_hat": float(np.nanmax(table["r_hat"])) if len(table) else float("nan"),
+                "min_ess_bulk": float(table["ess_bulk"].min()),
+                "parameters": {k: {c: float(v) for c, v in row.items()}
+                               for k, row in table.iterrows()}}
+
+    def to_netcdf(self, path) -> None:
+        self.idata.to_netcdf(str(path))
+
+    def posterior_simulations(self, n: int = 500, key=None, population=None) -> np.ndarray:
+        """Observations of *new* subjects ``(n, subjects, records)`` on ``population``'s
+        design (default: the fitted data's), each replicate from a different posterior
+        draw of (theta, omega, sigma): the posterior predictive for a VPC."""
+        key = jax.random.key(0) if key is None else key
+        population = self.population if population is None else population
+        us = _draw_vectors(self, n, jax.random.fold_in(key, 1))
+        return np.asarray(_simulate_draws(self.model, us, population, key))
+
+    def simulate(self, n: int = 100, key=None, population=None) -> np.ndarray:
+        """As :meth:`posterior_simulations`: each replicate from its own posterior draw."""
+        return self.posterior_simulations(n, key, population)
+
+    def vpc(self, n_sim: int = 500, key=None, **kwargs) -> pd.DataFrame:
+        """Visual predictive check from the posterior predictive (new subjects from
+        posterior draws; see :func:`bayes_ude.nlme.vpc` for the options)."""
+        return _diagnostics.vpc(self, sims=self.posterior_simulations(n_sim, key), **kwargs)
+
+    def plot_vpc(self, n_sim: int = 500, key=None, ax=None, **kwargs):
+        table = self.vpc(n_sim, key, **kwargs)
+        return _diagnostics.plot_vpc(
+            self, table=table, ax=ax,
+            title="Posterior predictive check (prediction-corrected VPC)")
+
+    def log_predictive_density(self, population, n_draws: int = 200, key=None,
+                               method: str = "laplace") -> np.ndarray:
+        """Per-subject log predictive density of (held-out) subjects,
+        ``log E_posterior[p(y_i | theta, omega, sigma)]`` with each subject's random
+        effects integrated out by the Laplace approximation, over ``n_draws`` posterior
+        draws."""
+        key = jax.random.key(0) if key is None else key
+        us = _draw_vectors(self, n_draws, key)
+        self.model.check(population)
+        model = self.model.specialised(population)
+        # (draws, subjects)
+        per = np.asarray(subject_log_densities(model, method, us, population))
+        return np.asarray(jax.scipy.special.logsumexp(per, axis=0) - np.log(per.shape[0]))
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
+            a = self.idata.attrs
+            head = (f"Bayesian NLME fit ({self.method.upper()}): "
+                    f"{self.population.n_subjects} subjects, {self.population.n_obs} "
+                    f"observations; {self.seconds:.1f} s"
+                    + (f", {a.get('num_divergent', 0)} divergences" if self.method == "nuts"
+                       else "") + "\n")
+            return head + self.table().to_string()
+
+
+def _draw_vectors(result: BayesianFitResult, n: int, key) -> jax.Array:
+    """``n`` posterior draws (chains pooled, drawn without replacement where possible)
+    as unconstrained vectors."""
+    flat = np.reshape(result.u_draws, (-1, result.u_draws.shape[-1]))
+    idx = jax.random.choice(key, flat.shape[0], (min(n, flat.shape[0]),), replace=False)
+    if n > flat.shape[0]:
+        idx = jax.random.choice(key, flat.shape[0], (n,), replace=True)
+    return jnp.asarray(flat[np.asarray(idx)])
+
+
+@filter_jit
+def _simulate_draws(model, us, population, key):
+    keys = jax.random.split(key, (us.shape[0], population.obs_time.shape[0]))
+
+    def one(u, ks):
+        theta, omega, sigma = model.unpack(u)
+        return jax.vmap(lambda s, k: _diagnostics._sample_y(
+            model, theta, omega, sigma, s, k))(population, ks)
+
+    return jax.lax.map(lambda a: one(*a), (us, keys))
+
+
+def _dimensionless_sigma(model) -> set[str]:
+    """Names of the residual SDs that are relative (proportional, exponential), not in the
+    data's units."""
+    names = set()
+    for em in model.error_models.values():
+        if isinstance(em, Proportional | Exponential):
+            names.add(em.name)
+        elif isinstance(em, Combined):
+            names.add(em.prop)
+    return names
