@@ -11,8 +11,8 @@ _precision.apply()  # float64 for the whole process; opt out with BAYES_UDE_X64=
 
 # Submodules load on first use (``bayes_ude.pde``, ``from bayes_ude import nlme``): a
 # population-PK script then does not pay for importing the PDE, UDE and SINDy code.
-_SUBMODULES = ("crnn", "datasets", "discovery", "inference", "nlme", "nn", "pde", "solvers",
-               "surrogates", "ude")
+_SUBMODULES = ("crnn", "datasets", "discovery", "examples", "inference", "nlme", "nn", "pde",
+               "solvers", "surrogates", "ude")
 __all__ = [*_SUBMODULES, "__version__"]
 
 

@@ -2,7 +2,7 @@
 
 Training subjects and held-out subjects from :func:`simulate_covariate_population` (CL =
 allometric weight x sigmoidal renal effect x mild age effect; albumin has no effect; see
-``bayes_ude/nlme/_simulate.py``). Fitted by FOCEI: the covariate-free base model, the
+``bayes_ude/examples/covariates.py``). Fitted by FOCEI: the covariate-free base model, the
 exponential (``linear``) and ``power`` covariate models on all four covariates, the
 DeepNLME network fitted jointly, the two-step ``augment`` workflow (base fit -> network on
 the EBEs -> refit), and the DeepNLME model under NUTS (``--bayes nuts``, the default; 2
@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bayes_ude import nlme  # noqa: E402
 from bayes_ude.nlme._deep import augment, covariate_model  # noqa: E402
-from bayes_ude.nlme._simulate import (  # noqa: E402
+from bayes_ude.examples.covariates import (  # noqa: E402
     COVARIATES,
     compare_covariate_models,
     simulate_covariate_population,

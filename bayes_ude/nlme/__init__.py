@@ -63,9 +63,6 @@ from ._read import read_nonmem as read_nonmem
 from ._results import BayesianFitResult as BayesianFitResult
 from ._results import FitResult as FitResult
 from ._results import PopulationFit as PopulationFit
-from ._simulate import CovariateTruth as CovariateTruth
-from ._simulate import compare_covariate_models as compare_covariate_models
-from ._simulate import simulate_covariate_population as simulate_covariate_population
 
 # The Bayesian layer (NumPyro) loads on first use: a maximum-likelihood fit does not pay
 # for importing NumPyro.

@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from bayes_ude import nlme
-from bayes_ude.nlme._deep import augment, covariate_model, partial_dependence
-from bayes_ude.nlme._simulate import (
+from bayes_ude.examples.covariates import (
     COVARIATES,
     compare_covariate_models,
     covariate_table,
     simulate_covariate_population,
 )
+from bayes_ude.nlme._deep import augment, covariate_model, partial_dependence
 
 jax.config.update("jax_enable_x64", True)
 TINY = os.environ.get("BAYES_UDE_NOTEBOOK_TINY") == "1"

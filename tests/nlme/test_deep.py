@@ -22,6 +22,12 @@ import pandas as pd
 import pytest
 
 from bayes_ude import nlme
+from bayes_ude.examples.covariates import (
+    COVARIATES,
+    compare_covariate_models,
+    covariate_table,
+    simulate_covariate_population,
+)
 from bayes_ude.nlme._deep import (
     CovariateNetwork,
     LinearCovariates,
@@ -30,12 +36,6 @@ from bayes_ude.nlme._deep import (
     covariate_model,
     partial_dependence,
     population_predictions,
-)
-from bayes_ude.nlme._simulate import (
-    COVARIATES,
-    compare_covariate_models,
-    covariate_table,
-    simulate_covariate_population,
 )
 
 

@@ -1,4 +1,7 @@
-"""A simulated population with a known, non-linear covariate model for clearance.
+"""Example: a simulated population with a known, non-linear covariate model for clearance.
+
+An example factory, not part of the modelling library: it sits above ``bayes_ude.nlme`` and
+uses only its public API.
 
 The DeepNLME check (does a covariate network recover how covariates shape clearance?)
 needs data whose truth is known. :func:`simulate_covariate_population` draws subjects with
@@ -28,13 +31,20 @@ import dataclasses
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._data import Population
-from ._deep import partial_dependence, population_predictions
-from ._likelihood import subject_log_density
-from ._read import read_nonmem
+from ..nlme import (
+    Exponential,
+    OneCompartmentOral,
+    Population,
+    PopulationModel,
+    partial_dependence,
+    population_predictions,
+    read_nonmem,
+    subject_log_density,
+)
 
 __all__ = ["CovariateTruth", "compare_covariate_models", "covariate_table",
            "simulate_covariate_population"]
@@ -101,11 +111,6 @@ class CovariateTruth:
         """The true model as a :class:`PopulationModel` with the true parameters as its
         initial values (``tka, tv`` log typical values; CL from :meth:`clearance`), for
         reference quantities such as the held-out log predictive density at the truth."""
-        import jax.numpy as jnp
-
-        from ._error import Exponential
-        from ._model import PopulationModel
-        from ._pk import OneCompartmentOral
 
         def individual(theta, eta, cov):
             cl = self._clearance(jnp, cov["WT"], cov["AGE"], cov["EGFR"])
