@@ -44,7 +44,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayes_ude import nlme  # noqa: E402
+from bayes_ude.examples import michaelis_menten_population  # noqa: E402
 from bayes_ude.nlme import _pkpd  # noqa: E402
+
 
 def _main_rows(index):
     return [k for k in index if not k.startswith("w[")]
@@ -194,7 +196,7 @@ def main() -> None:
 
 def mm_example(quick, settings, results, net_options):
     """Part 4: network elimination on simulated Michaelis-Menten data."""
-    pop, truth = _pkpd.michaelis_menten_population(12 if quick else 40)
+    pop, truth = michaelis_menten_population(12 if quick else 40)
     model = _pkpd.network_elimination_model(pop, **net_options)
     fit, sec = focei(model, pop, max_iter=5 if quick else 300)
     report_focei("Michaelis-Menten network elimination", fit, sec, results["focei"])

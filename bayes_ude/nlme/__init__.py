@@ -48,12 +48,10 @@ from ._pk import OneCompartmentOral as OneCompartmentOral
 from ._pk import StructuralModel as StructuralModel
 from ._pk import TwoCompartmentIV as TwoCompartmentIV
 from ._pk import TwoCompartmentOral as TwoCompartmentOral
-from ._pkpd import MM_TRUTH as MM_TRUTH
 from ._pkpd import NetworkEliminationPK as NetworkEliminationPK
 from ._pkpd import TransitTurnoverPKPD as TransitTurnoverPKPD
 from ._pkpd import elimination_curve as elimination_curve
 from ._pkpd import inhibition_curve as inhibition_curve
-from ._pkpd import michaelis_menten_population as michaelis_menten_population
 from ._pkpd import network_elimination_model as network_elimination_model
 from ._pkpd import split_subjects as split_subjects
 from ._pkpd import warfarin_pkpd_model as warfarin_pkpd_model

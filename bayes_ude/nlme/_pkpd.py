@@ -17,7 +17,7 @@ diagnostics run on them unchanged:
 * :func:`network_elimination_model` -- one-compartment oral PK whose clearance is a
   learned function of concentration, ``CL(C) = CL exp(g(C / C_ref) - g(0))``, with ``g``
   a network whose last layer starts at 0 (linear elimination). On data with Michaelis--Menten
-  elimination (:func:`michaelis_menten_population`) it recovers the true
+  elimination (:func:`bayes_ude.examples.michaelis_menten_population`) it recovers the true
   elimination-rate curve ``Vmax C / (Km + C)``.
 
 Numerics. The ODEs are integrated on a fixed grid
@@ -55,22 +55,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
 from .. import nn, solvers
 from ._error import Additive, Combined
 from ._fixed_step import check_bolus_only
 from ._model import PopulationModel
-from ._pk import ODEModel, StructuralModel, select_by_dvid
+from ._pk import StructuralModel, select_by_dvid
 
 __all__ = [
-    "MM_TRUTH",
     "NetworkEliminationPK",
     "TransitTurnoverPKPD",
     "WARFARIN_PARAMETERS",
     "elimination_curve",
     "inhibition_curve",
-    "michaelis_menten_population",
     "network_elimination_model",
     "split_subjects",
     "warfarin_pkpd_model",
@@ -394,82 +391,9 @@ class NetworkEliminationPK(StructuralModel):
         return amount / p["v"]
 
 
-class _MichaelisMenten(eqx.Module):
-    """The truth (depot, central): ``d central/dt = ka depot - Vmax C / (Km + C)``."""
-
-    def __call__(self, t, a, p):
-        c = a[1] / p["v"]
-        return jnp.stack([-p["ka"] * a[0], p["ka"] * a[0] - p["vmax"] * c / (p["km"] + c)])
-
-
-def _central(a, p):
-    return a[1] / p["v"]
-
-
-#: Truth of the simulated Michaelis--Menten population: ka (1/h), V (L), Vmax (mg/h), Km
-#: (mg/L); variances of the log-normal random effects on ka, Vmax (``eta_cl``) and V;
-#: combined residual error.
-MM_TRUTH = {"ka": 1.0, "v": 20.0, "vmax": 10.0, "km": 4.0,
-            "omega": {"eta_ka": 0.09, "eta_cl": 0.04, "eta_v": 0.04},
-            "sigma": {"add_sd": 0.05, "prop_sd": 0.1}}
 #: Grid of :func:`network_elimination_model` (hours; records to 48 h): 2-h steps at
 #: most, 16 geometric steps over the 12 h after a dose (0.05 h first).
 MM_GRID = {"n_uniform": 24, "n_post_dose": 16, "first_step": 0.05, "post_dose_span": 12.0}
-_MM_TIMES = (0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 36.0, 48.0)
-_MM_DOSES = (50.0, 150.0, 400.0)
-
-
-def _mm_design(n_subjects, doses=_MM_DOSES, times=_MM_TIMES):
-    """The simulated study's design (DV 0): one dose per subject, cycling through
-    ``doses``, into CMT 1; concentrations at ``times``."""
-    from ._read import read_nonmem
-
-    rows = []
-    for i in range(n_subjects):
-        rows.append(dict(ID=i + 1, TIME=0.0, DV=".", AMT=float(doses[i % len(doses)]),
-                         EVID=1, CMT=1))
-        rows += [dict(ID=i + 1, TIME=float(t), DV=0.0, AMT=".", EVID=0, CMT=2) for t in times]
-    return read_nonmem(pd.DataFrame(rows))
-
-
-def michaelis_menten_population(
-    n_subjects: int = 30,
-    key: jax.Array | None = None,
-    doses: Sequence[float] = _MM_DOSES,
-    times: Sequence[float] = _MM_TIMES,
-) -> tuple[object, dict]:
-    """A simulated population with Michaelis--Menten elimination (truth :data:`MM_TRUTH`).
-
-    One oral dose per subject (cycling through ``doses`` in mg, so that concentrations
-    span the linear and the saturated range: Cmax ~ dose / V = 2.5-20 mg/L against
-    Km = 4 mg/L) into CMT 1, concentrations at ``times`` (h). Simulated with the package's
-    adaptive ODE solver (:class:`ODEModel`, Tsit5 at ``rtol=1e-10``) on the full
-    two-state system -- independent of the fixed grid the fitted model uses.
-
-    Returns
-    -------
-    (Population, truth): ``truth`` is :data:`MM_TRUTH` plus the simulated ``eta``
-    (``(n_subjects, 3)``: ka, Vmax, V) and the noise-free ``prediction``.
-    """
-    key = jax.random.key(0) if key is None else key
-    pop = _mm_design(n_subjects, doses, times)
-    k_eta, k_eps = jax.random.split(key)
-    om = MM_TRUTH["omega"]
-    sd = jnp.sqrt(jnp.array([om["eta_ka"], om["eta_cl"], om["eta_v"]]))
-    eta = jax.random.normal(k_eta, (n_subjects, 3)) * sd
-    params = {"ka": MM_TRUTH["ka"] * jnp.exp(eta[:, 0]),
-              "vmax": MM_TRUTH["vmax"] * jnp.exp(eta[:, 1]),
-              "v": MM_TRUTH["v"] * jnp.exp(eta[:, 2]),
-              "km": jnp.full(n_subjects, MM_TRUTH["km"])}
-    ode = ODEModel(_MichaelisMenten(), 2, observe=_central,
-                   options=solvers.SolveOptions(solver=solvers.Tsit5(), rtol=1e-10, atol=1e-12))
-    f = jax.jit(jax.vmap(ode.predict))(params, pop)
-    s = MM_TRUTH["sigma"]
-    noise = jax.random.normal(k_eps, f.shape) * jnp.sqrt(s["add_sd"] ** 2
-                                                         + (s["prop_sd"] * f) ** 2)
-    y = np.asarray(jnp.where(pop.obs_mask, f + noise, 0.0))
-    pop = eqx.tree_at(lambda q: q.obs_dv, pop, y)
-    return pop, {**MM_TRUTH, "eta": np.asarray(eta), "prediction": np.asarray(f)}
 
 
 def network_elimination_model(

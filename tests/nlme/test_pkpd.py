@@ -21,6 +21,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from bayes_ude import datasets, nlme
+from bayes_ude.examples.michaelis_menten import michaelis_menten_population, mm_design
 from bayes_ude.nlme import _pkpd
 
 # the typical warfarin subject (nlmixr2's estimates, rounded) and two hard cases
@@ -159,7 +160,7 @@ def _network_elimination_reference(pop, p, clearance):
 def test_network_elimination_predictions_match_radau():
     """The fixed-grid Dormand-Prince scan (2-h steps, geometric after the dose) against
     Radau on the two-state system, with a random network clearance."""
-    pop = _pkpd._mm_design(6)
+    pop = mm_design(6)
     model = _pkpd.network_elimination_model(pop, init={"ka": 1.0, "cl": 1.0, "v": 20.0})
     w = 0.5 * jax.random.normal(jax.random.key(2), model.theta["w"].shape)
     p = dict(ka=1.3, cl=1.5, v=18.0)
@@ -176,7 +177,7 @@ def test_network_elimination_predictions_match_radau():
 
 def test_michaelis_menten_simulation_is_the_truth():
     """The simulated data's noise-free concentrations are the Michaelis-Menten ODE's."""
-    pop, truth = _pkpd.michaelis_menten_population(4)
+    pop, truth = michaelis_menten_population(4)
     for i in range(4):
         ka, vmax, v = np.array([truth["ka"], truth["vmax"], truth["v"]]) * np.exp(
             truth["eta"][i])
@@ -243,7 +244,7 @@ def test_bad_inputs(warfarin):
     with pytest.raises(ValueError, match="bolus doses only.*infusions"):
         _pkpd.warfarin_pkpd_model(nlme.read_nonmem(infused))
     with pytest.raises(TypeError, match="warfarin_pkpd_model"):
-        _pkpd.inhibition_curve(_pkpd.network_elimination_model(_pkpd._mm_design(3)), {}, [1.0])
+        _pkpd.inhibition_curve(_pkpd.network_elimination_model(mm_design(3)), {}, [1.0])
     with pytest.raises(TypeError, match="network_elimination_model"):
         emax = _pkpd.warfarin_pkpd_model(warfarin)
         _pkpd.elimination_curve(emax, emax.theta, [1.0])
@@ -299,7 +300,7 @@ def test_warfarin_focei_fit_agrees_with_nlmixr2(warfarin):
 # before the largest gradient component drops below tol (checked on the curve instead)
 @pytest.mark.filterwarnings("ignore:NLME fit. did not converge")
 def test_network_elimination_recovers_michaelis_menten():
-    pop, truth = _pkpd.michaelis_menten_population(40)
+    pop, truth = michaelis_menten_population(40)
     model = _pkpd.network_elimination_model(pop)
     fit = nlme.fit(model, pop, "focei", progress=False, covariance=False, max_iter=300,
                    tol=1e-4)
@@ -328,7 +329,7 @@ def test_network_elimination_under_nuts_mixes_with_the_laplace_metric():
     curve within 15 % of the truth over the central 90 % of concentrations."""
     import arviz as az
 
-    pop, truth = _pkpd.michaelis_menten_population(40)
+    pop, truth = michaelis_menten_population(40)
     model = _pkpd.network_elimination_model(pop, width=3, l2=1.0)
     fit = nlme.fit(model, pop, "focei", progress=False, covariance=False, max_iter=300,
                    tol=1e-4)
