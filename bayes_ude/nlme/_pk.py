@@ -39,6 +39,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .. import solvers
+from ._data import _rows_text
 
 __all__ = [
     "ClosedFormModel",
@@ -132,8 +133,6 @@ def _model_label(model) -> str:
 
 def check_compartments(model: StructuralModel, population) -> None:
     """:meth:`StructuralModel.check_population` for any model (see there)."""
-    from ._data import _rows_text
-
     label = _model_label(model)
     dose_mask = np.asarray(population.dose_mask, dtype=bool)
     if model.needs_doses and not dose_mask.any():
