@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from .. import _sigint
+from ._output import OUTPUT_FILES, Output, sigint_deferred
 
 __all__ = ["add_pk_parser", "run_pk_fit"]
 
@@ -182,12 +179,6 @@ def omega_prior(text: str):
     return (dist.HalfNormal if name == "halfnormal" else dist.HalfCauchy)(value)
 
 
-#: Every file ``bayes-ude`` writes into an output folder (``pk fit`` and ``demo``): an
-#: existing ``--out`` folder is replaced as a whole, so it may hold nothing else.
-OUTPUT_FILES = frozenset({
-    "summary.json", "estimates.csv", "diagnostics.csv", "ebe.csv", "vpc.csv", "gof.png",
-    "vpc.png", "individual.png", "posterior.nc", "eta_posterior_median.csv", "trace.png",
-    "lynx_hare_fit.png", "lynx_hare_map.csv"})
 EXIT_DEGENERATE = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
 
@@ -258,135 +249,6 @@ def check_pk_args(args: argparse.Namespace) -> None:
             _fail(f"--json {str(args.json)!r} is a folder; --json names a file")
         _probe(_nearest_existing(Path(os.path.abspath(args.json)).parent), "--json",
                args.json)
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Within the block SIGINT (Ctrl-C) is recorded, not raised, so the block always
-    completes; the yielded list is non-empty if one came."""
-    got: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield got
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-    try:
-        yield got
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """``path`` gets ``text`` whole or not at all (a temporary file renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-class _Output:
-    """The ``--out`` folder, written atomically: files go into a temporary folder beside it
-    (same file system), each first under a hidden part name and renamed when complete;
-    :meth:`commit` adds ``summary.json`` and renames the folder into place, replacing the
-    earlier one as a whole; :meth:`discard` removes it if it was not committed."""
-
-    def __init__(self, out: Path, json_copy: Path | None):
-        self.shown = out
-        self.target = Path(os.path.abspath(out))
-        self.json_copy = json_copy
-        parent = self.target.parent
-        self.created = []  # ancestors made here, deepest first (discard removes them)
-        p = parent
-        while not p.exists():
-            self.created.append(p)
-            p = p.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=parent))
-        self.tmp.chmod(0o777 & ~_umask())  # as mkdir would make it, not mkdtemp's 0o700
-        self.files: list[str] = []
-        self.interrupted_at: str | None = None
-        self.committed = False
-
-    def save(self, name: str, write) -> None:
-        """Write ``name`` with ``write(path)``; listed only once complete."""
-        assert name in OUTPUT_FILES, f"add {name!r} to OUTPUT_FILES"
-        part = self.tmp / f".part.{name}"  # same suffix: writers choose the format by it
-        write(part)
-        os.replace(part, self.tmp / name)
-        if name not in self.files:
-            self.files.append(name)
-
-    def commit(self, summary: dict) -> bool:
-        """Write ``summary.json`` (with ``status``, ``files``, ``warnings``), put the folder
-        in place and write the ``--json`` copy, with Ctrl-C held off meanwhile. Returns
-        whether a Ctrl-C came during it."""
-        from ._results import json_safe
-
-        with _sigint_deferred() as late:
-            summary["status"] = "interrupted" if self.interrupted_at else "complete"
-            if self.interrupted_at:
-                summary["interrupted"] = True
-                summary["interrupted_at"] = self.interrupted_at
-            summary["files"] = [*self.files, "summary.json"]
-            summary.setdefault("warnings", [])
-            replaced: list[str] = []
-            safe = json_safe(summary, replaced=replaced)
-            if replaced:
-                safe["warnings"].append("not finite, written as null: " + ", ".join(replaced))
-            text = json.dumps(safe, indent=2, allow_nan=False) + "\n"
-            self.save("summary.json", lambda path: path.write_text(text))
-            for leftover in self.tmp.glob(".part.*"):
-                leftover.unlink()
-            target = self.target
-            if target.exists() or target.is_symlink():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                old.rmdir()
-                os.replace(target, old)
-                os.replace(self.tmp, target)
-                if old.is_symlink():
-                    old.unlink()
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.tmp, target)
-            self.committed = True
-            if self.json_copy is not None:
-                _write_atomically(self.json_copy, text)
-        return bool(late)
-
-    def discard(self) -> None:
-        if self.committed:
-            return
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        for folder in self.created:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-
-    def report(self, quiet: bool) -> None:
-        """Say what was written (only files that exist) and, on stderr, an interruption."""
-        names = [f for f in self.files if (self.target / f).exists()]
-        if not quiet:
-            print(f"wrote {', '.join(names)} to {self.shown}/"
-                  + (f" (summary also in {self.json_copy})" if self.json_copy else ""))
-        if self.interrupted_at:
-            print(f"bayes-ude pk fit: interrupted ({self.interrupted_at}); {self.shown}/ holds "
-                  f"what was done, summary.json has \"status\": \"interrupted\"",
-                  file=sys.stderr)
 
 
 def _predose_rows(pop) -> list[int]:
@@ -463,7 +325,7 @@ def run_pk_fit(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"bayes-ude pk fit: {err}") from None
     notes = data_notes + _predose_warning(args, pop)
-    output = _Output(args.out, args.json)
+    output = Output(args.out, args.json)
     try:
         if not args.quiet:
             print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations "
@@ -494,7 +356,7 @@ def _devices_checked(args):
         raise SystemExit(f"bayes-ude pk fit: --devices {devices}: {err}") from None
 
 
-def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
+def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
     """The maximum-likelihood branch: estimates, diagnostics, EBEs, VPC, plots."""
     import warnings
 
@@ -510,7 +372,7 @@ def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
             result = fit(model, pop, args.method, max_iter=args.max_iter,
                          progress=not args.quiet, devices=devices)
     # There are estimates from here on: Ctrl-C skips what is left and keeps what exists.
-    with _sigint_deferred() as sigint:
+    with sigint_deferred() as sigint:
         seconds = time.perf_counter() - start
         summary = result.summary()
         summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
@@ -593,7 +455,7 @@ def _run_ml(args, pop, model, start, output: _Output, notes: list[str]) -> int:
     return EXIT_DEGENERATE if reasons and not args.allow_degenerate else 0
 
 
-def _run_bayes(args, pop, model, start, output: _Output, notes: list[str]) -> int:
+def _run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
     """The Bayesian branch: posterior table, NetCDF, posterior-predictive VPC, trace plot."""
     import jax
     import pandas as pd
@@ -622,7 +484,7 @@ def _run_bayes(args, pop, model, start, output: _Output, notes: list[str]) -> in
                          devices=devices)
     # There are draws from here on: Ctrl-C skips what is left and keeps what exists (the
     # draws, the table and summary.json first, with Ctrl-C held off until they are saved).
-    with _sigint_deferred() as sigint:
+    with sigint_deferred() as sigint:
         seconds = time.perf_counter() - start
         output.save("posterior.nc", result.to_netcdf)
         table = result.table()

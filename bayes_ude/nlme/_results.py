@@ -13,8 +13,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import jax
@@ -23,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .._compile import filter_jit
+from .._json import json_safe
 from . import _diagnostics
 from ._error import Combined, Exponential, Proportional
 from ._likelihood import subject_log_densities, subject_log_density
@@ -49,24 +48,6 @@ DEGENERATE_SIGMA = 100.0
 #: 1e12), so 1e4 per observation means residuals pinned at a fixed variance: e.g. the
 #: variance floor of a proportional error where the prediction is 0 (a pre-dose sample).
 DEGENERATE_MINUS2LL_PER_OBS = 1e4
-
-def json_safe(value, where: str = "", replaced: list[str] | None = None):
-    """``value`` (dicts, lists, numbers, strings) with every non-finite float replaced by
-    ``None`` (JSON has no NaN or Infinity) and numpy scalars made Python ones; the path of
-    each replaced number (e.g. ``"theta.tka"``) is appended to ``replaced``."""
-    if isinstance(value, Mapping):
-        return {k: json_safe(v, f"{where}.{k}" if where else str(k), replaced)
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v, f"{where}[{i}]", replaced) for i, v in enumerate(value)]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        if replaced is not None:
-            replaced.append(f"{where} ({value})")
-        return None
-    return value
-
 
 class PopulationFit(abc.ABC):
     """What every population fit offers (:class:`FitResult`, :class:`BayesianFitResult`).
