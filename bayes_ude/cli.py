@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="folder for the plot and the estimate table (default: %(default)s)")
     demo.add_argument("--no-files", action="store_true", help="print only, write nothing")
     sub.add_parser("datasets", help="list the shipped data sets")
-    from .nlme._command import EXIT_INTERRUPTED, add_pk_parser, check_pk_args, run_pk_fit
+    from .nlme._command import EXIT_INTERRUPTED, add_pk_parser, check_pk_args
 
     add_pk_parser(sub)
     args = parser.parse_args(argv)
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("pk", "demo"):
             _compilation_cache()
         if args.command == "pk":
+            from .nlme._command_run import run_pk_fit
+
             return run_pk_fit(args)
         if args.command == "demo":
             _lynx_hare_map(None if args.no_files else args.out)

@@ -81,7 +81,8 @@ import numpyro.distributions as dist  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayes_ude import nlme  # noqa: E402
-from bayes_ude.nlme._command import DEFAULT_OMEGA_PRIOR, omega_prior  # noqa: E402
+from bayes_ude.nlme._command import DEFAULT_OMEGA_PRIOR  # noqa: E402
+from bayes_ude.nlme._command_bayes import omega_prior  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = SAMPLES = int(os.environ.get("BAYES_NLME_DRAWS", "1000"))

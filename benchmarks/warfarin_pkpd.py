@@ -45,7 +45,6 @@ import pandas as pd  # noqa: E402
 
 from bayes_ude import nlme  # noqa: E402
 from bayes_ude.examples import michaelis_menten_population  # noqa: E402
-from bayes_ude.nlme import _pkpd  # noqa: E402
 
 
 def _main_rows(index):
@@ -131,11 +130,11 @@ def main() -> None:
     pop = nlme.load_warfarin_population()
 
     # 1. FOCEI on all subjects
-    emax_model = _pkpd.warfarin_pkpd_model(pop, "emax")
+    emax_model = nlme.warfarin_pkpd_model(pop, "emax")
     emax, sec = focei(emax_model, pop, max_iter=max_iter)
     report_focei("emax", emax, sec, results["focei"])
     start = _natural(emax)
-    net_model = _pkpd.warfarin_pkpd_model(pop, "network",
+    net_model = nlme.warfarin_pkpd_model(pop, "network",
                                           init={"ic50": float(np.exp(start["tic50"]))},
                                           **net_options)
     shared = {k: v for k, v in start.items() if k in net_model.parameter_names()}
@@ -143,15 +142,15 @@ def main() -> None:
     report_focei("network", network, sec, results["focei"])
     c = np.array([0.5, 1, 2, 4, 8, 12])
     curves = pd.DataFrame({"C (mg/L)": c,
-                           "I emax": _pkpd.inhibition_curve(emax.model, emax.theta, c),
-                           "I network": _pkpd.inhibition_curve(network.model, network.theta,
+                           "I emax": nlme.inhibition_curve(emax.model, emax.theta, c),
+                           "I network": nlme.inhibition_curve(network.model, network.theta,
                                                                c)})
     print("\nTypical drug effect I(C):\n" + curves.to_string(index=False,
                                                             float_format="{:.3f}".format))
     results["inhibition"] = curves.to_dict(orient="list")
 
     # 2. held-out split: FOCEI and NUTS on the training subjects
-    train, test = _pkpd.split_subjects(pop, 0.2, seed=0, keep_shape=True)
+    train, test = nlme.split_subjects(pop, 0.2, seed=0, keep_shape=True)
     print(f"\nHeld out: subjects {list(test.ids)} ({test.n_obs} observations); training "
           f"{train.n_obs} observations")
     fits = {}
@@ -197,7 +196,7 @@ def main() -> None:
 def mm_example(quick, settings, results, net_options):
     """Part 4: network elimination on simulated Michaelis-Menten data."""
     pop, truth = michaelis_menten_population(12 if quick else 40)
-    model = _pkpd.network_elimination_model(pop, **net_options)
+    model = nlme.network_elimination_model(pop, **net_options)
     fit, sec = focei(model, pop, max_iter=5 if quick else 300)
     report_focei("Michaelis-Menten network elimination", fit, sec, results["focei"])
     y = np.asarray(pop.obs_dv)[np.asarray(pop.obs_mask)]
@@ -207,13 +206,13 @@ def mm_example(quick, settings, results, net_options):
     report_nuts("Michaelis-Menten network elimination", res, sec, results["nuts"])
     u = res.u_draws  # chain, draw, parameter
     per_chain = np.stack([np.stack([
-        _pkpd.elimination_curve(model, model.unpack(jnp.asarray(x))[0], c)
+        nlme.elimination_curve(model, model.unpack(jnp.asarray(x))[0], c)
         for x in chain[:: max(1, u.shape[1] // 100)]]) for chain in u])
     draws = per_chain.reshape(-1, len(c))
     curve_rhat = [float(az.rhat(per_chain[..., j])) for j in range(len(c))]
     table = pd.DataFrame({
         "C (mg/L)": c, "true Vmax C/(Km+C)": true,
-        "FOCEI": _pkpd.elimination_curve(fit.model, fit.theta, c),
+        "FOCEI": nlme.elimination_curve(fit.model, fit.theta, c),
         "NUTS median": np.median(draws, 0), "NUTS 5 %": np.quantile(draws, 0.05, 0),
         "NUTS 95 %": np.quantile(draws, 0.95, 0), "NUTS R-hat": curve_rhat})
     print("\nElimination rate (mg/h), typical subject:\n"

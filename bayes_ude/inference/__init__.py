@@ -4,6 +4,7 @@ rejected proposals."""
 
 from .._sampler_options import SAMPLERS as SAMPLERS
 from .._sampler_options import SamplerOptions as SamplerOptions
+from ._arviz import add_to_inference_data as add_to_inference_data
 from ._arviz import to_inference_data as to_inference_data
 from ._failure import reject_failed_solve as reject_failed_solve
 from ._nuts import laplace_inverse_mass as laplace_inverse_mass
@@ -26,6 +27,7 @@ __all__ = [
     "SamplerOptions",
     "SGLDState",
     "SGMCMCKernel",
+    "add_to_inference_data",
     "grad_estimator",
     "laplace_inverse_mass",
     "network_prior",

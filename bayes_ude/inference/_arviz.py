@@ -41,3 +41,31 @@ def to_inference_data(
         attrs=dict(attrs or {}),
     )
     return idata
+
+
+def add_to_inference_data(
+    idata,
+    *,
+    posterior_predictive: Mapping[str, np.ndarray] | None = None,
+    observed_data: Mapping[str, np.ndarray] | None = None,
+    dims: Mapping[str, list[str]] | None = None,
+    coords: Mapping[str, np.ndarray] | None = None,
+):
+    """Add variables to ``idata`` in place (as :func:`to_inference_data` builds them).
+
+    Groups ``idata`` lacks are created; variables of groups it has join the variables
+    already there (same coordinates: a clash is an error from xarray, never a silent
+    overwrite). Returns ``idata``.
+    """
+    extra = to_inference_data(None, posterior_predictive=posterior_predictive,
+                              observed_data=observed_data, dims=dims, coords=coords)
+    for group in extra.groups():
+        if group in idata.groups():
+            clash = set(idata[group].data_vars) & set(extra[group].data_vars)
+            if clash:
+                raise ValueError(f"the {group} group already has {sorted(clash)}")
+            setattr(idata, group, idata[group].merge(extra[group], join="exact",
+                                                     combine_attrs="override"))
+        else:
+            idata.add_groups({group: extra[group]})
+    return idata

@@ -5,6 +5,11 @@ from typing import TYPE_CHECKING
 
 from ._builtin import builtin_model as builtin_model
 from ._builtin import nca_initial_estimates as nca_initial_estimates
+from ._covariates import CovariateEffect as CovariateEffect
+from ._covariates import CovariateIndividual as CovariateIndividual
+from ._covariates import CovariateNetwork as CovariateNetwork
+from ._covariates import LinearCovariates as LinearCovariates
+from ._covariates import PowerCovariates as PowerCovariates
 
 # Population estimation needs float64 (the outer optimiser differentiates through inner
 # Newton solves, and in float32 FOCE/FOCEI gradients stall far from the optimum):
@@ -13,11 +18,7 @@ from ._data import NonmemDataError as NonmemDataError
 from ._data import NonmemDataWarning as NonmemDataWarning
 from ._data import Population as Population
 from ._data import covariates_at as covariates_at
-from ._deep import CovariateEffect as CovariateEffect
-from ._deep import CovariateIndividual as CovariateIndividual
-from ._deep import CovariateNetwork as CovariateNetwork
-from ._deep import LinearCovariates as LinearCovariates
-from ._deep import PowerCovariates as PowerCovariates
+from ._data import split_subjects as split_subjects
 from ._deep import augment as augment
 from ._deep import covariate_model as covariate_model
 from ._deep import partial_dependence as partial_dependence
@@ -25,9 +26,6 @@ from ._deep import population_predictions as population_predictions
 from ._diagnostics import diagnostics as diagnostics
 from ._diagnostics import epsilon_shrinkage as epsilon_shrinkage
 from ._diagnostics import individual_parameters as individual_parameters
-from ._diagnostics import plot_gof as plot_gof
-from ._diagnostics import plot_individual as plot_individual
-from ._diagnostics import plot_vpc as plot_vpc
 from ._diagnostics import simulate as simulate
 from ._diagnostics import vpc as vpc
 from ._error import Additive as Additive
@@ -41,32 +39,35 @@ from ._likelihood import objective as objective
 from ._likelihood import subject_log_density as subject_log_density
 from ._model import Omega as Omega
 from ._model import PopulationModel as PopulationModel
+from ._network_pk import NetworkEliminationPK as NetworkEliminationPK
+from ._network_pk import elimination_curve as elimination_curve
+from ._network_pk import network_elimination_model as network_elimination_model
+from ._ode_model import ODEModel as ODEModel
 from ._pk import ClosedFormModel as ClosedFormModel
-from ._pk import ODEModel as ODEModel
 from ._pk import OneCompartmentIV as OneCompartmentIV
 from ._pk import OneCompartmentOral as OneCompartmentOral
-from ._pk import StructuralModel as StructuralModel
 from ._pk import TwoCompartmentIV as TwoCompartmentIV
 from ._pk import TwoCompartmentOral as TwoCompartmentOral
-from ._pkpd import NetworkEliminationPK as NetworkEliminationPK
-from ._pkpd import TransitTurnoverPKPD as TransitTurnoverPKPD
-from ._pkpd import elimination_curve as elimination_curve
-from ._pkpd import inhibition_curve as inhibition_curve
-from ._pkpd import network_elimination_model as network_elimination_model
-from ._pkpd import split_subjects as split_subjects
-from ._pkpd import warfarin_pkpd_model as warfarin_pkpd_model
+from ._plots import plot_gof as plot_gof
+from ._plots import plot_individual as plot_individual
+from ._plots import plot_vpc as plot_vpc
 from ._read import load_theophylline_population as load_theophylline_population
 from ._read import load_warfarin_population as load_warfarin_population
 from ._read import read_nonmem as read_nonmem
-from ._results import BayesianFitResult as BayesianFitResult
 from ._results import FitResult as FitResult
 from ._results import PopulationFit as PopulationFit
+from ._structural import StructuralModel as StructuralModel
+from ._warfarin import TransitTurnoverPKPD as TransitTurnoverPKPD
+from ._warfarin import inhibition_curve as inhibition_curve
+from ._warfarin import warfarin_pkpd_model as warfarin_pkpd_model
 
-# The Bayesian layer (NumPyro) loads on first use: a maximum-likelihood fit does not pay
-# for importing NumPyro.
-_LAZY = {"Priors": "_priors", "numpyro_model": "_priors", "fit_bayes": "_bayes"}
+# The Bayesian layer (NumPyro, ArviZ) loads on first use: a maximum-likelihood fit does not
+# pay for importing them.
+_LAZY = {"BayesianFitResult": "_bayes_results", "Priors": "_priors",
+         "numpyro_model": "_priors", "fit_bayes": "_bayes"}
 if TYPE_CHECKING:
     from ._bayes import fit_bayes as fit_bayes
+    from ._bayes_results import BayesianFitResult as BayesianFitResult
     from ._priors import Priors as Priors
     from ._priors import numpyro_model as numpyro_model
 

@@ -13,7 +13,7 @@ SG-MCMC over subjects
     whitened by the maximum-likelihood covariance (a fit of :mod:`._estimate` run first
     when none is given).
 
-Both return a :class:`BayesianFitResult` (:mod:`._results`). The sampler's settings are one
+Both return a :class:`BayesianFitResult` (:mod:`._bayes_results`). The sampler's settings are one
 :class:`bayes_ude.inference.SamplerOptions`.
 """
 
@@ -25,18 +25,18 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
 from .. import inference
 from .._batching import batch_map, resolve_devices
 from .._compile import compiler_options, filter_jit
 from ..inference._interrupt import interrupt_guard
 from . import _diagnostics
+from ._bayes_results import BayesianFitResult
 from ._estimate import fit_ml
 from ._likelihood import LOG_2PI, SubjectLikelihood
 from ._model import PopulationModel, _chol_to_vector
 from ._priors import Priors, init_near, initial_values, numpyro_model, omega_blocks
-from ._results import BayesianFitResult, FitResult
+from ._results import FitResult
 
 __all__ = ["fit_bayes"]
 
@@ -192,15 +192,12 @@ def _fit_nuts(model, population, priors, init, key, progress, options, guard=Non
 
     # optional: a Ctrl-C here (or earlier, in run_nuts's assembly) skips it
     dv, done = (replicate(), True) if guard is None else guard.optional(replicate)
-    if done:
-        idata.add_groups(posterior_predictive=xr.Dataset(
-            {"dv": (("chain", "draw", "subject", "record"), np.where(mask, dv, np.nan))},
-            coords={"chain": idata.posterior.chain, "draw": idata.posterior.draw,
-                    "subject": ids, "record": coords["record"]}))
-    else:
+    if not done:
         guard.mark(idata.attrs, ["posterior_predictive"], stacklevel=3)
-    idata.observed_data["dv"] = (("subject", "record"),
-                                 np.where(mask, np.asarray(population.obs_dv), np.nan))
+    inference.add_to_inference_data(
+        idata, posterior_predictive={"dv": np.where(mask, dv, np.nan)} if done else None,
+        observed_data={"dv": np.where(mask, np.asarray(population.obs_dv), np.nan)},
+        dims={"dv": ["subject", "record"]}, coords=coords)
     return idata, u_draws
 
 
@@ -264,25 +261,73 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, options,
     if devices is None and len(sharded) == 1:
         sharded = None
     batch_size = min(n, 64) if options.batch_size is None else options.batch_size
-    num_steps = options.num_steps
-    burn_in = num_steps // 2 if options.burn_in is None else options.burn_in
+    burn_in = options.num_steps // 2 if options.burn_in is None else options.burn_in
     step_size = options.step_size
     if step_size is None:
         # Langevin discretisation inflates variances by ~eps/4; without control variates
         # the minibatch noise adds ~eps N / (4 b)
         step_size = 0.1 if control_variates else min(0.05, 0.2 * batch_size / n)
-    ml = init
-    if not (isinstance(ml, FitResult) and ml.covariance_unconstrained is not None):
-        ml = fit_ml(model, population, marginal, init=init if isinstance(init, Mapping) else None,
-                 progress=progress, devices=devices)
-        if ml.covariance_unconstrained is None:
-            raise RuntimeError("SG-MCMC needs the maximum-likelihood covariance as its "
-                               "preconditioner, and the covariance step failed (see the "
-                               "warning); check the model, or use method='nuts'")
+    ml = _ml_preconditioner(model, population, init, marginal, progress, devices)
     center = jnp.asarray(ml.u)
     chol = jnp.asarray(np.linalg.cholesky(ml.covariance_unconstrained))
-    n_th = model.n_theta
-    q = model.n_eta
+    logprior, loglik = _whitened_densities(model, priors, marginal, center, chol)
+    pop = jax.tree.map(jnp.asarray, population)
+    p = center.shape[0]
+    if control_variates:
+        # SGLD-CV (Baker et al. 2019): each subject's log likelihood minus its tangent at
+        # the ML point v = 0, and the sum of those tangents added back exactly, so the
+        # minibatch estimate keeps its mean and loses most of its variance near the mode
+        g = _subject_gradients(loglik, p, pop, devices)  # (N, p)
+        g_total = jnp.sum(g, axis=0)
+
+        def prior_term(v):
+            return logprior(v) + g_total @ v
+
+        def item_term(v, item):
+            subject, g_i = item
+            return loglik(v, subject) - g_i @ v
+
+        grad = inference.grad_estimator(prior_term, item_term, n, devices=sharded)
+        data = (pop, g)
+    else:
+        grad = inference.grad_estimator(logprior, loglik, n, devices=sharded)
+        data = pop
+    kernel = {"sgld": inference.sgld, "psgld": inference.psgld,
+              "sghmc": inference.sghmc}[method](grad)
+    idata = inference.run_sgmcmc(
+        kernel, jnp.zeros(p), data,
+        num_steps=options.num_steps, batch_size=batch_size, step_size=step_size,
+        burn_in=burn_in, thin=options.thin, num_chains=options.num_chains, init_spread=1.0,
+        key=key, progress=progress, name="v")
+    u_draws = np.asarray(center) + np.asarray(idata.posterior["v"]) @ np.asarray(chol).T
+    # the posterior in named natural-scale parameters (the unconstrained draws are kept
+    # in the result as ``u_draws``)
+    idata.posterior = inference.to_inference_data(
+        _natural_draws(model, u_draws), attrs=dict(idata.posterior.attrs)).posterior
+    idata.attrs.update({"step_size": float(step_size) if not callable(step_size) else -1.0,
+                        "marginal": marginal, "control_variates": int(control_variates),
+                        "preconditioner": "maximum-likelihood covariance"})
+    return idata, u_draws
+
+
+def _ml_preconditioner(model, population, init, marginal, progress, devices) -> FitResult:
+    """The maximum-likelihood fit whose estimate and covariance whiten SG-MCMC: ``init``
+    when it is one with a covariance step, else a fit run now."""
+    if isinstance(init, FitResult) and init.covariance_unconstrained is not None:
+        return init
+    ml = fit_ml(model, population, marginal, init=init if isinstance(init, Mapping) else None,
+                progress=progress, devices=devices)
+    if ml.covariance_unconstrained is None:
+        raise RuntimeError("SG-MCMC needs the maximum-likelihood covariance as its "
+                           "preconditioner, and the covariance step failed (see the "
+                           "warning); check the model, or use method='nuts'")
+    return ml
+
+
+def _whitened_densities(model, priors, marginal, center, chol):
+    """The log prior and one subject's marginal log likelihood as functions of the
+    whitened coordinates ``v`` (``u = center + chol v``)."""
+    n_th, q = model.n_theta, model.n_eta
     theta_dists = {k: priors.theta_dist(model, k) for k in model.theta}
     sd_dists = [priors.omega_sd_dist(model, nme) for nme in model.eta_names]
     sigma_dists = [priors.sigma_dist(model, k) for k in model.sigma_names]
@@ -309,44 +354,4 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, options,
             jnp.zeros(q))
         return -0.5 * (m2 + jnp.sum(subject.obs_mask) * LOG_2PI)
 
-    pop = jax.tree.map(jnp.asarray, population)
-    p = center.shape[0]
-    if control_variates:
-        # SGLD-CV (Baker et al. 2019): each subject's log likelihood minus its tangent at
-        # the ML point v = 0, and the sum of those tangents added back exactly, so the
-        # minibatch estimate keeps its mean and loses most of its variance near the mode
-        g = _subject_gradients(loglik, p, pop, devices)  # (N, p)
-        g_total = jnp.sum(g, axis=0)
-
-        def prior_term(v):
-            return logprior(v) + g_total @ v
-
-        def item_term(v, item):
-            subject, g_i = item
-            return loglik(v, subject) - g_i @ v
-
-        grad = inference.grad_estimator(prior_term, item_term, n, devices=sharded)
-        data = (pop, g)
-    else:
-        grad = inference.grad_estimator(logprior, loglik, n, devices=sharded)
-        data = pop
-    kernel = {"sgld": inference.sgld, "psgld": inference.psgld,
-              "sghmc": inference.sghmc}[method](grad)
-    idata = inference.run_sgmcmc(
-        kernel, jnp.zeros(p), data,
-        num_steps=num_steps, batch_size=batch_size, step_size=step_size, burn_in=burn_in,
-        thin=options.thin, num_chains=options.num_chains, init_spread=1.0, key=key,
-        progress=progress, name="v")
-    v = np.asarray(idata.posterior["v"])
-    u_draws = np.asarray(center) + v @ np.asarray(chol).T
-    nat = _natural_draws(model, u_draws)
-    # the posterior in named natural-scale parameters (the unconstrained draws are kept
-    # in the result as ``u_draws``)
-    idata.posterior = xr.Dataset(
-        {k: (("chain", "draw"), x) for k, x in nat.items()},
-        coords={"chain": idata.posterior.chain, "draw": idata.posterior.draw},
-        attrs=dict(idata.posterior.attrs))
-    idata.attrs.update({"step_size": float(step_size) if not callable(step_size) else -1.0,
-                        "marginal": marginal, "control_variates": int(control_variates),
-                        "preconditioner": "maximum-likelihood covariance"})
-    return idata, u_draws
+    return logprior, loglik

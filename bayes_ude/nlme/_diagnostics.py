@@ -1,4 +1,4 @@
-"""Diagnostics of a fitted population model: residuals, NPDE, EBEs, simulation, VPC, plots.
+"""Diagnostics of a fitted population model: residuals, NPDE, EBEs, simulation, VPC.
 
 Definitions (per subject, on the error model's scale — log for the exponential model):
 
@@ -21,7 +21,6 @@ Everything is computed for all subjects at once, in blocks and over the fit's de
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +30,7 @@ from jax.scipy.special import ndtri
 from .._batching import batch_map, resolve_devices
 from .._compile import filter_jit
 
-__all__ = ["diagnostics", "simulate", "vpc", "plot_gof", "plot_vpc", "plot_individual",
-           "individual_parameters"]
+__all__ = ["diagnostics", "simulate", "vpc", "individual_parameters"]
 
 
 def _decorrelate(v, e, mask):
@@ -267,141 +265,3 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
 @filter_jit
 def _population_pred(model, theta, population):
     return jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)
-
-
-def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = False,
-             title: str = "Prediction-corrected visual predictive check", **kwargs):
-    """Plot a VPC: observed 5/50/95 % quantiles (lines) over the simulated ones' percentile
-    intervals (bands); ``kwargs`` go to :func:`vpc` (``prediction_corrected=False`` for
-    the plain VPC, which also shows the observations as points)."""
-    import matplotlib.pyplot as plt
-
-    table = vpc(fit, **kwargs) if table is None else table
-    ax = plt.subplots(figsize=(7, 4.5))[1] if ax is None else ax
-    qs = sorted({c.split("_")[1][1:] for c in table.columns if c.startswith("obs_q")},
-                key=float)
-    colours = {qs[0]: "tab:blue", qs[-1]: "tab:blue"} | ({qs[1]: "tab:red"} if len(qs) > 2
-                                                        else {})
-    for q in qs:
-        c = colours.get(q, "tab:blue")
-        ax.fill_between(table["time"], table[f"sim_q{q}_lo"], table[f"sim_q{q}_hi"], color=c,
-                        alpha=0.2, lw=0, label=f"simulated {float(q):.0%} quantile, interval")
-        ax.plot(table["time"], table[f"obs_q{q}"], color=c, lw=1.8,
-                label=f"observed {float(q):.0%} quantile")
-    if fit is not None and not kwargs.get("prediction_corrected", True):
-        pop = fit.population
-        mask = np.asarray(pop.obs_mask)
-        ax.plot(np.asarray(pop.obs_time)[mask], np.asarray(pop.obs_dv)[mask], "o", ms=2.5,
-                color="0.4", alpha=0.5, zorder=0)
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("time")
-    ax.set_ylabel("prediction-corrected DV" if kwargs.get("prediction_corrected", True)
-                  else "DV")
-    ax.set_title(title)
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles, strict=False))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=7)
-    return ax
-
-
-def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit"):
-    """The goodness-of-fit panel: DV vs PRED and IPRED, CWRES vs TIME and PRED, |IWRES| vs
-    IPRED, and a normal QQ plot of CWRES."""
-    import matplotlib.pyplot as plt
-    from scipy import stats
-
-    fig = plt.figure(figsize=(11, 7)) if fig is None else fig
-    axes = fig.subplots(2, 3)
-    for ax, x in zip(axes[0, :2], ("PRED", "IPRED"), strict=True):
-        ax.plot(diag[x], diag["DV"], "o", ms=3, alpha=0.6)
-        lim = [min(diag[x].min(), diag["DV"].min()), max(diag[x].max(), diag["DV"].max())]
-        ax.plot(lim, lim, "k-", lw=1)
-        ax.set_xlabel(x)
-        ax.set_ylabel("DV")
-        ax.set_title(f"DV vs {x}")
-    ax = axes[0, 2]
-    ax.plot(diag["IPRED"], diag["IWRES"].abs(), "o", ms=3, alpha=0.6)
-    ax.set_xlabel("IPRED")
-    ax.set_ylabel("|IWRES|")
-    ax.set_title("|IWRES| vs IPRED")
-    for ax, x in zip(axes[1, :2], ("TIME", "PRED"), strict=True):
-        ax.plot(diag[x], diag["CWRES"], "o", ms=3, alpha=0.6)
-        ax.axhline(0, color="k", lw=1)
-        for y in (-2, 2):
-            ax.axhline(y, color="k", lw=0.6, ls="--")
-        ax.set_xlabel(x)
-        ax.set_ylabel("CWRES")
-        ax.set_title(f"CWRES vs {x}")
-    ax = axes[1, 2]
-    osm, osr = stats.probplot(diag["CWRES"], dist="norm", fit=False)
-    ax.plot(osm, osr, "o", ms=3, alpha=0.6)
-    ax.plot([-3, 3], [-3, 3], "k-", lw=1)
-    ax.set_xlabel("normal quantiles")
-    ax.set_ylabel("CWRES quantiles")
-    ax.set_title("CWRES normal QQ")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def _dense_design(population, n_points: int):
-    """The same subjects with observations on a dense time grid (for smooth curves)."""
-    t = np.asarray(population.obs_time)
-    mask = np.asarray(population.obs_mask)
-    t_end = np.where(mask, t, -np.inf).max(axis=1)
-    t_end = np.where(np.isfinite(t_end), t_end, 1.0)
-    t_start = np.minimum(np.asarray(population.dose_time).min(axis=1), t.min(axis=1))
-    grid = t_start[:, None] + (t_end - t_start)[:, None] * np.linspace(0, 1, n_points)[None, :]
-    s = grid.shape[0]
-    return eqx.tree_at(
-        lambda p: (p.obs_time, p.obs_dv, p.obs_mask, p.obs_cmt, p.obs_dvid, p.obs_row,
-                   p.obs_cov),
-        population,
-        (grid, np.zeros_like(grid), np.ones_like(grid, bool),
-         np.broadcast_to(np.asarray(population.obs_cmt)[:, :1], grid.shape).copy(),
-         np.broadcast_to(np.asarray(population.obs_dvid)[:, :1], grid.shape).copy(),
-         -np.ones(grid.shape, int),
-         np.repeat(np.asarray(population.cov_baseline)[:, None, :], n_points, axis=1)
-         if np.asarray(population.obs_cov).ndim == 3 else population.obs_cov),
-    ), s
-
-
-@filter_jit
-def _curves(model, u, population, eta):
-    theta = model.unpack(u)[0]
-    pred = jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)
-    ipred = jax.vmap(lambda s, e: model.predict(theta, e, s))(population, eta)
-    return pred, ipred
-
-
-def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4, log=False):
-    """Observations with individual (IPRED, solid) and population (PRED, dashed)
-    predictions, one panel per subject (default: the first 12)."""
-    import matplotlib.pyplot as plt
-
-    pop = fit.population
-    idx = list(range(min(12, pop.n_subjects))) if subjects is None else [
-        pop.index(s) for s in subjects]
-    sub = pop.take(idx)
-    dense, _ = _dense_design(sub, n_points)
-    eta = jnp.asarray(fit.eta.to_numpy()[idx])
-    pred, ipred = (np.asarray(a) for a in _curves(fit.model, jnp.asarray(fit.u), dense, eta))
-    nrows = int(np.ceil(len(idx) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 2.4 * nrows), squeeze=False,
-                             sharex=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= len(idx):
-            ax.axis("off")
-            continue
-        m = np.asarray(sub.obs_mask)[k]
-        ax.plot(np.asarray(sub.obs_time)[k][m], np.asarray(sub.obs_dv)[k][m], "o", ms=3,
-                color="k")
-        ax.plot(np.asarray(dense.obs_time)[k], ipred[k], "-", color="tab:blue", lw=1.3)
-        ax.plot(np.asarray(dense.obs_time)[k], pred[k], "--", color="tab:orange", lw=1.0)
-        ax.set_title(f"ID {pop.ids[idx[k]]}", fontsize=9)
-        if log:
-            ax.set_yscale("log")
-    fig.legend(["DV", "IPRED", "PRED"], loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig

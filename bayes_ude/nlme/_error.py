@@ -12,6 +12,7 @@ import abc
 from collections.abc import Mapping
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -43,8 +44,6 @@ class ErrorModel(eqx.Module):
 
     def sample(self, key, f: Array, sigma: Mapping[str, Array]) -> Array:
         """Simulated observations around predictions ``f``."""
-        import jax
-
         z = jax.random.normal(key, jnp.shape(f))
         return f + jnp.sqrt(self.variance(f, sigma)) * z
 
@@ -106,7 +105,5 @@ class Exponential(ErrorModel):
         return jnp.broadcast_to(sigma[self.name] ** 2, jnp.shape(f))
 
     def sample(self, key, f, sigma):
-        import jax
-
         z = jax.random.normal(key, jnp.shape(f))
         return f * jnp.exp(sigma[self.name] * z)

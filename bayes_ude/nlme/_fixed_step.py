@@ -14,8 +14,9 @@ Dormand--Prince steps on a grid through every observation and dose time; see
 ``bayes_ude/solvers/_fixed_grid.py``), which JAX differentiates in every mode and to every
 order. Accuracy is set by the grid (``tests/nlme/test_pkpd.py`` checks it against scipy's
 Radau at ``rtol=1e-10``), and so is stability: the grid must resolve the fastest rate of
-the states it integrates (``h * rate < 3.3``). The PK/PD models of :mod:`._pkpd` therefore
-integrate only the slow states and take the fast linear absorption in closed form.
+the states it integrates (``h * rate < 3.3``). The PK/PD models of ``_warfarin.py`` and
+``_network_pk.py`` therefore integrate only the slow states and take the fast linear
+absorption in closed form.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import solvers
-from ._pk import StructuralModel, observe_states
+from ._structural import StructuralModel, observe_states
 
 __all__ = ["FixedStepODEModel", "check_bolus_only"]
 

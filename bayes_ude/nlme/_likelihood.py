@@ -27,7 +27,8 @@ implicit-function derivative.
 
 One layer up, the same per-subject terms serve the maximum-likelihood fits
 (:mod:`._optimise`, :mod:`._estimate`), the SG-MCMC minibatches (:mod:`._bayes`) and the
-held-out predictive density of both kinds of result (:mod:`._results`).
+held-out predictive density of both kinds of result (:mod:`._results`,
+:mod:`._bayes_results`).
 """
 
 from __future__ import annotations

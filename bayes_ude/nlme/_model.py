@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._error import ErrorModel
-from ._pk import StructuralModel
+from ._error import ErrorModel, Exponential
+from ._structural import StructuralModel
 
-__all__ = ["Omega", "PopulationModel"]
+__all__ = ["Omega", "PopulationModel", "typical_individual"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +163,9 @@ class PopulationModel:
         missing = needed - set(self.sigma)
         extra = set(self.sigma) - needed
         if missing or extra:
-            raise ValueError(f"sigma must give exactly the error models' parameters {sorted(needed)}"
-                             f"; missing {sorted(missing)}, unused {sorted(extra)}")
+            raise ValueError("sigma must give exactly the error models' parameters "
+                             f"{sorted(needed)}; missing {sorted(missing)}, unused "
+                             f"{sorted(extra)}")
         bad = [k for k, v in self.sigma.items() if not v > 0]
         if bad:
             raise ValueError(f"sigma values must be > 0; got {[(k, self.sigma[k]) for k in bad]}")
@@ -345,8 +346,6 @@ class PopulationModel:
             if unknown:
                 raise ValueError(f"observations with DVID {unknown} have no error model "
                                  f"(error models for DVID {sorted(models)})")
-        from ._error import Exponential
-
         for key, em in models.items():
             if isinstance(em, Exponential):
                 sel = mask & ((dvid == key) | (key == 0))
@@ -359,3 +358,9 @@ class PopulationModel:
                         f"the exponential error model needs DV > 0; subject "
                         f"{population.ids[s]}, row {row}, column DV is {dv[s, j]}")
 
+
+def typical_individual(model: PopulationModel, theta) -> dict:
+    """The typical subject's individual parameters (all random effects 0, no covariates)
+    at fixed effects ``theta`` (a mapping, e.g. ``fit.theta``)."""
+    eta0 = {name: jnp.zeros(()) for name in model.eta_names}
+    return model.individual({k: jnp.asarray(v) for k, v in theta.items()}, eta0, {})

@@ -1,9 +1,9 @@
-"""Structural PK models: closed-form compartment models and ODE models with doses.
+"""Closed-form structural PK models: linear compartment models without an ODE solve.
 
-Closed form. A linear compartment model's response to a unit bolus into compartment ``c``
-is a sum of exponentials, ``C(t) = sum_k coef[c, k] * exp(-lam[k] * t)`` (central
-concentration). Everything else follows from that kernel by superposition, one dose at a
-time, with no ODE solve:
+A linear compartment model's response to a unit bolus into compartment ``c`` is a sum of
+exponentials, ``C(t) = sum_k coef[c, k] * exp(-lam[k] * t)`` (central concentration).
+Everything else follows from that kernel by superposition, one dose at a time, with no ODE
+solve:
 
 * bolus of amount ``a`` at ``td``: ``a * kernel(t - td)``;
 * zero-order infusion at rate ``r`` for ``T = a / r``: the kernel integrated over the
@@ -23,23 +23,22 @@ compartment the model does not have, naming the rows: a dose may go into any com
 a closed-form model (into the depot it is absorbed, elsewhere it is a bolus or infusion
 there); an observation is the central concentration, so its ``CMT`` must be the central
 compartment -- or 1 throughout when the table has no ``CMT`` column (the reader's default).
+The interface and that check are in ``_structural.py``; ODE models in ``_ode_model.py``.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array
 
-from .. import solvers
-from ._data import _rows_text
+from ._structural import StructuralModel
 
 __all__ = [
     "ClosedFormModel",
@@ -47,158 +46,12 @@ __all__ = [
     "OneCompartmentOral",
     "TwoCompartmentIV",
     "TwoCompartmentOral",
-    "ODEModel",
-    "StructuralModel",
 ]
 
 # Two exponents closer than this (relative) make the closed forms' coefficients blow up as
 # 1 / (ka - k); the larger one is nudged apart by this factor. The error this introduces in a
 # concentration is of the same relative size, far below any assay's precision.
 _SEPARATION = 1e-7
-
-
-class StructuralModel(eqx.Module):
-    """Maps one subject's individual parameters and doses to predictions at its records.
-
-    A model states which ``CMT`` values it accepts through :attr:`compartment_names`,
-    :attr:`dose_compartments` and :attr:`observation_compartments`;
-    :meth:`check_population` holds the data to them.
-    """
-
-    #: the built-in name (``bayes-ude pk fit --model``), for messages; "" if none
-    builtin_name: ClassVar[str] = ""
-
-    def specialise(self, population) -> StructuralModel:
-        """A version for this data set (e.g. without unused dose types); default: itself."""
-        return self
-
-    @property
-    def compartment_names(self) -> Mapping[int, str]:
-        """The model's compartments, ``{CMT: name}`` (empty: not stated). Default: for a
-        model with ``n_states``, ``{1: "state 0", ...}``."""
-        n = getattr(self, "n_states", None)
-        return {} if n is None else {k: f"state {k - 1}" for k in range(1, int(n) + 1)}
-
-    @property
-    def dose_compartments(self) -> Mapping[int, str] | None:
-        """``{CMT: what a dose there is}`` for the compartments doses may go into;
-        ``None``: any (not checked). Default: every compartment."""
-        names = self.compartment_names
-        return {k: f"into {v}" for k, v in names.items()} if names else None
-
-    @property
-    def observation_compartments(self) -> Sequence[int] | None:
-        """The ``CMT`` values an observation may have; ``None``: any (not checked).
-        Default: every compartment (the observation function decides what is seen)."""
-        return tuple(self.compartment_names) or None
-
-    @property
-    def needs_doses(self) -> bool:
-        """Whether every prediction is 0 without doses (a PK model)."""
-        return False
-
-    def check_population(self, population) -> None:
-        """Raise ``ValueError`` if the data do not fit the model's compartments.
-
-        Every real dose's ``CMT`` must be one of :attr:`dose_compartments` and every real
-        observation's one of :attr:`observation_compartments`; when the table had no
-        ``CMT`` column (``population.cmt_given`` false) every record has the reader's
-        default 1, which stands for the model's own dosing and observation compartments
-        and is not checked. A model that :attr:`needs_doses` needs at least one dose. The
-        message names the rows, the ``CMT`` and the model's compartments.
-        """
-        check_compartments(self, population)
-
-    @abc.abstractmethod
-    def predict(self, params: Mapping[str, Array], subject) -> Float[Array, " n_obs"]:
-        """Predictions at ``subject.obs_time`` (one subject of a ``Population``)."""
-
-    #: individual-parameter names the model reads (for error messages)
-    parameter_names: ClassVar[tuple[str, ...]] = ()
-    #: how the outer (population-parameter) gradient of FOCE/FOCEI/Laplace is taken:
-    #: ``"reverse"``, or ``"forward"`` (one directional derivative per parameter) for
-    #: models that JAX cannot differentiate in reverse mode to third order
-    outer_gradient: ClassVar[str] = "reverse"
-
-
-def _and(items: Sequence[str], word: str = "and") -> str:
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} {items[-1]}"
-
-
-def _model_label(model) -> str:
-    name = type(model).__name__
-    return f"{model.builtin_name} ({name})" if model.builtin_name else name
-
-
-def check_compartments(model: StructuralModel, population) -> None:
-    """:meth:`StructuralModel.check_population` for any model (see there)."""
-    label = _model_label(model)
-    dose_mask = np.asarray(population.dose_mask, dtype=bool)
-    if model.needs_doses and not dose_mask.any():
-        raise ValueError(f"the data have no doses, so every prediction of {label} is 0; "
-                         "a PK model needs the dose records (EVID 1 with AMT)")
-    if not getattr(population, "cmt_given", True):
-        return  # every CMT is the reader's default 1: the model's own compartments
-    names = model.compartment_names
-    doses = model.dose_compartments
-    observed = model.observation_compartments
-    ids = population.ids
-    lines = []
-
-    def offending(mask, cmt, row, allowed, what):
-        bad = mask & ~np.isin(cmt, list(allowed))
-        for c in sorted(set(cmt[bad].tolist())):
-            at = bad & (cmt == c)
-            subjects = list(dict.fromkeys(ids[s] for s in np.nonzero(at)[0]))
-            rows = sorted(set(row[at].tolist()))
-            which = ("a compartment the model does not have" if c not in names
-                     else f"the {names[c]} compartment")
-            shown = ", ".join(str(x) for x in subjects[:5]) + (", ..." if len(subjects) > 5
-                                                                else "")
-            lines.append((rows[0], f"{_rows_text(rows)} (subject"
-                                   f"{'s' if len(subjects) > 1 else ''} {shown}): {what} "
-                                   f"CMT {c}, {which}"))
-
-    if doses is not None:
-        offending(dose_mask, np.asarray(population.dose_cmt), np.asarray(population.dose_row),
-                  doses, "dose into")
-    obs_mask = np.asarray(population.obs_mask, dtype=bool)
-    obs_cmt = np.asarray(population.obs_cmt)
-    if observed is not None:
-        offending(obs_mask, obs_cmt, np.asarray(population.obs_row), observed,
-                  "observation in")
-    if not lines:
-        return
-    lines = [text for _, text in sorted(lines)]
-    if names:
-        has = (f"has compartments {_and([f'{k} ({v})' for k, v in names.items()])}"
-               if len(names) > 1 else
-               f"has one compartment, {_and([f'{k} ({v})' for k, v in names.items()])}")
-    else:
-        has = "does not state its compartments"
-    parts = [f"the data do not fit the compartments of {label}: it {has}"]
-    if doses is not None:
-        parts.append(f"doses go into {_and([f'{k} ({v})' for k, v in doses.items()], 'or')}")
-    if observed is not None:
-        text = f"an observation's CMT must be {_and([str(k) for k in observed], 'or')}"
-        if isinstance(model, ClosedFormModel) and observed[0] in names:
-            text += f" (the model predicts the {names[observed[0]]} concentration)"
-        if 1 not in observed:
-            text += " -- or 1 everywhere, in a table without a CMT column"
-        parts.append(text)
-    message = "; ".join(parts) + ":\n" + "\n".join(f"  - {line}" for line in lines[:20])
-    if len(lines) > 20:
-        message += f"\n  ... and {len(lines) - 20} more"
-    if observed is not None and 1 not in observed and np.any(obs_mask & (obs_cmt == 1)):
-        message += "\n(a CMT that is missing or 0 reads as 1)"
-    dose_cmt = np.asarray(population.dose_cmt)[dose_mask]
-    if (model.builtin_name.startswith("iv") and np.any(obs_mask & (obs_cmt == 2))
-            and np.all(dose_cmt == 1)):
-        message += ("\nThese look like oral data (doses into CMT 1, a depot; observations "
-                    "in CMT 2, the central compartment): use an oral model (oral1cmt or "
-                    "oral2cmt).")
-    raise ValueError(message)
 
 
 def _separate(a, b):
@@ -438,143 +291,3 @@ class TwoCompartmentOral(ClosedFormModel):
                              zero]) / v
         peripheral = jnp.stack([-k21, k21, zero]) / ((alpha - beta) * v)
         return jnp.stack([alpha, beta, ka]), jnp.stack([depot, central, peripheral])
-
-
-def select_by_dvid(outputs: Mapping[int, Array], dvid: Int[Array, " n_obs"]
-                   ) -> Float[Array, " n_obs"]:
-    """Per record, the entry of ``outputs`` (``{dvid: values at every record}``) for its
-    observation type ``dvid``; a record whose ``DVID`` is none of the keys gets the first
-    entry's value (padding, or a single-type model)."""
-    items = list(outputs.items())
-    out = items[0][1]
-    for key, value in items[1:]:
-        out = jnp.where(dvid == key, value, out)
-    return out
-
-
-def observe_states(observe: Callable | Mapping[int, Callable], states, params, subject
-                   ) -> Float[Array, " n_obs"]:
-    """Predictions from the states at the observation records: ``observe(states[i],
-    params)`` for one observe function, or for a mapping ``{dvid: observe}`` the function
-    of each record's ``DVID`` (:func:`select_by_dvid`)."""
-    if callable(observe):
-        return jax.vmap(lambda a: observe(a, params))(states)
-    return select_by_dvid({key: jax.vmap(lambda a, fn=fn: fn(a, params))(states)
-                           for key, fn in observe.items()}, subject.obs_dvid)
-
-
-#: :class:`ODEModel`'s default solve: Tsit5 (:func:`bayes_ude.solvers.solve`'s default)
-#: at tolerances tight enough that the solver's error stays far below any assay's (and the
-#: FOCE/FOCEI objective's finite-precision noise): ``rtol=1e-8``, ``atol=1e-10``.
-ODE_MODEL_SOLVE = solvers.SolveOptions(rtol=1e-8, atol=1e-10, max_steps=10_000)
-
-
-class ODEModel(StructuralModel):
-    """Any ODE model, solved by :func:`bayes_ude.solvers.solve` with doses as events.
-
-    Bioavailability ``f`` and lag ``tlag`` in the parameters apply to doses into
-    ``dosing_compartment``. Steady-state doses and resets are not supported by ODE models
-    (use a closed-form model, or give the doses explicitly).
-
-    Attributes
-    ----------
-    vector_field : ``f(t, amounts, params) -> d amounts / dt`` with ``params`` the
-        individual-parameter mapping; may contain a neural network (closed over or as an
-        ``equinox.Module``).
-    n_states : number of states (compartments); a dose goes into state ``CMT - 1``, and
-        ``CMT`` must be 1, ..., ``n_states`` for doses and observations alike
-        (:meth:`check_population`; which state an observation sees is ``observe``'s
-        choice, by ``DVID``).
-    observe : ``observe(amounts, params) -> prediction`` for one time point, or a mapping
-        ``{dvid: observe}`` for several observation types.
-    options : the :class:`bayes_ude.solvers.SolveOptions` of the solves (default
-        :data:`ODE_MODEL_SOLVE`: Tsit5, ``rtol=1e-8``, ``atol=1e-10``,
-        ``max_steps=10_000``). The constructor also takes ``solver``, ``rtol``, ``atol``
-        and ``max_steps`` as keywords, each replacing that field of the default (not
-        together with ``options``).
-    initial : optional ``initial(params) -> amounts at the first record`` (default zeros;
-        e.g. a PD baseline).
-    dosing_compartment : the (1-based) compartment that ``f`` and ``tlag`` apply to.
-
-    Notes
-    -----
-    FOCE/FOCEI/Laplace differentiate the model to third order. The solve's forward
-    sensitivities are integrated by a ``while_loop``, which JAX differentiates in forward
-    mode to any order but cannot transpose, so the outer gradient of these fits is taken
-    in forward mode (``outer_gradient = "forward"``: one directional derivative per
-    population parameter). :class:`bayes_ude.nlme.FixedStepODEModel` (a ``lax.scan`` on a
-    fixed grid) allows reverse mode and compiles a smaller program.
-    """
-
-    outer_gradient: ClassVar[str] = "forward"
-
-    vector_field: Callable
-    n_states: int = eqx.field(static=True)
-    observe: Callable | Mapping[int, Callable] = eqx.field(static=True)
-    options: solvers.SolveOptions
-    initial: Callable | None = eqx.field(static=True)
-    dosing_compartment: int = eqx.field(static=True)
-
-    def __init__(self, vector_field: Callable, n_states: int,
-                 observe: Callable | Mapping[int, Callable], *,
-                 options: solvers.SolveOptions | None = None, solver=None,
-                 rtol: float | None = None, atol: float | None = None,
-                 max_steps: int | None = None, initial: Callable | None = None,
-                 dosing_compartment: int = 1):
-        flat = {name: value for name, value in (("solver", solver), ("rtol", rtol),
-                                                ("atol", atol), ("max_steps", max_steps))
-                if value is not None}
-        if options is not None and flat:
-            raise ValueError(f"ODEModel: give either options or {', '.join(flat)}, not both "
-                             "(options.replace(...) changes single fields)")
-        if options is not None and not isinstance(options, solvers.SolveOptions):
-            raise TypeError("ODEModel: options must be a solvers.SolveOptions, got "
-                            f"{type(options).__name__}")
-        self.vector_field = vector_field
-        self.n_states = n_states
-        self.observe = observe
-        self.options = options if options is not None else ODE_MODEL_SOLVE.replace(**flat)
-        self.initial = initial
-        self.dosing_compartment = dosing_compartment
-
-    def predict(self, params, subject):
-        times = subject.obs_time
-        t0 = jnp.minimum(jnp.min(jnp.where(subject.dose_mask, subject.dose_time, jnp.inf)),
-                         times[0])
-        into = subject.dose_cmt == self.dosing_compartment
-        f = params.get("f", 1.0)
-        tlag = params.get("tlag", 0.0)
-        amt = jnp.where(subject.dose_mask, subject.dose_amt * jnp.where(into, f, 1.0), 0.0)
-        td = subject.dose_time + jnp.where(into, tlag, 0.0)
-        # padded doses: zero amount at the first record (a no-op event)
-        td = jnp.where(subject.dose_mask, td, t0)
-        cmt = jnp.clip(subject.dose_cmt - 1, 0, self.n_states - 1)
-        is_inf = subject.dose_rate > 0
-        doses = (
-            solvers.Bolus(td, jnp.where(is_inf, 0.0, amt), cmt),
-            # a bolus row's infusion entry is a no-op (rate 0 over a unit duration)
-            solvers.Infusion(td, jnp.where(is_inf, amt / jnp.where(is_inf, subject.dose_rate,
-                                                                    1.0), 1.0),
-                             jnp.where(is_inf, subject.dose_rate, 0.0), cmt),
-        )
-        u0 = (jnp.zeros(self.n_states) if self.initial is None
-              else jnp.asarray(self.initial(params)))
-        # saveat must increase strictly, but observation times repeat (padding, or two
-        # observation types at one time): solve at the distinct times plus, for each
-        # repeat, a dummy time just after the last record, and read each repeat from the
-        # slot of its first occurrence.
-        n = times.shape[0]
-        order = jnp.argsort(times)
-        sorted_t = times[order]
-        first = jnp.searchsorted(sorted_t, sorted_t, side="left")
-        repeat = first != jnp.arange(n)
-        tail = sorted_t[-1] + (1.0 + jnp.arange(n)) * 1e-6 * (1.0 + jnp.abs(sorted_t[-1]))
-        key = jnp.where(repeat, tail, sorted_t)
-        order2 = jnp.argsort(key)
-        sol = self.options.solve(self.vector_field, u0, key[order2], params, t0=t0,
-                                 doses=doses)
-        slot = jnp.empty(n, int).at[order2].set(jnp.arange(n))  # position of key k in grid
-        states_sorted = sol.ys[slot[first]]
-        states = jnp.empty_like(states_sorted).at[order].set(states_sorted)
-        pred = observe_states(self.observe, states, params, subject)
-        return jnp.where(sol.success, pred, jnp.nan)

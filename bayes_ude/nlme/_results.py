@@ -1,11 +1,11 @@
-"""The results layer: one interface for every population fit, two concrete results.
+"""The results layer: one interface for every population fit, and the maximum-likelihood result.
 
 :class:`PopulationFit` says what a fit offers whatever produced it: point estimates on the
 natural scale, an estimate table, a JSON summary, simulations and a VPC from the fitted
 model, and the held-out predictive density of new subjects. :class:`FitResult` holds a
-maximum-likelihood fit (:mod:`._estimate`), :class:`BayesianFitResult` a posterior
-(:mod:`._bayes`). Both sit above the likelihood and diagnostics layers and below the fits
-that build them.
+maximum-likelihood fit (:mod:`._estimate`); the posterior of a Bayesian fit,
+:class:`BayesianFitResult`, is in :mod:`._bayes_results`. Both sit above the likelihood and
+diagnostics layers and below the fits that build them.
 """
 
 from __future__ import annotations
@@ -13,24 +13,18 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-from typing import TYPE_CHECKING
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._compile import filter_jit
 from .._json import json_safe
 from . import _diagnostics
 from ._error import Combined, Exponential, Proportional
-from ._likelihood import subject_log_densities, subject_log_density
+from ._likelihood import subject_log_density
 from ._model import PopulationModel
 
-if TYPE_CHECKING:
-    from ._priors import Priors
-
-__all__ = ["BayesianFitResult", "FitResult", "PopulationFit"]
+__all__ = ["FitResult", "PopulationFit"]
 
 
 # Bounds of FitResult.degenerate. Built-in models (and the estimate table) take typical
@@ -48,6 +42,7 @@ DEGENERATE_SIGMA = 100.0
 #: 1e12), so 1e4 per observation means residuals pinned at a fixed variance: e.g. the
 #: variance floor of a proportional error where the prediction is 0 (a pre-dose sample).
 DEGENERATE_MINUS2LL_PER_OBS = 1e4
+
 
 class PopulationFit(abc.ABC):
     """What every population fit offers (:class:`FitResult`, :class:`BayesianFitResult`).
@@ -288,170 +283,6 @@ class FitResult(PopulationFit):
                     f"{' to a degenerate solution' if self.degenerate else ''}"
                     f", {self.iterations} iterations, {self.seconds:.2f} s)\n")
             return head + self.table().to_string()
-
-
-@dataclasses.dataclass(eq=False)
-class BayesianFitResult(PopulationFit):
-    """The result of a Bayesian population fit (:func:`fit_bayes`, or
-    :func:`bayes_ude.nlme.fit` with ``method="nuts"`` or an SG-MCMC method).
-
-    Attributes
-    ----------
-    method : ``"nuts"``, ``"sgld"``, ``"psgld"`` or ``"sghmc"``.
-    idata : ArviZ InferenceData: ``posterior`` (sampled sites; for NUTS also ``eta`` and
-        the individual parameters with a ``subject`` dimension), ``sample_stats``,
-        ``log_likelihood`` (NUTS: per subject), ``posterior_predictive`` (``dv``:
-        replicate observations of the same subjects, in DV units), ``observed_data``;
-        ``attrs`` has timings, and ``partial = 1`` when Ctrl-C cut the sampling short or,
-        once the draws existed, skipped optional groups (named in ``attrs["skipped"]``;
-        an interrupt after sampling never loses the draws).
-    draws : natural-scale parameter draws, ``{name: (chain, draw)}``, names as in
-        :meth:`PopulationModel.parameter_names` (theta, ``omega_*`` (co)variances,
-        sigma).
-    estimates : posterior medians of ``draws`` (a Series, like ``FitResult.estimates``).
-    u : a central unconstrained parameter vector (posterior medians of theta and sigma,
-        posterior mean of omega) for population predictions and the VPC's correction.
-    u_draws : every draw as an unconstrained vector ``(chain, draw, p)``.
-    """
-
-    method: str
-    model: PopulationModel
-    population: object
-    idata: object
-    draws: dict
-    u: np.ndarray
-    u_draws: np.ndarray
-    seconds: float
-    priors: Priors
-
-    # ---- views
-    @property
-    def estimates(self) -> pd.Series:
-        return pd.Series({k: float(np.median(v)) for k, v in self.draws.items()})
-
-    @property
-    def theta(self) -> dict:
-        return self.model._theta_from_vector(
-            jnp.asarray([float(np.median(self.draws[n])) for n in
-                         self.model.parameter_names()[:self.model.n_theta]]))
-
-    @property
-    def sigma(self) -> dict:
-        return {k: float(np.median(self.draws[k])) for k in self.model.sigma_names}
-
-    @property
-    def eta(self) -> pd.DataFrame | None:
-        """Posterior medians of the random effects (NUTS only), subject x random effect."""
-        if "eta" not in self.idata.posterior:
-            return None
-        med = np.median(np.asarray(self.idata.posterior["eta"]), axis=(0, 1))
-        return pd.DataFrame(med, columns=list(self.model.eta_names),
-                            index=pd.Index(self.population.ids, name="ID"))
-
-    @property
-    def num_divergent(self) -> int:
-        return int(self.idata.attrs.get("num_divergent", 0))
-
-    def table(self, ci: float = 0.9) -> pd.DataFrame:
-        """Posterior median, equal-tailed ``ci`` credible interval, R-hat and bulk/tail
-        ESS per natural-scale parameter."""
-        import arviz as az
-
-        lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
-        rows = {}
-        for name, x in self.draws.items():
-            x = np.asarray(x, float)
-            rows[name] = {
-                "median": np.median(x), f"q{100 * lo:g}": np.quantile(x, lo),
-                f"q{100 * hi:g}": np.quantile(x, hi), "sd": np.std(x),
-                "r_hat": float(az.rhat(x)) if x.shape[0] > 1 else np.nan,
-                "ess_bulk": float(az.ess(x, method="bulk")),
-                "ess_tail": float(az.ess(x, method="tail"))}
-        return pd.DataFrame.from_dict(rows, orient="index")
-
-    def summary(self) -> dict:
-        """JSON-ready summary: method, timings, the table, divergences."""
-        table = self.table()
-        return {"method": self.method, "n_subjects": self.population.n_subjects,
-                "n_obs": self.population.n_obs, "seconds": self.seconds,
-                "num_divergent": self.num_divergent,
-                "max_r_hat": float(np.nanmax(table["r_hat"])) if len(table) else float("nan"),
-                "min_ess_bulk": float(table["ess_bulk"].min()),
-                "parameters": {k: {c: float(v) for c, v in row.items()}
-                               for k, row in table.iterrows()}}
-
-    def to_netcdf(self, path) -> None:
-        self.idata.to_netcdf(str(path))
-
-    def posterior_simulations(self, n: int = 500, key=None, population=None) -> np.ndarray:
-        """Observations of *new* subjects ``(n, subjects, records)`` on ``population``'s
-        design (default: the fitted data's), each replicate from a different posterior
-        draw of (theta, omega, sigma): the posterior predictive for a VPC."""
-        key = jax.random.key(0) if key is None else key
-        population = self.population if population is None else population
-        us = _draw_vectors(self, n, jax.random.fold_in(key, 1))
-        return np.asarray(_simulate_draws(self.model, us, population, key))
-
-    def simulate(self, n: int = 100, key=None, population=None) -> np.ndarray:
-        """As :meth:`posterior_simulations`: each replicate from its own posterior draw."""
-        return self.posterior_simulations(n, key, population)
-
-    def vpc(self, n_sim: int = 500, key=None, **kwargs) -> pd.DataFrame:
-        """Visual predictive check from the posterior predictive (new subjects from
-        posterior draws; see :func:`bayes_ude.nlme.vpc` for the options)."""
-        return _diagnostics.vpc(self, sims=self.posterior_simulations(n_sim, key), **kwargs)
-
-    def plot_vpc(self, n_sim: int = 500, key=None, ax=None, **kwargs):
-        table = self.vpc(n_sim, key, **kwargs)
-        return _diagnostics.plot_vpc(
-            self, table=table, ax=ax,
-            title="Posterior predictive check (prediction-corrected VPC)")
-
-    def log_predictive_density(self, population, n_draws: int = 200, key=None,
-                               method: str = "laplace") -> np.ndarray:
-        """Per-subject log predictive density of (held-out) subjects,
-        ``log E_posterior[p(y_i | theta, omega, sigma)]`` with each subject's random
-        effects integrated out by the Laplace approximation, over ``n_draws`` posterior
-        draws."""
-        key = jax.random.key(0) if key is None else key
-        us = _draw_vectors(self, n_draws, key)
-        self.model.check(population)
-        model = self.model.specialised(population)
-        # (draws, subjects)
-        per = np.asarray(subject_log_densities(model, method, us, population))
-        return np.asarray(jax.scipy.special.logsumexp(per, axis=0) - np.log(per.shape[0]))
-
-    def __repr__(self) -> str:
-        with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
-            a = self.idata.attrs
-            head = (f"Bayesian NLME fit ({self.method.upper()}): "
-                    f"{self.population.n_subjects} subjects, {self.population.n_obs} "
-                    f"observations; {self.seconds:.1f} s"
-                    + (f", {a.get('num_divergent', 0)} divergences" if self.method == "nuts"
-                       else "") + "\n")
-            return head + self.table().to_string()
-
-
-def _draw_vectors(result: BayesianFitResult, n: int, key) -> jax.Array:
-    """``n`` posterior draws (chains pooled, drawn without replacement where possible)
-    as unconstrained vectors."""
-    flat = np.reshape(result.u_draws, (-1, result.u_draws.shape[-1]))
-    idx = jax.random.choice(key, flat.shape[0], (min(n, flat.shape[0]),), replace=False)
-    if n > flat.shape[0]:
-        idx = jax.random.choice(key, flat.shape[0], (n,), replace=True)
-    return jnp.asarray(flat[np.asarray(idx)])
-
-
-@filter_jit
-def _simulate_draws(model, us, population, key):
-    keys = jax.random.split(key, (us.shape[0], population.obs_time.shape[0]))
-
-    def one(u, ks):
-        theta, omega, sigma = model.unpack(u)
-        return jax.vmap(lambda s, k: _diagnostics._sample_y(
-            model, theta, omega, sigma, s, k))(population, ks)
-
-    return jax.lax.map(lambda a: one(*a), (us, keys))
 
 
 def _dimensionless_sigma(model) -> set[str]:

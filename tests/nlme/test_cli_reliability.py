@@ -53,7 +53,7 @@ def test_bad_options_fail_before_any_work(tmp_path, options, message):
 
 
 def test_non_finite_numbers_become_null():
-    from bayes_ude.nlme._results import json_safe
+    from bayes_ude._json import json_safe
 
     replaced = []
     safe = json_safe({"ofv": float("inf"), "theta": {"tka": np.float64("nan"), "tcl": 1.0},
@@ -119,7 +119,7 @@ def test_runaway_estimates_are_degenerate(theophylline):
 
 
 def test_predose_observations_of_theophylline(theophylline):
-    from bayes_ude.nlme._command import _predose_rows
+    from bayes_ude.nlme._command_run import _predose_rows
 
     # three subjects have a t = 0 sample with DV > 0 (the others record DV = 0 there)
     assert _predose_rows(theophylline) == [2, 74, 110]
@@ -130,7 +130,7 @@ def test_degenerate_fit_exits_3_unless_allowed(theophylline, tmp_path, monkeypat
     same and exits with 3; --allow-degenerate exits with 0. (The fit is the oral2cmt one
     above, with stand-ins for diagnostics, EBEs and VPC: nothing to compile here; the real
     proportional fit is in test_ctrl_c_after_convergence_while_writing_keeps_the_results.)"""
-    from bayes_ude.nlme import _fit
+    from bayes_ude.nlme import _command_run
     from bayes_ude.nlme._builtin import builtin_model
 
     pop = theophylline
@@ -141,7 +141,7 @@ def test_degenerate_fit_exits_3_unless_allowed(theophylline, tmp_path, monkeypat
     result.diagnostics = lambda n_sim: pd.DataFrame({"IWRES": [0.1, -0.2, 0.3]})
     result.individual_parameters = lambda: pd.DataFrame({"ka": [1.0]})
     result.vpc = lambda **kwargs: pd.DataFrame({"bin": [0]})
-    monkeypatch.setattr(_fit, "fit", lambda *args, **kwargs: result)
+    monkeypatch.setattr(_command_run, "fit", lambda *args, **kwargs: result)
     out = tmp_path / "out"
     for allow, code in (([], 3), (["--allow-degenerate"], 0)):
         assert cli.main(["pk", "fit", "theophylline", "--model", "oral2cmt", "--error",
@@ -189,9 +189,9 @@ class _FakeDraws:
                                                      (False, "vpc")])
 def test_bayesian_draws_survive_ctrl_c_after_sampling(tmp_path, monkeypatch, capsys,
                                                       sigint_in_table, stage):
-    from bayes_ude.nlme import _fit
+    from bayes_ude.nlme import _command_bayes
 
-    monkeypatch.setattr(_fit, "fit", lambda *a, **k: _FakeDraws(sigint_in_table))
+    monkeypatch.setattr(_command_bayes, "fit", lambda *a, **k: _FakeDraws(sigint_in_table))
     out = tmp_path / "out"
     out.mkdir()
     (out / "estimates.csv").write_text(STALE)

@@ -79,7 +79,7 @@ def test_missing_file_and_bad_table_are_clear_errors(tmp_path):
 def test_omega_prior_names_its_distribution():
     from numpyro import distributions as dist
 
-    from bayes_ude.nlme._command import omega_prior
+    from bayes_ude.nlme._command_bayes import omega_prior
 
     for text, kind, scale in (("halfnormal:1", dist.HalfNormal, 1.0),
                               ("HalfCauchy: 0.1", dist.HalfCauchy, 0.1)):

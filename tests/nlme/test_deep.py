@@ -28,10 +28,8 @@ from bayes_ude.examples.covariates import (
     covariate_table,
     simulate_covariate_population,
 )
+from bayes_ude.nlme._covariates import CovariateNetwork, LinearCovariates, PowerCovariates
 from bayes_ude.nlme._deep import (
-    CovariateNetwork,
-    LinearCovariates,
-    PowerCovariates,
     augment,
     covariate_model,
     partial_dependence,

@@ -22,7 +22,6 @@ from scipy.integrate import solve_ivp
 
 from bayes_ude import datasets, nlme
 from bayes_ude.examples.michaelis_menten import michaelis_menten_population, mm_design
-from bayes_ude.nlme import _pkpd
 
 # the typical warfarin subject (nlmixr2's estimates, rounded) and two hard cases
 TYPICAL = dict(ktr=1.1, ka=0.9, cl=0.13, v=7.9, imax=0.97, ic50=1.0, kout=0.055, r0=96.5)
@@ -101,7 +100,7 @@ def _compare(pred, pop, ref, rtol):
 
 def test_warfarin_emax_predictions_match_radau(warfarin):
     pop = _subjects(warfarin)
-    model = _pkpd.warfarin_pkpd_model(warfarin, "emax", imax=TYPICAL["imax"])
+    model = nlme.warfarin_pkpd_model(warfarin, "emax", imax=TYPICAL["imax"])
     predict = jax.jit(jax.vmap(model.structural.predict))
     for p in CASES:
         params = {k: jnp.full(pop.n_subjects, v) for k, v in p.items()}
@@ -113,7 +112,7 @@ def test_warfarin_network_predictions_match_radau(warfarin):
     """A trained-looking network (random weights of size ~0.5): the inhibition the model
     uses is the one written out here, and the ODE is solved as accurately."""
     pop = _subjects(warfarin)
-    model = _pkpd.warfarin_pkpd_model(warfarin, "network")
+    model = nlme.warfarin_pkpd_model(warfarin, "network")
     w = 0.5 * jax.random.normal(jax.random.key(1), model.theta["w"].shape)
     p = dict(TYPICAL, ic50=1.3)  # relative potency 1.3 (a random effect)
     params = {k: jnp.full(pop.n_subjects, v) for k, v in p.items()}
@@ -131,12 +130,12 @@ def test_warfarin_network_predictions_match_radau(warfarin):
 def test_untrained_network_is_emax_with_full_inhibition(warfarin):
     """The network's last layer starts at zero: the network model is then exactly the
     Emax model with Imax = 1 and IC50 = the reference IC50."""
-    emax = _pkpd.warfarin_pkpd_model(warfarin, "emax")
-    network = _pkpd.warfarin_pkpd_model(warfarin, "network")
+    emax = nlme.warfarin_pkpd_model(warfarin, "emax")
+    network = nlme.warfarin_pkpd_model(warfarin, "network")
     c = np.linspace(0.0, 20.0, 9)
-    np.testing.assert_allclose(_pkpd.inhibition_curve(network, network.theta, c),
+    np.testing.assert_allclose(nlme.inhibition_curve(network, network.theta, c),
                                c / (1.0 + c), rtol=1e-14)
-    np.testing.assert_allclose(_pkpd.inhibition_curve(emax, emax.theta, c),
+    np.testing.assert_allclose(nlme.inhibition_curve(emax, emax.theta, c),
                                c / (1.0 + c), rtol=1e-14)
     assert network.l2 == {"w": 0.1}
     assert "tic50" not in network.theta and "w" not in emax.theta
@@ -161,7 +160,7 @@ def test_network_elimination_predictions_match_radau():
     """The fixed-grid Dormand-Prince scan (2-h steps, geometric after the dose) against
     Radau on the two-state system, with a random network clearance."""
     pop = mm_design(6)
-    model = _pkpd.network_elimination_model(pop, init={"ka": 1.0, "cl": 1.0, "v": 20.0})
+    model = nlme.network_elimination_model(pop, init={"ka": 1.0, "cl": 1.0, "v": 20.0})
     w = 0.5 * jax.random.normal(jax.random.key(2), model.theta["w"].shape)
     p = dict(ka=1.3, cl=1.5, v=18.0)
     params = {k: jnp.full(pop.n_subjects, v) for k, v in p.items()}
@@ -228,38 +227,38 @@ def test_bad_inputs(warfarin):
     df = datasets.load_warfarin()
     pk_only = nlme.read_nonmem(df[df["dvid"] == 1])
     with pytest.raises(ValueError, match=r"no PD \(DVID 2\)"):
-        _pkpd.warfarin_pkpd_model(pk_only)
+        nlme.warfarin_pkpd_model(pk_only)
     with pytest.raises(ValueError, match="pk_dvid=/pd_dvid="):
-        _pkpd.warfarin_pkpd_model(warfarin, pk_dvid=3)
+        nlme.warfarin_pkpd_model(warfarin, pk_dvid=3)
     with pytest.raises(ValueError, match="drug_effect"):
-        _pkpd.warfarin_pkpd_model(warfarin, "hill")
+        nlme.warfarin_pkpd_model(warfarin, "hill")
     with pytest.raises(ValueError, match="eta must be"):
-        _pkpd.warfarin_pkpd_model(warfarin, eta=("cl", "imax"))
+        nlme.warfarin_pkpd_model(warfarin, eta=("cl", "imax"))
     with pytest.raises(ValueError, match="unknown initial values"):
-        _pkpd.warfarin_pkpd_model(warfarin, init={"vmax": 1.0})
+        nlme.warfarin_pkpd_model(warfarin, init={"vmax": 1.0})
     with pytest.raises(ValueError, match="imax"):
-        _pkpd.warfarin_pkpd_model(warfarin, imax=1.5)
+        nlme.warfarin_pkpd_model(warfarin, imax=1.5)
     infused = df.copy()
     infused["rate"] = np.where(infused["amt"].astype(str) != ".", 50.0, 0.0)
     with pytest.raises(ValueError, match="bolus doses only.*infusions"):
-        _pkpd.warfarin_pkpd_model(nlme.read_nonmem(infused))
+        nlme.warfarin_pkpd_model(nlme.read_nonmem(infused))
     with pytest.raises(TypeError, match="warfarin_pkpd_model"):
-        _pkpd.inhibition_curve(_pkpd.network_elimination_model(mm_design(3)), {}, [1.0])
+        nlme.inhibition_curve(nlme.network_elimination_model(mm_design(3)), {}, [1.0])
     with pytest.raises(TypeError, match="network_elimination_model"):
-        emax = _pkpd.warfarin_pkpd_model(warfarin)
-        _pkpd.elimination_curve(emax, emax.theta, [1.0])
+        emax = nlme.warfarin_pkpd_model(warfarin)
+        nlme.elimination_curve(emax, emax.theta, [1.0])
     with pytest.raises(ValueError, match="test_fraction"):
-        _pkpd.split_subjects(warfarin, 1.0)
+        nlme.split_subjects(warfarin, 1.0)
 
 
 def test_split_subjects(warfarin):
-    train, test = _pkpd.split_subjects(warfarin, 0.2, seed=0)
+    train, test = nlme.split_subjects(warfarin, 0.2, seed=0)
     assert (train.n_subjects, test.n_subjects) == (26, 6)
     assert not set(train.ids) & set(test.ids)
     assert set(train.ids) | set(test.ids) == set(warfarin.ids)
-    again = _pkpd.split_subjects(warfarin, 0.2, seed=0)[1]
+    again = nlme.split_subjects(warfarin, 0.2, seed=0)[1]
     assert again.ids == test.ids  # fixed seed: the same split every time
-    masked, test2 = _pkpd.split_subjects(warfarin, 0.2, seed=0, keep_shape=True)
+    masked, test2 = nlme.split_subjects(warfarin, 0.2, seed=0, keep_shape=True)
     assert test2.ids == test.ids and masked.n_subjects == warfarin.n_subjects
     held = [warfarin.index(i) for i in test.ids]
     assert not np.asarray(masked.obs_mask)[held].any()
@@ -276,7 +275,7 @@ NLMIXR2 = {"cl": 0.131, "v": 7.92, "ic50": 1.01, "kout": 0.055, "r0": 96.5,
 
 @pytest.mark.heavy
 def test_warfarin_focei_fit_agrees_with_nlmixr2(warfarin):
-    model = _pkpd.warfarin_pkpd_model(warfarin, "emax")
+    model = nlme.warfarin_pkpd_model(warfarin, "emax")
     fit = nlme.fit(model, warfarin, "focei", progress=False, covariance=False, tol=1e-3)
     assert fit.converged
     est = {k[1:]: float(np.exp(fit.estimates[k])) for k in
@@ -301,19 +300,19 @@ def test_warfarin_focei_fit_agrees_with_nlmixr2(warfarin):
 @pytest.mark.filterwarnings("ignore:NLME fit. did not converge")
 def test_network_elimination_recovers_michaelis_menten():
     pop, truth = michaelis_menten_population(40)
-    model = _pkpd.network_elimination_model(pop)
+    model = nlme.network_elimination_model(pop)
     fit = nlme.fit(model, pop, "focei", progress=False, covariance=False, max_iter=300,
                    tol=1e-4)
     y = np.asarray(pop.obs_dv)[np.asarray(pop.obs_mask)]
     c = np.linspace(np.quantile(y, 0.05), np.quantile(y, 0.95), 25)
-    learned = _pkpd.elimination_curve(fit.model, fit.theta, c)
+    learned = nlme.elimination_curve(fit.model, fit.theta, c)
     true = truth["vmax"] * c / (truth["km"] + c)
     # 15 %: the sample's own typical Vmax is off the population's by its mean eta (SE
     # 0.2 / sqrt(40) = 3 %, so up to ~6 % at 2 SE), plus estimation error of a 25-weight
     # curve from 360 noisy (10 %) concentrations; measured: 8 % at most
     assert np.max(np.abs(learned / true - 1)) < 0.15
     # the untrained (linear) model is far off: the network learned the saturation
-    linear = _pkpd.elimination_curve(model, model.theta, c)
+    linear = nlme.elimination_curve(model, model.theta, c)
     assert np.max(np.abs(linear / true - 1)) > 0.5
     assert np.exp(fit.estimates["tv"]) == pytest.approx(truth["v"], rel=0.1)
 
@@ -330,7 +329,7 @@ def test_network_elimination_under_nuts_mixes_with_the_laplace_metric():
     import arviz as az
 
     pop, truth = michaelis_menten_population(40)
-    model = _pkpd.network_elimination_model(pop, width=3, l2=1.0)
+    model = nlme.network_elimination_model(pop, width=3, l2=1.0)
     fit = nlme.fit(model, pop, "focei", progress=False, covariance=False, max_iter=300,
                    tol=1e-4)
     res = nlme.fit(model, pop, "nuts", init=fit, metric="laplace", num_warmup=200,
@@ -340,7 +339,7 @@ def test_network_elimination_under_nuts_mixes_with_the_laplace_metric():
     main = table.loc[[k for k in table.index if not k.startswith("w[")]]
     y = np.asarray(pop.obs_dv)[np.asarray(pop.obs_mask)]
     c = np.linspace(np.quantile(y, 0.05), np.quantile(y, 0.95), 8)
-    curves = np.stack([np.stack([_pkpd.elimination_curve(res.model, res.model.unpack(
+    curves = np.stack([np.stack([nlme.elimination_curve(res.model, res.model.unpack(
         jnp.asarray(u))[0], c) for u in chain]) for chain in res.u_draws])
     curve_rhat = np.array([float(az.rhat(curves[..., j])) for j in range(len(c))])
     true = truth["vmax"] * c / (truth["km"] + c)

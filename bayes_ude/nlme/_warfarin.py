@@ -1,47 +1,34 @@
-"""PK/PD population models with networks in the dynamics.
+"""The joint warfarin PK/PD population model, with an Emax or a network drug effect.
 
-Two model families, both ordinary :class:`PopulationModel` objects, so FOCEI, NUTS and the
-diagnostics run on them unchanged:
+:func:`warfarin_pkpd_model` -- joint PK/PD of warfarin (O'Reilly 1968; the nlmixr2 and
+Monolix demo data, ``datasets/warfarin_pkpd.csv``), an ordinary :class:`PopulationModel`,
+so FOCEI, NUTS and the diagnostics run on it unchanged. PK: one compartment with
+first-order absorption through a transit compartment (depot -> gut -> central, rates
+``ktr``, ``ka``, elimination ``CL/V``; the smooth form of an absorption lag, as in nlmixr2's
+warfarin example). PD: indirect response (turnover) of the prothrombin complex activity
+``R`` with inhibition of its production,
 
-* :func:`warfarin_pkpd_model` -- joint PK/PD of warfarin (O'Reilly 1968; the nlmixr2 and
-  Monolix demo data, ``datasets/warfarin_pkpd.csv``). PK: one compartment with first-order
-  absorption through a transit compartment (depot -> gut -> central, rates ``ktr``, ``ka``,
-  elimination ``CL/V``; the smooth form of an absorption lag, as in nlmixr2's warfarin
-  example). PD: indirect response (turnover) of the prothrombin complex activity ``R``
-  with inhibition of its production,
+    dR/dt = kin (1 - I(C)) - kout R,    R(t0) = R0,    kin = R0 kout,
 
-      dR/dt = kin (1 - I(C)) - kout R,    R(t0) = R0,    kin = R0 kout,
+so ``R0`` is the pre-dose baseline. The drug effect ``I(C)`` is the Emax model
+``Imax C / (IC50 + C)`` or a small network (below).
 
-  so ``R0`` is the pre-dose baseline. The drug effect ``I(C)`` is the Emax model
-  ``Imax C / (IC50 + C)`` or a small network (below).
-* :func:`network_elimination_model` -- one-compartment oral PK whose clearance is a
-  learned function of concentration, ``CL(C) = CL exp(g(C / C_ref) - g(0))``, with ``g``
-  a network whose last layer starts at 0 (linear elimination). On data with Michaelis--Menten
-  elimination (:func:`bayes_ude.examples.michaelis_menten_population`) it recovers the true
-  elimination-rate curve ``Vmax C / (Km + C)``.
+Numerics. The PCA ODE is integrated on a fixed grid (:func:`bayes_ude.solvers.linear_on_grid`:
+an exact linear solve), which FOCEI can differentiate to the third order it needs. Only the
+slow state is integrated: the linear absorption chain, the fast part, is in closed form
+(sums of exponentials, superposed over doses), so the grid need not resolve ``ka`` for
+stability and stays small (~90 points per subject). ``tests/nlme/test_pkpd.py`` checks the
+model against scipy's Radau on the full ODE system.
 
-Numerics. The ODEs are integrated on a fixed grid
-(:func:`bayes_ude.solvers.integrate_on_grid`, :func:`bayes_ude.solvers.linear_on_grid`: a
-``lax.scan`` of Dormand--Prince steps, and an exact linear solve), which FOCEI can
-differentiate to the third order it needs. Only the slow states are integrated (PCA; the
-central amount under nonlinear elimination): the linear absorption chain, the fast part, is
-in closed form (sums of exponentials, superposed over doses), so the grid need not resolve
-``ka`` for stability and stays small (~90 points per subject). ``tests/nlme/test_pkpd.py``
-checks both models against scipy's Radau on the full ODE systems.
-
-Networks in the dynamics. A network's weights are one fixed effect (``theta["w"]``, a
+A network in the dynamics. The network's weights are one fixed effect (``theta["w"]``, a
 flat vector; see :func:`bayes_ude.nn.flatten`) with an L2 penalty (``PopulationModel.l2``,
-i.e. a Gaussian prior). Both networks are parametrised so that the untrained network (last
-layer zero) is the classical model:
-
-* drug effect: ``I(C) = x e^{g} / (1 + x e^{g})`` with ``x = C / (IC50_ref e^{eta_ic50})``
-  and ``g = g(C / C_ref)``: ``g = 0`` is Emax with ``Imax = 1``, ``IC50 = IC50_ref``; any
-  ``g`` keeps ``I(0) = 0`` and ``0 <= I < 1`` (production never turns negative). The
-  random effect on potency sits where ``eta`` on ``log IC50`` sits in the Emax model.
-* elimination: ``CL(C) = exp(tcl + eta_cl + g(C / C_ref) - g(0))`` -- ``tcl`` is the log
-  clearance at low concentrations, the network only bends the curve (without ``- g(0)``
-  its output bias would duplicate ``tcl``); between-subject variability scales the whole
-  curve, as ``eta`` on ``Vmax`` does in a Michaelis--Menten model.
+i.e. a Gaussian prior). It is parametrised so that the untrained network (last layer zero)
+is the classical model: ``I(C) = x e^{g} / (1 + x e^{g})`` with
+``x = C / (IC50_ref e^{eta_ic50})`` and ``g = g(C / C_ref)``: ``g = 0`` is Emax with
+``Imax = 1``, ``IC50 = IC50_ref``; any ``g`` keeps ``I(0) = 0`` and ``0 <= I < 1``
+(production never turns negative). The random effect on potency sits where ``eta`` on
+``log IC50`` sits in the Emax model. (``_network_pk.py`` puts a network in the elimination
+instead.)
 
 Log-scale typical values are named ``t<parameter>`` (:meth:`FitResult.table`
 back-transforms them).
@@ -59,17 +46,13 @@ import numpy as np
 from .. import nn, solvers
 from ._error import Additive, Combined
 from ._fixed_step import check_bolus_only
-from ._model import PopulationModel
-from ._pk import StructuralModel, select_by_dvid
+from ._model import PopulationModel, typical_individual
+from ._structural import NETWORK_CONC_SCALE, StructuralModel, dose_table, select_by_dvid
 
 __all__ = [
-    "NetworkEliminationPK",
     "TransitTurnoverPKPD",
     "WARFARIN_PARAMETERS",
-    "elimination_curve",
     "inhibition_curve",
-    "network_elimination_model",
-    "split_subjects",
     "warfarin_pkpd_model",
 ]
 
@@ -96,8 +79,6 @@ _WARFARIN_SIGMA = {"pk_add_sd": 0.3, "pk_prop_sd": 0.1, "pd_add_sd": 4.0}
 #: ~4 % residual error of PCA (tests/nlme/test_pkpd.py).
 WARFARIN_GRID = {"n_uniform": 24, "n_post_dose": 8, "first_step": 0.25,
                  "post_dose_span": 12.0}
-#: Reference concentration scale of the networks' input (mg/L).
-_CONC_SCALE = 10.0
 
 
 # ----------------------------------------------------------------- closed-form absorption
@@ -131,12 +112,6 @@ def _dd2(a, b, c, t):
     return jnp.where(tiny, taylor, direct)
 
 
-def _dose_table(subject, compartment: int = 1):
-    """Dose times and amounts (padding and doses elsewhere: amount 0)."""
-    into = subject.dose_mask & (subject.dose_cmt == compartment)
-    return subject.dose_time, jnp.where(into, subject.dose_amt, 0.0)
-
-
 def transit_concentration(p, t, dose_time, dose_amt):
     """Central concentration of the transit chain at time ``t`` (scalar): each bolus
     ``D`` into the depot at ``td`` contributes ``D ktr ka f[ktr, ka, k](t - td) / V`` with
@@ -166,7 +141,7 @@ class TransitTurnoverPKPD(StructuralModel):
     drug_effect: str = eqx.field(static=True)
     unflatten: Callable | None = eqx.field(static=True, default=None)
     ic50_ref: float = eqx.field(static=True, default=1.0)
-    conc_scale: float = eqx.field(static=True, default=_CONC_SCALE)
+    conc_scale: float = eqx.field(static=True, default=NETWORK_CONC_SCALE)
     pk_dvid: int = eqx.field(static=True, default=1)
     pd_dvid: int = eqx.field(static=True, default=2)
     grid: tuple = eqx.field(static=True, default=tuple(WARFARIN_GRID.items()))
@@ -186,7 +161,7 @@ class TransitTurnoverPKPD(StructuralModel):
         return odds / (1.0 + odds)
 
     def predict(self, p, subject):
-        dose_time, dose_amt = _dose_table(subject)
+        dose_time, dose_amt = dose_table(subject)
 
         def conc(t):
             return transit_concentration(p, t, dose_time, dose_amt)
@@ -216,6 +191,31 @@ def _check_dvids(population, pk_dvid: int, pd_dvid: int):
     if extra:
         raise ValueError(f"observations with DVID {extra} are neither PK (DVID {pk_dvid}) "
                          f"nor PD (DVID {pd_dvid})")
+
+
+def _warfarin_arguments(population, drug_effect: str, pk_dvid: int, pd_dvid: int,
+                        eta: Sequence[str], init: dict[str, float] | None,
+                        imax: float | None) -> tuple[tuple[str, ...], dict[str, float]]:
+    """Check :func:`warfarin_pkpd_model`'s data and arguments; ``(eta, values)``: the
+    parameters with random effects (lower case) and the initial typical values (the
+    literature ones updated by ``init``)."""
+    if drug_effect not in ("emax", "network"):
+        raise ValueError(f"drug_effect must be 'emax' or 'network', got {drug_effect!r}")
+    _check_dvids(population, pk_dvid, pd_dvid)
+    check_bolus_only(population, "the warfarin PK/PD model", compartments=(1,))
+    eta = tuple(str(e).lower() for e in eta)
+    allowed = [p for p in WARFARIN_PARAMETERS if p != "imax"]
+    if any(e not in allowed for e in eta) or len(set(eta)) != len(eta):
+        raise ValueError(f"eta must be distinct names from {allowed}; got {list(eta)}")
+    values = dict(_WARFARIN_INIT)
+    if init:
+        bad = [k for k in init if k not in values]
+        if bad:
+            raise ValueError(f"unknown initial values {bad}; parameters are {list(values)}")
+        values.update({k: float(v) for k, v in init.items()})
+    if imax is not None and not 0.0 < imax <= 1.0:
+        raise ValueError(f"imax must be in (0, 1] or None (estimated), got {imax}")
+    return eta, values
 
 
 def warfarin_pkpd_model(
@@ -264,26 +264,12 @@ def warfarin_pkpd_model(
     for ``p`` in ``eta``; sigma ``pk_add_sd, pk_prop_sd`` (combined error on
     concentrations) and ``pd_add_sd`` (additive error on PCA).
     """
-    if drug_effect not in ("emax", "network"):
-        raise ValueError(f"drug_effect must be 'emax' or 'network', got {drug_effect!r}")
-    _check_dvids(population, pk_dvid, pd_dvid)
-    check_bolus_only(population, "the warfarin PK/PD model", compartments=(1,))
-    eta = tuple(str(e).lower() for e in eta)
-    allowed = [p for p in WARFARIN_PARAMETERS if p != "imax"]
-    if any(e not in allowed for e in eta) or len(set(eta)) != len(eta):
-        raise ValueError(f"eta must be distinct names from {allowed}; got {list(eta)}")
-    values = dict(_WARFARIN_INIT)
-    if init:
-        bad = [k for k in init if k not in values]
-        if bad:
-            raise ValueError(f"unknown initial values {bad}; parameters are {list(values)}")
-        values.update({k: float(v) for k, v in init.items()})
+    eta, values = _warfarin_arguments(population, drug_effect, pk_dvid, pd_dvid, eta, init,
+                                      imax)
     grid = {**WARFARIN_GRID, **(grid or {})}
 
     theta = {f"t{p}": np.log(values[p]) for p in ("ktr", "ka", "cl", "v")}
     l2_map = {}
-    if imax is not None and not 0.0 < imax <= 1.0:
-        raise ValueError(f"imax must be in (0, 1] or None (estimated), got {imax}")
     if drug_effect == "emax":
         if imax is None:
             theta["logit_imax"] = np.log(values["imax"] / (1.0 - values["imax"]))
@@ -326,156 +312,14 @@ def warfarin_pkpd_model(
         l2=l2_map)
 
 
-def _typical(model: PopulationModel, theta) -> dict:
-    eta0 = {name: jnp.zeros(()) for name in model.eta_names}
-    return model.individual({k: jnp.asarray(v) for k, v in theta.items()}, eta0, {})
-
-
 def inhibition_curve(model: PopulationModel, theta, concentrations) -> np.ndarray:
     """The typical subject's drug effect ``I(C)`` at ``concentrations`` (mg/L);
     ``theta`` a mapping of fixed effects (``fit.theta``, ``model.theta``)."""
     structural = model.structural
     if not isinstance(structural, TransitTurnoverPKPD):
         raise TypeError("inhibition_curve needs a model from warfarin_pkpd_model")
-    p = _typical(model, theta)
+    p = typical_individual(model, theta)
     c = jnp.asarray(concentrations, float)
     return np.asarray(jax.vmap(lambda x: structural.inhibition(p, x))(c))
 
 
-# ------------------------------------------------------------- network in the elimination
-class NetworkEliminationPK(StructuralModel):
-    """One-compartment oral PK with a learned clearance ``CL(C) = cl exp(g(C / scale) -
-    g(0))``.
-
-    The depot is in closed form (``sum_d D_d exp(-ka (t - t_d))``); the central amount
-    ``A`` is integrated on a fixed grid: ``dA/dt = ka depot(t) - CL(C) C``, ``C = A / V``.
-    Doses: boluses into the depot (CMT 1); observations: concentrations.
-    """
-
-    unflatten: Callable = eqx.field(static=True)
-    conc_scale: float = eqx.field(static=True, default=_CONC_SCALE)
-    grid: tuple = eqx.field(static=True, default=())
-
-    def specialise(self, population):
-        check_bolus_only(population, "network_elimination_model", compartments=(1,))
-        return self
-
-    def clearance(self, p, c):
-        """``CL(C) = cl exp(g(C / scale) - g(0))``: ``cl`` is the clearance at low
-        concentrations (for Michaelis-Menten elimination ``Vmax / Km``), and the network
-        only shapes the curve, so ``tcl`` and the network's output bias are not the same
-        parameter twice (a flat ridge that NUTS would wander along)."""
-        net = self.unflatten(p["w"])
-        x = jnp.stack([c / self.conc_scale, jnp.zeros_like(c)])[:, None]
-        g = jax.vmap(net)(x)[:, 0]
-        return p["cl"] * jnp.exp(g[0] - g[1])
-
-    def predict(self, p, subject):
-        dose_time, dose_amt = _dose_table(subject)
-
-        def absorption(t, t_start):  # ka depot(t), the depot in closed form
-            # a dose feeds the central compartment from its own time on: doses are grid
-            # points, so "on at the start of the step" is "on in the step"
-            on = dose_time <= t_start
-            return p["ka"] * jnp.sum(jnp.where(on, dose_amt * jnp.exp(
-                -p["ka"] * jnp.maximum(t - dose_time, 0.0)), 0.0))
-
-        def field(t, a, u):
-            c = a / p["v"]
-            return u - self.clearance(p, c) * c
-
-        grid = solvers.subject_grid(subject.obs_time, dose_time, subject.dose_mask,
-                                    **dict(self.grid))
-        amount = solvers.integrate_on_grid(field, jnp.zeros(()), grid,
-                                           subject.obs_time.shape[0], forcing=absorption)
-        return amount / p["v"]
-
-
-#: Grid of :func:`network_elimination_model` (hours; records to 48 h): 2-h steps at
-#: most, 16 geometric steps over the 12 h after a dose (0.05 h first).
-MM_GRID = {"n_uniform": 24, "n_post_dose": 16, "first_step": 0.05, "post_dose_span": 12.0}
-
-
-def network_elimination_model(
-    population,
-    *,
-    width: int = 8,
-    depth: int = 1,
-    l2: float = 0.1,
-    conc_scale: float = _CONC_SCALE,
-    key: jax.Array | None = None,
-    init: dict[str, float] | None = None,
-    grid: dict | None = None,
-) -> PopulationModel:
-    """Oral one-compartment PK with a learned, concentration-dependent clearance.
-
-    ``dA/dt = ka depot - CL(C) C`` with ``CL(C) = exp(tcl + eta_cl + g(C / conc_scale) -
-    g(0))`` (``tcl``: log clearance at low concentrations) and ``g`` an MLP (``depth``
-    tanh layers of ``width``; last layer zero at the start, so the model starts as linear
-    elimination). Random effects on ``ka``, ``cl``, ``v``;
-    combined error (``add_sd``, ``prop_sd``). Initial typical values from a
-    non-compartmental look at the data unless ``init`` (``ka``, ``cl``, ``v``) is given.
-
-    Returns
-    -------
-    PopulationModel with theta ``tka, tcl, tv, w`` and the L2 penalty ``l2`` on ``w``.
-    """
-    from ._builtin import nca_initial_estimates
-
-    check_bolus_only(population, "network_elimination_model", compartments=(1,))
-    values = nca_initial_estimates(population)
-    if init:
-        values.update({k: float(v) for k, v in init.items()})
-    net = nn.MLP(1, 1, widths=(width,) * depth, activation="tanh", init="zero_last",
-                 key=jax.random.key(0) if key is None else key)
-    w, unflatten = nn.flatten(net)
-    structural = NetworkEliminationPK(unflatten, float(conc_scale),
-                                      grid=tuple({**MM_GRID, **(grid or {})}.items()))
-
-    def individual(th, eta, cov):
-        return {"ka": jnp.exp(th["tka"] + eta["eta_ka"]),
-                "cl": jnp.exp(th["tcl"] + eta["eta_cl"]),
-                "v": jnp.exp(th["tv"] + eta["eta_v"]), "w": th["w"]}
-
-    theta = {"tka": np.log(values["ka"]), "tcl": np.log(values["cl"]),
-             "tv": np.log(values["v"]), "w": np.asarray(w)}
-    return PopulationModel(structural, individual, theta=theta,
-                           omega={"eta_ka": 0.1, "eta_cl": 0.1, "eta_v": 0.1},
-                           sigma={"add_sd": 0.1, "prop_sd": 0.1}, error=Combined(),
-                           l2={"w": l2})
-
-
-def elimination_curve(model: PopulationModel, theta, concentrations) -> np.ndarray:
-    """The typical subject's elimination rate ``CL(C) C`` (mg/h) at ``concentrations``."""
-    structural = model.structural
-    if not isinstance(structural, NetworkEliminationPK):
-        raise TypeError("elimination_curve needs a model from network_elimination_model")
-    p = _typical(model, theta)
-    c = jnp.asarray(concentrations, float)
-    return np.asarray(jax.vmap(lambda x: structural.clearance(p, x) * x)(c))
-
-
-def split_subjects(population, test_fraction: float = 0.2, seed: int = 0, *,
-                   keep_shape: bool = False):
-    """``(train, test)``: a random ``test_fraction`` of the subjects held out (numpy
-    ``default_rng(seed)``; at least one subject on each side).
-
-    ``keep_shape=True``: ``train`` is the whole population with the held-out subjects'
-    observations masked out instead of removed. A subject without observations adds
-    exactly nothing to the FOCEI/Laplace likelihood (its EBE is 0 and the two log
-    determinants cancel; under NUTS its random effects are drawn from their prior), and
-    the arrays keep the shapes of the full data, so a fit reuses the programs compiled
-    for it (a FOCEI program with an ODE inside takes minutes to compile).
-    """
-    n = population.n_subjects
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    n_test = min(max(1, round(test_fraction * n)), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    test = population.take(test_idx)
-    if not keep_shape:
-        return population.take(train_idx), test
-    mask = np.array(population.obs_mask, copy=True)
-    mask[test_idx] = False
-    return eqx.tree_at(lambda q: q.obs_mask, population, mask), test

@@ -1,0 +1,113 @@
+"""``bayes-ude pk fit --method nuts|sgld``: the Bayesian run and its files.
+
+Loaded by :mod:`._command_run` only for a Bayesian method (it imports NumPyro and ArviZ).
+"""
+
+from __future__ import annotations
+
+import time
+
+import arviz as az
+import jax
+import matplotlib
+import matplotlib.pyplot as plt
+import numpyro.distributions as dist
+import pandas as pd
+
+from .. import _sigint
+from ._command import DEFAULT_OMEGA_PRIOR, EXIT_INTERRUPTED, devices_checked, parse_omega_prior
+from ._estimate import _pause_for_tests
+from ._fit import fit
+from ._output import Output, sigint_deferred
+from ._plots import plot_vpc
+from ._priors import Priors
+
+__all__ = ["omega_prior", "run_bayes"]
+
+
+def omega_prior(text: str):
+    """``"halfnormal:1"`` or ``"halfcauchy:0.1"`` -> the NumPyro distribution."""
+    name, value = parse_omega_prior(text)
+    return (dist.HalfNormal if name == "halfnormal" else dist.HalfCauchy)(value)
+
+
+def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
+    """The Bayesian branch: posterior table, NetCDF, posterior-predictive VPC, trace plot."""
+    key = jax.random.key(args.seed)
+    progress = not args.quiet
+    prior_text = args.omega_prior or DEFAULT_OMEGA_PRIOR
+    priors = Priors(omega_sd=omega_prior(prior_text))
+    with devices_checked(args) as devices:
+        if args.method == "nuts":
+            # start the chains at the maximum-likelihood (FOCEI) estimates and EBEs
+            ml = fit(model, pop, "focei", max_iter=args.max_iter, progress=progress,
+                     covariance=False, devices=devices)
+            if ml.interrupted:
+                raise KeyboardInterrupt  # a start for the chains is not a result
+            result = fit(model, pop, "nuts", init=ml, num_warmup=args.warmup,
+                         num_samples=args.samples, num_chains=args.chains, key=key,
+                         progress=progress, priors=priors, devices=devices)
+        else:
+            result = fit(model, pop, "sgld", num_steps=4 * args.samples,
+                         num_chains=args.chains, key=key, progress=progress, priors=priors,
+                         devices=devices)
+    # There are draws from here on: Ctrl-C skips what is left and keeps what exists (the
+    # draws, the table and summary.json first, with Ctrl-C held off until they are saved).
+    with sigint_deferred() as sigint:
+        seconds = time.perf_counter() - start
+        output.save("posterior.nc", result.to_netcdf)
+        table = result.table()
+        summary = result.summary()
+        summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
+                       error_model=args.error, data=str(args.data), omega_prior=prior_text,
+                       warnings=list(notes))
+        table.index.name = "parameter"
+        output.save("estimates.csv", table.to_csv)
+        eta = result.eta
+        if eta is not None:
+            output.save("eta_posterior_median.csv", eta.to_csv)
+        if not args.quiet:
+            with pd.option_context("display.float_format", "{:.4g}".format,
+                                   "display.width", 120):
+                print(table.to_string())
+            print(f"{args.method.upper()}: {args.chains} chains; max R-hat "
+                  f"{summary['max_r_hat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}"
+                  + (f", {result.num_divergent} divergences" if args.method == "nuts" else "")
+                  + f"; fit {result.seconds:.1f} s, total {seconds:.1f} s (including "
+                    "compilation)")
+    if result.idata.attrs.get("partial"):
+        # the sampler marks draws cut short, or optional parts it skipped ("skipped")
+        skipped = result.idata.attrs.get("skipped")
+        output.interrupted_at = (f"assembling the draws (skipped {skipped})" if skipped
+                                 else "sampling")
+    elif sigint:
+        output.interrupted_at = "writing estimates"
+    stage = "writing"
+    # each stage begins with a check for a Ctrl-C that the last one swallowed (_sigint)
+    try:
+        with _sigint.counted_sigint():
+            if not output.interrupted_at:
+                _pause_for_tests("writing")
+                _sigint.raise_pending()
+                stage = "vpc"
+                vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+                output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
+                if not args.no_plots:
+                    _sigint.raise_pending()
+                    stage = "plots"
+                    matplotlib.use("Agg")
+                    ax = plot_vpc(result, table=vpc_table,
+                                  title="Posterior predictive check (prediction-corrected VPC)")
+                    output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+                    names = [n for n in result.draws if n in result.idata.posterior]
+                    axes = az.plot_trace(result.idata, var_names=names, compact=True)
+                    output.save("trace.png",
+                                lambda path: axes.ravel()[0].figure.savefig(path, dpi=90))
+                    plt.close("all")
+                _sigint.raise_pending()
+    except KeyboardInterrupt:
+        _sigint.handled()
+        output.interrupted_at = stage
+    late = output.commit(summary)
+    output.report(args.quiet)
+    return EXIT_INTERRUPTED if output.interrupted_at or late else 0

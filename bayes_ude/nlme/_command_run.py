@@ -1,0 +1,235 @@
+"""``bayes-ude pk fit``, the run: data, model, the maximum-likelihood fit and its files.
+
+The arguments were checked by :mod:`._command` before anything here runs; the Bayesian
+branch is :mod:`._command_bayes`, loaded (with NumPyro) only for ``--method nuts`` or
+``sgld``. The output rules are in :mod:`._command`'s docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import equinox as eqx
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import _sigint, datasets
+from .._distributed import start_command
+from ._builtin import builtin_model
+from ._command import EXIT_DEGENERATE, EXIT_INTERRUPTED, SHIPPED, check_pk_args, devices_checked
+from ._data import NonmemDataError, NonmemDataWarning
+from ._diagnostics import epsilon_shrinkage
+from ._estimate import _pause_for_tests
+from ._fit import fit
+from ._output import Output, sigint_deferred
+from ._plots import plot_gof, plot_individual, plot_vpc
+from ._read import read_nonmem
+
+__all__ = ["run_pk_fit"]
+
+
+def run_pk_fit(args: argparse.Namespace) -> int:
+    """Run ``bayes-ude pk fit`` (options as :func:`._command.add_pk_parser` parses them)."""
+    check_pk_args(args)
+    start_command(args)  # several processes: join them (before any JAX computation)
+    start = time.perf_counter()
+    data_notes: list[str] = []
+    try:
+        pop = _load(args.data, args, data_notes)
+    except NonmemDataError as err:
+        raise SystemExit(f"bayes-ude pk fit: the data table has problems:\n{err}") from None
+    if args.dvid is not None:
+        keep = np.asarray(pop.obs_mask) & (np.asarray(pop.obs_dvid) == args.dvid)
+        if not keep.any():
+            raise SystemExit(f"bayes-ude pk fit: no observations with DVID {args.dvid}")
+        pop = eqx.tree_at(lambda p: p.obs_mask, pop, keep)
+    try:
+        model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
+                              dvid=args.dvid,
+                              eta=None if args.eta is None else args.eta.split(","))
+    except ValueError as err:
+        raise SystemExit(f"bayes-ude pk fit: {err}") from None
+    notes = data_notes + _predose_warning(args, pop)
+    output = Output(args.out, args.json)
+    try:
+        if not args.quiet:
+            print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations "
+                  f"(padding efficiency {pop.padding_efficiency:.0%}), {pop.n_doses} doses; "
+                  f"model {args.model}, {args.error} error, {args.method.upper()}")
+        if args.method in ("nuts", "sgld"):
+            # the documented lazy load of the Bayesian layer (NumPyro, BlackJAX, ArviZ)
+            from . import _command_bayes
+
+            return _command_bayes.run_bayes(args, pop, model, start, output, notes)
+        return _run_ml(args, pop, model, start, output, notes)
+    except KeyboardInterrupt:
+        if not output.committed:
+            print(f"bayes-ude pk fit: interrupted before there were results; nothing written "
+                  f"({args.out} is as it was)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        output.discard()
+
+
+def _load(data: str, args: argparse.Namespace | None = None,
+          messages: list[str] | None = None):
+    """The data set (a shipped name or a CSV path) read with the options of ``args``
+    (``--drop``, ``--covariates``, ``--character-ids``); the reader's warnings about the
+    data are printed on stderr in the command's words (and appended to ``messages``, for
+    ``summary.json``)."""
+    def columns(option: str):
+        text = getattr(args, option, None)
+        if text is None:
+            return None
+        names = [c.strip() for c in text.split(",") if c.strip()]
+        if option == "drop" and not names:
+            raise SystemExit(f"bayes-ude pk fit: --{option} needs column names, got {text!r}")
+        return names
+
+    options = dict(drop=columns("drop"), covariates=columns("covariates"),
+                   character_ids=bool(getattr(args, "character_ids", False)))
+    if data in SHIPPED:
+        path = datasets.data_path(SHIPPED[data])
+    else:
+        path = Path(data)
+        if not path.exists():
+            raise SystemExit(f"bayes-ude pk fit: no such file {data!r} (and not a shipped "
+                             f"data set: {', '.join(SHIPPED)})")
+        if path.is_dir():
+            raise SystemExit(f"bayes-ude pk fit: {data!r} is a folder, not a CSV file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonmemDataWarning)
+        pop = read_nonmem(path, **options)
+    for w in caught:
+        if issubclass(w.category, NonmemDataWarning):
+            print(f"bayes-ude pk fit: warning: {w.message}", file=sys.stderr)
+            if messages is not None:
+                messages.append(f"data: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return pop
+
+
+def _predose_rows(pop) -> list[int]:
+    """Data rows of observations with DV > 0 at or before their subject's first dose (not
+    a steady-state dose): built-in models predict 0 there (a dose acts from the next
+    instant on)."""
+    mask = np.asarray(pop.obs_mask) & (np.asarray(pop.obs_dv) > 0)
+    dose_mask = np.asarray(pop.dose_mask)
+    if dose_mask.shape[1] == 0:
+        return sorted(int(r) for r in np.asarray(pop.obs_row)[mask])
+    dose_time = np.where(dose_mask, np.asarray(pop.dose_time), np.inf)
+    first = dose_time.argmin(axis=1)
+    first_time = dose_time.min(axis=1)
+    first_ss = np.asarray(pop.dose_ss)[np.arange(len(first)), first] & dose_mask.any(axis=1)
+    pre = mask & (np.asarray(pop.obs_time) <= first_time[:, None]) & ~first_ss[:, None]
+    return sorted(int(r) for r in np.asarray(pop.obs_row)[pre])
+
+
+def _predose_warning(args: argparse.Namespace, pop) -> list[str]:
+    """Warn (stderr) when a proportional or exponential error meets observations with
+    DV > 0 where the prediction is 0; returns the warnings for summary.json."""
+    if args.error not in ("proportional", "exponential"):
+        return []
+    rows = _predose_rows(pop)
+    if not rows:
+        return []
+    shown = ", ".join(map(str, rows[:20])) + (", ..." if len(rows) > 20 else "")
+    what = ("no variance (the floor 1e-12)" if args.error == "proportional"
+            else "the log of 0 (the floor 1e-300)")
+    text = (f"{len(rows)} observation(s) with DV > 0 at or before their subject's first dose "
+            f"(data rows {shown}): the prediction there is 0, which gives a {args.error} "
+            f"error model {what}, so the fit is meaningless; use --error combined, or "
+            f"exclude these records (MDV = 1)")
+    print(f"bayes-ude pk fit: warning: {text}", file=sys.stderr)
+    return [text]
+
+
+def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
+    """The maximum-likelihood branch: estimates, diagnostics, EBEs, VPC, plots."""
+    with warnings.catch_warnings():
+        # said below, once, in the command's words
+        warnings.filterwarnings("ignore", message=r"NLME fit: .* degenerate solution")
+        with devices_checked(args) as devices:
+            result = fit(model, pop, args.method, max_iter=args.max_iter,
+                         progress=not args.quiet, devices=devices)
+    # There are estimates from here on: Ctrl-C skips what is left and keeps what exists.
+    with sigint_deferred() as sigint:
+        seconds = time.perf_counter() - start
+        summary = result.summary()
+        summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
+                       error_model=args.error, data=str(args.data), warnings=list(notes))
+        reasons = summary["degenerate"]
+        verb = "converged to" if result.converged else "stopped at"
+        if reasons:
+            summary["warnings"].append(f"{verb} a degenerate solution: "
+                                       + "; ".join(reasons))
+        table = result.table()
+        output.save("estimates.csv", table.to_csv)
+        if not args.quiet:
+            with pd.option_context("display.float_format", "{:.4g}".format,
+                                   "display.width", 120):
+                print(table.drop(columns="fixed").to_string())
+            print(f"-2LL {result.minus2ll:.3f}   OFV {result.ofv:.3f}   AIC {result.aic:.3f}   "
+                  f"BIC {result.bic:.3f}")
+            state = ("interrupted" if result.interrupted else
+                     "converged" if result.converged else "NOT converged")
+            if reasons and not result.interrupted:
+                state += " to a degenerate solution" if result.converged else " (degenerate)"
+            print(f"{state} in {result.iterations} iterations; fit {result.seconds:.2f} s, "
+                  f"total {seconds:.2f} s (including compilation)")
+        if reasons:
+            print(f"bayes-ude pk fit: {verb} a degenerate solution: {'; '.join(reasons)}"
+                  + ("" if args.allow_degenerate or result.interrupted else
+                     f" (exit code {EXIT_DEGENERATE}; --allow-degenerate accepts it)"),
+                  file=sys.stderr)
+    if result.interrupted:
+        output.interrupted_at = ("covariance step" if "covariance" in result.message
+                                 else "fit")
+    elif sigint:
+        output.interrupted_at = "writing estimates"
+    stage = "writing"
+    # each stage begins with a check for a Ctrl-C that the last one swallowed (_sigint)
+    try:
+        with _sigint.counted_sigint():
+            if not output.interrupted_at:
+                _pause_for_tests("writing")
+                _sigint.raise_pending()
+                stage = "diagnostics"
+                diag = result.diagnostics(n_sim=500)
+                output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
+                summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
+                _sigint.raise_pending()
+                stage = "individual parameters"
+                output.save("ebe.csv", result.individual_parameters().to_csv)
+                _sigint.raise_pending()
+                stage = "vpc"
+                vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
+                output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
+                if not args.no_plots:
+                    _sigint.raise_pending()
+                    stage = "plots"
+                    matplotlib.use("Agg")
+                    fig = plot_gof(diag, title=f"{args.model}, {args.method.upper()}: "
+                                              "goodness of fit")
+                    output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
+                    ax = plot_vpc(result, table=vpc_table)
+                    output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+                    fig2 = plot_individual(result)
+                    output.save("individual.png", lambda path: fig2.savefig(path, dpi=110))
+                    plt.close("all")
+                _sigint.raise_pending()
+    except KeyboardInterrupt:
+        _sigint.handled()
+        output.interrupted_at = stage
+    late = output.commit(summary)
+    output.report(args.quiet)
+    if output.interrupted_at or late:
+        return EXIT_INTERRUPTED
+    return EXIT_DEGENERATE if reasons and not args.allow_degenerate else 0
