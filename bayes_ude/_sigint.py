@@ -17,8 +17,11 @@ block, or under any other handler (IPython's), nothing changes.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 _COUNT = {"received": 0, "handled": 0}
@@ -55,3 +58,15 @@ def raise_pending() -> None:
     if _COUNT["received"] > _COUNT["handled"]:
         handled()
         raise KeyboardInterrupt
+
+
+def pause_for_tests(stage: str) -> None:
+    """Testing hook, not for users: with ``BAYES_UDE_TEST_PAUSE=<stage>`` in the environment,
+    say so on stderr and sleep (60 s at most) at that stage, so that a test can send SIGINT
+    to a ``bayes-ude`` process at a known moment. Stages: ``fit`` (between chunks of outer
+    iterations), ``covariance`` (before the covariance step), ``writing`` (in ``bayes-ude pk
+    fit``, after the estimates are saved, before diagnostics, VPC and plots)."""
+    if os.environ.get("BAYES_UDE_TEST_PAUSE") == stage:
+        print(f"bayes-ude: BAYES_UDE_TEST_PAUSE: paused at {stage}", file=sys.stderr,
+              flush=True)
+        time.sleep(60.0)

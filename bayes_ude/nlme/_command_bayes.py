@@ -14,9 +14,7 @@ import matplotlib.pyplot as plt
 import numpyro.distributions as dist
 import pandas as pd
 
-from .. import _sigint
 from ._command import DEFAULT_OMEGA_PRIOR, EXIT_INTERRUPTED, devices_checked, parse_omega_prior
-from ._estimate import _pause_for_tests
 from ._fit import fit
 from ._output import Output, sigint_deferred
 from ._plots import plot_vpc
@@ -82,32 +80,22 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
                                  else "sampling")
     elif sigint:
         output.interrupted_at = "writing estimates"
-    stage = "writing"
-    # each stage begins with a check for a Ctrl-C that the last one swallowed (_sigint)
-    try:
-        with _sigint.counted_sigint():
-            if not output.interrupted_at:
-                _pause_for_tests("writing")
-                _sigint.raise_pending()
-                stage = "vpc"
-                vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
-                output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
-                if not args.no_plots:
-                    _sigint.raise_pending()
-                    stage = "plots"
-                    matplotlib.use("Agg")
-                    ax = plot_vpc(result, table=vpc_table,
-                                  title="Posterior predictive check (prediction-corrected VPC)")
-                    output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
-                    names = [n for n in result.draws if n in result.idata.posterior]
-                    axes = az.plot_trace(result.idata, var_names=names, compact=True)
-                    output.save("trace.png",
-                                lambda path: axes.ravel()[0].figure.savefig(path, dpi=90))
-                    plt.close("all")
-                _sigint.raise_pending()
-    except KeyboardInterrupt:
-        _sigint.handled()
-        output.interrupted_at = stage
+    def vpc():
+        state["vpc"] = table = result.vpc(dvid=args.dvid, n_sim=500)
+        output.save("vpc.csv", lambda path: table.to_csv(path, index=False))
+
+    def plots():
+        matplotlib.use("Agg")
+        ax = plot_vpc(result, table=state["vpc"],
+                      title="Posterior predictive check (prediction-corrected VPC)")
+        output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+        names = [n for n in result.draws if n in result.idata.posterior]
+        axes = az.plot_trace(result.idata, var_names=names, compact=True)
+        output.save("trace.png", lambda path: axes.ravel()[0].figure.savefig(path, dpi=90))
+        plt.close("all")
+
+    state = {}
+    output.write_stages([("vpc", vpc)] + ([] if args.no_plots else [("plots", plots)]))
     late = output.commit(summary)
     output.report(args.quiet)
     return EXIT_INTERRUPTED if output.interrupted_at or late else 0

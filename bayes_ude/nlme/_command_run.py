@@ -19,13 +19,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .. import _sigint, datasets
+from .. import datasets
 from .._distributed import start_command
 from ._builtin import builtin_model
 from ._command import EXIT_DEGENERATE, EXIT_INTERRUPTED, SHIPPED, check_pk_args, devices_checked
 from ._data import NonmemDataError, NonmemDataWarning
 from ._diagnostics import epsilon_shrinkage
-from ._estimate import _pause_for_tests
 from ._fit import fit
 from ._output import Output, sigint_deferred
 from ._plots import plot_gof, plot_individual, plot_vpc
@@ -194,40 +193,32 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
                                  else "fit")
     elif sigint:
         output.interrupted_at = "writing estimates"
-    stage = "writing"
-    # each stage begins with a check for a Ctrl-C that the last one swallowed (_sigint)
-    try:
-        with _sigint.counted_sigint():
-            if not output.interrupted_at:
-                _pause_for_tests("writing")
-                _sigint.raise_pending()
-                stage = "diagnostics"
-                diag = result.diagnostics(n_sim=500)
-                output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
-                summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
-                _sigint.raise_pending()
-                stage = "individual parameters"
-                output.save("ebe.csv", result.individual_parameters().to_csv)
-                _sigint.raise_pending()
-                stage = "vpc"
-                vpc_table = result.vpc(dvid=args.dvid, n_sim=500)
-                output.save("vpc.csv", lambda path: vpc_table.to_csv(path, index=False))
-                if not args.no_plots:
-                    _sigint.raise_pending()
-                    stage = "plots"
-                    matplotlib.use("Agg")
-                    fig = plot_gof(diag, title=f"{args.model}, {args.method.upper()}: "
-                                              "goodness of fit")
-                    output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
-                    ax = plot_vpc(result, table=vpc_table)
-                    output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
-                    fig2 = plot_individual(result)
-                    output.save("individual.png", lambda path: fig2.savefig(path, dpi=110))
-                    plt.close("all")
-                _sigint.raise_pending()
-    except KeyboardInterrupt:
-        _sigint.handled()
-        output.interrupted_at = stage
+    def diagnostics():
+        state["diag"] = diag = result.diagnostics(n_sim=500)
+        output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
+        summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
+
+    def vpc():
+        state["vpc"] = table = result.vpc(dvid=args.dvid, n_sim=500)
+        output.save("vpc.csv", lambda path: table.to_csv(path, index=False))
+
+    def plots():
+        matplotlib.use("Agg")
+        fig = plot_gof(state["diag"], title=f"{args.model}, {args.method.upper()}: "
+                                             "goodness of fit")
+        output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
+        ax = plot_vpc(result, table=state["vpc"])
+        output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+        fig2 = plot_individual(result)
+        output.save("individual.png", lambda path: fig2.savefig(path, dpi=110))
+        plt.close("all")
+
+    state = {}
+    output.write_stages(
+        [("diagnostics", diagnostics),
+         ("individual parameters",
+          lambda: output.save("ebe.csv", result.individual_parameters().to_csv)),
+         ("vpc", vpc)] + ([] if args.no_plots else [("plots", plots)]))
     late = output.commit(summary)
     output.report(args.quiet)
     if output.interrupted_at or late:

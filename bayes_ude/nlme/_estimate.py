@@ -9,8 +9,6 @@ for the maximum-likelihood methods.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -36,18 +34,6 @@ from ._optimise import (
 from ._results import FitResult
 
 __all__ = ["fit_ml"]
-
-
-def _pause_for_tests(stage: str) -> None:
-    """Testing hook, not for users: with ``BAYES_UDE_TEST_PAUSE=<stage>`` in the environment,
-    say so on stderr and sleep (60 s at most) at that stage, so that a test can send SIGINT
-    to a ``bayes-ude`` process at a known moment. Stages: ``fit`` (between chunks of outer
-    iterations), ``covariance`` (before the covariance step), ``writing`` (in ``bayes-ude pk
-    fit``, after the estimates are saved, before diagnostics, VPC and plots)."""
-    if os.environ.get("BAYES_UDE_TEST_PAUSE") == stage:
-        print(f"bayes-ude: BAYES_UDE_TEST_PAUSE: paused at {stage}", file=sys.stderr,
-              flush=True)
-        time.sleep(60.0)
 
 
 def fit_ml(
@@ -124,7 +110,7 @@ def fit_ml(
                 _sigint.raise_pending()  # a Ctrl-C swallowed during the chunk
                 if bool(state.done):
                     break
-                _pause_for_tests("fit")
+                _sigint.pause_for_tests("fit")
     except KeyboardInterrupt:
         _sigint.handled()
         if iterations == 0:
@@ -171,7 +157,7 @@ def _finish(method: str, problem: Problem, state, *, names, free, fixed_names, i
     if covariance and not interrupted:
         try:
             with _sigint.counted_sigint():
-                _pause_for_tests("covariance")
+                _sigint.pause_for_tests("covariance")
                 cov_df, se, cov_u = covariance_step(problem, x, eta, names, free, jac)
                 _sigint.raise_pending()
         except KeyboardInterrupt:

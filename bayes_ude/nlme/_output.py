@@ -18,6 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .. import _sigint
 from .._json import json_safe
 
 __all__ = ["OUTPUT_FILES", "Output", "sigint_deferred", "write_atomically"]
@@ -98,6 +99,26 @@ class Output:
         os.replace(part, self.tmp / name)
         if name not in self.files:
             self.files.append(name)
+
+    def write_stages(self, stages) -> None:
+        """Run the writing ``stages`` (``(name, function)`` pairs) in order once there are
+        results, unless an interruption is already recorded. Each stage begins with a check
+        for a Ctrl-C that the last one swallowed (:mod:`bayes_ude._sigint`); a Ctrl-C
+        skips the rest and records where it came (``interrupted_at``)."""
+        if self.interrupted_at:
+            return
+        stage = "writing"
+        try:
+            with _sigint.counted_sigint():
+                _sigint.pause_for_tests("writing")
+                for name, write in stages:
+                    _sigint.raise_pending()
+                    stage = name
+                    write()
+                _sigint.raise_pending()
+        except KeyboardInterrupt:
+            _sigint.handled()
+            self.interrupted_at = stage
 
     def commit(self, summary: dict) -> bool:
         """Write ``summary.json`` (with ``status``, ``files``, ``warnings``), put the folder
