@@ -14,6 +14,7 @@ import pandas as pd
 __all__ = [
     "data_path",
     "load_lynx_hare",
+    "load_phenobarbital",
     "load_theophylline",
     "load_theophylline_nonmem",
     "load_warfarin",
@@ -29,7 +30,8 @@ def data_path(name: str) -> Path:
             return path
     raise FileNotFoundError(
         f"data file {name!r} is not shipped with bayes_ude; available: "
-        f"theoph.csv, theophylline.csv, warfarin_pkpd.csv, hudson_bay_lynx_hare.csv"
+        f"theoph.csv, theophylline.csv, warfarin_pkpd.csv, phenobarbital.csv, "
+        f"hudson_bay_lynx_hare.csv"
     )
 
 
@@ -60,3 +62,9 @@ def load_lynx_hare() -> pd.DataFrame:
     """Hudson's Bay Company lynx and hare pelts (thousands), ``Year, Lynx, Hare``,
     1900-1920."""
     return _read("hudson_bay_lynx_hare.csv")
+
+
+def load_phenobarbital() -> pd.DataFrame:
+    """Phenobarbital in 59 preterm neonates (R nlme's ``Phenobarb``) as a NONMEM table:
+    ``ID, TIME, AMT, DV, MDV, EVID, CMT, WT, APGAR`` (IV doses in CMT 1)."""
+    return _read("phenobarbital.csv")

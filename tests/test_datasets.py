@@ -59,6 +59,17 @@ def test_warfarin_and_lynx_hare():
     assert lh["Year"].tolist() == list(range(1900, 1921))
 
 
+def test_phenobarbital_is_r_nlmes_phenobarb():
+    """Counts as R's ``Phenobarb`` (Pinheiro & Bates 2000, 6.4): 744 records of 59
+    neonates, 155 concentrations, each record a dose or a concentration."""
+    p = datasets.load_phenobarbital()
+    assert len(p) == 744 and p["ID"].nunique() == 59
+    assert (p["MDV"] == 0).sum() == 155 and (p["EVID"] == 1).sum() == 589
+    assert ((p["EVID"] == 1) != (p["MDV"] == 0)).all()
+    assert p.groupby("ID")["WT"].nunique().max() == 1  # weight constant within a subject
+    assert p["WT"].between(0.6, 3.6).all() and p["APGAR"].between(1, 10).all()
+
+
 def test_unknown_file():
     with pytest.raises(FileNotFoundError, match="available"):
         datasets.data_path("iris.csv")

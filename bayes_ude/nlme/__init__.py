@@ -3,6 +3,8 @@
 import importlib
 from typing import TYPE_CHECKING
 
+from ._bootstrap import BootstrapResult as BootstrapResult
+from ._bootstrap import bootstrap as bootstrap
 from ._builtin import builtin_model as builtin_model
 from ._builtin import nca_initial_estimates as nca_initial_estimates
 from ._covariates import CovariateEffect as CovariateEffect
@@ -23,6 +25,7 @@ from ._deep import augment as augment
 from ._deep import covariate_model as covariate_model
 from ._deep import partial_dependence as partial_dependence
 from ._deep import population_predictions as population_predictions
+from ._design import design as design
 from ._diagnostics import diagnostics as diagnostics
 from ._diagnostics import epsilon_shrinkage as epsilon_shrinkage
 from ._diagnostics import individual_parameters as individual_parameters
@@ -39,6 +42,7 @@ from ._likelihood import objective as objective
 from ._likelihood import subject_log_density as subject_log_density
 from ._model import Omega as Omega
 from ._model import PopulationModel as PopulationModel
+from ._model_file import load_model_file as load_model_file
 from ._network_pk import NetworkEliminationPK as NetworkEliminationPK
 from ._network_pk import elimination_curve as elimination_curve
 from ._network_pk import network_elimination_model as network_elimination_model
@@ -48,6 +52,7 @@ from ._pk import OneCompartmentIV as OneCompartmentIV
 from ._pk import OneCompartmentOral as OneCompartmentOral
 from ._pk import TwoCompartmentIV as TwoCompartmentIV
 from ._pk import TwoCompartmentOral as TwoCompartmentOral
+from ._plots import individual_pages as individual_pages
 from ._plots import plot_gof as plot_gof
 from ._plots import plot_individual as plot_individual
 from ._plots import plot_vpc as plot_vpc
@@ -56,7 +61,13 @@ from ._read import load_warfarin_population as load_warfarin_population
 from ._read import read_nonmem as read_nonmem
 from ._results import FitResult as FitResult
 from ._results import PopulationFit as PopulationFit
+from ._simulation import PointEstimates as PointEstimates
+from ._simulation import point_estimates as point_estimates
+from ._simulation import simtab as simtab
 from ._structural import StructuralModel as StructuralModel
+from ._tables import FitComparison as FitComparison
+from ._tables import compare_fits as compare_fits
+from ._tables import sdtab as sdtab
 from ._warfarin import TransitTurnoverPKPD as TransitTurnoverPKPD
 from ._warfarin import inhibition_curve as inhibition_curve
 from ._warfarin import warfarin_pkpd_model as warfarin_pkpd_model

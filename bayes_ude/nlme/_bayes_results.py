@@ -113,7 +113,9 @@ class BayesianFitResult(PopulationFit):
         return {"method": self.method, "n_subjects": self.population.n_subjects,
                 "n_obs": self.population.n_obs, "seconds": self.seconds,
                 "num_divergent": self.num_divergent,
-                "max_r_hat": float(np.nanmax(table["r_hat"])) if len(table) else float("nan"),
+                # R-hat needs two chains: NaN (null in JSON) with one
+                "max_r_hat": (float(np.nanmax(table["r_hat"])) if table["r_hat"].notna().any()
+                              else float("nan")),
                 "min_ess_bulk": float(table["ess_bulk"].min()),
                 "parameters": {k: {c: float(v) for c, v in row.items()}
                                for k, row in table.iterrows()}}

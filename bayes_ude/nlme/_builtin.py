@@ -13,8 +13,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from ._covariate_terms import CovariateTerm, parse_covariate_terms, resolve_covariate_terms
 from ._error import Additive, Combined, Exponential, Proportional
-from ._model import PopulationModel, check_data
+from ._model import Omega, PopulationModel, check_data
 from ._pk import OneCompartmentIV, OneCompartmentOral, TwoCompartmentIV, TwoCompartmentOral
 
 __all__ = ["BUILTIN_MODELS", "ERROR_MODELS", "builtin_model", "nca_initial_estimates"]
@@ -68,7 +69,9 @@ def nca_initial_estimates(population, dvid: int | None = None) -> dict[str, floa
 
 def builtin_model(name: str, population, error: str = "additive",
                   allometric: str | None = None, reference_weight: float = 70.0,
-                  dvid: int | None = None, eta=None) -> PopulationModel:
+                  dvid: int | None = None, eta=None,
+                  covariates: str | list[CovariateTerm] | None = None,
+                  omega: str | list[list[str]] = "diagonal") -> PopulationModel:
     """A built-in model (``iv1cmt``, ``oral1cmt``, ``iv2cmt``, ``oral2cmt``) with data-based
     initial values.
 
@@ -82,6 +85,13 @@ def builtin_model(name: str, population, error: str = "additive",
     dvid : the observation type the model describes (initial values from it).
     eta : parameters with between-subject variability (default: ``ka``, ``cl``, ``v`` where
         the model has them).
+    covariates : covariate terms, as text (``"cl~WT:power,v~WT:power,cl~SEX:categorical"``)
+        or :class:`CovariateTerm` objects: forms ``power``, ``linear``, ``exponential``,
+        ``categorical``, centred on the median (or the most frequent level) unless a
+        reference is given (``cl~WT:power:70``); see :mod:`._covariate_terms`. Their
+        fixed effects are named ``<parameter>_<COLUMN>`` (``cl_SEX_2`` per level).
+    omega : ``"diagonal"`` (default), ``"block"`` (one full block: every pair of random
+        effects correlated) or a list of blocks of parameter names (``[["cl", "v"]]``).
     """
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown model {name!r}; built-in models: {sorted(BUILTIN_MODELS)}")
@@ -93,6 +103,9 @@ def builtin_model(name: str, population, error: str = "additive",
     structural_cls, params = BUILTIN_MODELS[name]
     # before any initial value: a wrong compartment or no observation is said as such
     check_data(structural_cls(), population)
+    terms = resolve_covariate_terms(
+        parse_covariate_terms(covariates) if isinstance(covariates, str) else covariates or (),
+        population, params)
     nca = nca_initial_estimates(population, dvid)
     init = {"ka": nca["ka"], "cl": nca["cl"], "v": nca["v"], "q": nca["cl"], "vp": 2 * nca["v"]}
     if allometric is not None:
@@ -100,6 +113,7 @@ def builtin_model(name: str, population, error: str = "additive",
         scale = np.median(w) / reference_weight
         init = {k: v / scale ** _ALLOMETRIC.get(k, 0.0) for k, v in init.items()}
     theta = {f"t{p}": float(np.log(init[p])) for p in params}
+    theta.update({n: 0.0 for t in terms for n in t.theta_names()})
     if eta is None:
         with_eta = [p for p in params if p in ("ka", "cl", "v")]
     else:
@@ -108,7 +122,7 @@ def builtin_model(name: str, population, error: str = "additive",
         if unknown or not with_eta:
             raise ValueError(f"eta on {unknown or 'nothing'}: model {name} has parameters "
                              f"{list(params)}")
-    omega = {f"eta_{p}": 0.1 for p in with_eta}
+    omega_init = _omega(with_eta, omega)
     error_cls, sigma_names = ERROR_MODELS[error]
     y = np.asarray(population.obs_dv)[np.asarray(population.obs_mask)]
     sd0 = {"add_sd": max(0.1 * float(np.std(y)), 1e-3), "prop_sd": 0.1, "exp_sd": 0.1}
@@ -120,9 +134,31 @@ def builtin_model(name: str, population, error: str = "additive",
             value = theta[f"t{p}"] + (eta[f"eta_{p}"] if p in with_eta else 0.0)
             if allometric is not None and p in _ALLOMETRIC:
                 value = value + _ALLOMETRIC[p] * jnp.log(cov[allometric] / reference_weight)
+            for t in terms:
+                if t.parameter == p:
+                    value = value + t.shift(theta, cov)
             out[p] = jnp.exp(value)
         return out
 
-    structural = structural_cls()
-    return PopulationModel(structural, individual, theta=theta, omega=omega, sigma=sigma,
-                           error=error_cls(), covariates=(allometric,) if allometric else ())
+    columns = ([allometric] if allometric else []) + [t.column for t in terms]
+    return PopulationModel(structural_cls(), individual, theta=theta, omega=omega_init,
+                           sigma=sigma, error=error_cls(), covariates=tuple(dict.fromkeys(columns)))
+
+
+def _omega(with_eta: list[str], structure) -> Omega:
+    """Initial omega (variances 0.1) of the random effects ``eta_<p>`` for ``p`` in
+    ``with_eta``: diagonal, one full block, or blocks of parameter names."""
+    names = [f"eta_{p}" for p in with_eta]
+    if isinstance(structure, str):
+        if structure not in ("diagonal", "block", "full"):
+            raise ValueError(f"omega must be 'diagonal', 'block' or a list of blocks of "
+                             f"parameter names, got {structure!r}")
+        kind = "diagonal" if structure == "diagonal" else "full"
+        return Omega(tuple(names), np.full(len(names), 0.1), kind)
+    blocks = [[str(p).strip().lower() for p in block] for block in structure]
+    unknown = sorted({p for b in blocks for p in b} - set(with_eta))
+    if unknown:
+        raise ValueError(f"omega blocks name {unknown}, which have no random effect (random "
+                         f"effects on: {', '.join(with_eta)})")
+    return Omega(tuple(names), np.full(len(names), 0.1),
+                 tuple(tuple(f"eta_{p}" for p in b) for b in blocks))

@@ -21,13 +21,19 @@ import tempfile
 from pathlib import Path
 
 from .._distributed import command_settings
+from ._builtin import BUILTIN_MODELS, ERROR_MODELS
+from ._covariate_terms import parse_covariate_terms
 from ._output import OUTPUT_FILES
 
 __all__ = ["add_pk_parser", "check_pk_args", "devices_checked", "parse_omega_prior"]
 
 OMEGA_PRIORS = ("halfnormal", "halfcauchy")
 DEFAULT_OMEGA_PRIOR = "halfnormal:1"  # Priors' default
-SHIPPED = {"theophylline": "theophylline.csv", "warfarin": "warfarin_pkpd.csv"}
+SHIPPED = {"theophylline": "theophylline.csv", "warfarin": "warfarin_pkpd.csv",
+           "phenobarbital": "phenobarbital.csv"}
+#: The shipped data sets' units of TIME and DV (axis labels).
+SHIPPED_UNITS = {"theophylline": ("h", "mg/L"), "warfarin": ("h", "mg/L"),
+                 "phenobarbital": ("h", "µg/L")}
 EXIT_DEGENERATE = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
 
@@ -37,20 +43,23 @@ def add_pk_parser(sub) -> None:
     pk_sub = pk.add_subparsers(dest="pk_command", required=True)
     fit = pk_sub.add_parser(
         "fit", help="fit a population PK model to a NONMEM-style table",
-        description="Fit a built-in population PK model (FO/FOCE/FOCEI/Laplace, or "
-                    "Bayesian: NUTS/SGLD) to a NONMEM-style CSV; print the estimate table "
+        description="Fit a built-in population PK model, or one defined in a Python file, "
+                    "(FO/FOCE/FOCEI/Laplace/LB, or Bayesian: NUTS/SGLD) to a NONMEM-style "
+                    "CSV; print the estimate table "
                     "and write CSVs, plots, a JSON summary (and for NUTS/SGLD the "
                     "posterior as NetCDF). DATA is a CSV path or a shipped data set name "
                     f"({', '.join(SHIPPED)}).")
     fit.add_argument("data", help="CSV file (NONMEM columns) or a shipped data set name")
-    fit.add_argument("--model", default="oral1cmt",
-                     choices=["iv1cmt", "oral1cmt", "iv2cmt", "oral2cmt"],
-                     help="structural model (default: %(default)s)")
+    fit.add_argument("--model", default="oral1cmt", metavar="NAME|FILE.py",
+                     help=f"a built-in model ({', '.join(BUILTIN_MODELS)}; default "
+                          "%(default)s) or a Python file defining `model`, a "
+                          "PopulationModel or a function of the data returning one "
+                          "(docs/nlme.md, \"Models in your own file\")")
     fit.add_argument("--method", default="focei",
-                     choices=["fo", "foce", "focei", "laplace", "nuts", "sgld"],
-                     help="estimation method: maximum likelihood (fo, foce, focei, laplace) "
-                          "or Bayesian (nuts; sgld: minibatches of subjects) "
-                          "(default: %(default)s)")
+                     choices=["fo", "foce", "focei", "laplace", "lb", "nuts", "sgld"],
+                     help="estimation method: maximum likelihood (fo, foce, focei, laplace; "
+                          "lb: Lindstrom-Bates, as R's nlme) or Bayesian (nuts; sgld: "
+                          "minibatches of subjects) (default: %(default)s)")
     fit.add_argument("--chains", type=int, default=4, help="Bayesian: chains (default 4)")
     fit.add_argument("--warmup", type=int, default=1000,
                      help="NUTS: warmup draws per chain (default 1000)")
@@ -66,9 +75,18 @@ def add_pk_parser(sub) -> None:
     fit.add_argument("--eta", default=None,
                      help="comma-separated parameters with between-subject variability "
                           "(default: ka,cl,v where the model has them)")
-    fit.add_argument("--error", default="additive",
-                     choices=["additive", "proportional", "combined", "exponential"],
-                     help="residual error model (default: %(default)s)")
+    fit.add_argument("--error", default=None, choices=list(ERROR_MODELS),
+                     help="residual error model of a built-in model (default: additive)")
+    fit.add_argument("--covariate", default=None, metavar="TERMS",
+                     help="covariate effects, comma-separated PARAMETER~COLUMN[:FORM[:REF]] "
+                          "with FORM power (default), linear, exponential or categorical, "
+                          "centred on the median (categorical: the most frequent level) "
+                          "unless REF is given, e.g. \"cl~WT:power,v~WT:power,"
+                          "cl~SEX:categorical\"; fixed effects named cl_WT, cl_SEX_2, ...")
+    fit.add_argument("--omega", default=None, metavar="diagonal|block|BLOCKS",
+                     help="between-subject covariance: diagonal (default), block (all "
+                          "random effects correlated) or blocks of parameters, e.g. "
+                          "\"cl,v;ka\" (cl and v correlated, ka alone)")
     fit.add_argument("--dvid", type=int, default=None,
                      help="use only observations of this DVID (e.g. 1 = PK in warfarin)")
     fit.add_argument("--allometric", metavar="WT", default=None,
@@ -116,6 +134,12 @@ def add_pk_parser(sub) -> None:
                      help="seconds for every process to reach the coordinator, then a clear "
                           "error (default 120)")
     fit.add_argument("--no-plots", action="store_true", help="write tables only")
+    fit.add_argument("--log", action="store_true",
+                     help="plots: DV on a log axis (VPC, individual fits)")
+    fit.add_argument("--time-unit", default=None, metavar="UNIT",
+                     help="plots: unit of TIME for the axis labels (shipped data: known)")
+    fit.add_argument("--dv-unit", default=None, metavar="UNIT",
+                     help="plots: unit of DV for the axis labels (shipped data: known)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
@@ -162,6 +186,45 @@ def parse_omega_prior(text: str) -> tuple[str, float]:
     return name, value
 
 
+def parse_omega(text: str):
+    """``--omega``: ``"diagonal"``, ``"block"`` or blocks ``"cl,v;ka"`` -> what
+    :func:`builtin_model` takes."""
+    text = text.strip()
+    if text.lower() in ("diagonal", "block", "full"):
+        return text.lower()
+    blocks = [[p.strip() for p in b.split(",") if p.strip()] for b in text.split(";")]
+    if not all(blocks) or not all(p.isidentifier() for b in blocks for p in b):
+        _fail(f"--omega must be diagonal, block or blocks of parameter names such as "
+              f"\"cl,v;ka\", got {text!r}")
+    return blocks
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """``--model`` a built-in name or a .py file; the built-in models' options only with
+    them (a file says all of it); fills the built-in defaults."""
+    builtin_only = {"--error": args.error, "--omega": args.omega, "--eta": args.eta,
+                    "--covariate": args.covariate, "--allometric": args.allometric}
+    if args.model.endswith(".py"):
+        given = [k for k, v in builtin_only.items() if v is not None]
+        if given:
+            _fail(f"{', '.join(given)}: options of the built-in models; the model file "
+                  f"{args.model!r} defines its own")
+        if not Path(args.model).is_file():
+            _fail(f"--model: no such file {args.model!r}")
+        return
+    if args.model not in BUILTIN_MODELS:
+        _fail(f"--model must be a built-in model ({', '.join(BUILTIN_MODELS)}) or a Python "
+              f"file ending in .py, got {args.model!r}")
+    args.error = args.error or "additive"
+    args.omega = args.omega or "diagonal"
+    if args.covariate is not None:
+        try:
+            parse_covariate_terms(args.covariate)
+        except ValueError as err:
+            _fail(f"--covariate: {err}")
+    parse_omega(args.omega)
+
+
 def check_pk_args(args: argparse.Namespace) -> None:
     """Check the options of ``pk fit`` that need no data, before any work (one-line errors
     naming the option)."""
@@ -175,6 +238,7 @@ def check_pk_args(args: argparse.Namespace) -> None:
         if devices != "all" and not (devices.isdigit() and int(devices) >= 1):
             _fail(f"--devices must be 'all' or a count >= 1, got {devices!r}")
     command_settings(args)  # --coordinator, --num-processes, --process-id
+    _check_model_args(args)
     if args.omega_prior is not None:
         if args.method not in ("nuts", "sgld"):
             _fail(f"--omega-prior is a prior, for --method nuts or sgld; {args.method} is "

@@ -9,15 +9,15 @@ import time
 
 import arviz as az
 import jax
-import matplotlib
 import matplotlib.pyplot as plt
 import numpyro.distributions as dist
 import pandas as pd
 
 from ._command import DEFAULT_OMEGA_PRIOR, EXIT_INTERRUPTED, devices_checked, parse_omega_prior
+from ._command_plots import write_plots
+from ._diagnostics import diagnostics
 from ._fit import fit
 from ._output import Output, sigint_deferred
-from ._plots import plot_vpc
 from ._priors import Priors
 
 __all__ = ["omega_prior", "run_bayes"]
@@ -54,7 +54,7 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
     with sigint_deferred() as sigint:
         seconds = time.perf_counter() - start
         output.save("posterior.nc", result.to_netcdf)
-        table = result.table()
+        table = result.table(ci=0.95)
         summary = result.summary()
         summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
                        error_model=args.error, data=str(args.data), omega_prior=prior_text,
@@ -84,18 +84,26 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
         state["vpc"] = table = result.vpc(dvid=args.dvid, n_sim=500)
         output.save("vpc.csv", lambda path: table.to_csv(path, index=False))
 
+    def residuals():
+        # at the posterior medians of the parameters and random effects (plug-in)
+        state["diag"] = diag = diagnostics(result, n_sim=500)
+        output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
+
     def plots():
-        matplotlib.use("Agg")
-        ax = plot_vpc(result, table=state["vpc"],
-                      title="Posterior predictive check (prediction-corrected VPC)")
-        output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
+        write_plots(output, args, result, state["vpc"], state.get("diag"),
+                    vpc_title="Posterior predictive check (prediction-corrected VPC)")
         names = [n for n in result.draws if n in result.idata.posterior]
-        axes = az.plot_trace(result.idata, var_names=names, compact=True)
+        axes = az.plot_trace(result.idata, var_names=names, compact=True,
+                             backend_kwargs={"layout": "constrained"})
+        for ax in axes.ravel():
+            ax.title.set_fontsize(9)
         output.save("trace.png", lambda path: axes.ravel()[0].figure.savefig(path, dpi=90))
         plt.close("all")
 
     state = {}
-    output.write_stages([("vpc", vpc)] + ([] if args.no_plots else [("plots", plots)]))
+    output.write_stages([("vpc", vpc)]
+                        + ([("diagnostics", residuals)] if result.eta is not None else [])
+                        + ([] if args.no_plots else [("plots", plots)]))
     late = output.commit(summary)
     output.report(args.quiet)
     return EXIT_INTERRUPTED if output.interrupted_at or late else 0

@@ -14,23 +14,33 @@ import warnings
 from pathlib import Path
 
 import equinox as eqx
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from .. import datasets
 from .._distributed import start_command
 from ._builtin import builtin_model
-from ._command import EXIT_DEGENERATE, EXIT_INTERRUPTED, SHIPPED, check_pk_args, devices_checked
+from ._command import (
+    EXIT_DEGENERATE,
+    EXIT_INTERRUPTED,
+    SHIPPED,
+    check_pk_args,
+    devices_checked,
+    parse_omega,
+)
+from ._command_plots import write_plots
 from ._data import NonmemDataError, NonmemDataWarning
 from ._diagnostics import epsilon_shrinkage
 from ._fit import fit
+from ._model_file import load_model_file
 from ._output import Output, sigint_deferred
-from ._plots import plot_gof, plot_individual, plot_vpc
 from ._read import read_nonmem
 
 __all__ = ["run_pk_fit"]
+
+#: The estimate table as printed (estimates.csv has every column, ``kind`` included).
+PRINTED_COLUMNS = ["estimate", "se", "rse_pct", "ci95_lo", "ci95_hi", "back_transformed",
+                   "sd_corr", "bsv_cv_pct", "shrinkage_pct"]
 
 
 def run_pk_fit(args: argparse.Namespace) -> int:
@@ -49,9 +59,14 @@ def run_pk_fit(args: argparse.Namespace) -> int:
             raise SystemExit(f"bayes-ude pk fit: no observations with DVID {args.dvid}")
         pop = eqx.tree_at(lambda p: p.obs_mask, pop, keep)
     try:
-        model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
-                              dvid=args.dvid,
-                              eta=None if args.eta is None else args.eta.split(","))
+        if args.model.endswith(".py"):
+            model = load_model_file(args.model, pop)
+            model.check(pop)
+        else:
+            model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
+                                  dvid=args.dvid,
+                                  eta=None if args.eta is None else args.eta.split(","),
+                                  covariates=args.covariate, omega=parse_omega(args.omega))
     except ValueError as err:
         raise SystemExit(f"bayes-ude pk fit: {err}") from None
     notes = data_notes + _predose_warning(args, pop)
@@ -60,7 +75,8 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations "
                   f"(padding efficiency {pop.padding_efficiency:.0%}), {pop.n_doses} doses; "
-                  f"model {args.model}, {args.error} error, {args.method.upper()}")
+                  f"model {args.model}{f', {args.error} error' if args.error else ''}, "
+                  f"{args.method.upper()}")
         if args.method in ("nuts", "sgld"):
             # the documented lazy load of the Bayesian layer (NumPyro, BlackJAX, ArviZ)
             from . import _command_bayes
@@ -173,8 +189,8 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
         output.save("estimates.csv", table.to_csv)
         if not args.quiet:
             with pd.option_context("display.float_format", "{:.4g}".format,
-                                   "display.width", 120):
-                print(table.drop(columns="fixed").to_string())
+                                   "display.width", 160):
+                print(table[PRINTED_COLUMNS].to_string())
             print(f"-2LL {result.minus2ll:.3f}   OFV {result.ofv:.3f}   AIC {result.aic:.3f}   "
                   f"BIC {result.bic:.3f}")
             state = ("interrupted" if result.interrupted else
@@ -203,15 +219,7 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
         output.save("vpc.csv", lambda path: table.to_csv(path, index=False))
 
     def plots():
-        matplotlib.use("Agg")
-        fig = plot_gof(state["diag"], title=f"{args.model}, {args.method.upper()}: "
-                                             "goodness of fit")
-        output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
-        ax = plot_vpc(result, table=state["vpc"])
-        output.save("vpc.png", lambda path: ax.figure.savefig(path, dpi=110))
-        fig2 = plot_individual(result)
-        output.save("individual.png", lambda path: fig2.savefig(path, dpi=110))
-        plt.close("all")
+        write_plots(output, args, result, state["vpc"], state["diag"])
 
     state = {}
     output.write_stages(

@@ -259,7 +259,10 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
             row[f"sim_q{q:g}_lo"] = float(np.quantile(sq, lo))
             row[f"sim_q{q:g}_hi"] = float(np.quantile(sq, hi))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # the (prediction-corrected) observations themselves, for the plot's points
+    table.attrs["observations"] = pd.DataFrame({"time": t, "dv": dv})
+    return table
 
 
 @filter_jit

@@ -114,7 +114,8 @@ def _chol_to_vector(omega: Omega, matrix: np.ndarray) -> np.ndarray:
     chol = np.linalg.cholesky(matrix)
     rows, cols = omega.free
     vals = chol[rows, cols]
-    return np.where(rows == cols, np.log(vals), vals)
+    diagonal = rows == cols
+    return np.where(diagonal, np.log(np.where(diagonal, vals, 1.0)), vals)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

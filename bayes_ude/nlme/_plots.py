@@ -18,36 +18,42 @@ import pandas as pd
 from .._compile import filter_jit
 from ._diagnostics import vpc
 
-__all__ = ["plot_gof", "plot_individual", "plot_vpc"]
+__all__ = ["individual_pages", "plot_gof", "plot_individual", "plot_vpc"]
+
+
+def _label(what: str, unit: str | None) -> str:
+    return f"{what} ({unit})" if unit else what
 
 
 def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = False,
-             title: str = "Prediction-corrected visual predictive check", **kwargs):
-    """Plot a VPC: observed 5/50/95 % quantiles (lines) over the simulated ones' percentile
-    intervals (bands); ``kwargs`` go to :func:`vpc` (``prediction_corrected=False`` for
-    the plain VPC, which also shows the observations as points)."""
+             title: str = "Prediction-corrected visual predictive check",
+             time_unit: str | None = None, dv_unit: str | None = None, **kwargs):
+    """Plot a VPC: the observations (points; prediction-corrected like the rest in a pcVPC),
+    their 5/50/95 % quantiles (lines) over the simulated ones' percentile intervals
+    (bands); ``log`` for a log DV axis, ``time_unit``/``dv_unit`` for the axis labels;
+    ``kwargs`` go to :func:`vpc` (``prediction_corrected=False`` for the plain VPC)."""
     table = vpc(fit, **kwargs) if table is None else table
     ax = plt.subplots(figsize=(7, 4.5))[1] if ax is None else ax
     qs = sorted({c.split("_")[1][1:] for c in table.columns if c.startswith("obs_q")},
                 key=float)
     colours = {qs[0]: "tab:blue", qs[-1]: "tab:blue"} | ({qs[1]: "tab:red"} if len(qs) > 2
                                                         else {})
+    obs = table.attrs.get("observations")
+    if obs is not None:
+        shown = obs[obs["dv"] > 0] if log else obs
+        ax.plot(shown["time"], shown["dv"], "o", ms=2.5, color="0.4", alpha=0.5, zorder=0,
+                label="observations")
     for q in qs:
         c = colours.get(q, "tab:blue")
         ax.fill_between(table["time"], table[f"sim_q{q}_lo"], table[f"sim_q{q}_hi"], color=c,
                         alpha=0.2, lw=0, label=f"simulated {float(q):.0%} quantile, interval")
         ax.plot(table["time"], table[f"obs_q{q}"], color=c, lw=1.8,
                 label=f"observed {float(q):.0%} quantile")
-    if fit is not None and not kwargs.get("prediction_corrected", True):
-        pop = fit.population
-        mask = np.asarray(pop.obs_mask)
-        ax.plot(np.asarray(pop.obs_time)[mask], np.asarray(pop.obs_dv)[mask], "o", ms=2.5,
-                color="0.4", alpha=0.5, zorder=0)
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("time")
-    ax.set_ylabel("prediction-corrected DV" if kwargs.get("prediction_corrected", True)
-                  else "DV")
+    ax.set_xlabel(_label("time", time_unit))
+    corrected = kwargs.get("prediction_corrected", True)
+    ax.set_ylabel(_label("prediction-corrected DV" if corrected else "DV", dv_unit))
     ax.set_title(title)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
@@ -55,21 +61,22 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
     return ax
 
 
-def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit"):
+def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit",
+             time_unit: str | None = None, dv_unit: str | None = None):
     """The goodness-of-fit panel: DV vs PRED and IPRED, CWRES vs TIME and PRED, |IWRES| vs
-    IPRED, and a normal QQ plot of CWRES."""
+    IPRED, and a normal QQ plot of CWRES (``time_unit``/``dv_unit`` label the axes)."""
     fig = plt.figure(figsize=(11, 7)) if fig is None else fig
     axes = fig.subplots(2, 3)
     for ax, x in zip(axes[0, :2], ("PRED", "IPRED"), strict=True):
         ax.plot(diag[x], diag["DV"], "o", ms=3, alpha=0.6)
         lim = [min(diag[x].min(), diag["DV"].min()), max(diag[x].max(), diag["DV"].max())]
         ax.plot(lim, lim, "k-", lw=1)
-        ax.set_xlabel(x)
-        ax.set_ylabel("DV")
+        ax.set_xlabel(_label(x, dv_unit))
+        ax.set_ylabel(_label("DV", dv_unit))
         ax.set_title(f"DV vs {x}")
     ax = axes[0, 2]
     ax.plot(diag["IPRED"], diag["IWRES"].abs(), "o", ms=3, alpha=0.6)
-    ax.set_xlabel("IPRED")
+    ax.set_xlabel(_label("IPRED", dv_unit))
     ax.set_ylabel("|IWRES|")
     ax.set_title("|IWRES| vs IPRED")
     for ax, x in zip(axes[1, :2], ("TIME", "PRED"), strict=True):
@@ -77,7 +84,7 @@ def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit"):
         ax.axhline(0, color="k", lw=1)
         for y in (-2, 2):
             ax.axhline(y, color="k", lw=0.6, ls="--")
-        ax.set_xlabel(x)
+        ax.set_xlabel(_label(x, time_unit if x == "TIME" else dv_unit))
         ax.set_ylabel("CWRES")
         ax.set_title(f"CWRES vs {x}")
     ax = axes[1, 2]
@@ -131,9 +138,12 @@ def _curves(model, u, population, eta):
     return pred, ipred
 
 
-def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4, log=False):
+def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4,
+                    log: bool = False, time_unit: str | None = None,
+                    dv_unit: str | None = None, title: str | None = None):
     """Observations with individual (IPRED, solid) and population (PRED, dashed)
-    predictions, one panel per subject (default: the first 12)."""
+    predictions, one panel per subject (default: the first 12; all of them, page by page:
+    :func:`individual_pages`); ``log`` for log DV axes, units for the axis labels."""
     pop = fit.population
     idx = list(range(min(12, pop.n_subjects))) if subjects is None else [
         pop.index(s) for s in subjects]
@@ -142,13 +152,13 @@ def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4, log
     eta = jnp.asarray(fit.eta.to_numpy()[idx])
     pred, ipred = (np.asarray(a) for a in _curves(fit.model, jnp.asarray(fit.u), dense, eta))
     nrows = int(np.ceil(len(idx) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 2.4 * nrows), squeeze=False,
-                             sharex=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 2.4 * nrows + 0.4),
+                             squeeze=False, sharex=False)
     for k, ax in enumerate(axes.flat):
         if k >= len(idx):
             ax.axis("off")
             continue
-        m = np.asarray(sub.obs_mask)[k]
+        m = np.asarray(sub.obs_mask)[k] & ((np.asarray(sub.obs_dv)[k] > 0) | (not log))
         ax.plot(np.asarray(sub.obs_time)[k][m], np.asarray(sub.obs_dv)[k][m], "o", ms=3,
                 color="k")
         ax.plot(np.asarray(dense.obs_time)[k], ipred[k], "-", color="tab:blue", lw=1.3)
@@ -156,6 +166,23 @@ def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4, log
         ax.set_title(f"ID {pop.ids[idx[k]]}", fontsize=9)
         if log:
             ax.set_yscale("log")
-    fig.legend(["DV", "IPRED", "PRED"], loc="lower right", fontsize=8)
-    fig.tight_layout()
+        if k // ncols == nrows - 1 or k + ncols >= len(idx):
+            ax.set_xlabel(_label("time", time_unit), fontsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel(_label("DV", dv_unit), fontsize=8)
+    fig.legend(["DV", "IPRED", "PRED"], loc="lower center", ncols=3, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # the legend below the panels
     return fig
+
+
+def individual_pages(fit, per_page: int = 12, **kwargs):
+    """:func:`plot_individual` for every subject, ``per_page`` subjects a figure (a
+    generator: each figure can be saved and closed before the next is drawn)."""
+    ids = list(fit.population.ids)
+    pages = max(1, int(np.ceil(len(ids) / per_page)))
+    for page in range(pages):
+        chunk = ids[page * per_page:(page + 1) * per_page]
+        yield plot_individual(fit, subjects=chunk, title=f"Individual fits, page {page + 1} "
+                              f"of {pages}", **kwargs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from statistics import NormalDist
 
 import jax.numpy as jnp
 import numpy as np
@@ -204,30 +205,48 @@ class FitResult(PopulationFit):
         sd = self.eta.std(ddof=1)  # NONMEM's eta-shrinkage uses the sample SD of the EBEs
         return 1.0 - sd / np.sqrt(np.diag(self.omega.to_numpy()))
 
-    def table(self) -> pd.DataFrame:
-        """The estimate table: estimate, SE, RSE %, back-transformed value, BSV CV %,
-        shrinkage % (nlmixr2 style). Log-scale typical values (names starting with ``t``
-        and not of omega/sigma) are back-transformed with ``exp``."""
-        rows = []
+    def table(self, ci: float = 0.95) -> pd.DataFrame:
+        """The estimate table (nlmixr2 style), one row per parameter: ``kind``, estimate,
+        SE, RSE %, the Wald ``ci`` interval (``ci95_lo``, ``ci95_hi``), the back-transformed
+        value and interval of log-scale typical values (``t<p>``: ``exp``), the BSV CV %
+        and shrinkage % of their random effect; omega rows are variances (``kind`` "omega
+        variance") with their SD in ``sd_corr`` (covariances: the correlation there)."""
+        if not 0 < ci < 1:
+            raise ValueError(f"ci must be in (0, 1), got {ci}")
+        z = NormalDist().inv_cdf(0.5 + ci / 2)  # 1.96 for 95 %
+        tag = f"ci{100 * ci:g}"
         omega = self.omega
+        element = _omega_elements(omega)
+        rows = []
         for name, est in self.estimates.items():
             se = self.se.get(name, np.nan)
-            row = {"parameter": name, "estimate": est, "se": se,
+            row = {"parameter": name, "kind": "fixed effect", "estimate": est, "se": se,
                    "rse_pct": 100 * se / abs(est) if est != 0 else np.nan,
-                   "back_transformed": np.nan, "bsv_cv_pct": np.nan, "shrinkage_pct": np.nan,
-                   "fixed": name in self.fixed}
-            if name in self.model.theta and name.startswith("t"):
-                row["back_transformed"] = float(np.exp(est))
-                eta = "eta_" + name[1:]
-                if eta in omega.index:
-                    var = omega.loc[eta, eta]
-                    with np.errstate(over="ignore"):  # inf for a run-away variance
-                        row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(var)))
-                    row["shrinkage_pct"] = 100 * float(self.shrinkage[eta])
-            if name.startswith("omega_") and name[6:] in omega.index:
-                with np.errstate(over="ignore"):
-                    row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(est)))
-                row["shrinkage_pct"] = 100 * float(self.shrinkage[name[6:]])
+                   f"{tag}_lo": est - z * se, f"{tag}_hi": est + z * se,
+                   "back_transformed": np.nan, f"back_{tag}_lo": np.nan,
+                   f"back_{tag}_hi": np.nan, "sd_corr": np.nan, "bsv_cv_pct": np.nan,
+                   "shrinkage_pct": np.nan, "fixed": name in self.fixed}
+            with np.errstate(over="ignore", invalid="ignore"):  # inf for run-away values
+                if name in self.model.theta and name.startswith("t"):
+                    row["kind"] = "log typical value"
+                    for key in ("", f"{tag}_lo", f"{tag}_hi"):
+                        value = est if not key else row[key]
+                        row[f"back_{key}" if key else "back_transformed"] = float(np.exp(value))
+                    eta = "eta_" + name[1:]
+                    if eta in omega.index:
+                        row["bsv_cv_pct"] = 100 * float(np.sqrt(np.expm1(omega.loc[eta, eta])))
+                        row["shrinkage_pct"] = 100 * float(self.shrinkage[eta])
+                elif name in element:
+                    a, b = element[name]
+                    if a == b:
+                        row.update(kind="omega variance", sd_corr=float(np.sqrt(est)),
+                                   bsv_cv_pct=100 * float(np.sqrt(np.expm1(est))),
+                                   shrinkage_pct=100 * float(self.shrinkage[a]))
+                    else:
+                        row.update(kind="omega covariance", sd_corr=float(
+                            est / np.sqrt(omega.loc[a, a] * omega.loc[b, b])))
+                elif name in self.sigma:
+                    row["kind"] = "residual SD"
             rows.append(row)
         return pd.DataFrame(rows).set_index("parameter")
 
@@ -295,3 +314,13 @@ def _dimensionless_sigma(model) -> set[str]:
         elif isinstance(em, Combined):
             names.add(em.prop)
     return names
+
+
+def _omega_elements(omega: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """``omega_<a>`` -> (a, a) and ``omega_<a>_<b>`` -> (a, b) (``a`` before ``b``): the
+    names of :meth:`Omega.element_names` mapped to their two random effects."""
+    names = list(omega.index)
+    out = {f"omega_{a}": (a, a) for a in names}
+    out.update({f"omega_{a}_{b}": (a, b) for i, a in enumerate(names) for b in names[i + 1:]})
+    return out
+

@@ -172,7 +172,7 @@ class _FakeDraws:
     def to_netcdf(self, path):
         Path(path).write_bytes(b"CDF\x01draws")
 
-    def table(self):
+    def table(self, ci=0.9):
         if self.sigint_in_table:
             os.kill(os.getpid(), signal.SIGINT)  # held off until the draws are saved
             time.sleep(0.1)
