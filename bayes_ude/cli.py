@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="folder for the plot and the estimate table (default: %(default)s)")
     demo.add_argument("--no-files", action="store_true", help="print only, write nothing")
     sub.add_parser("datasets", help="list the shipped data sets")
-    from .nlme._command import EXIT_INTERRUPTED, add_pk_parser, check_pk_args
+    from .nlme._command import EXIT_INTERRUPTED, check_pk_args
+    from .nlme._command_parser import add_pk_parser
 
     add_pk_parser(sub)
     args = parser.parse_args(argv)

@@ -1,9 +1,10 @@
 """Subjects of a checked NONMEM table: grouping, warnings, padding into a Population.
 
 The data layer turns a table into arrays in steps, one module each: reading
-(``_table.py``) -> record checks (``_read_checks.py``) -> subject checks, warnings and
-assembly (this module) -> :class:`~bayes_ude.nlme._data.Population` (``_data.py``).
-:func:`read_nonmem` (``_read.py``) runs the phases in order: :func:`_subjects` (its
+(``_table.py``) -> record checks (``_read_checks.py``) -> censored observations
+(``_read_censoring.py``) -> subject checks, warnings and assembly (this module) ->
+:class:`~bayes_ude.nlme._data.Population` (``_data.py``). :func:`read_nonmem`
+(``_read.py``) runs the phases in order: :func:`_subjects` (its
 problems join those of the record checks), then, once there are none, :func:`_warnings`
 and :func:`_assemble`.
 
@@ -235,6 +236,7 @@ def _empty_arrays(n_sub: int, n_o: int, n_d: int, n_r: int, n_c: int, n_cov: int
         obs_cmt=np.ones((n_sub, n_o), dtype=np.int64),
         obs_dvid=np.ones((n_sub, n_o), dtype=np.int64),
         obs_row=np.full((n_sub, n_o), -1, dtype=np.int64),
+        obs_lloq=np.full((n_sub, n_o), np.nan),
         obs_cov=np.zeros((n_sub, n_o, n_cov)),
         dose_time=np.zeros((n_sub, n_d)),
         dose_amt=np.zeros((n_sub, n_d)),
@@ -255,10 +257,13 @@ def _empty_arrays(n_sub: int, n_o: int, n_d: int, n_r: int, n_c: int, n_cov: int
 
 
 def _assemble(
-    rec: _Records, events: _Events, items: _DoseItems, subjects: _Subjects
+    rec: _Records, events: _Events, items: _DoseItems, subjects: _Subjects, lloq: np.ndarray
 ) -> Population:
-    """The :class:`Population`: every subject's records padded to the largest subject."""
+    """The :class:`Population`: every subject's records padded to the largest subject
+    (``lloq``: each record's limit where it is censored, NaN elsewhere; the ``DV`` of a
+    censored observation is its limit)."""
     time, rows, cov_filled = rec.cols["TIME"], rec.rows, subjects.cov_filled
+    dv = np.where(np.isfinite(lloq), lloq, rec.cols["DV"])
     per_subject = _subject_records(rec, events, items, subjects)
     out = _empty_arrays(
         len(per_subject),
@@ -274,7 +279,8 @@ def _assemble(
         pad_cov = cov_filled[obs[-1]] if k else cov_filled[p["cov_rows"][0]]
         out["obs_time"][s] = pad_time
         out["obs_time"][s, :k] = time[obs]
-        out["obs_dv"][s, :k] = rec.cols["DV"][obs]
+        out["obs_dv"][s, :k] = dv[obs]
+        out["obs_lloq"][s, :k] = lloq[obs]
         out["obs_mask"][s, :k] = True
         out["obs_cmt"][s, :k] = items.cmt[obs].astype(np.int64)
         out["obs_dvid"][s, :k] = items.dvid[obs].astype(np.int64)
@@ -313,5 +319,6 @@ def _assemble(
         ids=tuple(p["id"] for p in per_subject),
         covariate_names=tuple(rec.columns.cov_names),
         cmt_given="CMT" in rec.columns.upper,
+        has_censored=bool(np.isfinite(out["obs_lloq"]).any()),
         **out,
     )

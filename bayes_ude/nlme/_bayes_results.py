@@ -145,7 +145,7 @@ class BayesianFitResult(PopulationFit):
         table = self.vpc(n_sim, key, **kwargs)
         return _plots.plot_vpc(
             self, table=table, ax=ax,
-            title="Posterior predictive check (prediction-corrected VPC)")
+            title="Posterior predictive check (prediction-corrected VPC)", **kwargs)
 
     def log_predictive_density(self, population, n_draws: int = 200, key=None,
                                method: str = "laplace") -> np.ndarray:

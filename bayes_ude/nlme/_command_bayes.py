@@ -14,7 +14,7 @@ import numpyro.distributions as dist
 import pandas as pd
 
 from ._command import DEFAULT_OMEGA_PRIOR, EXIT_INTERRUPTED, devices_checked, parse_omega_prior
-from ._command_plots import write_plots
+from ._command_plots import save_vpc, vpc_tables, write_plots
 from ._diagnostics import diagnostics
 from ._fit import fit
 from ._output import Output, sigint_deferred
@@ -81,8 +81,8 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
     elif sigint:
         output.interrupted_at = "writing estimates"
     def vpc():
-        state["vpc"] = table = result.vpc(dvid=args.dvid, n_sim=500)
-        output.save("vpc.csv", lambda path: table.to_csv(path, index=False))
+        state["vpc"] = tables = vpc_tables(result, args)
+        save_vpc(output, tables)
 
     def residuals():
         # at the posterior medians of the parameters and random effects (plug-in)

@@ -28,13 +28,14 @@ from ._command import (
     devices_checked,
     parse_omega,
 )
-from ._command_plots import write_plots
+from ._command_plots import save_vpc, vpc_tables, write_plots
 from ._data import NonmemDataError, NonmemDataWarning
 from ._diagnostics import epsilon_shrinkage
 from ._fit import fit
 from ._model_file import load_model_file
 from ._output import Output, sigint_deferred
 from ._read import read_nonmem
+from ._warfarin import warfarin_pkpd_model
 
 __all__ = ["run_pk_fit"]
 
@@ -62,6 +63,8 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         if args.model.endswith(".py"):
             model = load_model_file(args.model, pop)
             model.check(pop)
+        elif args.model == "warfarin_pkpd":
+            model = warfarin_pkpd_model(pop)
         else:
             model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
                                   dvid=args.dvid,
@@ -215,8 +218,8 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
         summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
 
     def vpc():
-        state["vpc"] = table = result.vpc(dvid=args.dvid, n_sim=500)
-        output.save("vpc.csv", lambda path: table.to_csv(path, index=False))
+        state["vpc"] = tables = vpc_tables(result, args)
+        save_vpc(output, tables)
 
     def plots():
         write_plots(output, args, result, state["vpc"], state["diag"])

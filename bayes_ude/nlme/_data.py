@@ -38,9 +38,9 @@ __all__ = ["NonmemDataError", "NonmemDataWarning", "Population", "covariates_at"
 _REQUIRED = ("ID", "TIME", "DV")
 _OPTIONAL = ("AMT", "EVID", "MDV", "CMT", "RATE", "II", "ADDL", "SS", "DVID")
 _RESERVED = _REQUIRED + _OPTIONAL
-# Columns that mark observations below the limit of quantification (a non-zero flag) or
-# give that limit (``DV < LLOQ``). Censored likelihoods (Beal's M3) are not implemented,
-# so flagged observations are an error; they are never covariates.
+# Columns that mark observations below the limit of quantification (flag 1) or give that
+# limit (``DV < LLOQ``): read into ``Population.obs_lloq`` (``_read_censoring.py``), fitted
+# with Beal's M3 likelihood; they are never covariates.
 _CENSORING_FLAGS = ("BLQ", "BQL", "CENS", "CENSORED")
 _CENSORING_LIMITS = ("LLOQ", "LOQ")
 
@@ -119,9 +119,9 @@ class Population(eqx.Module):
         ``*_cov`` arrays.
     obs_time, obs_dv : (S, No) float64
         Observation times and values (``EVID 0`` and ``MDV`` not 1), in table order
-        (time non-decreasing). Padding: time = the subject's last observation time (so a
-        solver never has to go backwards; the first record's time for a subject without
-        observations), dv = 0.
+        (time non-decreasing); a censored observation's value is its limit. Padding: time
+        = the subject's last observation time (so a solver never has to go backwards; the
+        first record's time for a subject without observations), dv = 0.
     obs_mask : (S, No) bool
     obs_cmt, obs_dvid : (S, No) int64
         Compartment (``CMT``, default 1) and observation type (``DVID``, default 1);
@@ -129,6 +129,9 @@ class Population(eqx.Module):
     obs_row : (S, No) int64
         The observation's 1-based data row in the table (-1 for padding), for
         diagnostics.
+    obs_lloq : (S, No) float64
+        NaN for a measured observation (and padding); for one below the limit of
+        quantification, the limit: all that is known is ``DV < obs_lloq`` (Beal's M3).
     obs_cov : (S, No, C) float64
         Covariates at each observation record (last observation carried forward).
     dose_time, dose_amt, dose_rate, dose_ii : (S, Nd) float64
@@ -164,6 +167,9 @@ class Population(eqx.Module):
         Covariate values from each change point on (padding repeats the last).
     cov_mask : (S, Nc) bool
         Use :func:`covariates_at` for the value at any time ``t``.
+    has_censored : bool
+        Whether any ``obs_lloq`` is a limit (static: the likelihoods compile the M3 terms
+        only then; kept by :meth:`take`, so minibatches share one program).
     cmt_given : bool
         Whether the table had a ``CMT`` column (static). Without one every record has
         ``CMT`` 1, which the structural models read as "the model's own dosing and
@@ -178,6 +184,7 @@ class Population(eqx.Module):
     obs_cmt: ArrayLike
     obs_dvid: ArrayLike
     obs_row: ArrayLike
+    obs_lloq: ArrayLike
     obs_cov: ArrayLike
     dose_time: ArrayLike
     dose_amt: ArrayLike
@@ -194,6 +201,7 @@ class Population(eqx.Module):
     cov_time: ArrayLike
     cov_value: ArrayLike
     cov_mask: ArrayLike
+    has_censored: bool = eqx.field(static=True, default=False)
     cmt_given: bool = eqx.field(static=True, default=False)
 
     # ---- convenience (outside jit: these read concrete arrays) -------------------------
@@ -243,7 +251,7 @@ class Population(eqx.Module):
         ids = tuple(self.ids[int(i)] for i in idx)
         leaves = {name: np.asarray(getattr(self, name))[idx] for name in _ARRAY_FIELDS}
         return Population(ids=ids, covariate_names=self.covariate_names,
-                          cmt_given=self.cmt_given, **leaves)
+                          cmt_given=self.cmt_given, has_censored=self.has_censored, **leaves)
 
     def subject(self, i: int) -> Population:
         """A one-subject population: the subject at position ``i`` (0-based)."""
@@ -263,7 +271,8 @@ class Population(eqx.Module):
         -------
         pandas.DataFrame
             Columns ``ID, TIME, DV, CMT, DVID, ROW`` (``ROW``: 1-based data row in the
-            input table) and then the covariates at the observation; subjects in order,
+            input table), with censored observations ``BLQ`` (1: below ``LLOQ``) and
+            ``LLOQ``, then the covariates at the observation; subjects in order,
             observations in table order.
         """
         mask = np.asarray(self.obs_mask, dtype=bool)
@@ -279,6 +288,9 @@ class Population(eqx.Module):
                 "ROW": np.asarray(self.obs_row)[mask],
             }
         )
+        if self.has_censored:
+            lloq = np.asarray(self.obs_lloq)[mask]
+            frame["BLQ"], frame["LLOQ"] = np.isfinite(lloq).astype(np.int64), lloq
         cov = np.asarray(self.obs_cov)[mask]
         for c, name in enumerate(self.covariate_names):
             frame[name] = cov[:, c]
@@ -302,7 +314,7 @@ class Population(eqx.Module):
 _ARRAY_FIELDS = tuple(
     name
     for name in Population.__dataclass_fields__
-    if name not in ("ids", "covariate_names", "cmt_given")
+    if name not in ("ids", "covariate_names", "cmt_given", "has_censored")
 )
 
 

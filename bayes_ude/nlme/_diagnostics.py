@@ -14,6 +14,14 @@ Definitions (per subject, on the error model's scale — log for the exponential
   Phi^-1(pde)``. Under the model, NPDE are N(0, 1).
 * eta-shrinkage ``1 - SD(eta_hat) / omega^(1/2)``; epsilon-shrinkage ``1 - SD(IWRES)``.
 
+Observations below the limit of quantification (``CENS`` 1; Beal's M3) are not residuals:
+their ``DV`` is the limit, not a measurement. They are left out of the decorrelation of
+WRES, CWRES and NPDE (each computed over the subject's measured observations only), and
+their RES, IRES, IWRES, WRES, CWRES and NPDE are NaN (PRED and IPRED are kept). The NPDE
+of measured observations are then compared with unconditional replicates, so near the
+limit they lean upwards (the measured values are those that exceeded it); Nguyen et al.
+(2012) impute the censored ones instead.
+
 Everything is computed for all subjects at once, in blocks and over the fit's devices
 (:func:`bayes_ude._batching.batch_map`); NPDE's replicates are simulated subject by subject
 (a key each), so their memory is a block's, not subjects x replicates.
@@ -29,6 +37,7 @@ from jax.scipy.special import ndtri
 
 from .._batching import batch_map, resolve_devices
 from .._compile import filter_jit
+from ._likelihood import censored
 
 __all__ = ["diagnostics", "simulate", "vpc", "individual_parameters"]
 
@@ -49,7 +58,7 @@ def _residuals(model, u, population, eta, devices):
             f = model.predict(theta, e, subject)
             return model.residual(f, sigma, subject)
 
-        mask = subject.obs_mask
+        mask = subject.obs_mask & ~censored(subject)  # measured observations only
         zero = jnp.zeros_like(eta_hat)
         f0 = model.predict(theta, zero, subject)
         fi = model.predict(theta, eta_hat, subject)
@@ -121,7 +130,7 @@ def _npde(model, u, population, key, n, devices):
         theta, omega, sigma = model.unpack(u)
         ys = jax.vmap(lambda kk: _sample_y(model, theta, omega, sigma, subject, kk))(
             jax.random.split(k, n))
-        mask = subject.obs_mask
+        mask = subject.obs_mask & ~censored(subject)  # measured observations only
         tr = _transform(model, subject)
         obs = tr(subject.obs_dv)
         sim = jax.vmap(tr)(ys)
@@ -153,9 +162,11 @@ def _transform(model, subject):
 
 def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None,
                 devices=None) -> pd.DataFrame:
-    """One row per observation: ``ID, TIME, DV, DVID, CMT, ROW, PRED, IPRED, RES, IRES,
-    IWRES, WRES, CWRES, NPDE`` (``n_sim`` replicates for NPDE; 0 skips it). Subjects in
-    blocks and over ``devices`` (default: the fit's, see :func:`bayes_ude.nlme.fit`)."""
+    """One row per observation: ``ID, TIME, DV, DVID, CMT, ROW, CENS, PRED, IPRED, RES,
+    IRES, IWRES, WRES, CWRES, NPDE`` (``n_sim`` replicates for NPDE; 0 skips it). ``CENS``
+    1: below the limit of quantification (``DV`` is the limit; residuals NaN, see the
+    module docstring). Subjects in blocks and over ``devices`` (default: the fit's, see
+    :func:`bayes_ude.nlme.fit`)."""
     model, pop = fit.model, fit.population
     devices = tuple(resolve_devices(getattr(fit, "devices", None) if devices is None
                                     else devices))
@@ -173,6 +184,7 @@ def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None,
         "DVID": np.asarray(pop.obs_dvid)[mask],
         "CMT": np.asarray(pop.obs_cmt)[mask],
         "ROW": np.asarray(pop.obs_row)[mask],
+        "CENS": np.isfinite(np.asarray(pop.obs_lloq))[mask].astype(np.int64),
         "PRED": pred[mask],
         "IPRED": ipred[mask],
         "RES": dv - pred[mask],
@@ -184,6 +196,8 @@ def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None,
     if n_sim:
         key = jax.random.key(0) if key is None else key
         out["NPDE"] = np.asarray(_npde(model, u, pop, key, n_sim, devices))[mask]
+    residuals = [c for c in ("RES", "IRES", "IWRES", "WRES", "CWRES", "NPDE") if c in out]
+    out.loc[out["CENS"] == 1, residuals] = np.nan
     return out
 
 
@@ -220,30 +234,12 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
     so that differences in dose and covariates within a bin do not widen the bands
     (observations with ``PRED <= 0``, e.g. pre-dose samples, are left as they are).
     """
-    pop = fit.population
-    mask = np.asarray(pop.obs_mask)
-    if dvid is not None:
-        mask = mask & (np.asarray(pop.obs_dvid) == dvid)
-    if not mask.any():
-        raise ValueError(f"no observations{'' if dvid is None else f' with DVID {dvid}'}")
+    mask = _vpc_mask(fit.population, dvid)
     if sims is None:
         sims = simulate(fit, n_sim, key)
-    t = np.asarray(pop.obs_time)[mask]
-    dv = np.asarray(pop.obs_dv)[mask]
-    sim = sims[:, mask]
-    edges = (np.unique(np.quantile(t, np.linspace(0, 1, bins + 1))) if np.isscalar(bins)
-             else np.asarray(bins, float))
-    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
-    if prediction_corrected:
-        theta = fit.model.unpack(jnp.asarray(fit.u))[0]
-        pred = np.asarray(_population_pred(fit.model, theta, pop))[mask]
-        factor = np.ones_like(pred)
-        for b in range(len(edges) - 1):
-            sel = (which == b) & (pred > 0)
-            if sel.any():
-                factor[sel] = np.median(pred[sel]) / pred[sel]
-        dv = dv * factor
-        sim = sim * factor[None, :]
+    t, dv, which, factor = vpc_observations(fit, bins, dvid, prediction_corrected)
+    sim = sims[:, mask] * factor[None, :]
+    edges = _edges(t, bins)
     lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
     rows = []
     for b in range(len(edges) - 1):
@@ -259,10 +255,43 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
             row[f"sim_q{q:g}_lo"] = float(np.quantile(sq, lo))
             row[f"sim_q{q:g}_hi"] = float(np.quantile(sq, hi))
         rows.append(row)
-    table = pd.DataFrame(rows)
-    # the (prediction-corrected) observations themselves, for the plot's points
-    table.attrs["observations"] = pd.DataFrame({"time": t, "dv": dv})
-    return table
+    return pd.DataFrame(rows)
+
+
+def _vpc_mask(pop, dvid):
+    mask = np.asarray(pop.obs_mask)
+    if dvid is not None:
+        mask = mask & (np.asarray(pop.obs_dvid) == dvid)
+    if not mask.any():
+        raise ValueError(f"no observations{'' if dvid is None else f' with DVID {dvid}'}")
+    return mask
+
+
+def _edges(t, bins):
+    return (np.unique(np.quantile(t, np.linspace(0, 1, bins + 1))) if np.isscalar(bins)
+            else np.asarray(bins, float))
+
+
+def vpc_observations(fit, bins: int | np.ndarray = 8, dvid: int | None = None,
+                     prediction_corrected: bool = True):
+    """The observations of a VPC as :func:`vpc` bins and corrects them: times, DVs
+    (prediction-corrected: times ``median(PRED in bin) / PRED``), bin indices and the
+    correction factors (1 without correction), one entry per observation (of ``dvid``)."""
+    pop = fit.population
+    mask = _vpc_mask(pop, dvid)
+    t = np.asarray(pop.obs_time)[mask]
+    dv = np.asarray(pop.obs_dv)[mask]
+    edges = _edges(t, bins)
+    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    factor = np.ones_like(dv)
+    if prediction_corrected:
+        theta = fit.model.unpack(jnp.asarray(fit.u))[0]
+        pred = np.asarray(_population_pred(fit.model, theta, pop))[mask]
+        for b in range(len(edges) - 1):
+            sel = (which == b) & (pred > 0)
+            if sel.any():
+                factor[sel] = np.median(pred[sel]) / pred[sel]
+    return t, dv * factor, which, factor
 
 
 @filter_jit

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import _sigint
 from .._batching import resolve_devices
-from ._likelihood import LOG_2PI, check_method
+from ._likelihood import LOG_2PI, check_censoring, check_method
 from ._model import PopulationModel
 from ._optimise import (
     Problem,
@@ -33,7 +33,7 @@ from ._optimise import (
 )
 from ._results import FitResult
 
-__all__ = ["fit_ml"]
+__all__ = ["fit_ml", "setup_problem"]
 
 
 def fit_ml(
@@ -53,29 +53,14 @@ def fit_ml(
     """Maximum-likelihood fit of a population model; the options and the result are those of
     :func:`bayes_ude.nlme.fit`, which documents them (and dispatches here)."""
     check_method(method)
+    check_censoring(method, population)  # FO, FOCE, LB: no M3 (before any compilation)
     if method == "lb" and model.l2:
         raise ValueError("method='lb' does not support l2 penalties; use 'focei' or 'foce'")
-    model.check(population)
-    model = model.specialised(population)
     start = time.perf_counter()
-    u0 = model.initial_vector()
-    if init:
-        u0 = model.natural_to_vector(dict(init), u0)
-    names = model.parameter_names()
-    if isinstance(fixed, Mapping):
-        u0 = model.natural_to_vector(dict(fixed), u0)
-        fixed_names = tuple(fixed)
-    else:
-        fixed_names = tuple(fixed)
-        unknown = [n for n in fixed_names if n not in names]
-        if unknown:
-            raise ValueError(f"unknown parameters to fix {unknown}; parameters are {names}")
-    free = np.array([i for i, n in enumerate(names) if n not in fixed_names], int)
-    # device_put, not jnp.asarray: no eager (compiled) conversions at start-up
-    problem = Problem(model, method, tuple(int(i) for i in free),
-                       jax.device_put(np.asarray(u0, float)), population,
-                       tuple(resolve_devices(devices)))
-    x = jax.device_put(np.asarray(u0[free], float))
+    problem, names, fixed_names = setup_problem(model, population, method, fixed=fixed,
+                                                init=init, devices=devices)
+    model, free = problem.model, np.asarray(problem.free, int)
+    x = jax.device_put(np.asarray(problem.u_fixed)[free])
     eta = jax.device_put(np.zeros((population.n_subjects, model.n_eta)))
     if method == "lb":
         bar = tqdm(total=max_iter, desc="LB", disable=not progress, leave=False)
@@ -121,6 +106,34 @@ def fit_ml(
     return _finish(method, problem, state, names=names, free=free, fixed_names=fixed_names,
                    iterations=iterations, converged=False, interrupted=interrupted,
                    covariance=covariance, start=start, history=history, tol=tol)
+
+
+def setup_problem(model: PopulationModel, population, method: str, *,
+                  fixed: Sequence[str] | Mapping[str, float] = (),
+                  init: Mapping[str, float] | None = None, u0=None, devices=None):
+    """The unconstrained problem of a fit: ``(problem, names, fixed_names)``, the data
+    checked and the model specialised to them. Start: the model's initial values, or
+    ``u0`` (a full unconstrained vector), with ``init`` and a ``fixed`` mapping set over
+    it; ``fixed`` names (or a mapping name -> value) are held there."""
+    model.check(population)
+    model = model.specialised(population)
+    u0 = model.initial_vector() if u0 is None else np.array(u0, float)
+    if init:
+        u0 = model.natural_to_vector(dict(init), u0)
+    names = model.parameter_names()
+    if isinstance(fixed, Mapping):
+        u0 = model.natural_to_vector(dict(fixed), u0)
+        fixed_names = tuple(fixed)
+    else:
+        fixed_names = tuple(fixed)
+        unknown = [n for n in fixed_names if n not in names]
+        if unknown:
+            raise ValueError(f"unknown parameters to fix {unknown}; parameters are {names}")
+    free = tuple(i for i, n in enumerate(names) if n not in fixed_names)
+    # device_put, not jnp.asarray: no eager (compiled) conversions at start-up
+    problem = Problem(model, method, free, jax.device_put(np.asarray(u0, float)), population,
+                      tuple(resolve_devices(devices)))
+    return problem, names, fixed_names
 
 
 def _finish(method: str, problem: Problem, state, *, names, free, fixed_names, iterations,

@@ -19,6 +19,23 @@ Each adds ``n_obs log(2 pi)`` for −2LL; NONMEM's objective function value (OFV
 constant out. For a homoscedastic (additive) error FOCE and FOCEI coincide, and both equal
 the Lindstrom–Bates approximation that R's ``nlme`` maximises.
 
+**Below the limit of quantification** (Beal's M3; ``Population.obs_lloq``, compiled in only
+when ``Population.has_censored``): an observation known only to lie below its limit ``L``
+contributes ``P(y < L) = Phi((L - f) / sqrt(R))`` on the error model's scale (``log L``
+for the exponential model), so its term in ``l`` is ``-2 log Phi(z) - log(2 pi)``: the
+``-log(2 pi)`` makes "−2LL = OFV + n_obs log(2 pi)" hold with ``n_obs`` counting every
+observation, censored or not (NONMEM's M3 OFV is larger by ``log(2 pi)`` per censored
+observation). The EBE minimises ``l`` with these terms. **Laplace** takes the exact
+Hessian of all of ``l`` (as NONMEM, which asks for ``LAPLACIAN`` with M3). **FOCEI** keeps
+its Gauss–Newton information ``G' R^-1 G`` for the measured observations and adds the
+exact Hessian of the censored terms (``½ d²/deta²`` of their sum): their curvature is not
+the Gaussian's, and the part a Gauss–Newton form would drop, ``-lambda(z) d²z/deta²``
+with ``lambda`` the inverse Mills ratio, does not average out. This costs second
+derivatives of the model, for censored data only. **FO** and **FOCE** (and
+Lindstrom–Bates) linearise ``y`` as a Gaussian vector, which a censored value is not:
+they raise a ``ValueError`` for censored data. A subject without censored observations
+gets the same terms as without censoring.
+
 Inner step: ``eta_hat`` for all subjects at once (``vmap``) by Newton's method with an
 eigenvalue-safeguarded Hessian and backtracking line search, warm-started from the previous
 outer iterations' estimates. Its dependence on the population parameters is differentiated
@@ -37,12 +54,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import log_ndtr
 
 from .._batching import batch_map, resolve_devices
 from .._compile import filter_jit
 from ._model import PopulationModel
 
-__all__ = ["METHODS", "objective", "subject_log_density"]
+__all__ = ["METHODS", "check_censoring", "objective", "subject_log_density"]
 
 #: The marginal approximations of :func:`bayes_ude.nlme.fit` (``"lb"``: Lindstrom–Bates,
 #: R's ``nlme``, whose likelihood is FOCE's).
@@ -110,6 +128,44 @@ def _masked(mask, y, f, r):
     return jnp.where(mask, y - f, 0.0), jnp.where(mask, r, 1.0)
 
 
+def censored(subject):
+    """Which of a subject's observations are below their limit (traceable)."""
+    return subject.obs_mask & jnp.isfinite(subject.obs_lloq)
+
+
+def at_limits(subject):
+    """The subject with each censored observation's DV set to its limit, so that
+    ``model.residual`` gives the limit on the error model's scale as ``y``."""
+    if not subject.has_censored:
+        return subject
+    dv = jnp.where(censored(subject), subject.obs_lloq, subject.obs_dv)
+    return eqx.tree_at(lambda s: s.obs_dv, subject, dv)
+
+
+def data_terms(y, f, r, mask, cens=None):
+    """Per observation, −2 log density without ``log(2 pi)``: ``log R + (y - f)^2 / R``;
+    where ``cens``, ``-2 log Phi((y - f) / sqrt(R)) - log(2 pi)`` (``y``: the limit)."""
+    res, r = _masked(mask, y, f, r)
+    terms = jnp.log(r) + res**2 / r
+    if cens is not None:
+        # the unused branch at z = 0: finite, so its zero cotangent stays zero
+        m3 = -2.0 * log_ndtr(jnp.where(cens, res / jnp.sqrt(r), 0.0)) - LOG_2PI
+        terms = jnp.where(cens, m3, terms)
+    return jnp.where(mask, terms, 0.0)
+
+
+_NO_M3 = ("method {!r} linearises the observations as a Gaussian vector, which values "
+          "below the limit of quantification are not: fit censored data (Beal's M3) with "
+          "method='laplace' (NONMEM's LAPLACIAN) or 'focei', or fit the flagged values as "
+          "measured with read_nonmem(..., drop=[the censoring column])")
+
+
+def check_censoring(method, population):
+    """Raise the error of FO, FOCE and Lindstrom–Bates (``"lb"``) for censored data."""
+    if method in ("fo", "foce", "lb") and getattr(population, "has_censored", False):
+        raise ValueError(_NO_M3.format(method))
+
+
 def chol_logdet(a):
     chol = jnp.linalg.cholesky(a)
     return chol, 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
@@ -125,20 +181,31 @@ class SubjectLikelihood(eqx.Module):
     sigma: dict
     subject: object
 
+    def __check_init__(self):
+        check_censoring(self.method, self.subject)  # at tracing, before any compilation
+
+    @property
+    def cens(self):
+        """The censored observations, or None without censoring (static)."""
+        return censored(self.subject) if self.subject.has_censored else None
+
     def terms(self, eta):
         f = self.model.predict(self.theta, eta, self.subject)
-        return self.model.residual(f, self.sigma, self.subject)
+        return self.model.residual(f, self.sigma, at_limits(self.subject))
 
     def conditional(self, eta, r_fixed=None):
         """−2 log p(y, eta) without constants (``r_fixed``: variances at eta = 0 for FOCE)."""
         y, f, r = self.terms(eta)
         if r_fixed is not None:
             r = r_fixed
-        res, r = _masked(self.subject.obs_mask, y, f, r)
         chol = jnp.linalg.cholesky(self.omega)
         z = jax.scipy.linalg.solve_triangular(chol, eta, lower=True)
-        data = jnp.where(self.subject.obs_mask, jnp.log(r) + res**2 / r, 0.0)
-        return jnp.sum(data) + z @ z
+        return jnp.sum(data_terms(y, f, r, self.subject.obs_mask, self.cens)) + z @ z
+
+    def censored_terms(self, eta):
+        """The censored observations' part of :meth:`conditional`."""
+        y, f, r = self.terms(eta)
+        return jnp.sum(data_terms(y, f, r, self.cens, self.cens))
 
     def r_population(self):
         return self.terms(jnp.zeros(self.model.n_eta))[2]
@@ -188,11 +255,15 @@ class SubjectLikelihood(eqx.Module):
         base = self.conditional(eta) + logdet_omega
         if self.method == "focei":
             mask = self.subject.obs_mask
+            if self.cens is not None:
+                mask = mask & ~self.cens  # Gauss-Newton for the measured ones only
             _, _, r = self.terms(eta)
             jac = jax.jacfwd(lambda e: self.terms(e)[1])(eta)
             jac = jnp.where(mask[:, None], jac, 0.0)
             r = jnp.where(mask, r, 1.0)
             info = jac.T @ (jac / r[:, None]) + jnp.linalg.inv(self.omega)
+            if self.cens is not None:
+                info = info + 0.5 * jax.hessian(self.censored_terms)(eta)
         else:  # laplace
             info = 0.5 * jax.hessian(self.conditional)(eta)
         _, logdet_info = chol_logdet(0.5 * (info + info.T))
@@ -218,6 +289,7 @@ def objective(model: PopulationModel, population, method: str = "focei", u=None,
     """OFV (−2LL without the ``n_obs log 2 pi`` constant) at ``u`` (default: initial values);
     ``devices`` as in :func:`fit`."""
     check_method(method)
+    check_censoring(method, population)
     if method == "lb":
         method = "foce"  # the likelihood Lindstrom-Bates reports
     u = jnp.asarray(model.initial_vector() if u is None else u, float)
@@ -249,6 +321,7 @@ def subject_log_densities(model, method, us, population):
 def subject_log_density(model: PopulationModel, u, population, method: str = "laplace"):
     """Per-subject ``log p(y_i | u)`` with the random effects integrated out (Laplace)."""
     model.check(population)
+    check_censoring(method, population)
     model = model.specialised(population)
     return np.asarray(subject_log_densities(model, method, jnp.asarray(u)[None],
                                             population))[0]

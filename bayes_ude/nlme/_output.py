@@ -27,7 +27,8 @@ __all__ = ["OUTPUT_FILES", "Output", "sigint_deferred", "write_atomically"]
 #: existing ``--out`` folder is replaced as a whole, so it may hold nothing else.
 OUTPUT_FILES = frozenset({
     "summary.json", "estimates.csv", "diagnostics.csv", "ebe.csv", "vpc.csv", "gof.png",
-    "vpc.png", "individual.png", "individual.pdf", "posterior.nc", "eta_posterior_median.csv", "trace.png",
+    "vpc.png", "individual.png", "individual.pdf", "posterior.nc", "eta_posterior_median.csv",
+    "trace.png",
     "lynx_hare_fit.png", "lynx_hare_map.csv"})
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._compile import filter_jit
-from ._diagnostics import vpc
+from ._diagnostics import vpc, vpc_observations
 
 __all__ = ["individual_pages", "plot_gof", "plot_individual", "plot_vpc"]
 
@@ -38,10 +38,12 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
                 key=float)
     colours = {qs[0]: "tab:blue", qs[-1]: "tab:blue"} | ({qs[1]: "tab:red"} if len(qs) > 2
                                                         else {})
-    obs = table.attrs.get("observations")
-    if obs is not None:
-        shown = obs[obs["dv"] > 0] if log else obs
-        ax.plot(shown["time"], shown["dv"], "o", ms=2.5, color="0.4", alpha=0.5, zorder=0,
+    corrected = kwargs.get("prediction_corrected", True)
+    if fit is not None:
+        edges = np.r_[table["t_lo"].to_numpy(), table["t_hi"].to_numpy()[-1:]]
+        t, dv, _, _ = vpc_observations(fit, edges, kwargs.get("dvid"), corrected)
+        shown = dv > 0 if log else np.ones_like(dv, bool)
+        ax.plot(t[shown], dv[shown], "o", ms=2.5, color="0.4", alpha=0.5, zorder=0,
                 label="observations")
     for q in qs:
         c = colours.get(q, "tab:blue")
@@ -52,7 +54,6 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(_label("time", time_unit))
-    corrected = kwargs.get("prediction_corrected", True)
     ax.set_ylabel(_label("prediction-corrected DV" if corrected else "DV", dv_unit))
     ax.set_title(title)
     handles, labels = ax.get_legend_handles_labels()
@@ -65,7 +66,7 @@ def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit",
              time_unit: str | None = None, dv_unit: str | None = None):
     """The goodness-of-fit panel: DV vs PRED and IPRED, CWRES vs TIME and PRED, |IWRES| vs
     IPRED, and a normal QQ plot of CWRES (``time_unit``/``dv_unit`` label the axes)."""
-    fig = plt.figure(figsize=(11, 7)) if fig is None else fig
+    fig = plt.figure(figsize=(11, 7), layout="constrained") if fig is None else fig
     axes = fig.subplots(2, 3)
     for ax, x in zip(axes[0, :2], ("PRED", "IPRED"), strict=True):
         ax.plot(diag[x], diag["DV"], "o", ms=3, alpha=0.6)
@@ -88,13 +89,13 @@ def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit",
         ax.set_ylabel("CWRES")
         ax.set_title(f"CWRES vs {x}")
     ax = axes[1, 2]
-    ax.plot(_normal_quantiles(len(diag)), np.sort(diag["CWRES"]), "o", ms=3, alpha=0.6)
+    cwres = np.sort(diag["CWRES"].dropna())  # censored observations have none
+    ax.plot(_normal_quantiles(len(cwres)), cwres, "o", ms=3, alpha=0.6)
     ax.plot([-3, 3], [-3, 3], "k-", lw=1)
     ax.set_xlabel("normal quantiles")
     ax.set_ylabel("CWRES quantiles")
     ax.set_title("CWRES normal QQ")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -108,10 +109,15 @@ def _normal_quantiles(n: int) -> np.ndarray:
     return np.array([NormalDist().inv_cdf(x) for x in m])
 
 
-def _dense_design(population, n_points: int):
-    """The same subjects with observations on a dense time grid (for smooth curves)."""
+def _dense_design(population, n_points: int, dvid: int | None = None):
+    """The same subjects with observations on a dense time grid (for smooth curves), of
+    observation type ``dvid`` (default: each subject's first observation's)."""
     t = np.asarray(population.obs_time)
     mask = np.asarray(population.obs_mask)
+    first = np.zeros(t.shape[0], int)
+    if dvid is not None:
+        of_type = mask & (np.asarray(population.obs_dvid) == dvid)
+        first = np.where(of_type.any(axis=1), of_type.argmax(axis=1), 0)
     t_end = np.where(mask, t, -np.inf).max(axis=1)
     t_end = np.where(np.isfinite(t_end), t_end, 1.0)
     t_start = np.minimum(np.asarray(population.dose_time).min(axis=1), t.min(axis=1))
@@ -119,15 +125,22 @@ def _dense_design(population, n_points: int):
     s = grid.shape[0]
     return eqx.tree_at(
         lambda p: (p.obs_time, p.obs_dv, p.obs_mask, p.obs_cmt, p.obs_dvid, p.obs_row,
-                   p.obs_cov),
+                   p.obs_lloq, p.obs_cov),
         population,
         (grid, np.zeros_like(grid), np.ones_like(grid, bool),
-         np.broadcast_to(np.asarray(population.obs_cmt)[:, :1], grid.shape).copy(),
-         np.broadcast_to(np.asarray(population.obs_dvid)[:, :1], grid.shape).copy(),
-         -np.ones(grid.shape, int),
+         np.broadcast_to(_pick(population.obs_cmt, first), grid.shape).copy(),
+         (np.broadcast_to(_pick(population.obs_dvid, first), grid.shape).copy()
+          if dvid is None else np.full(grid.shape, dvid)),
+         -np.ones(grid.shape, int), np.full(grid.shape, np.nan),
          np.repeat(np.asarray(population.cov_baseline)[:, None, :], n_points, axis=1)
          if np.asarray(population.obs_cov).ndim == 3 else population.obs_cov),
     ), s
+
+
+def _pick(values, index: np.ndarray) -> np.ndarray:
+    """Each subject's ``values[index]``, as a column."""
+    values = np.asarray(values)
+    return values[np.arange(values.shape[0]), index][:, None]
 
 
 @filter_jit
@@ -140,15 +153,17 @@ def _curves(model, u, population, eta):
 
 def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4,
                     log: bool = False, time_unit: str | None = None,
-                    dv_unit: str | None = None, title: str | None = None):
+                    dv_unit: str | None = None, title: str | None = None,
+                    dvid: int | None = None):
     """Observations with individual (IPRED, solid) and population (PRED, dashed)
     predictions, one panel per subject (default: the first 12; all of them, page by page:
-    :func:`individual_pages`); ``log`` for log DV axes, units for the axis labels."""
+    :func:`individual_pages`); ``log`` for log DV axes, units for the axis labels; ``dvid``
+    one observation type (of a model with several)."""
     pop = fit.population
     idx = list(range(min(12, pop.n_subjects))) if subjects is None else [
         pop.index(s) for s in subjects]
     sub = pop.take(idx)
-    dense, _ = _dense_design(sub, n_points)
+    dense, _ = _dense_design(sub, n_points, dvid)
     eta = jnp.asarray(fit.eta.to_numpy()[idx])
     pred, ipred = (np.asarray(a) for a in _curves(fit.model, jnp.asarray(fit.u), dense, eta))
     nrows = int(np.ceil(len(idx) / ncols))
@@ -159,6 +174,8 @@ def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4,
             ax.axis("off")
             continue
         m = np.asarray(sub.obs_mask)[k] & ((np.asarray(sub.obs_dv)[k] > 0) | (not log))
+        if dvid is not None:
+            m = m & (np.asarray(sub.obs_dvid)[k] == dvid)
         ax.plot(np.asarray(sub.obs_time)[k][m], np.asarray(sub.obs_dv)[k][m], "o", ms=3,
                 color="k")
         ax.plot(np.asarray(dense.obs_time)[k], ipred[k], "-", color="tab:blue", lw=1.3)
@@ -184,5 +201,6 @@ def individual_pages(fit, per_page: int = 12, **kwargs):
     pages = max(1, int(np.ceil(len(ids) / per_page)))
     for page in range(pages):
         chunk = ids[page * per_page:(page + 1) * per_page]
-        yield plot_individual(fit, subjects=chunk, title=f"Individual fits, page {page + 1} "
-                              f"of {pages}", **kwargs)
+        what = "" if kwargs.get("dvid") is None else f" (DVID {kwargs['dvid']})"
+        yield plot_individual(fit, subjects=chunk, title=f"Individual fits{what}, page "
+                              f"{page + 1} of {pages}", **kwargs)

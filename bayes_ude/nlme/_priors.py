@@ -26,10 +26,11 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import init_to_uniform
 
 from .._batching import batch_map, resolve_devices
+from ._likelihood import LOG_2PI, at_limits, censored, data_terms
 from ._model import PopulationModel
 from ._results import FitResult
 
-__all__ = ["Priors", "numpyro_model"]
+__all__ = ["CensoredNormal", "Priors", "numpyro_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,9 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     ``eta_z`` (subject x random effect, standard normal) with
     ``eta = z L'`` and the individual parameters ``<name>_i`` as deterministic sites;
     ``y``, the observations on the error models' scale (``log DV`` for the exponential
-    model; padding masked), one event per subject.
+    model; padding masked), one event per subject; an observation below its limit of
+    quantification (``Population.obs_lloq``) has the limit as its value and ``P(y <
+    limit)`` as its likelihood (Beal's M3, :class:`CensoredNormal`).
 
     ``devices`` (as in :func:`bayes_ude.nlme.fit`; default one device on a CPU, every
     local GPU): the subjects' predictions, the costly part of the log density and its
@@ -149,7 +152,7 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
         theta, sigma = shared
         ind = model.individual_parameters(theta, eta_i, s)
         scalars = {k: v for k, v in ind.items() if jnp.shape(v) == ()}
-        return scalars, model.residual(model.predict(theta, eta_i, s), sigma, s)
+        return scalars, model.residual(model.predict(theta, eta_i, s), sigma, at_limits(s))
 
     def fn():
         theta = {k: numpyro.sample(k, priors.theta_dist(model, k)) for k in model.theta}
@@ -178,10 +181,27 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
         y = jnp.where(mask, y, 0.0)
         f_t = jnp.where(mask, f_t, 0.0)
         sd = jnp.sqrt(jnp.where(mask, r, 1.0))
+        y_dist = (CensoredNormal(f_t, sd, censored(population)) if population.has_censored
+                  else dist.Normal(f_t, sd))
         with numpyro.plate("subject", n_subjects):
-            numpyro.sample("y", dist.Normal(f_t, sd).mask(mask).to_event(1), obs=y)
+            numpyro.sample("y", y_dist.mask(mask).to_event(1), obs=y)
 
     return fn
+
+
+class CensoredNormal(dist.Normal):
+    """``Normal(loc, scale)`` whose values where ``censored`` are upper limits: their log
+    density is ``log Phi((value - loc) / scale)`` (Beal's M3, as in the likelihood layer's
+    ``data_terms``). Draws are the normal's (the values an assay without a limit would
+    give)."""
+
+    def __init__(self, loc, scale, censored, *, validate_args=None):
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.censored = jnp.broadcast_to(censored, self.batch_shape)
+
+    def log_prob(self, value):
+        terms = data_terms(value, self.loc, self.scale**2, True, self.censored)
+        return -0.5 * (terms + LOG_2PI)
 
 
 class _Stacked(dist.Distribution):

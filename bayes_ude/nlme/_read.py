@@ -5,7 +5,8 @@ The data layer turns a table into arrays in four steps, one module each:
 1. reading (``_table.py``): the file or DataFrame and its separator, the column names
    (matched case-insensitively), every cell parsed as a number;
 2. record checks (``_read_checks.py``): cells, ``EVID``, ``AMT``/``DV``, dose items,
-   something to fit;
+   something to fit; then censored observations (``_read_censoring.py``): the limit of
+   quantification of each observation below it;
 3. subjects (``_assemble.py``): grouping by ``ID``, time order, covariate fill, then the
    warnings and the padding of every subject to the largest;
 4. the result (``_data.py``): :class:`~bayes_ude.nlme._data.Population`, with
@@ -27,6 +28,7 @@ import pandas as pd
 from .. import datasets
 from ._assemble import _assemble, _subjects, _warnings
 from ._data import NonmemDataError, NonmemDataWarning, Population
+from ._read_censoring import censoring_limits
 from ._read_checks import _check_cells, _check_fittable, _dose_items, _events
 from ._table import _columns, _parse_records, _read_table
 
@@ -62,7 +64,8 @@ def read_nonmem(
     drop : sequence of str, optional
         Columns (any case) to ignore as if absent: e.g. a text column that is not a
         covariate, or a censoring column whose flagged observations should be fitted as
-        measured values. ``ID``, ``TIME`` and ``DV`` cannot be dropped.
+        measured values (their ``DV`` as given). ``ID``, ``TIME`` and ``DV`` cannot be
+        dropped.
     character_ids : bool
         Read ``ID`` as text (e.g. ``"A01"``): subjects are told apart by the text (after
         stripping blanks) and numbered 1, 2, ... in order of first appearance, their
@@ -83,9 +86,9 @@ def read_nonmem(
         ``RATE``, ``RATE = -1/-2`` (modelled rate/duration, not supported), ``ADDL > 0``
         without ``II > 0``, ``SS`` other than 0/1, a subject whose covariate is missing
         on every record; an empty file, a table without rows or without any observation;
-        observations flagged by a censoring column (``BLQ``, ``BQL``, ``CENS``,
-        ``CENSORED`` non-zero, or ``DV`` below ``LLOQ``/``LOQ``): censored (M3)
-        likelihoods are not implemented, so they would be fitted as measured values.
+        a censoring flag other than 0/1 (``CENS -1``, above an upper limit, is not
+        supported), a censored observation whose limit is missing or not > 0, a negative
+        ``LLOQ``, two limit columns (``LLOQ`` and ``LOQ``).
 
     Warns
     -----
@@ -96,7 +99,8 @@ def read_nonmem(
         nothing; a steady-state constant infusion, ``AMT 0, RATE > 0, SS 1``, is not
         warned about); duplicate records (two identical doses are both given; an
         observation repeated with the same ``ID, TIME, CMT, DVID`` and ``DV`` counts
-        twice); a file read with a separator other than the comma. Observations with the
+        twice); a file read with a separator other than the comma; observations with
+        ``DV`` below ``LLOQ`` whose flag is 0 (fitted as measured). Observations with the
         same ``ID, TIME, CMT, DVID`` but different ``DV`` are replicate measurements,
         fitted as independent ones without a warning.
 
@@ -120,6 +124,15 @@ def read_nonmem(
       value before it (last observation carried forward), leading missing ones with the
       first value present. A text column that is not needed: ``drop=[name]``, or name
       the covariates to keep with ``covariates=[...]``.
+    * **Below the limit of quantification** (fitted with Beal's M3 likelihood, ``P(DV <
+      LLOQ)``; ``Population.obs_lloq``): an observation with 1 in a flag column ``BLQ``,
+      ``BQL``, ``CENS`` or ``CENSORED`` (0 or missing: measured) is censored at the
+      ``LLOQ`` (or ``LOQ``) column's value, or, without such a column, at its ``DV`` (as
+      NONMEM M3 data are coded: ``DV = LLOQ``); with a limit column, its ``DV`` may be
+      missing. With a limit column and no flag column, every observation with ``DV <
+      LLOQ`` is censored. A censored observation's ``DV`` becomes its limit. An
+      observation with flag 0 but ``DV < LLOQ`` is fitted as measured, with a warning.
+      ``drop=[column]`` fits the flagged values as measured instead.
     * **CMT** is kept as given; whether it fits a model is the model's question
       (``StructuralModel.check_population``, called by every fit).
     """
@@ -139,14 +152,16 @@ def read_nonmem(
     items, found = _dose_items(records, events)
     problems += found
     problems += _check_fittable(records, events)
+    lloq, found, censoring_notes = censoring_limits(records, events.is_obs)
+    problems += found
     subjects, found = _subjects(records)
     problems += found
     if problems:
         raise NonmemDataError(problems)
 
-    for note in notes + _warnings(records, events, items, subjects):
+    for note in notes + censoring_notes + _warnings(records, events, items, subjects):
         warnings.warn(note, NonmemDataWarning, stacklevel=2)
-    return _assemble(records, events, items, subjects)
+    return _assemble(records, events, items, subjects, lloq)
 
 
 # --------------------------------------------------------------------------------------

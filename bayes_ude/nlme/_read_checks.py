@@ -1,8 +1,9 @@
 """Record-level checks of a parsed NONMEM table: cells, ``EVID``, dose items.
 
 The data layer turns a table into arrays in steps, one module each: reading
-(``_table.py``) -> record checks (this module) -> subject checks, warnings and assembly
-(``_assemble.py``) -> :class:`~bayes_ude.nlme._data.Population` (``_data.py``).
+(``_table.py``) -> record checks (this module) -> censored observations
+(``_read_censoring.py``) -> subject checks, warnings and assembly (``_assemble.py``) ->
+:class:`~bayes_ude.nlme._data.Population` (``_data.py``).
 :func:`read_nonmem` (``_read.py``) runs the phases in order.
 
 Every phase here returns what it found wrong as a list of lines, in the order found;
@@ -18,7 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ._data import _CENSORING_FLAGS, _MAX_CELLS, _fmt, _rows_text
+from ._data import _MAX_CELLS, _fmt, _rows_text
+from ._read_censoring import flagged_with_limit
 from ._table import _Records
 
 
@@ -70,8 +72,9 @@ def _check_cells(rec: _Records, table: pd.DataFrame) -> list[str]:
             v.startswith("<") or re.search("BLQ|BQL|LOQ", v.upper()) for v in values
         ):
             hint += (
-                "; values below the limit of quantification cannot be fitted yet (M3 is "
-                "not implemented): set MDV=1 on those records, or delete them"
+                "; for a value below the limit of quantification give DV = the limit and "
+                "1 in a column BLQ (or BLQ 1 and the limit in a column LLOQ): it is fitted "
+                "as censored, Beal's M3"
             )
         idx = np.nonzero(mask)[0]
         if len(idx) <= _MAX_CELLS:
@@ -154,7 +157,8 @@ def _events(rec: _Records) -> tuple[_Events, list[str]]:
         hint = " (EVID derived as 0: no AMT; set MDV=1 for a non-observation record)"
     else:
         hint = " (set MDV=1 or EVID=2 for a non-observation record)"
-    for r in np.nonzero(is_obs & ~rec.ok("DV") & ~rec.bad["DV"])[0]:
+    no_dv = is_obs & ~rec.ok("DV") & ~rec.bad["DV"] & ~flagged_with_limit(rec)
+    for r in np.nonzero(no_dv)[0]:
         problems.append(
             f"{where(r)}, column {display['DV']}: observation record without DV{hint}"
         )
@@ -223,33 +227,12 @@ def _dose_items(rec: _Records, events: _Events) -> tuple[_DoseItems, list[str]]:
     return _DoseItems(rate, ii, addl, ss, cmt, dvid), problems
 
 
-# ---- nothing to fit, or censored observations fitted as measured ---------------------
+# ---- nothing to fit ------------------------------------------------------------------
 
 
 def _check_fittable(rec: _Records, events: _Events) -> list[str]:
-    """Problems: no observation at all, or observations flagged as censored."""
-    problems: list[str] = []
-    is_obs = events.is_obs
-    if not is_obs.any():
-        problems.append(
-            "the table has no observation records (EVID 0, or no EVID column, with MDV not "
-            "1 and a DV): there is nothing to fit"
-        )
-    dv_present = rec.ok("DV")
-    for name in rec.columns.censoring:
-        v = rec.cols[name.upper()]
-        if name.upper() in _CENSORING_FLAGS:
-            flagged = is_obs & np.isfinite(v) & (v != 0)
-            what = f"flagged as censored ({name} not 0)"
-        else:
-            flagged = is_obs & dv_present & np.isfinite(v) & (rec.cols["DV"] < v)
-            what = f"with DV below {name}"
-        if flagged.any():
-            problems.append(
-                f"column {name}: {int(flagged.sum())} observation(s) {what} "
-                f"({_rows_text(rec.rows[flagged])}): censored likelihoods (Beal's M3) are not "
-                "implemented, so they would be fitted as measured values. Exclude them "
-                "(MDV=1 on those records, or delete them), or, to fit DV as given, drop the "
-                f"column (drop=[{name!r}], command line --drop {name})"
-            )
-    return problems
+    """Problems: no observation at all (censored ones: ``_read_censoring.py``)."""
+    if events.is_obs.any():
+        return []
+    return ["the table has no observation records (EVID 0, or no EVID column, with MDV not "
+            "1 and a DV): there is nothing to fit"]

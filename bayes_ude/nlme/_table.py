@@ -2,7 +2,8 @@
 
 The data layer turns a table into arrays in steps, one module each: reading (this module:
 the file and its separator, the column names, every cell parsed) -> record checks
-(``_read_checks.py``) -> subject checks, warnings and assembly (``_assemble.py``) ->
+(``_read_checks.py``) -> censored observations (``_read_censoring.py``: the censoring
+columns matched here) -> subject checks, warnings and assembly (``_assemble.py``) ->
 :class:`~bayes_ude.nlme._data.Population` (``_data.py``). :func:`read_nonmem`
 (``_read.py``) runs the phases in order.
 

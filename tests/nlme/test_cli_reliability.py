@@ -168,6 +168,9 @@ class _FakeDraws:
     def __init__(self, sigint_in_table: bool):
         self.sigint_in_table = sigint_in_table
         self.idata = SimpleNamespace(attrs={"partial": 0}, posterior={})
+        # one observation type (the command asks which to show apart)
+        self.population = SimpleNamespace(obs_mask=np.ones((1, 1), bool),
+                                          obs_dvid=np.ones((1, 1), int))
 
     def to_netcdf(self, path):
         Path(path).write_bytes(b"CDF\x01draws")

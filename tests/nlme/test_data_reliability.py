@@ -265,27 +265,25 @@ def test_subject_without_a_dose_warns_naming_it(tmp_path):
         read_nonmem(_csv(tmp_path, lines))
 
 
-def test_blq_and_lloq_columns_are_an_error_unless_dropped_or_unflagged(tmp_path):
+def test_blq_and_lloq_columns_censor_unless_dropped(tmp_path):
+    # (censoring itself, Beal's M3, is tested in test_censoring.py)
     header = HEADER + ",BLQ"
     lines = [x + ",0" for x in ORAL]
     lines[2] = lines[2][:-1] + "1"
     lines[5] = lines[5][:-1] + "1"
-    with pytest.raises(NonmemDataError) as info:
-        read_nonmem(_csv(tmp_path, lines, header))
-    message = str(info.value)
-    assert "column BLQ: 2 observation(s) flagged as censored (BLQ not 0) (rows 3, 6)" in message
-    assert "M3" in message and "MDV=1" in message and "--drop BLQ" in message
+    pop = _read(tmp_path, lines, header)
+    np.testing.assert_array_equal(np.isfinite(pop.obs_lloq), [[False, True], [False, True]])
     # dropped: fitted as given (the user's explicit choice)
-    assert _read(tmp_path, lines, header, drop=["BLQ"]).n_obs == 4
+    pop = _read(tmp_path, lines, header, drop=["BLQ"])
+    assert pop.n_obs == 4 and not pop.has_censored
     # no observation flagged: read, and the flag is not a covariate
     pop = _read(tmp_path, [x + ",0" for x in ORAL], header)
-    assert pop.covariate_names == () and pop.n_obs == 4
+    assert pop.covariate_names == () and pop.n_obs == 4 and not pop.has_censored
     lines = [x + ",4.5" for x in ORAL]  # DV 4.0 in row 3 is below the LLOQ
-    with pytest.raises(NonmemDataError, match=r"column LLOQ: 1 observation\(s\) with DV below "
-                                              r"LLOQ \(row 3\)"):
-        read_nonmem(_csv(tmp_path, lines, HEADER + ",LLOQ"))
+    pop = _read(tmp_path, lines, HEADER + ",LLOQ")
+    assert pop.obs_lloq[0, 1] == 4.5 and pop.obs_dv[0, 1] == 4.5
     with pytest.raises(NonmemDataError, match=r"row 3 \(subject 1\), column DV: '<0.1' is not "
-                                              r"a number .*M3 is not implemented"):
+                                              r"a number .*BLQ.*Beal's M3"):
         read_nonmem(_csv(tmp_path, _with(ORAL, 3, "DV", "<0.1")))
 
 

@@ -97,3 +97,25 @@ def test_a_broken_model_file_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="`model` must be a bayes_ude.nlme.PopulationModel"):
         cli.main(["pk", "fit", "theophylline", "--model", str(path), "--out",
                   str(tmp_path / "o")])
+
+
+@pytest.mark.heavy
+def test_warfarin_pk_and_pd_from_the_command_line(tmp_path):
+    """The joint warfarin PK/PD model (both DVIDs) from the command line: each figure per
+    observation type, axes in the data's units, every subject in individual.pdf (heavy:
+    ~50-110 s, mostly compiling the transit/turnover model's FOCEI)."""
+    out = tmp_path / "out"
+    code = cli.main(["pk", "fit", "warfarin", "--model", "warfarin_pkpd", "--max-iter", "2",
+                     "--quiet", "--out", str(out)])
+    assert code == 0
+    est = pd.read_csv(out / "estimates.csv", index_col="parameter")
+    assert {"tic50", "tkout", "pk_add_sd", "pd_add_sd"} <= set(est.index)
+    vpc = pd.read_csv(out / "vpc.csv")
+    assert sorted(vpc["DVID"].unique()) == [1, 2]
+    diag = pd.read_csv(out / "diagnostics.csv")
+    assert diag["DVID"].value_counts().sort_index().to_list() == [251, 232]
+    pdf = (out / "individual.pdf").read_bytes()
+    assert pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 6  # 32 subjects x 2
+    with pytest.raises(SystemExit, match="--error: options of the built-in models; the model "
+                                         "'warfarin_pkpd' defines its own"):
+        cli.main(["pk", "fit", "warfarin", "--model", "warfarin_pkpd", "--error", "additive"])
