@@ -130,7 +130,9 @@ class BayesianFitResult(PopulationFit):
         key = jax.random.key(0) if key is None else key
         population = self.population if population is None else population
         us = _draw_vectors(self, n, jax.random.fold_in(key, 1))
-        return np.asarray(_simulate_draws(self.model, us, population, key))
+        # specialised to the design (its dose types), not to the fitted data
+        return np.asarray(_simulate_draws(self.model.specialised(population), us, population,
+                                          key))
 
     def simulate(self, n: int = 100, key=None, population=None) -> np.ndarray:
         """As :meth:`posterior_simulations`: each replicate from its own posterior draw."""

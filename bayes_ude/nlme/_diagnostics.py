@@ -117,7 +117,10 @@ def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None,
     population = fit.population if population is None else population
     devices = tuple(resolve_devices(getattr(fit, "devices", None) if devices is None
                                     else devices))
-    return np.asarray(_simulate(fit.model, jnp.asarray(fit.u), population, key, n, devices))
+    # the model specialised to the design, not to the fitted data: a design may have dose
+    # types (infusions, steady state) the data did not, which a specialised model drops
+    model = fit.model.specialised(population)
+    return np.asarray(_simulate(model, jnp.asarray(fit.u), population, key, n, devices))
 
 
 @filter_jit

@@ -208,6 +208,9 @@ def test_simulated_new_regimen_is_the_closed_form(theoph, nested_fits):
     inf = 50.0 / cl * (1 - np.exp(-k * np.minimum([1.0, 2.0, 5.0], 2.0)))
     inf *= np.exp(-k * np.clip(np.asarray([1.0, 2.0, 5.0]) - 2.0, 0.0, None))
     np.testing.assert_allclose(nlme.simtab(typical, design, n=1)["PRED"], inf, rtol=1e-10)
+    # nlme.simulate specialises to the design as well (it once simulated it as a bolus)
+    np.testing.assert_allclose(nlme.simulate(typical, 1, jax.random.key(2), design)[0, 0],
+                               inf, rtol=1e-6)
     # a fit's summary.json gives the fit's parameter vector back
     full = nested_fits[0]
     np.testing.assert_allclose(nlme.point_estimates(full.model, full.summary()).u, full.u,
