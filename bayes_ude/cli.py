@@ -164,10 +164,16 @@ def main(argv: list[str] | None = None) -> int:
             check_pk_args(args)  # bad options fail before JAX is even imported
         if args.command in ("pk", "demo"):
             _compilation_cache()
-        if args.command == "pk":
+        if args.command == "pk" and args.pk_command == "fit":
             from .nlme._command_run import run_pk_fit
 
             return run_pk_fit(args)
+        if args.command == "pk":
+            from .nlme import _command_post
+
+            run = {"simulate": _command_post.run_pk_simulate,
+                   "compare": _command_post.run_pk_compare}[args.pk_command]
+            return run(args)
         if args.command == "demo":
             _lynx_hare_map(None if args.no_files else args.out)
     except KeyboardInterrupt:

@@ -45,8 +45,11 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
 
 
 
+_PROG = {"name": "bayes-ude pk fit"}  # the command in the messages (set by check_pk_args)
+
+
 def _fail(message: str):
-    raise SystemExit(f"bayes-ude pk fit: {message}")
+    raise SystemExit(f"{_PROG['name']}: {message}")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -129,13 +132,25 @@ def _check_model_args(args: argparse.Namespace) -> None:
 
 
 def check_pk_args(args: argparse.Namespace) -> None:
-    """Check the options of ``pk fit`` that need no data, before any work (one-line errors
-    naming the option)."""
+    """Check the options of ``pk fit|simulate|compare`` that need no data, before any work
+    (one-line errors naming the option)."""
+    _PROG["name"] = f"bayes-ude pk {args.pk_command}"
+    {"fit": _check_fit_args, "simulate": _check_simulate_args,
+     "compare": _check_compare_args}[args.pk_command](args)
+
+
+def _check_fit_args(args: argparse.Namespace) -> None:
     if args.max_iter < 1:
         _fail(f"--max-iter must be >= 1, got {args.max_iter}")
     for name in ("chains", "warmup", "samples"):
         if getattr(args, name) < 1:
             _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.bootstrap is not None:
+        if args.bootstrap < 2:
+            _fail(f"--bootstrap must be >= 2 replicates, got {args.bootstrap}")
+        if args.method in ("lb", "nuts", "sgld"):
+            _fail(f"--bootstrap refits by maximum likelihood (fo, foce, focei, laplace); "
+                  f"--method {args.method} is not one of them")
     devices = getattr(args, "devices", None)
     if devices is not None:
         if devices != "all" and not (devices.isdigit() and int(devices) >= 1):
@@ -147,13 +162,17 @@ def check_pk_args(args: argparse.Namespace) -> None:
             _fail(f"--omega-prior is a prior, for --method nuts or sgld; {args.method} is "
                   "maximum likelihood")
         parse_omega_prior(args.omega_prior)
-    out = args.out
+    _check_out(args.out, args.json)
+
+
+def _check_out(out: Path, json_copy: Path | None) -> None:
+    """``--out`` (a folder, replaced as a whole) and ``--json`` can be written."""
     if out.exists() and not out.is_dir():
         _fail(f"--out {str(out)!r} is an existing file; --out names a folder")
     if out.is_dir():
         ours = set(OUTPUT_FILES)
-        if args.json is not None and _same_folder(args.json.parent, out):
-            ours.add(args.json.name)  # a --json copy kept inside --out is ours too
+        if json_copy is not None and _same_folder(json_copy.parent, out):
+            ours.add(json_copy.name)  # a --json copy kept inside --out is ours too
         try:
             foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
         except OSError as err:
@@ -164,11 +183,84 @@ def check_pk_args(args: argparse.Namespace) -> None:
                   f"({shown}); the folder is replaced as a whole, so name a new folder or "
                   f"one an earlier run wrote")
     _probe(_nearest_existing(Path(os.path.abspath(out)).parent), "--out", out)
-    if args.json is not None:
-        if args.json.is_dir():
-            _fail(f"--json {str(args.json)!r} is a folder; --json names a file")
-        _probe(_nearest_existing(Path(os.path.abspath(args.json)).parent), "--json",
-               args.json)
+    if json_copy is not None:
+        if json_copy.is_dir():
+            _fail(f"--json {str(json_copy)!r} is a folder; --json names a file")
+        _probe(_nearest_existing(Path(os.path.abspath(json_copy)).parent), "--json",
+               json_copy)
+
+
+def _check_fit_dir(folder: Path, what: str = "FIT_DIR") -> None:
+    if not (folder / "summary.json").is_file():
+        _fail(f"{what} {str(folder)!r} is not the --out folder of a `bayes-ude pk fit` run "
+              "(it has no summary.json)")
+
+
+def parse_doses(text: str) -> list[tuple]:
+    """``--doses "0:100,12:100:1,24:50:2:25"`` -> ``[(time, amt[, cmt[, rate]]), ...]``."""
+    doses = []
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        try:
+            values = [float(v) for v in item.split(":")]
+        except ValueError:
+            values = []
+        if not 2 <= len(values) <= 4 or values[1] <= 0:
+            _fail(f"--doses: {item!r} is not TIME:AMT[:CMT[:RATE]] with AMT > 0, e.g. 0:100")
+        if len(values) > 2:
+            values[2] = int(values[2])
+        doses.append(tuple(values))
+    if not doses:
+        _fail(f"--doses: no dose in {text!r}")
+    return doses
+
+
+def parse_times(text: str) -> list[float]:
+    try:
+        times = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        times = []
+    if not times:
+        _fail(f"--times must be comma-separated numbers, got {text!r}")
+    return times
+
+
+def _check_simulate_args(args: argparse.Namespace) -> None:
+    _check_fit_dir(args.fit_dir)
+    if args.n < 1:
+        _fail(f"--n must be >= 1, got {args.n}")
+    if args.subjects is not None and args.subjects < 1:
+        _fail(f"--subjects must be >= 1, got {args.subjects}")
+    if (args.doses is None) != (args.times is None):
+        _fail("--doses and --times go together (a new regimen needs both)")
+    if args.doses is not None:
+        parse_doses(args.doses)
+        parse_times(args.times)
+    elif args.subjects is not None:
+        _fail("--subjects sizes a new regimen (--doses, --times); without one the fitted "
+              "data's subjects are simulated")
+    _check_out(args.out, None)
+
+
+def parse_nested(text: str | None) -> list[tuple[str, str]] | None:
+    if text is None:
+        return None
+    pairs = [tuple(p.strip() for p in item.split(":")) for item in text.split(",")
+             if item.strip()]
+    if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
+        _fail(f"--nested must be REDUCED:FULL pairs of folder names, got {text!r}")
+    return pairs
+
+
+def _check_compare_args(args: argparse.Namespace) -> None:
+    if len(args.fit_dirs) < 2:
+        _fail("compare needs two or more FIT_DIR folders")
+    for folder in args.fit_dirs:
+        _check_fit_dir(folder)
+    names = [f.resolve().name for f in args.fit_dirs]
+    for pair in parse_nested(args.nested) or ():
+        unknown = [n for n in pair if n not in names]
+        if unknown:
+            _fail(f"--nested names {unknown}, not among the folders ({', '.join(names)})")
 
 
 @contextlib.contextmanager

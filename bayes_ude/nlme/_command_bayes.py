@@ -14,11 +14,13 @@ import numpyro.distributions as dist
 import pandas as pd
 
 from ._command import DEFAULT_OMEGA_PRIOR, EXIT_INTERRUPTED, devices_checked, parse_omega_prior
+from ._command_data import fit_options, n_censored
 from ._command_plots import save_vpc, vpc_tables, write_plots
 from ._diagnostics import diagnostics
 from ._fit import fit
 from ._output import Output, sigint_deferred
 from ._priors import Priors
+from ._tables import sdtab
 
 __all__ = ["omega_prior", "run_bayes"]
 
@@ -58,7 +60,8 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
         summary = result.summary()
         summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
                        error_model=args.error, data=str(args.data), omega_prior=prior_text,
-                       warnings=list(notes))
+                       warnings=list(notes), options=fit_options(args),
+                       n_censored=n_censored(pop))
         table.index.name = "parameter"
         output.save("estimates.csv", table.to_csv)
         eta = result.eta
@@ -88,6 +91,8 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
         # at the posterior medians of the parameters and random effects (plug-in)
         state["diag"] = diag = diagnostics(result, n_sim=500)
         output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
+        output.save("sdtab.csv", lambda path: sdtab(result, diagnostics=diag).to_csv(
+            path, index=False))
 
     def plots():
         write_plots(output, args, result, state["vpc"], state.get("diag"),

@@ -32,6 +32,53 @@ def add_pk_parser(sub) -> None:
     _data_options(fit.add_argument_group("data"))
     _output_options(fit.add_argument_group("output and plots"))
     _process_options(fit)
+    _simulate_parser(pk_sub)
+    _compare_parser(pk_sub)
+
+
+def _simulate_parser(pk_sub) -> None:
+    sim = pk_sub.add_parser(
+        "simulate", help="simulate from a fit (its --out folder), on its data or a new regimen",
+        description="Simulate N replicates from the fitted model of a `pk fit` folder: new "
+                    "random effects and residual errors, at the estimates (Bayesian fits: "
+                    "the posterior medians). Without --doses on the fitted data's design; "
+                    "with --doses and --times on a new regimen, subjects' covariates drawn "
+                    "from the fitted data. Writes simtab.csv (REP ID TIME PRED DV), "
+                    "simulation.png (median and 90 %% interval over time) and "
+                    "summary.json.")
+    sim.add_argument("fit_dir", type=Path, metavar="FIT_DIR",
+                     help="the --out folder of a `bayes-ude pk fit` run")
+    sim.add_argument("--n", type=int, default=500, help="replicates (default 500)")
+    sim.add_argument("--doses", default=None, metavar="TIME:AMT[:CMT[:RATE]],...",
+                     help="a new regimen, e.g. \"0:100,12:100\" (CMT: the model's dosing "
+                          "compartment if left out; RATE > 0: an infusion)")
+    sim.add_argument("--times", default=None, metavar="T,T,...",
+                     help="observation times of the new regimen (required with --doses)")
+    sim.add_argument("--subjects", type=int, default=None,
+                     help="subjects per replicate of the new regimen (default: as many as "
+                          "the fitted data)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--out", type=Path, default=Path("bayes_ude_simulation"),
+                     help="folder for simtab.csv, simulation.png and summary.json, replaced "
+                          "as a whole (default: %(default)s)")
+    sim.add_argument("--log", action="store_true", help="simulation.png: DV on a log axis")
+    sim.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def _compare_parser(pk_sub) -> None:
+    cmp = pk_sub.add_parser(
+        "compare", help="compare fits of the same data (OFV, AIC, BIC, likelihood-ratio tests)",
+        description="Compare maximum-likelihood fits of the same data, each the --out folder "
+                    "of a `pk fit` run: OFV, dOFV, parameters, AIC, BIC, and the "
+                    "likelihood-ratio test of nested models (chi-square, df = the difference "
+                    "in estimated parameters).")
+    cmp.add_argument("fit_dirs", type=Path, nargs="+", metavar="FIT_DIR",
+                     help="two or more --out folders of `bayes-ude pk fit`")
+    cmp.add_argument("--nested", default=None, metavar="REDUCED:FULL,...",
+                     help="the nested pairs to test, by folder name (default: inferred: "
+                          "same method, parameter names a proper subset)")
+    cmp.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                     help="also write the table (and FILE with _tests before .csv, the tests)")
 
 
 def _model_options(group) -> None:
@@ -70,6 +117,11 @@ def _estimation_options(group) -> None:
                             "minibatches of subjects) (default: %(default)s)")
     group.add_argument("--max-iter", type=int, default=500,
                        help="outer iterations, >= 1 (default 500)")
+    group.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                       help="maximum likelihood: a nonparametric bootstrap of N replicates "
+                            "(subjects resampled, refitted together; percentile 95 %% "
+                            "intervals in bootstrap_ci.csv, every replicate in "
+                            "bootstrap.csv)")
     group.add_argument("--allow-degenerate", action="store_true",
                        help="exit 0 even when the maximum-likelihood estimates are degenerate "
                             "(run-away values; exit code 3 otherwise)")

@@ -11,31 +11,26 @@ import argparse
 import sys
 import time
 import warnings
-from pathlib import Path
 
-import equinox as eqx
+import jax
 import numpy as np
 import pandas as pd
 
-from .. import datasets
 from .._distributed import start_command
-from ._builtin import builtin_model
+from ._bootstrap import bootstrap as run_bootstrap
 from ._command import (
     EXIT_DEGENERATE,
     EXIT_INTERRUPTED,
-    SHIPPED,
     check_pk_args,
     devices_checked,
-    parse_omega,
 )
+from ._command_data import build_model, fit_options, load_data, n_censored
 from ._command_plots import save_vpc, vpc_tables, write_plots
-from ._data import NonmemDataError, NonmemDataWarning
 from ._diagnostics import epsilon_shrinkage
 from ._fit import fit
-from ._model_file import load_model_file
+from ._likelihood import check_censoring
 from ._output import Output, sigint_deferred
-from ._read import read_nonmem
-from ._warfarin import warfarin_pkpd_model
+from ._tables import sdtab
 
 __all__ = ["run_pk_fit"]
 
@@ -49,35 +44,19 @@ def run_pk_fit(args: argparse.Namespace) -> int:
     check_pk_args(args)
     start_command(args)  # several processes: join them (before any JAX computation)
     start = time.perf_counter()
-    data_notes: list[str] = []
+    pop, data_notes = load_data(args)
+    model = build_model(args, pop)
     try:
-        pop = _load(args.data, args, data_notes)
-    except NonmemDataError as err:
-        raise SystemExit(f"bayes-ude pk fit: the data table has problems:\n{err}") from None
-    if args.dvid is not None:
-        keep = np.asarray(pop.obs_mask) & (np.asarray(pop.obs_dvid) == args.dvid)
-        if not keep.any():
-            raise SystemExit(f"bayes-ude pk fit: no observations with DVID {args.dvid}")
-        pop = eqx.tree_at(lambda p: p.obs_mask, pop, keep)
-    try:
-        if args.model.endswith(".py"):
-            model = load_model_file(args.model, pop)
-            model.check(pop)
-        elif args.model == "warfarin_pkpd":
-            model = warfarin_pkpd_model(pop)
-        else:
-            model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
-                                  dvid=args.dvid,
-                                  eta=None if args.eta is None else args.eta.split(","),
-                                  covariates=args.covariate, omega=parse_omega(args.omega))
+        check_censoring(args.method, pop)
     except ValueError as err:
         raise SystemExit(f"bayes-ude pk fit: {err}") from None
     notes = data_notes + _predose_warning(args, pop)
     output = Output(args.out, args.json)
     try:
         if not args.quiet:
-            print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations "
-                  f"(padding efficiency {pop.padding_efficiency:.0%}), {pop.n_doses} doses; "
+            print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations"
+                  + (f" ({n_censored(pop)} below the LLOQ: M3)" if n_censored(pop) else "")
+                  + f" (padding efficiency {pop.padding_efficiency:.0%}), {pop.n_doses} doses; "
                   f"model {args.model}{f', {args.error} error' if args.error else ''}, "
                   f"{args.method.upper()}")
         if args.method in ("nuts", "sgld"):
@@ -93,45 +72,6 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         output.discard()
-
-
-def _load(data: str, args: argparse.Namespace | None = None,
-          messages: list[str] | None = None):
-    """The data set (a shipped name or a CSV path) read with the options of ``args``
-    (``--drop``, ``--covariates``, ``--character-ids``); the reader's warnings about the
-    data are printed on stderr in the command's words (and appended to ``messages``, for
-    ``summary.json``)."""
-    def columns(option: str):
-        text = getattr(args, option, None)
-        if text is None:
-            return None
-        names = [c.strip() for c in text.split(",") if c.strip()]
-        if option == "drop" and not names:
-            raise SystemExit(f"bayes-ude pk fit: --{option} needs column names, got {text!r}")
-        return names
-
-    options = dict(drop=columns("drop"), covariates=columns("covariates"),
-                   character_ids=bool(getattr(args, "character_ids", False)))
-    if data in SHIPPED:
-        path = datasets.data_path(SHIPPED[data])
-    else:
-        path = Path(data)
-        if not path.exists():
-            raise SystemExit(f"bayes-ude pk fit: no such file {data!r} (and not a shipped "
-                             f"data set: {', '.join(SHIPPED)})")
-        if path.is_dir():
-            raise SystemExit(f"bayes-ude pk fit: {data!r} is a folder, not a CSV file")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NonmemDataWarning)
-        pop = read_nonmem(path, **options)
-    for w in caught:
-        if issubclass(w.category, NonmemDataWarning):
-            print(f"bayes-ude pk fit: warning: {w.message}", file=sys.stderr)
-            if messages is not None:
-                messages.append(f"data: {w.message}")
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return pop
 
 
 def _predose_rows(pop) -> list[int]:
@@ -182,7 +122,8 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
         seconds = time.perf_counter() - start
         summary = result.summary()
         summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
-                       error_model=args.error, data=str(args.data), warnings=list(notes))
+                       error_model=args.error, data=str(args.data), warnings=list(notes),
+                       options=fit_options(args), n_censored=n_censored(pop))
         reasons = summary["degenerate"]
         verb = "converged to" if result.converged else "stopped at"
         if reasons:
@@ -216,6 +157,23 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
         state["diag"] = diag = result.diagnostics(n_sim=500)
         output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
         summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
+        output.save("sdtab.csv", lambda path: sdtab(result, diagnostics=diag).to_csv(
+            path, index=False))
+
+    def bootstrap():
+        with devices_checked(args) as devices:
+            boot = run_bootstrap(model, pop, args.method, n=args.bootstrap,
+                                 key=jax.random.key(args.seed), start=result,
+                                 max_iter=args.max_iter, progress=not args.quiet,
+                                 devices=devices)
+        output.save("bootstrap.csv", boot.replicates.to_csv)
+        output.save("bootstrap_ci.csv", boot.ci().to_csv)
+        summary["bootstrap"] = boot.summary()
+        if not args.quiet:
+            print(f"bootstrap: {int(boot.success.sum())} of {len(boot.replicates)} replicates "
+                  f"succeeded ({boot.success_rate:.0%}), {boot.seconds:.1f} s")
+        if boot.interrupted:
+            raise KeyboardInterrupt
 
     def vpc():
         state["vpc"] = tables = vpc_tables(result, args)
@@ -229,7 +187,8 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
         [("diagnostics", diagnostics),
          ("individual parameters",
           lambda: output.save("ebe.csv", result.individual_parameters().to_csv)),
-         ("vpc", vpc)] + ([] if args.no_plots else [("plots", plots)]))
+         ("vpc", vpc)] + ([] if args.no_plots else [("plots", plots)])
+        + ([("bootstrap", bootstrap)] if args.bootstrap else []))
     late = output.commit(summary)
     output.report(args.quiet)
     if output.interrupted_at or late:

@@ -28,7 +28,8 @@ __all__ = ["OUTPUT_FILES", "Output", "sigint_deferred", "write_atomically"]
 OUTPUT_FILES = frozenset({
     "summary.json", "estimates.csv", "diagnostics.csv", "ebe.csv", "vpc.csv", "gof.png",
     "vpc.png", "individual.png", "individual.pdf", "posterior.nc", "eta_posterior_median.csv",
-    "trace.png",
+    "trace.png", "sdtab.csv", "bootstrap.csv", "bootstrap_ci.csv", "simtab.csv",
+    "simulation.png",
     "lynx_hare_fit.png", "lynx_hare_map.csv"})
 
 

@@ -21,7 +21,7 @@ from ._diagnostics import vpc, vpc_observations
 __all__ = ["individual_pages", "plot_gof", "plot_individual", "plot_vpc"]
 
 
-def _label(what: str, unit: str | None) -> str:
+def label(what: str, unit: str | None) -> str:
     return f"{what} ({unit})" if unit else what
 
 
@@ -53,8 +53,8 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
                 label=f"observed {float(q):.0%} quantile")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel(_label("time", time_unit))
-    ax.set_ylabel(_label("prediction-corrected DV" if corrected else "DV", dv_unit))
+    ax.set_xlabel(label("time", time_unit))
+    ax.set_ylabel(label("prediction-corrected DV" if corrected else "DV", dv_unit))
     ax.set_title(title)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
@@ -72,12 +72,12 @@ def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit",
         ax.plot(diag[x], diag["DV"], "o", ms=3, alpha=0.6)
         lim = [min(diag[x].min(), diag["DV"].min()), max(diag[x].max(), diag["DV"].max())]
         ax.plot(lim, lim, "k-", lw=1)
-        ax.set_xlabel(_label(x, dv_unit))
-        ax.set_ylabel(_label("DV", dv_unit))
+        ax.set_xlabel(label(x, dv_unit))
+        ax.set_ylabel(label("DV", dv_unit))
         ax.set_title(f"DV vs {x}")
     ax = axes[0, 2]
     ax.plot(diag["IPRED"], diag["IWRES"].abs(), "o", ms=3, alpha=0.6)
-    ax.set_xlabel(_label("IPRED", dv_unit))
+    ax.set_xlabel(label("IPRED", dv_unit))
     ax.set_ylabel("|IWRES|")
     ax.set_title("|IWRES| vs IPRED")
     for ax, x in zip(axes[1, :2], ("TIME", "PRED"), strict=True):
@@ -85,7 +85,7 @@ def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit",
         ax.axhline(0, color="k", lw=1)
         for y in (-2, 2):
             ax.axhline(y, color="k", lw=0.6, ls="--")
-        ax.set_xlabel(_label(x, time_unit if x == "TIME" else dv_unit))
+        ax.set_xlabel(label(x, time_unit if x == "TIME" else dv_unit))
         ax.set_ylabel("CWRES")
         ax.set_title(f"CWRES vs {x}")
     ax = axes[1, 2]
@@ -184,9 +184,9 @@ def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4,
         if log:
             ax.set_yscale("log")
         if k // ncols == nrows - 1 or k + ncols >= len(idx):
-            ax.set_xlabel(_label("time", time_unit), fontsize=8)
+            ax.set_xlabel(label("time", time_unit), fontsize=8)
         if k % ncols == 0:
-            ax.set_ylabel(_label("DV", dv_unit), fontsize=8)
+            ax.set_ylabel(label("DV", dv_unit), fontsize=8)
     fig.legend(["DV", "IPRED", "PRED"], loc="lower center", ncols=3, fontsize=8)
     if title:
         fig.suptitle(title)

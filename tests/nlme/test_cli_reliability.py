@@ -142,6 +142,7 @@ def test_degenerate_fit_exits_3_unless_allowed(theophylline, tmp_path, monkeypat
     result.individual_parameters = lambda: pd.DataFrame({"ka": [1.0]})
     result.vpc = lambda **kwargs: pd.DataFrame({"bin": [0]})
     monkeypatch.setattr(_command_run, "fit", lambda *args, **kwargs: result)
+    monkeypatch.setattr(_command_run, "sdtab", lambda fit, diagnostics: diagnostics)
     out = tmp_path / "out"
     for allow, code in (([], 3), (["--allow-degenerate"], 0)):
         assert cli.main(["pk", "fit", "theophylline", "--model", "oral2cmt", "--error",
@@ -154,7 +155,7 @@ def test_degenerate_fit_exits_3_unless_allowed(theophylline, tmp_path, monkeypat
         assert summary["status"] == "complete" and len(summary["degenerate"]) == 5
         assert any("omega_eta_ka = 1.291e+11" in w for w in summary["warnings"])
         assert sorted(summary["files"]) == sorted(p.name for p in out.iterdir())
-        assert len(summary["files"]) == 5
+        assert len(summary["files"]) == 6  # estimates, diagnostics, sdtab, ebe, vpc, summary
 
 
 # ---------------------------------------------------------------- Bayesian branch, Ctrl-C

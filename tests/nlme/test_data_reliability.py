@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bayes_ude import cli, nlme
-from bayes_ude.nlme._command_run import _load
+from bayes_ude.nlme._command_data import _load
 from bayes_ude.nlme._data import NonmemDataError, NonmemDataWarning
 from bayes_ude.nlme._read import read_nonmem
 
