@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayes_ude import cli
+from bayes_ude import cli, datasets
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,30 @@ def test_post_fit_commands_check_their_options(fits, tmp_path):
              "--bootstrap refits by maximum likelihood")):
         with pytest.raises(SystemExit, match=match):
             cli.main(["pk", *argv])
+
+
+def test_censored_data_from_the_command_line(tmp_path, capsys):
+    """A BLQ flag column with an LLOQ column: the command fits them by M3 (FOCEI), says
+    how many, leaves their residuals out; FOCE is refused before any work; --drop fits
+    the values as measured."""
+    table = pd.read_csv(datasets.data_path("theophylline.csv"), na_values=".")
+    obs = table["EVID"] == 0
+    table["LLOQ"] = np.where(obs, 1.0, np.nan)
+    table["BLQ"] = (obs & (table["DV"] < 1.0)).astype(int)
+    table.loc[table["BLQ"] == 1, "DV"] = 1.0  # NONMEM coding: DV holds the limit
+    path = tmp_path / "theo_blq.csv"
+    table.to_csv(path, index=False, na_rep=".")
+    n_blq = int(table["BLQ"].sum())
+    assert n_blq >= 10
+    out = tmp_path / "m3"
+    assert cli.main(["pk", "fit", str(path), "--no-plots", "--out", str(out)]) == 0
+    assert f"({n_blq} below the LLOQ: M3)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_censored"] == n_blq and summary["converged"]
+    diag = pd.read_csv(out / "diagnostics.csv")
+    assert diag["CENS"].sum() == n_blq and diag.loc[diag["CENS"] == 1, "CWRES"].isna().all()
+    with pytest.raises(SystemExit, match="method 'foce' linearises the observations"):
+        cli.main(["pk", "fit", str(path), "--method", "foce", "--out", str(tmp_path / "x")])
+    assert cli.main(["pk", "fit", str(path), "--drop", "BLQ,LLOQ", "--no-plots", "--quiet",
+                     "--out", str(tmp_path / "measured")]) == 0
+    assert json.loads((tmp_path / "measured" / "summary.json").read_text())["n_censored"] == 0
