@@ -51,9 +51,8 @@ class _BFGS(NamedTuple):
     grad: jax.Array
     eta: jax.Array  # EBEs at x (the next inner solves start from them)
     inv_hessian: jax.Array
-    iteration: jax.Array  # iterations of this chunk (run_chunk starts it at 0)
+    iteration: jax.Array
     done: jax.Array
-    updates: jax.Array  # BFGS updates so far, over all chunks (0: inv_hessian is I)
 
 
 def bfgs_init(x, eta, devices=None):
@@ -68,7 +67,7 @@ def bfgs_init(x, eta, devices=None):
     # that its second call does not compile again
     return jax.device_put(_BFGS(x, np.asarray(np.inf, dtype), np.zeros_like(x), eta,
                                 np.eye(x.size, dtype=dtype), np.asarray(0, np.int64),
-                                np.asarray(False), np.asarray(0, np.int64)),
+                                np.asarray(False)),
                           replicated_sharding(devices) if devices else None)
 
 
@@ -125,9 +124,8 @@ def run_chunk(problem: Problem, state: _BFGS, n_iter, tol):
         step = t * direction
         y = g - s.grad
         sy = step @ y
-        # first update of the fit (not of each chunk: the curvature learnt in earlier
-        # chunks is kept): scale the identity to the curvature seen (Nocedal & Wright 6.20)
-        h = jnp.where(s.updates == 0, jnp.eye(step.size) * sy / jnp.maximum(y @ y, 1e-300),
+        # first update: scale the identity to the curvature seen (Nocedal & Wright 6.20)
+        h = jnp.where(s.iteration <= 1, jnp.eye(step.size) * sy / jnp.maximum(y @ y, 1e-300),
                       s.inv_hessian)
         rho = 1.0 / jnp.where(sy > 0, sy, 1.0)
         eye = jnp.eye(step.size)
@@ -143,8 +141,7 @@ def run_chunk(problem: Problem, state: _BFGS, n_iter, tol):
             x=jnp.where(accepted, s.x + step, s.x), value=jnp.where(accepted, f, s.value),
             grad=jnp.where(accepted, g, s.grad), eta=jnp.where(accepted, eta, s.eta),
             inv_hessian=inv_h, iteration=s.iteration + 1,
-            done=(accepted & converged) | stalled | ~accepted,
-            updates=s.updates + good.astype(s.updates.dtype))
+            done=(accepted & converged) | stalled | ~accepted)
         return new
 
     return jax.lax.while_loop(cond, body, state._replace(iteration=jnp.asarray(0, int),
