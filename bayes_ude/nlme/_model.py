@@ -96,9 +96,15 @@ class Omega:
 
     def element_names(self) -> list[str]:
         """``omega_<name>`` for variances, ``omega_<a>_<b>`` for covariances."""
+        return list(self.elements())
+
+    def elements(self) -> dict[str, tuple[str, str]]:
+        """Each estimated element's name -> its two random effects (the same twice for a
+        variance), in :meth:`element_names`' order."""
         rows, cols = self.free
-        return [f"omega_{self.names[r]}" if r == c else f"omega_{self.names[c]}_{self.names[r]}"
-                for r, c in zip(rows, cols, strict=True)]
+        return {(f"omega_{self.names[r]}" if r == c
+                 else f"omega_{self.names[c]}_{self.names[r]}"): (self.names[c], self.names[r])
+                for r, c in zip(rows, cols, strict=True)}
 
 
 def check_data(structural: StructuralModel, population) -> None:

@@ -216,7 +216,7 @@ class FitResult(PopulationFit):
         z = NormalDist().inv_cdf(0.5 + ci / 2)  # 1.96 for 95 %
         tag = f"ci{100 * ci:g}"
         omega = self.omega
-        element = _omega_elements(omega)
+        element = self.model.omega.elements()
         rows = []
         for name, est in self.estimates.items():
             se = self.se.get(name, np.nan)
@@ -314,13 +314,4 @@ def _dimensionless_sigma(model) -> set[str]:
         elif isinstance(em, Combined):
             names.add(em.prop)
     return names
-
-
-def _omega_elements(omega: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """``omega_<a>`` -> (a, a) and ``omega_<a>_<b>`` -> (a, b) (``a`` before ``b``): the
-    names of :meth:`Omega.element_names` mapped to their two random effects."""
-    names = list(omega.index)
-    out = {f"omega_{a}": (a, a) for a in names}
-    out.update({f"omega_{a}_{b}": (a, b) for i, a in enumerate(names) for b in names[i + 1:]})
-    return out
 
