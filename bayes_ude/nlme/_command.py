@@ -26,7 +26,8 @@ from ._builtin import BUILTIN_MODELS
 from ._covariate_terms import parse_covariate_terms
 from ._output import OUTPUT_FILES
 
-__all__ = ["check_pk_args", "devices_checked", "parse_omega", "parse_omega_prior"]
+__all__ = ["check_pk_args", "command_name", "devices_checked", "fail", "parse_omega",
+           "parse_omega_prior"]
 
 OMEGA_PRIORS = ("halfnormal", "halfcauchy")
 DEFAULT_OMEGA_PRIOR = "halfnormal:1"  # Priors' default
@@ -48,8 +49,14 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
 _PROG = {"name": "bayes-ude pk fit"}  # the command in the messages (set by check_pk_args)
 
 
-def _fail(message: str):
-    raise SystemExit(f"{_PROG['name']}: {message}")
+def command_name() -> str:
+    """``bayes-ude pk fit`` (or ``simulate``, ``compare``): how messages start."""
+    return _PROG["name"]
+
+
+def fail(message: str):
+    """The command's one-line error (exit status 1)."""
+    raise SystemExit(f"{command_name()}: {message}")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -70,11 +77,11 @@ def _probe(folder: Path, option: str, given: Path) -> None:
     """Fail unless a folder can be created in ``folder`` (the nearest existing ancestor of
     where ``option`` writes): the test is the operation itself, not permission bits."""
     if not folder.is_dir():
-        _fail(f"{option} {str(given)!r}: {folder} is a file, not a folder")
+        fail(f"{option} {str(given)!r}: {folder} is a file, not a folder")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".bayes-ude-probe-", dir=folder))
     except OSError as err:
-        _fail(f"{option} {str(given)!r}: cannot write in {folder} ({err.strerror})")
+        fail(f"{option} {str(given)!r}: cannot write in {folder} ({err.strerror})")
 
 
 def parse_omega_prior(text: str) -> tuple[str, float]:
@@ -86,7 +93,7 @@ def parse_omega_prior(text: str) -> tuple[str, float]:
     except ValueError:
         value = float("nan")
     if name not in OMEGA_PRIORS or not value > 0 or value == float("inf"):
-        _fail(f"--omega-prior must be DIST:SCALE with DIST one of {', '.join(OMEGA_PRIORS)} "
+        fail(f"--omega-prior must be DIST:SCALE with DIST one of {', '.join(OMEGA_PRIORS)} "
               f"and SCALE a positive number (e.g. halfcauchy:0.1), got {text!r}")
     return name, value
 
@@ -99,7 +106,7 @@ def parse_omega(text: str):
         return text.lower()
     blocks = [[p.strip() for p in b.split(",") if p.strip()] for b in text.split(";")]
     if not all(blocks) or not all(p.isidentifier() for b in blocks for p in b):
-        _fail(f"--omega must be diagonal, block or blocks of parameter names such as "
+        fail(f"--omega must be diagonal, block or blocks of parameter names such as "
               f"\"cl,v;ka\", got {text!r}")
     return blocks
 
@@ -113,13 +120,13 @@ def _check_model_args(args: argparse.Namespace) -> None:
         given = [k for k, v in builtin_only.items() if v is not None]
         what = ("the model file" if args.model.endswith(".py") else "the model")
         if given:
-            _fail(f"{', '.join(given)}: options of the built-in models; {what} "
+            fail(f"{', '.join(given)}: options of the built-in models; {what} "
                   f"{args.model!r} defines its own")
         if args.model.endswith(".py") and not Path(args.model).is_file():
-            _fail(f"--model: no such file {args.model!r}")
+            fail(f"--model: no such file {args.model!r}")
         return
     if args.model not in BUILTIN_MODELS:
-        _fail(f"--model must be a built-in model ({', '.join([*BUILTIN_MODELS, *OTHER_MODELS])})"
+        fail(f"--model must be a built-in model ({', '.join([*BUILTIN_MODELS, *OTHER_MODELS])})"
               f" or a Python file ending in .py, got {args.model!r}")
     args.error = args.error or "additive"
     args.omega = args.omega or "diagonal"
@@ -127,7 +134,7 @@ def _check_model_args(args: argparse.Namespace) -> None:
         try:
             parse_covariate_terms(args.covariate)
         except ValueError as err:
-            _fail(f"--covariate: {err}")
+            fail(f"--covariate: {err}")
     parse_omega(args.omega)
 
 
@@ -141,25 +148,25 @@ def check_pk_args(args: argparse.Namespace) -> None:
 
 def _check_fit_args(args: argparse.Namespace) -> None:
     if args.max_iter < 1:
-        _fail(f"--max-iter must be >= 1, got {args.max_iter}")
+        fail(f"--max-iter must be >= 1, got {args.max_iter}")
     for name in ("chains", "warmup", "samples"):
         if getattr(args, name) < 1:
-            _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
+            fail(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.bootstrap is not None:
         if args.bootstrap < 2:
-            _fail(f"--bootstrap must be >= 2 replicates, got {args.bootstrap}")
+            fail(f"--bootstrap must be >= 2 replicates, got {args.bootstrap}")
         if args.method in ("lb", "nuts", "sgld"):
-            _fail(f"--bootstrap refits by maximum likelihood (fo, foce, focei, laplace); "
+            fail(f"--bootstrap refits by maximum likelihood (fo, foce, focei, laplace); "
                   f"--method {args.method} is not one of them")
     devices = getattr(args, "devices", None)
     if devices is not None:
         if devices != "all" and not (devices.isdigit() and int(devices) >= 1):
-            _fail(f"--devices must be 'all' or a count >= 1, got {devices!r}")
+            fail(f"--devices must be 'all' or a count >= 1, got {devices!r}")
     command_settings(args)  # --coordinator, --num-processes, --process-id
     _check_model_args(args)
     if args.omega_prior is not None:
         if args.method not in ("nuts", "sgld"):
-            _fail(f"--omega-prior is a prior, for --method nuts or sgld; {args.method} is "
+            fail(f"--omega-prior is a prior, for --method nuts or sgld; {args.method} is "
                   "maximum likelihood")
         parse_omega_prior(args.omega_prior)
     _check_out(args.out, args.json)
@@ -168,7 +175,7 @@ def _check_fit_args(args: argparse.Namespace) -> None:
 def _check_out(out: Path, json_copy: Path | None) -> None:
     """``--out`` (a folder, replaced as a whole) and ``--json`` can be written."""
     if out.exists() and not out.is_dir():
-        _fail(f"--out {str(out)!r} is an existing file; --out names a folder")
+        fail(f"--out {str(out)!r} is an existing file; --out names a folder")
     if out.is_dir():
         ours = set(OUTPUT_FILES)
         if json_copy is not None and _same_folder(json_copy.parent, out):
@@ -176,23 +183,23 @@ def _check_out(out: Path, json_copy: Path | None) -> None:
         try:
             foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
         except OSError as err:
-            _fail(f"--out {str(out)!r}: cannot read the folder ({err.strerror})")
+            fail(f"--out {str(out)!r}: cannot read the folder ({err.strerror})")
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-            _fail(f"--out {str(out)!r} exists and holds files bayes-ude does not write "
+            fail(f"--out {str(out)!r} exists and holds files bayes-ude does not write "
                   f"({shown}); the folder is replaced as a whole, so name a new folder or "
                   f"one an earlier run wrote")
     _probe(_nearest_existing(Path(os.path.abspath(out)).parent), "--out", out)
     if json_copy is not None:
         if json_copy.is_dir():
-            _fail(f"--json {str(json_copy)!r} is a folder; --json names a file")
+            fail(f"--json {str(json_copy)!r} is a folder; --json names a file")
         _probe(_nearest_existing(Path(os.path.abspath(json_copy)).parent), "--json",
                json_copy)
 
 
 def _check_fit_dir(folder: Path, what: str = "FIT_DIR") -> None:
     if not (folder / "summary.json").is_file():
-        _fail(f"{what} {str(folder)!r} is not the --out folder of a `bayes-ude pk fit` run "
+        fail(f"{what} {str(folder)!r} is not the --out folder of a `bayes-ude pk fit` run "
               "(it has no summary.json)")
 
 
@@ -205,12 +212,12 @@ def parse_doses(text: str) -> list[tuple]:
         except ValueError:
             values = []
         if not 2 <= len(values) <= 4 or values[1] <= 0:
-            _fail(f"--doses: {item!r} is not TIME:AMT[:CMT[:RATE]] with AMT > 0, e.g. 0:100")
+            fail(f"--doses: {item!r} is not TIME:AMT[:CMT[:RATE]] with AMT > 0, e.g. 0:100")
         if len(values) > 2:
             values[2] = int(values[2])
         doses.append(tuple(values))
     if not doses:
-        _fail(f"--doses: no dose in {text!r}")
+        fail(f"--doses: no dose in {text!r}")
     return doses
 
 
@@ -220,23 +227,23 @@ def parse_times(text: str) -> list[float]:
     except ValueError:
         times = []
     if not times:
-        _fail(f"--times must be comma-separated numbers, got {text!r}")
+        fail(f"--times must be comma-separated numbers, got {text!r}")
     return times
 
 
 def _check_simulate_args(args: argparse.Namespace) -> None:
     _check_fit_dir(args.fit_dir)
     if args.n < 1:
-        _fail(f"--n must be >= 1, got {args.n}")
+        fail(f"--n must be >= 1, got {args.n}")
     if args.subjects is not None and args.subjects < 1:
-        _fail(f"--subjects must be >= 1, got {args.subjects}")
+        fail(f"--subjects must be >= 1, got {args.subjects}")
     if (args.doses is None) != (args.times is None):
-        _fail("--doses and --times go together (a new regimen needs both)")
+        fail("--doses and --times go together (a new regimen needs both)")
     if args.doses is not None:
         parse_doses(args.doses)
         parse_times(args.times)
     elif args.subjects is not None:
-        _fail("--subjects sizes a new regimen (--doses, --times); without one the fitted "
+        fail("--subjects sizes a new regimen (--doses, --times); without one the fitted "
               "data's subjects are simulated")
     _check_out(args.out, None)
 
@@ -247,20 +254,20 @@ def parse_nested(text: str | None) -> list[tuple[str, str]] | None:
     pairs = [tuple(p.strip() for p in item.split(":")) for item in text.split(",")
              if item.strip()]
     if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
-        _fail(f"--nested must be REDUCED:FULL pairs of folder names, got {text!r}")
+        fail(f"--nested must be REDUCED:FULL pairs of folder names, got {text!r}")
     return pairs
 
 
 def _check_compare_args(args: argparse.Namespace) -> None:
     if len(args.fit_dirs) < 2:
-        _fail("compare needs two or more FIT_DIR folders")
+        fail("compare needs two or more FIT_DIR folders")
     for folder in args.fit_dirs:
         _check_fit_dir(folder)
     names = [f.resolve().name for f in args.fit_dirs]
     for pair in parse_nested(args.nested) or ():
         unknown = [n for n in pair if n not in names]
         if unknown:
-            _fail(f"--nested names {unknown}, not among the folders ({', '.join(names)})")
+            fail(f"--nested names {unknown}, not among the folders ({', '.join(names)})")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import datasets
 from ._builtin import builtin_model
-from ._command import SHIPPED, parse_omega
+from ._command import SHIPPED, command_name, fail, parse_omega
 from ._data import NonmemDataError, NonmemDataWarning
 from ._model_file import load_model_file
 from ._read import read_nonmem
@@ -48,11 +48,11 @@ def load_data(args) -> tuple:
     try:
         pop = _load(args.data, args, notes)
     except NonmemDataError as err:
-        raise SystemExit(f"bayes-ude pk: the data table has problems:\n{err}") from None
+        fail(f"the data table has problems:\n{err}")
     if args.dvid is not None:
         keep = np.asarray(pop.obs_mask) & (np.asarray(pop.obs_dvid) == args.dvid)
         if not keep.any():
-            raise SystemExit(f"bayes-ude pk: no observations with DVID {args.dvid}")
+            fail(f"no observations with DVID {args.dvid}")
         pop = eqx.tree_at(lambda p: p.obs_mask, pop, keep)
     return pop, notes
 
@@ -72,7 +72,7 @@ def build_model(args, pop):
                              eta=None if args.eta is None else args.eta.split(","),
                              covariates=args.covariate, omega=parse_omega(args.omega))
     except ValueError as err:
-        raise SystemExit(f"bayes-ude pk: {err}") from None
+        fail(str(err))
 
 
 def _load(data: str, args: argparse.Namespace | None = None,
@@ -87,7 +87,7 @@ def _load(data: str, args: argparse.Namespace | None = None,
             return None
         names = [c.strip() for c in text.split(",") if c.strip()]
         if option == "drop" and not names:
-            raise SystemExit(f"bayes-ude pk fit: --{option} needs column names, got {text!r}")
+            fail(f"--{option} needs column names, got {text!r}")
         return names
 
     options = dict(drop=columns("drop"), covariates=columns("covariates"),
@@ -97,16 +97,16 @@ def _load(data: str, args: argparse.Namespace | None = None,
     else:
         path = Path(data)
         if not path.exists():
-            raise SystemExit(f"bayes-ude pk fit: no such file {data!r} (and not a shipped "
+            fail(f"no such file {data!r} (and not a shipped "
                              f"data set: {', '.join(SHIPPED)})")
         if path.is_dir():
-            raise SystemExit(f"bayes-ude pk fit: {data!r} is a folder, not a CSV file")
+            fail(f"{data!r} is a folder, not a CSV file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonmemDataWarning)
         pop = read_nonmem(path, **options)
     for w in caught:
         if issubclass(w.category, NonmemDataWarning):
-            print(f"bayes-ude pk fit: warning: {w.message}", file=sys.stderr)
+            print(f"{command_name()}: warning: {w.message}", file=sys.stderr)
             if messages is not None:
                 messages.append(f"data: {w.message}")
         else:

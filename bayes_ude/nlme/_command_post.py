@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ._command import EXIT_INTERRUPTED, parse_doses, parse_nested, parse_times
+from ._command import EXIT_INTERRUPTED, command_name, fail, parse_doses, parse_nested, parse_times
 from ._command_data import build_model, load_data
 from ._command_plots import units
 from ._design import design
@@ -33,15 +33,11 @@ __all__ = ["run_pk_compare", "run_pk_simulate"]
 BAYESIAN = ("nuts", "sgld", "psgld", "sghmc")
 
 
-def _fail(message: str):
-    raise SystemExit(f"bayes-ude pk simulate: {message}")
-
-
 def _fitted(summary: dict, fit_dir):
     """The fit's model on its data, at its estimates (a Bayesian fit's posterior medians)."""
     options = summary.get("options")
     if not options:
-        _fail(f"{fit_dir}/summary.json does not record the fit's options (written by an "
+        fail(f"{fit_dir}/summary.json does not record the fit's options (written by an "
               "older bayes-ude); fit again to simulate from it")
     args = argparse.Namespace(**options)
     pop, _ = load_data(args)
@@ -52,7 +48,7 @@ def _fitted(summary: dict, fit_dir):
     try:
         return point_estimates(model, values, population=pop), pop
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _new_regimen(args, pop, model):
@@ -73,7 +69,7 @@ def _new_regimen(args, pop, model):
         return design(n, doses, parse_times(args.times), covariates=covariates or None,
                       obs_cmt=obs_cmt)
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def run_pk_simulate(args: argparse.Namespace) -> int:
@@ -100,7 +96,7 @@ def run_pk_simulate(args: argparse.Namespace) -> int:
         output.report(args.quiet)
         return 0
     except KeyboardInterrupt:
-        print("bayes-ude pk simulate: interrupted; nothing written", file=sys.stderr)
+        print(f"{command_name()}: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         output.discard()
@@ -135,7 +131,7 @@ def run_pk_compare(args: argparse.Namespace) -> int:
     try:
         cmp = compare_fits(list(args.fit_dirs), names=names, nested=parse_nested(args.nested))
     except ValueError as err:
-        raise SystemExit(f"bayes-ude pk compare: {err}") from None
+        fail(str(err))
     with pd.option_context("display.width", 200, "display.max_columns", 30,
                            "display.float_format", "{:.4g}".format):
         print(cmp)
