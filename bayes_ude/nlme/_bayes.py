@@ -52,7 +52,7 @@ def _u_from_sites(model: PopulationModel, samples: Mapping[str, np.ndarray]) -> 
     lead = np.shape(samples["omega_sd"])[:2]
     th = np.concatenate([np.reshape(samples[k], (*lead, -1)) for k in model.theta], axis=-1)
     sds = np.asarray(samples["omega_sd"])
-    chol = sds[..., :, None] * np.eye(model.n_eta)
+    chol = sds[..., :, None] * np.eye(len(model.omega.names))
     for k, block in enumerate(omega_blocks(model)):
         if len(block) > 1:
             idx = np.ix_(block, block)
@@ -69,7 +69,7 @@ def _central_u(model: PopulationModel, u_draws: np.ndarray) -> np.ndarray:
     flat = np.reshape(u_draws, (-1, u_draws.shape[-1]))
     n_th = model.n_theta
     n_om = len(model.omega.element_names())
-    omegas = np.asarray(jax.jit(jax.vmap(lambda u: model.unpack(u)[1]),
+    omegas = np.asarray(jax.jit(jax.vmap(lambda u: model.unpack_estimates(u)[1]),
                                 compiler_options=compiler_options())(jnp.asarray(flat)))
     om = _chol_to_vector(model.omega, omegas.mean(axis=0))
     med = np.median(flat, axis=0)
@@ -161,10 +161,11 @@ def _fit_nuts(model, population, priors, init, key, progress, options, guard=Non
     ids = list(population.ids)
     n_sub = population.n_subjects
     dims = {"eta": ["subject", "eta_name"], "eta_z": ["subject", "eta_name"],
-            "omega_sd": ["eta_name"], "y": ["subject", "record"]}
+            "omega_sd": ["omega_name"], "y": ["subject", "record"]}
     ind_names = [k for k in _individual_names(model, population)]
     dims.update({f"{k}_i": ["subject"] for k in ind_names})
     coords = {"subject": ids, "eta_name": list(model.eta_names),
+              "omega_name": list(model.omega.names),
               "record": np.arange(population.obs_time.shape[1])}
     laplace = options.metric == "laplace"
     idata = inference.run_nuts(
@@ -252,6 +253,9 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, options,
     if model.omega.structure != "diagonal":
         raise ValueError("SG-MCMC population fits support a diagonal omega only; use "
                          "method='nuts' for correlated random effects")
+    if model.iov:
+        raise ValueError("SG-MCMC population fits do not support inter-occasion "
+                         "variability (iov); use method='nuts'")
     if marginal not in ("focei", "laplace"):
         raise ValueError(f"marginal must be 'focei' or 'laplace', got {marginal!r}")
     n = population.n_subjects
@@ -327,9 +331,9 @@ def _ml_preconditioner(model, population, init, marginal, progress, devices) -> 
 def _whitened_densities(model, priors, marginal, center, chol):
     """The log prior and one subject's marginal log likelihood as functions of the
     whitened coordinates ``v`` (``u = center + chol v``)."""
-    n_th, q = model.n_theta, model.n_eta
+    n_th, q = model.n_theta, len(model.omega.names)
     theta_dists = {k: priors.theta_dist(model, k) for k in model.theta}
-    sd_dists = [priors.omega_sd_dist(model, nme) for nme in model.eta_names]
+    sd_dists = [priors.omega_sd_dist(model, nme) for nme in model.omega.names]
     sigma_dists = [priors.sigma_dist(model, k) for k in model.sigma_names]
 
     def to_u(v):
@@ -351,7 +355,7 @@ def _whitened_densities(model, priors, marginal, center, chol):
     def loglik(v, subject):
         theta, omega, sigma = model.unpack(to_u(v))
         m2, _ = SubjectLikelihood(model, marginal, theta, omega, sigma, subject).minus2ll(
-            jnp.zeros(q))
+            jnp.zeros(model.n_eta))
         return -0.5 * (m2 + jnp.sum(subject.obs_mask) * LOG_2PI)
 
     return logprior, loglik

@@ -220,6 +220,7 @@ def bootstrap(model: PopulationModel, population, method: str = "focei", n: int 
     key = jax.random.key(0) if key is None else key
     devs = tuple(resolve_devices(devices))
     n_subjects = population.n_subjects
+    model = model.specialised(population)
     eta0 = np.zeros((n_subjects, model.n_eta))
     u0 = None
     if start is not None:

@@ -71,7 +71,8 @@ def builtin_model(name: str, population, error: str = "additive",
                   allometric: str | None = None, reference_weight: float = 70.0,
                   dvid: int | None = None, eta=None,
                   covariates: str | list[CovariateTerm] | None = None,
-                  omega: str | list[list[str]] = "diagonal") -> PopulationModel:
+                  omega: str | list[list[str]] = "diagonal", iov=None,
+                  occasion: str = "OCC") -> PopulationModel:
     """A built-in model (``iv1cmt``, ``oral1cmt``, ``iv2cmt``, ``oral2cmt``) with data-based
     initial values.
 
@@ -92,6 +93,10 @@ def builtin_model(name: str, population, error: str = "additive",
         fixed effects are named ``<parameter>_<COLUMN>`` (``cl_SEX_2`` per level).
     omega : ``"diagonal"`` (default), ``"block"`` (one full block: every pair of random
         effects correlated) or a list of blocks of parameter names (``[["cl", "v"]]``).
+    iov : parameters with inter-occasion variability (e.g. ``["cl"]``): random effects
+        ``iov_<p>`` per occasion of the ``occasion`` column (variances 0.05 to start,
+        diagonal, uncorrelated with the between-subject ones); see ``_occasions.py``.
+    occasion : the column that numbers the occasions (default ``OCC``).
     """
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown model {name!r}; built-in models: {sorted(BUILTIN_MODELS)}")
@@ -122,7 +127,11 @@ def builtin_model(name: str, population, error: str = "additive",
         if unknown or not with_eta:
             raise ValueError(f"eta on {unknown or 'nothing'}: model {name} has parameters "
                              f"{list(params)}")
-    omega_init = _omega(with_eta, omega)
+    with_iov = [str(p).strip().lower() for p in (iov or ())]
+    unknown = [p for p in with_iov if p not in params]
+    if unknown:
+        raise ValueError(f"iov on {unknown}: model {name} has parameters {list(params)}")
+    omega_init = _omega(with_eta, omega, with_iov)
     error_cls, sigma_names = ERROR_MODELS[error]
     y = np.asarray(population.obs_dv)[np.asarray(population.obs_mask)]
     sd0 = {"add_sd": max(0.1 * float(np.std(y)), 1e-3), "prop_sd": 0.1, "exp_sd": 0.1}
@@ -132,6 +141,8 @@ def builtin_model(name: str, population, error: str = "additive",
         out = {}
         for p in params:
             value = theta[f"t{p}"] + (eta[f"eta_{p}"] if p in with_eta else 0.0)
+            if p in with_iov:
+                value = value + eta[f"iov_{p}"]
             if allometric is not None and p in _ALLOMETRIC:
                 value = value + _ALLOMETRIC[p] * jnp.log(cov[allometric] / reference_weight)
             for t in terms:
@@ -142,23 +153,27 @@ def builtin_model(name: str, population, error: str = "additive",
 
     columns = ([allometric] if allometric else []) + [t.column for t in terms]
     return PopulationModel(structural_cls(), individual, theta=theta, omega=omega_init,
-                           sigma=sigma, error=error_cls(), covariates=tuple(dict.fromkeys(columns)))
+                           sigma=sigma, error=error_cls(), covariates=tuple(dict.fromkeys(columns)),
+                           iov=tuple(f"iov_{p}" for p in with_iov), occasion=occasion)
 
 
-def _omega(with_eta: list[str], structure) -> Omega:
+def _omega(with_eta: list[str], structure, with_iov: list[str] = ()) -> Omega:
     """Initial omega (variances 0.1) of the random effects ``eta_<p>`` for ``p`` in
-    ``with_eta``: diagonal, one full block, or blocks of parameter names."""
+    ``with_eta``: diagonal, one full block, or blocks of parameter names; then the
+    occasion ones ``iov_<p>`` for ``p`` in ``with_iov`` (variances 0.05), diagonal."""
     names = [f"eta_{p}" for p in with_eta]
+    occasion = [f"iov_{p}" for p in with_iov]
+    init = np.concatenate([np.full(len(names), 0.1), np.full(len(occasion), 0.05)])
     if isinstance(structure, str):
         if structure not in ("diagonal", "block", "full"):
             raise ValueError(f"omega must be 'diagonal', 'block' or a list of blocks of "
                              f"parameter names, got {structure!r}")
-        kind = "diagonal" if structure == "diagonal" else "full"
-        return Omega(tuple(names), np.full(len(names), 0.1), kind)
+        kind = "diagonal" if structure == "diagonal" else (tuple(names),)
+        return Omega(tuple(names + occasion), init, kind)
     blocks = [[str(p).strip().lower() for p in block] for block in structure]
     unknown = sorted({p for b in blocks for p in b} - set(with_eta))
     if unknown:
         raise ValueError(f"omega blocks name {unknown}, which have no random effect (random "
                          f"effects on: {', '.join(with_eta)})")
-    return Omega(tuple(names), np.full(len(names), 0.1),
+    return Omega(tuple(names + occasion), init,
                  tuple(tuple(f"eta_{p}" for p in b) for b in blocks))

@@ -115,7 +115,8 @@ def _check_model_args(args: argparse.Namespace) -> None:
     """``--model`` a built-in name or a .py file; the built-in models' options only with
     them (a file says all of it); fills the built-in defaults."""
     builtin_only = {"--error": args.error, "--omega": args.omega, "--eta": args.eta,
-                    "--covariate": args.covariate, "--allometric": args.allometric}
+                    "--covariate": args.covariate, "--allometric": args.allometric,
+                    "--iov": args.iov, "--occasion": args.occasion}
     if args.model.endswith(".py") or args.model in OTHER_MODELS:
         given = [k for k, v in builtin_only.items() if v is not None]
         what = ("the model file" if args.model.endswith(".py") else "the model")
@@ -130,6 +131,8 @@ def _check_model_args(args: argparse.Namespace) -> None:
               f" or a Python file ending in .py, got {args.model!r}")
     args.error = args.error or "additive"
     args.omega = args.omega or "diagonal"
+    if args.occasion is not None and args.iov is None:
+        fail("--occasion names the occasion column for --iov; give --iov too")
     if args.covariate is not None:
         try:
             parse_covariate_terms(args.covariate)

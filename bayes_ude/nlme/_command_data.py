@@ -22,8 +22,8 @@ from ._warfarin import warfarin_pkpd_model
 __all__ = ["RECORDED", "build_model", "fit_options", "load_data", "n_censored"]
 
 #: What ``summary.json`` records of the options (``pk simulate`` rebuilds the model from it).
-RECORDED = ("data", "model", "error", "eta", "covariate", "omega", "allometric", "dvid",
-            "drop", "covariates", "character_ids", "method")
+RECORDED = ("data", "model", "error", "eta", "covariate", "omega", "iov", "occasion",
+            "allometric", "dvid", "drop", "covariates", "character_ids", "method")
 
 
 def fit_options(args: argparse.Namespace) -> dict:
@@ -67,10 +67,15 @@ def build_model(args, pop):
             return model
         if args.model == "warfarin_pkpd":
             return warfarin_pkpd_model(pop)
-        return builtin_model(args.model, pop, args.error, allometric=args.allometric,
+        iov = getattr(args, "iov", None)  # summaries written before --iov lack it
+        model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
                              dvid=args.dvid,
                              eta=None if args.eta is None else args.eta.split(","),
-                             covariates=args.covariate, omega=parse_omega(args.omega))
+                             covariates=args.covariate, omega=parse_omega(args.omega),
+                             iov=None if iov is None else iov.split(","),
+                             occasion=getattr(args, "occasion", None) or "OCC")
+        model.check(pop)  # e.g. the occasion column, before anything is compiled
+        return model
     except ValueError as err:
         fail(str(err))
 

@@ -103,6 +103,12 @@ def _model_options(group) -> None:
                        help="between-subject covariance: diagonal (default), block (all "
                             "random effects correlated) or blocks of parameters, e.g. "
                             "\"cl,v;ka\" (cl and v correlated, ka alone)")
+    group.add_argument("--iov", default=None, metavar="PARAMS",
+                       help="comma-separated parameters with inter-occasion variability "
+                            "(e.g. cl,ka): a random effect per occasion of the --occasion "
+                            "column, estimated as one variance per parameter")
+    group.add_argument("--occasion", default=None, metavar="COLUMN",
+                       help="the column that numbers the occasions, for --iov (default OCC)")
     group.add_argument("--dvid", type=int, default=None,
                        help="use only observations of this DVID (e.g. 1 = PK in warfarin)")
     group.add_argument("--allometric", metavar="WT", default=None,

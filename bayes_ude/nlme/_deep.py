@@ -53,13 +53,13 @@ def _eta_names(model: PopulationModel, parameters) -> tuple[str, ...]:
         parameters = (parameters,)
     out = []
     for p in parameters:
-        if p in model.eta_names:
+        if p in model.omega.names:
             out.append(p)
-        elif f"eta_{p}" in model.eta_names:
+        elif f"eta_{p}" in model.omega.names:
             out.append(f"eta_{p}")
         else:
             raise ValueError(f"no random effect for {p!r}: a covariate model shifts random "
-                             f"effects, and the model's are {list(model.eta_names)}")
+                             f"effects, and the model's are {list(model.omega.names)}")
     if not out or len(set(out)) != len(out):
         raise ValueError(f"give distinct parameters to shift, got {list(parameters)}")
     return tuple(out)
@@ -325,7 +325,7 @@ def partial_dependence(fit, covariate: str, grid=None, *, population=None,
 
 @eqx.filter_jit
 def _pd_values(model, thetas, xs, names, parameter):
-    eta0 = {e: jnp.zeros(()) for e in model.eta_names}
+    eta0 = {e: jnp.zeros(()) for e in model.omega.names}
 
     def one(theta, row):
         out = model.individual(theta, eta0, {n: row[i] for i, n in enumerate(names)})

@@ -289,7 +289,7 @@ def vpc_observations(fit, bins: int | np.ndarray = 8, dvid: int | None = None,
     factor = np.ones_like(dv)
     if prediction_corrected:
         theta = fit.model.unpack(jnp.asarray(fit.u))[0]
-        pred = np.asarray(_population_pred(fit.model, theta, pop))[mask]
+        pred = np.asarray(_population_pred(fit.model.specialised(pop), theta, pop))[mask]
         for b in range(len(edges) - 1):
             sel = (which == b) & (pred > 0)
             if sel.any():

@@ -56,6 +56,9 @@ def fit_ml(
     check_censoring(method, population)  # FO, FOCE, LB: no M3 (before any compilation)
     if method == "lb" and model.l2:
         raise ValueError("method='lb' does not support l2 penalties; use 'focei' or 'foce'")
+    if method == "lb" and model.iov:
+        raise ValueError("method='lb' does not support inter-occasion variability (iov); "
+                         "use 'focei' or 'foce'")
     start = time.perf_counter()
     problem, names, fixed_names = setup_problem(model, population, method, fixed=fixed,
                                                 init=init, devices=devices)

@@ -293,8 +293,9 @@ def objective(model: PopulationModel, population, method: str = "focei", u=None,
     if method == "lb":
         method = "foce"  # the likelihood Lindstrom-Bates reports
     u = jnp.asarray(model.initial_vector() if u is None else u, float)
+    model = model.specialised(population)
     eta0 = jnp.zeros((population.n_subjects, model.n_eta))
-    return _objective_jit(model.specialised(population), method, u, population, eta0,
+    return _objective_jit(model, method, u, population, eta0,
                           tuple(resolve_devices(devices)))
 
 

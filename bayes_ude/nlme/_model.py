@@ -22,89 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._error import ErrorModel, Exponential
+from ._occasions import count_occasions, predict_by_occasion
+from ._omega import Omega, _chol_to_vector
+from ._pk import ClosedFormModel, reset_times
 from ._structural import StructuralModel
 
 __all__ = ["Omega", "PopulationModel", "typical_individual"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Omega:
-    """Random-effect names, initial covariance and structure.
-
-    Parameters
-    ----------
-    names : one name per random effect (``eta``), in order.
-    init : initial variances (1-D, diagonal) or an initial covariance matrix.
-    structure : ``"diagonal"`` (default), ``"full"``, or a sequence of blocks (each a
-        sequence of names; names in no block get their own 1x1 block).
-    """
-
-    names: tuple[str, ...]
-    init: np.ndarray
-    structure: str | tuple[tuple[str, ...], ...] = "diagonal"
-
-    def __post_init__(self):
-        names = tuple(self.names)
-        object.__setattr__(self, "names", names)
-        init = np.asarray(self.init, float)
-        if init.ndim == 1:
-            init = np.diag(init)
-        q = len(names)
-        if init.shape != (q, q):
-            raise ValueError(f"Omega.init must be {q} variances or a {q}x{q} matrix, "
-                             f"got shape {init.shape}")
-        if len(set(names)) != q:
-            raise ValueError(f"Omega.names must be distinct, got {names}")
-        if not np.allclose(init, init.T) or np.any(np.linalg.eigvalsh(init) <= 0):
-            raise ValueError("Omega.init must be a symmetric positive-definite matrix "
-                             f"(variances > 0), got {init.tolist()}")
-        structure = self.structure
-        if not isinstance(structure, str):
-            structure = tuple(tuple(b) for b in structure)
-            unknown = [n for b in structure for n in b if n not in names]
-            if unknown:
-                raise ValueError(f"Omega.structure names unknown random effects {unknown}; "
-                                 f"the random effects are {list(names)}")
-        elif structure not in ("diagonal", "full"):
-            raise ValueError("Omega.structure must be 'diagonal', 'full' or a list of blocks, "
-                             f"got {structure!r}")
-        object.__setattr__(self, "structure", structure)
-        object.__setattr__(self, "init", init * self.pattern)
-
-    @classmethod
-    def diagonal(cls, variances: Mapping[str, float]) -> Omega:
-        return cls(tuple(variances), np.asarray(list(variances.values()), float))
-
-    @property
-    def pattern(self) -> np.ndarray:
-        """Boolean matrix of the entries that may be non-zero."""
-        q = len(self.names)
-        if self.structure == "full":
-            return np.ones((q, q), bool)
-        pat = np.eye(q, dtype=bool)
-        if self.structure != "diagonal":
-            for block in self.structure:
-                idx = [self.names.index(n) for n in block]
-                pat[np.ix_(idx, idx)] = True
-        return pat
-
-    @property
-    def free(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column indices of the estimated lower-triangular Cholesky entries."""
-        rows, cols = np.nonzero(np.tril(self.pattern))
-        return rows, cols
-
-    def element_names(self) -> list[str]:
-        """``omega_<name>`` for variances, ``omega_<a>_<b>`` for covariances."""
-        return list(self.elements())
-
-    def elements(self) -> dict[str, tuple[str, str]]:
-        """Each estimated element's name -> its two random effects (the same twice for a
-        variance), in :meth:`element_names`' order."""
-        rows, cols = self.free
-        return {(f"omega_{self.names[r]}" if r == c
-                 else f"omega_{self.names[c]}_{self.names[r]}"): (self.names[c], self.names[r])
-                for r, c in zip(rows, cols, strict=True)}
 
 
 def check_data(structural: StructuralModel, population) -> None:
@@ -114,14 +37,6 @@ def check_data(structural: StructuralModel, population) -> None:
         raise ValueError("the data have no observations (none left, if some were left out): "
                          "there is nothing to fit")
     structural.check_population(population)
-
-
-def _chol_to_vector(omega: Omega, matrix: np.ndarray) -> np.ndarray:
-    chol = np.linalg.cholesky(matrix)
-    rows, cols = omega.free
-    vals = chol[rows, cols]
-    diagonal = rows == cols
-    return np.where(diagonal, np.log(np.where(diagonal, vals, 1.0)), vals)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -143,6 +58,14 @@ class PopulationModel:
     error : an :class:`ErrorModel`, or a mapping ``{dvid: ErrorModel}`` for several
         observation types.
     covariates : covariate columns ``individual`` reads (checked against the data).
+    iov : random effects of ``omega`` that are per occasion (inter-occasion variability,
+        ``_occasions.py``): each occasion ``k`` of a subject has its own draw ``kappa_k ~
+        N(0, Pi)`` of them (``Pi`` their part of ``omega``, which must not correlate them
+        with the others); ``individual`` reads them under their names like any random
+        effect and is called once per occasion. Closed-form structural models only.
+    occasion : the data column that numbers the occasions (default ``OCC``).
+    n_occasions : the largest number of occasions of one subject; set from the data by
+        :meth:`specialised` (every fit does that).
     l2 : L2 penalties ``{theta name: lambda}``: ``sum_k lambda_k ||theta_k||^2`` is added
         to the maximum-likelihood objective (OFV, −2LL scale), which is the −2 log density
         of a ``N(0, 1/(2 lambda_k))`` prior on every entry of ``theta_k`` (so the fit is a
@@ -158,6 +81,9 @@ class PopulationModel:
     error: ErrorModel | Mapping[int, ErrorModel]
     covariates: Sequence[str] = ()
     l2: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    iov: Sequence[str] = ()
+    occasion: str = "OCC"
+    n_occasions: int = 1
 
     def __post_init__(self):
         if not isinstance(self.omega, Omega):
@@ -187,17 +113,42 @@ class PopulationModel:
         clash = set(self.theta) & (set(self.sigma) | set(self.omega.element_names()))
         if clash:
             raise ValueError(f"parameter names used twice (theta and sigma/omega): {sorted(clash)}")
+        object.__setattr__(self, "iov", tuple(self.iov))
+        if self.iov:
+            self._check_iov()
+            object.__setattr__(self, "covariates",
+                               tuple(dict.fromkeys((*self.covariates, self.occasion))))
+
+    def _check_iov(self):
+        unknown = [n for n in self.iov if n not in self.omega.names]
+        if unknown:
+            raise ValueError(f"iov names {unknown} are not random effects of omega "
+                             f"{list(self.omega.names)}")
+        pattern = self.omega.pattern
+        per_occasion = np.isin(self.omega.names, self.iov)
+        if np.any(pattern[np.ix_(per_occasion, ~per_occasion)]):
+            raise ValueError("omega correlates occasion random effects (iov "
+                             f"{list(self.iov)}) with between-subject ones; give it blocks "
+                             "that keep the two apart")
+        s = self.structural
+        if not (isinstance(s, ClosedFormModel) and s.central_compartment is not None
+                and type(s).rate_matrix is not ClosedFormModel.rate_matrix):
+            raise ValueError(f"inter-occasion variability needs a closed-form PK model "
+                             f"(iv1cmt, oral1cmt, iv2cmt, oral2cmt), not "
+                             f"{type(s).__name__}")
 
     def specialised(self, population) -> PopulationModel:
         """This model with its structural model specialised to the data's dose types
         (cached, so repeated fits on similar data reuse compiled code)."""
         structural = self.structural.specialise(population)
-        if structural is self.structural:
+        n_occ = count_occasions(population, self.occasion) if self.iov else 1
+        if structural is self.structural and n_occ == self.n_occasions:
             return self
         cache = self.__dict__.setdefault("_specialised", {})
-        if structural not in cache:
-            cache[structural] = dataclasses.replace(self, structural=structural)
-        return cache[structural]
+        if (structural, n_occ) not in cache:
+            cache[structural, n_occ] = dataclasses.replace(self, structural=structural,
+                                                           n_occasions=n_occ)
+        return cache[structural, n_occ]
 
     def penalty(self, theta) -> jax.Array:
         """The L2 penalty ``sum_k l2_k ||theta_k||^2`` (0 without ``l2``)."""
@@ -215,11 +166,29 @@ class PopulationModel:
 
     @property
     def eta_names(self) -> tuple[str, ...]:
-        return self.omega.names
+        """A subject's random effects: omega's names, the occasion ones (``iov``) once per
+        occasion as ``<name>_occ<k>`` (see :meth:`expand_omega`)."""
+        between = [n for n in self.omega.names if n not in self.iov]
+        return tuple(between + [f"{n}_occ{k + 1}" for k in range(self.n_occasions)
+                                for n in self.iov])
 
     @property
     def n_eta(self) -> int:
-        return len(self.omega.names)
+        return len(self.eta_names)
+
+    def expand_omega(self, matrix):
+        """omega's matrix (or its Cholesky factor), over :attr:`Omega.names`, as the
+        covariance (factor) of a subject's :attr:`eta_names`: the occasion block repeated
+        once per occasion, nothing shared between occasions. Itself without ``iov``."""
+        if not self.iov:
+            return matrix
+        names = self.omega.names
+        between = [i for i, n in enumerate(names) if n not in self.iov]
+        per_occ = [names.index(n) for n in self.iov]
+        idx = np.asarray(between + per_occ * self.n_occasions)
+        group = np.asarray([-1] * len(between) + [k for k in range(self.n_occasions)
+                                                  for _ in per_occ])
+        return matrix[idx][:, idx] * (group[:, None] == group[None, :])
 
     # ------------------------------------------------------- parameter vectors
     def initial_vector(self) -> np.ndarray:
@@ -251,14 +220,21 @@ class PopulationModel:
         return tuple(self.sigma)
 
     def unpack(self, u) -> tuple[dict, jax.Array, dict]:
-        """Unconstrained vector -> ``(theta, omega matrix, sigma)``."""
+        """Unconstrained vector -> ``(theta, omega, sigma)``, omega the covariance of a
+        subject's random effects :attr:`eta_names` (:meth:`expand_omega`)."""
+        theta, omega, sigma = self.unpack_estimates(u)
+        return theta, self.expand_omega(omega), sigma
+
+    def unpack_estimates(self, u) -> tuple[dict, jax.Array, dict]:
+        """Unconstrained vector -> ``(theta, omega, sigma)``, omega over
+        :attr:`Omega.names` (the estimated matrix; :meth:`unpack` without IOV)."""
         n_th = self.n_theta
         rows, cols = self.omega.free
         n_om = rows.size
         theta = self._theta_from_vector(u[:n_th])
         raw = u[n_th:n_th + n_om]
         vals = jnp.where(jnp.asarray(rows == cols), jnp.exp(raw), raw)
-        q = self.n_eta
+        q = len(self.omega.names)
         chol = jnp.zeros((q, q), u.dtype).at[rows, cols].set(vals)
         sigma = dict(zip(self.sigma_names, jnp.exp(u[n_th + n_om:]), strict=True))
         return theta, chol @ chol.T, sigma
@@ -273,7 +249,7 @@ class PopulationModel:
 
     def natural(self, u) -> jax.Array:
         """Natural-scale parameters: theta (as is), omega elements, sigma."""
-        theta, omega, sigma = self.unpack(u)
+        theta, omega, sigma = self.unpack_estimates(u)
         th = self._theta_vector(theta)
         rows, cols = self.omega.free
         return jnp.concatenate([th, omega[rows, cols],
@@ -306,14 +282,27 @@ class PopulationModel:
         return u
 
     # ---------------------------------------------------------- per subject
-    def individual_parameters(self, theta, eta, subject) -> dict:
+    def individual_parameters(self, theta, eta, subject, kappa=None) -> dict:
+        """A subject's parameters at its random effects ``eta`` (over :attr:`eta_names`);
+        with IOV, those of an occasion whose ``kappa`` (over ``iov``) is given, or, without
+        one, at ``kappa = 0`` (the subject's typical occasion)."""
         cov = {name: subject.cov_baseline[i] for i, name in enumerate(subject.covariate_names)}
-        eta_map = {name: eta[i] for i, name in enumerate(self.eta_names)}
+        between = [n for n in self.omega.names if n not in self.iov]
+        eta_map = {name: eta[i] for i, name in enumerate(between)}
+        for j, name in enumerate(self.iov):
+            eta_map[name] = jnp.zeros(()) if kappa is None else kappa[j]
         return self.individual(theta, eta_map, cov)
 
     def predict(self, theta, eta, subject) -> jax.Array:
         """Structural predictions at the subject's observation times."""
-        return self.structural.predict(self.individual_parameters(theta, eta, subject), subject)
+        if not self.iov:
+            return self.structural.predict(self.individual_parameters(theta, eta, subject),
+                                           subject)
+        kappas = jnp.reshape(eta[self.n_eta - self.n_occasions * len(self.iov):],
+                             (self.n_occasions, len(self.iov)))
+        params = jax.vmap(lambda k: self.individual_parameters(theta, eta, subject, k))(kappas)
+        resets = (reset_times(subject) if self.structural.resets else None)
+        return predict_by_occasion(self.structural, params, subject, self.occasion, resets)
 
     def residual(self, f, sigma, subject):
         """``(y, f, R)`` on the error models' scales for one subject's observations.
@@ -340,6 +329,8 @@ class PopulationModel:
         reads that the data lack, no observations, records in compartments the structural
         model does not have (:meth:`StructuralModel.check_population`), observation types
         without an error model, ``DV <= 0`` under the exponential error model."""
+        if self.iov:
+            count_occasions(population, self.occasion)  # names the occasion column
         missing = [c for c in self.covariates if c not in population.covariate_names]
         if missing:
             raise ValueError(f"the model uses covariates {missing} that are not columns of the "
@@ -369,5 +360,5 @@ class PopulationModel:
 def typical_individual(model: PopulationModel, theta) -> dict:
     """The typical subject's individual parameters (all random effects 0, no covariates)
     at fixed effects ``theta`` (a mapping, e.g. ``fit.theta``)."""
-    eta0 = {name: jnp.zeros(()) for name in model.eta_names}
+    eta0 = {name: jnp.zeros(()) for name in model.omega.names}
     return model.individual({k: jnp.asarray(v) for k, v in theta.items()}, eta0, {})

@@ -110,6 +110,18 @@ class ClosedFormModel(StructuralModel):
     def exponents(self, p: Mapping[str, Array]) -> tuple[Array, Array]:
         """``(lam, coef)``: rates ``(K,)`` and coefficients ``(n_compartments, K)``."""
 
+    def rate_matrix(self, p: Mapping[str, Array]) -> Array:
+        """``K`` with ``dA/dt = K A`` for the compartment amounts ``A`` (index ``CMT - 1``),
+        built from the same (separated) rates as :meth:`exponents`, whose ``lam`` are the
+        eigenvalues of ``-K``. Needed only for inter-occasion variability, which carries
+        the amounts over occasion boundaries (``_occasions.py``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no rate_matrix, which "
+                                  "inter-occasion variability needs")
+
+    def central_volume(self, p: Mapping[str, Array]) -> Array:
+        """The volume the central amount is divided by (``v``)."""
+        return p["v"]
+
     def concentration(self, p: Mapping[str, Array], times, dose_time, dose_amt, dose_cmt,
                       dose_rate, dose_ss, dose_ii, dose_mask, reset_time=None):
         """Central concentration at ``times`` after the given doses (all 1-D arrays)."""
@@ -118,10 +130,27 @@ class ClosedFormModel(StructuralModel):
         tlag = p.get("tlag", 0.0)
         into_dosing = dose_cmt == self.dosing_compartment
         amt = dose_amt * jnp.where(into_dosing, f, 1.0)
-        td = dose_time + jnp.where(into_dosing, tlag, 0.0)
+        arrival = dose_time + jnp.where(into_dosing, tlag, 0.0)
+        return self.superpose(lam, coef, times, arrival, amt, dose_time, dose_cmt, dose_rate,
+                              dose_ss, dose_ii, dose_mask, reset_time)
+
+    def superpose(self, lam, coef, times, arrival, amt, dose_time, dose_cmt, dose_rate,
+                  dose_ss, dose_ii, dose_mask, reset_time=None):
+        """``sum over doses and exponents`` of the unit responses ``coef[CMT - 1, k] *
+        exp(-lam[k] * tau)`` (bolus, infusion, steady state; each dose cut off at the first
+        reset after its record time ``dose_time``). ``arrival`` and ``amt`` are the doses'
+        times and amounts with lag time and bioavailability applied."""
         cmt_index = jnp.clip(dose_cmt - 1, 0, self.n_compartments - 1)
-        c = coef[cmt_index]  # (n_dose, K)
-        tau = times[:, None] - td[None, :]  # (n_obs, n_dose)
+        terms = self.unit_terms(lam, times, arrival, amt, dose_time, dose_rate, dose_ss,
+                                dose_ii, dose_mask, reset_time)
+        return jnp.einsum("tdk,dk->t", terms, coef[cmt_index])
+
+    def unit_terms(self, lam, times, arrival, amt, dose_time, dose_rate, dose_ss, dose_ii,
+                   dose_mask, reset_time=None):
+        """``(n_times, n_dose, K)``: each dose's weight on each exponential at each time,
+        which :meth:`superpose` contracts with the coefficients of the dose's
+        compartment."""
+        tau = times[:, None] - arrival[None, :]  # (n_obs, n_dose)
         active = (tau > 0) & dose_mask[None, :]
         if self.steady_state or (self.resets and reset_time is not None):
             # Each dose stops counting at the first reset after it (EVID 3/4 or a later SS
@@ -156,8 +185,7 @@ class ClosedFormModel(StructuralModel):
                 # (exp(lam T) - 1) exp(-lam (tau + n II)) / lam
                 infusion = infusion + jnp.expm1(lam_ * duration) * decay / lam_ * (ss_factor - 1)
             per_dose = jnp.where(is_inf[None, :, None], rate[None, :, None] * infusion, per_dose)
-        terms = jnp.where(active[..., None], per_dose * c[None, :, :], 0.0)
-        return jnp.sum(terms, axis=(1, 2))
+        return jnp.where(active[..., None], per_dose, 0.0)
 
     def specialise(self, population) -> ClosedFormModel:
         """A copy that leaves out the infusion, steady-state and reset terms the data do not
@@ -174,10 +202,10 @@ class ClosedFormModel(StructuralModel):
         return self.concentration(
             params, subject.obs_time, subject.dose_time, subject.dose_amt, subject.dose_cmt,
             subject.dose_rate, subject.dose_ss, subject.dose_ii, subject.dose_mask,
-            _reset_times(subject) if self.resets else None)
+            reset_times(subject) if self.resets else None)
 
 
-def _reset_times(subject):
+def reset_times(subject):
     """The subject's reset times (EVID 3/4), ``inf`` for padding; ``None`` if it has none."""
     r = getattr(subject, "reset_time", None)
     if r is None or r.shape[-1] == 0:
@@ -199,6 +227,9 @@ class OneCompartmentIV(ClosedFormModel):
     def exponents(self, p):
         k = p["cl"] / p["v"]
         return jnp.stack([k]), jnp.stack([1.0 / p["v"]])[None, :]
+
+    def rate_matrix(self, p):
+        return -(p["cl"] / p["v"])[None, None]
 
 
 class OneCompartmentOral(ClosedFormModel):
@@ -224,6 +255,12 @@ class OneCompartmentOral(ClosedFormModel):
         coef = jnp.stack([jnp.stack([a, -a]), jnp.stack([1.0 / p["v"], zero])])
         return jnp.stack([k, ka]), coef
 
+    def rate_matrix(self, p):
+        k = p["cl"] / p["v"]
+        ka = _separate(p["ka"], k)
+        zero = jnp.zeros_like(k)
+        return jnp.stack([jnp.stack([-ka, zero]), jnp.stack([ka, -k])])
+
 
 def _macro(p):
     """Macro rate constants ``alpha > beta`` of the two-compartment model."""
@@ -235,6 +272,12 @@ def _macro(p):
     alpha = 0.5 * (s + jnp.sqrt(s * s - 4.0 * prod))
     beta = prod / alpha  # stable for beta << alpha (no cancellation)
     return k21, alpha, beta
+
+
+def _two_compartment_matrix(p):
+    """Central (row/column 0) and peripheral (1) block of the two-compartment rates."""
+    k, k12, k21 = p["cl"] / p["v"], p["q"] / p["v"], p["q"] / p["vp"]
+    return jnp.stack([jnp.stack([-(k + k12), k21]), jnp.stack([k12, -k21])])
 
 
 class TwoCompartmentIV(ClosedFormModel):
@@ -258,6 +301,9 @@ class TwoCompartmentIV(ClosedFormModel):
         central = jnp.stack([(alpha - k21) / (alpha - beta), (k21 - beta) / (alpha - beta)]) / v
         peripheral = jnp.stack([-k21, k21]) / ((alpha - beta) * v)
         return jnp.stack([alpha, beta]), jnp.stack([central, peripheral])
+
+    def rate_matrix(self, p):
+        return _two_compartment_matrix(p)
 
 
 class TwoCompartmentOral(ClosedFormModel):
@@ -291,3 +337,12 @@ class TwoCompartmentOral(ClosedFormModel):
                              zero]) / v
         peripheral = jnp.stack([-k21, k21, zero]) / ((alpha - beta) * v)
         return jnp.stack([alpha, beta, ka]), jnp.stack([depot, central, peripheral])
+
+    def rate_matrix(self, p):
+        _, alpha, beta = _macro(p)
+        ka = _separate(_separate(p["ka"], alpha), beta)
+        inner = _two_compartment_matrix(p)
+        zero = jnp.zeros_like(ka)
+        top = jnp.stack([-ka, zero, zero])[None, :]
+        below = jnp.concatenate([jnp.stack([ka, zero])[:, None], inner], axis=1)
+        return jnp.concatenate([top, below], axis=0)

@@ -132,9 +132,22 @@ def _dense_design(population, n_points: int, dvid: int | None = None):
          (np.broadcast_to(_pick(population.obs_dvid, first), grid.shape).copy()
           if dvid is None else np.full(grid.shape, dvid)),
          -np.ones(grid.shape, int), np.full(grid.shape, np.nan),
-         np.repeat(np.asarray(population.cov_baseline)[:, None, :], n_points, axis=1)
+         _covariates_on(population, grid)
          if np.asarray(population.obs_cov).ndim == 3 else population.obs_cov),
     ), s
+
+
+def _covariates_on(population, grid: np.ndarray) -> np.ndarray:
+    """``(S, n, C)``: each subject's covariates at its grid times (last value carried
+    forward from the change points, as at the records; the occasion among them)."""
+    times = np.asarray(population.cov_time)
+    values = np.asarray(population.cov_value)
+    mask = np.asarray(population.cov_mask, bool)
+    out = np.empty((*grid.shape, values.shape[-1]))
+    for s in range(grid.shape[0]):  # host-side bookkeeping of a plot, not a model loop
+        idx = np.searchsorted(times[s][mask[s]], grid[s], side="right") - 1
+        out[s] = values[s][mask[s]][np.clip(idx, 0, None)]
+    return out
 
 
 def _pick(values, index: np.ndarray) -> np.ndarray:

@@ -67,10 +67,10 @@ class Priors:
                 raise ValueError(f"priors for unknown {label} names {unknown}; the model's "
                                  f"{label} names are {list(known)}")
         if isinstance(self.omega_sd, Mapping):
-            unknown = [k for k in self.omega_sd if k not in model.eta_names]
+            unknown = [k for k in self.omega_sd if k not in model.omega.names]
             if unknown:
                 raise ValueError(f"omega_sd priors for unknown random effects {unknown}; "
-                                 f"the model's are {list(model.eta_names)}")
+                                 f"the model's are {list(model.omega.names)}")
         if not self.omega_corr > 0:
             raise ValueError(f"omega_corr (LKJ concentration) must be > 0, got "
                              f"{self.omega_corr}")
@@ -99,7 +99,7 @@ class Priors:
 def omega_blocks(model: PopulationModel) -> list[list[int]]:
     """Index blocks of omega (singletons for the diagonal)."""
     om = model.omega
-    q = model.n_eta
+    q = len(om.names)
     if om.structure == "diagonal":
         return [[i] for i in range(q)]
     if om.structure == "full":
@@ -157,7 +157,7 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     def fn():
         theta = {k: numpyro.sample(k, priors.theta_dist(model, k)) for k in model.theta}
         sds = numpyro.sample("omega_sd", _stacked([priors.omega_sd_dist(model, n)
-                                                   for n in model.eta_names]))
+                                                   for n in model.omega.names]))
         chol = jnp.diag(sds)
         for k, block in enumerate(blocks):
             if len(block) > 1:
@@ -166,6 +166,7 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
                 idx = np.asarray(block)
                 chol = chol.at[np.ix_(idx, idx)].set(sds[idx, None] * corr)
         omega = chol @ chol.T
+        chol = model.expand_omega(chol)  # a subject's random effects (IOV: per occasion)
         for name, r, c in zip(model.omega.element_names(), *model.omega.free, strict=True):
             numpyro.deterministic(name, omega[r, c])
         sigma = {k: numpyro.sample(k, priors.sigma_dist(model, k)) for k in model.sigma_names}
@@ -256,13 +257,13 @@ def initial_values(model: PopulationModel, population, init) -> dict:
     """Initial site values from the model's initial values or a maximum-likelihood fit."""
     # unpack compiled once (run eagerly it compiles each of its ~25 primitives)
     if isinstance(init, FitResult):
-        theta, omega, sigma = jax.jit(init.model.unpack)(jnp.asarray(init.u))
+        theta, omega, sigma = jax.jit(init.model.unpack_estimates)(jnp.asarray(init.u))
         eta = np.asarray(init.eta.to_numpy())
     else:
         u = model.initial_vector()
         if init is not None:
             u = model.natural_to_vector(dict(init), u)
-        theta, omega, sigma = jax.jit(model.unpack)(jnp.asarray(u))
+        theta, omega, sigma = jax.jit(model.unpack_estimates)(jnp.asarray(u))
         eta = np.zeros((population.n_subjects, model.n_eta))
     omega = np.asarray(omega)
     sds = np.sqrt(np.diag(omega))
@@ -276,6 +277,6 @@ def initial_values(model: PopulationModel, population, init) -> dict:
             values[f"omega_corr_{k}"] = lc
             chol[np.ix_(block, block)] = sds[block, None] * lc
     values.update({k: np.asarray(float(v)) for k, v in sigma.items()})
-    values["eta_z"] = np.linalg.solve(chol, eta.T).T
+    values["eta_z"] = np.linalg.solve(model.expand_omega(chol), eta.T).T
     return values
 

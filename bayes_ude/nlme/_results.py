@@ -141,8 +141,8 @@ class FitResult(PopulationFit):
 
     @property
     def omega(self) -> pd.DataFrame:
-        om = np.asarray(self.model.unpack(jnp.asarray(self.u))[1])
-        names = list(self.model.eta_names)
+        om = np.asarray(self.model.unpack_estimates(jnp.asarray(self.u))[1])
+        names = list(self.model.omega.names)
         return pd.DataFrame(om, index=names, columns=names)
 
     @property
@@ -182,7 +182,7 @@ class FitResult(PopulationFit):
             if name.startswith("t") and abs(value) > DEGENERATE_LOG_THETA:
                 reasons.append(f"{name} = {value:.4g} (a log-scale typical value beyond "
                                f"±{DEGENERATE_LOG_THETA:g})")
-        for eta in self.model.eta_names:
+        for eta in self.model.omega.names:
             value = float(self.estimates.get(f"omega_{eta}", 0.0))
             if value > DEGENERATE_OMEGA:
                 reasons.append(f"omega_{eta} = {value:.4g} (a between-subject variance above "
@@ -203,14 +203,25 @@ class FitResult(PopulationFit):
     @property
     def shrinkage(self) -> pd.Series:
         sd = self.eta.std(ddof=1)  # NONMEM's eta-shrinkage uses the sample SD of the EBEs
-        return 1.0 - sd / np.sqrt(np.diag(self.omega.to_numpy()))
+        # per random effect of a subject (with IOV, each occasion's)
+        variance = np.diag(np.asarray(self.model.unpack(jnp.asarray(self.u))[1]))
+        return 1.0 - sd / np.sqrt(variance)
+
+    def _shrinkage_of(self, name: str) -> float:
+        """Shrinkage of a random effect; an occasion one (IOV) pooled over occasions."""
+        if name not in self.model.iov:
+            return float(self.shrinkage[name])
+        columns = [c for c in self.eta.columns if c.startswith(f"{name}_occ")]
+        sd = np.std(self.eta[columns].to_numpy().ravel(), ddof=1)
+        return float(1.0 - sd / np.sqrt(self.omega.loc[name, name]))
 
     def table(self, ci: float = 0.95) -> pd.DataFrame:
         """The estimate table (nlmixr2 style), one row per parameter: ``kind``, estimate,
         SE, RSE %, the Wald ``ci`` interval (``ci95_lo``, ``ci95_hi``), the back-transformed
         value and interval of log-scale typical values (``t<p>``: ``exp``), the BSV CV %
         and shrinkage % of their random effect; omega rows are variances (``kind`` "omega
-        variance") with their SD in ``sd_corr`` (covariances: the correlation there)."""
+        variance", "iov variance" for an occasion one, whose shrinkage pools the
+        occasions) with their SD in ``sd_corr`` (covariances: the correlation there)."""
         if not 0 < ci < 1:
             raise ValueError(f"ci must be in (0, 1), got {ci}")
         z = NormalDist().inv_cdf(0.5 + ci / 2)  # 1.96 for 95 %
@@ -239,9 +250,10 @@ class FitResult(PopulationFit):
                 elif name in element:
                     a, b = element[name]
                     if a == b:
-                        row.update(kind="omega variance", sd_corr=float(np.sqrt(est)),
+                        row.update(kind="iov variance" if a in self.model.iov
+                                   else "omega variance", sd_corr=float(np.sqrt(est)),
                                    bsv_cv_pct=100 * float(np.sqrt(np.expm1(est))),
-                                   shrinkage_pct=100 * float(self.shrinkage[a]))
+                                   shrinkage_pct=100 * self._shrinkage_of(a))
                     else:
                         row.update(kind="omega covariance", sd_corr=float(
                             est / np.sqrt(omega.loc[a, a] * omega.loc[b, b])))

@@ -82,7 +82,7 @@ def point_estimates(model: PopulationModel, values: Mapping,
                          f"are {names}")
     n_th = model.n_theta
     rows, cols = model.omega.free
-    q = model.n_eta
+    q = len(model.omega.names)
     omega = np.zeros((q, q))
     for r, c, name in zip(rows, cols, model.omega.element_names(), strict=True):
         omega[r, c] = omega[c, r] = flat[name]
