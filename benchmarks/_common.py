@@ -53,3 +53,9 @@ def report(name: str, ours: float, peer: float, peer_name: str) -> None:
     speedup = f" ({peer / ours:.1f}x faster)" if ours < peer else ""
     print(f"{name:<28}{ours * 1e6:>12.1f} us{peer * 1e6:>12.1f} us{ours / peer:>8.3f}x"
           f"{speedup}  peer: {peer_name}")
+
+
+def report_compile(name: str, ours: float, peer: float, peer_name: str) -> None:
+    """One line like :func:`report` for compile times (seconds of the first call)."""
+    print(f"{name:<28}{ours:>12.2f} s {peer:>12.2f} s {ours / peer:>8.3f}x  peer: {peer_name}"
+          " (compile)")

@@ -28,7 +28,7 @@ import diffrax as dfx  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import compare, compile_time, report  # noqa: E402
+from _common import compare, compile_time, report, report_compile  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 from bayes_ude import crnn  # noqa: E402
@@ -104,6 +104,8 @@ def main(quick: bool) -> None:
     t_ours, t_hand = compare([lambda m: ours(m), lambda m: hand((m.stoichiometry, m.log_rate))],
                              model, rounds=10, number=3)
     report("loss+grad (20 experiments)", t_ours, t_hand, "hand-written diffrax (reverse)")
+    report_compile("loss+grad (20 experiments)", compiles["ours"], compiles["diffrax by hand"],
+                   "hand-written diffrax")
     print("\ncompile time of the first call (s)")
     for name, seconds in compiles.items():
         print(f"{name:<28}{seconds:>8.2f}")

@@ -24,7 +24,7 @@ import diffrax as dfx  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import compare, compile_time, report, time_py  # noqa: E402
+from _common import compare, compile_time, report, report_compile, time_py  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 from bayes_ude import nn, ude  # noqa: E402
@@ -72,6 +72,8 @@ def main():
           f"max |grad difference| {float(jnp.max(jnp.abs(g1v - g2v))):.2e}")
     t_ours, t_hand = compare([ours, hand], model, rounds=20, number=5)
     report("UDE loss+grad", t_ours, t_hand, "hand-written diffrax (reverse)")
+    report_compile("UDE loss+grad", compiles["ours"], compiles["diffrax by hand"],
+                   "hand-written diffrax")
 
     try:
         torch_time = torchdiffeq_time(net, ts, ys, float(v1))

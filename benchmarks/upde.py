@@ -25,7 +25,7 @@ import diffrax as dfx  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import compare, compile_time, report  # noqa: E402
+from _common import compare, compile_time, report, report_compile  # noqa: E402
 
 from bayes_ude import nn, pde, solvers, ude  # noqa: E402
 
@@ -76,6 +76,8 @@ def main():
           f"{float(jnp.max(jnp.abs(g1v))):.2e})")
     t_ours, t_hand = compare([ours, hand], model, rounds=20, number=5)
     report("UPDE loss+grad", t_ours, t_hand, "hand-written diffrax (reverse)")
+    report_compile("UPDE loss+grad", compiles["ours"], compiles["diffrax by hand"],
+                   "hand-written diffrax")
     print("\ncompile time of the first call (s)")
     for name, c in compiles.items():
         print(f"{name:<28}{c:>8.2f}")

@@ -97,7 +97,12 @@ def _select(x, batch):
 
 
 def _solve_batch(options: solvers.SolveOptions, vector_field, u0s, ts, params):
-    """One solve per row of ``u0s`` (vmapped)."""
+    """One solve per row of ``u0s`` (vmapped). A single trajectory is solved without the
+    vmap: a batched solver loop of one costs its predicates and selects on every step
+    (Lotka-Volterra UDE loss+gradient: 405 against 308 us, compilation 4.9 against 2.3 s)."""
+    if u0s.shape[0] == 1:
+        sol = options.solve(vector_field, u0s[0], ts, params)
+        return jax.tree.map(lambda x: x[None], sol)
     return jax.vmap(lambda u: options.solve(vector_field, u, ts, params))(u0s)
 
 
