@@ -20,7 +20,8 @@ WRES, CWRES and NPDE (each computed over the subject's measured observations onl
 their RES, IRES, IWRES, WRES, CWRES and NPDE are NaN (PRED and IPRED are kept). The NPDE
 of measured observations are then compared with unconditional replicates, so near the
 limit they lean upwards (the measured values are those that exceeded it); Nguyen et al.
-(2012) impute the censored ones instead.
+(2012) impute the censored ones instead. The VPC of such data is a censored VPC (see
+:func:`vpc`).
 
 Everything is computed for all subjects at once, in blocks and over the fit's devices
 (:func:`bayes_ude._batching.batch_map`); NPDE's replicates are simulated subject by subject
@@ -236,12 +237,24 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
     (2011): observed and simulated values are multiplied by ``median(PRED in bin) / PRED``
     so that differences in dose and covariates within a bin do not widen the bands
     (observations with ``PRED <= 0``, e.g. pre-dose samples, are left as they are).
+
+    Data below a limit of quantification (M3) give a censored VPC (Bergstrand and
+    Karlsson 2009): simulated values below their record's limit are censored as the
+    observed ones are (a record without a limit of its own takes the median of the
+    data's limits of its ``DVID``), a quantile that falls on censored values is NaN
+    ("below the limit": neither the limit nor a simulated value below it would be a
+    like-for-like comparison), and the fraction below the limit is compared per bin
+    (``obs_blq_frac`` against ``sim_blq_frac_median/_lo/_hi``).
     """
-    mask = _vpc_mask(fit.population, dvid)
+    mask = vpc_mask(fit.population, dvid)
     if sims is None:
         sims = simulate(fit, n_sim, key)
     t, dv, which, factor = vpc_observations(fit, bins, dvid, prediction_corrected)
     sim = sims[:, mask] * factor[None, :]
+    limit = _vpc_limits(fit.population, mask) * factor
+    obs_cens = np.isfinite(np.asarray(fit.population.obs_lloq))[mask]
+    sim_cens = sim < limit[None, :]  # False where there is no limit (NaN)
+    censoring = bool(fit.population.has_censored)
     edges = _edges(t, bins)
     lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
     rows = []
@@ -252,16 +265,47 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
         row = {"bin": b, "time": float(np.median(t[sel])), "t_lo": edges[b],
                "t_hi": edges[b + 1], "n": int(sel.sum())}
         for q in quantiles:
-            sq = np.quantile(sim[:, sel], q, axis=1)
-            row[f"obs_q{q:g}"] = float(np.quantile(dv[sel], q))
-            row[f"sim_q{q:g}_median"] = float(np.median(sq))
-            row[f"sim_q{q:g}_lo"] = float(np.quantile(sq, lo))
-            row[f"sim_q{q:g}_hi"] = float(np.quantile(sq, hi))
+            sq = _censored_quantile(sim[:, sel], sim_cens[:, sel], q, axis=1)
+            row[f"obs_q{q:g}"] = float(_censored_quantile(dv[sel], obs_cens[sel], q))
+            for name, level in (("median", 0.5), ("lo", lo), ("hi", hi)):
+                row[f"sim_q{q:g}_{name}"] = float(_censored_quantile(
+                    sq, np.isnan(sq), level))
+        if censoring:
+            frac = sim_cens[:, sel].mean(axis=1)
+            row.update(obs_blq_frac=float(obs_cens[sel].mean()),
+                       sim_blq_frac_median=float(np.median(frac)),
+                       sim_blq_frac_lo=float(np.quantile(frac, lo)),
+                       sim_blq_frac_hi=float(np.quantile(frac, hi)))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _vpc_mask(pop, dvid):
+# a censored value in a quantile: far below every value, so that a quantile touching one
+# is recognisably below the limit (NaN) after the linear interpolation
+_BELOW = -1e300
+
+
+def _censored_quantile(values, censored, q, axis=None):
+    """``np.quantile`` with the censored values (below their limit) ranked lowest; NaN
+    where the quantile falls on or between censored values."""
+    out = np.quantile(np.where(censored, _BELOW, values), q, axis=axis)
+    return np.where(out < _BELOW / 1e50, np.nan, out)
+
+
+def _vpc_limits(pop, mask) -> np.ndarray:
+    """Each observation's limit of quantification: its own, else the median of the
+    data's limits of its DVID (NaN: no limit, nothing censored)."""
+    lloq = np.asarray(pop.obs_lloq)[mask]
+    dvid = np.asarray(pop.obs_dvid)[mask]
+    out = lloq.copy()
+    for d in np.unique(dvid):
+        known = lloq[(dvid == d) & np.isfinite(lloq)]
+        if known.size:
+            out = np.where((dvid == d) & ~np.isfinite(lloq), np.median(known), out)
+    return out
+
+
+def vpc_mask(pop, dvid):
     mask = np.asarray(pop.obs_mask)
     if dvid is not None:
         mask = mask & (np.asarray(pop.obs_dvid) == dvid)
@@ -281,7 +325,7 @@ def vpc_observations(fit, bins: int | np.ndarray = 8, dvid: int | None = None,
     (prediction-corrected: times ``median(PRED in bin) / PRED``), bin indices and the
     correction factors (1 without correction), one entry per observation (of ``dvid``)."""
     pop = fit.population
-    mask = _vpc_mask(pop, dvid)
+    mask = vpc_mask(pop, dvid)
     t = np.asarray(pop.obs_time)[mask]
     dv = np.asarray(pop.obs_dv)[mask]
     edges = _edges(t, bins)

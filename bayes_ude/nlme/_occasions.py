@@ -16,8 +16,9 @@ that occasion's parameters, every compartment's amount through the propagator ``
 = sum_k P_k exp(-lam_k t)`` of the model's :meth:`~ClosedFormModel.rate_matrix`
 (Sylvester's formula, from the exponents the closed form already has); the amounts at the
 piece's end start the next one. What is still to enter at a boundary -- the rest of an
-infusion, or a dose still in its lag time -- enters in the next piece. Conventions (NONMEM's differ only between the last record of an occasion and the
-first of the next, usually a washout):
+infusion, or a dose still in its lag time -- enters in the next piece. Conventions
+(NONMEM's differ only between the last record of an occasion and the first of the next,
+usually a washout):
 
 * an occasion's parameters hold from the time of its first record;
 * a dose takes its bioavailability and lag time from the occasion of its record;

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._compile import filter_jit
-from ._diagnostics import vpc, vpc_observations
+from ._diagnostics import vpc, vpc_mask, vpc_observations
 
 __all__ = ["individual_pages", "plot_gof", "plot_individual", "plot_vpc"]
 
@@ -43,8 +43,13 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
         edges = np.r_[table["t_lo"].to_numpy(), table["t_hi"].to_numpy()[-1:]]
         t, dv, _, _ = vpc_observations(fit, edges, kwargs.get("dvid"), corrected)
         shown = dv > 0 if log else np.ones_like(dv, bool)
-        ax.plot(t[shown], dv[shown], "o", ms=2.5, color="0.4", alpha=0.5, zorder=0,
-                label="observations")
+        cens = np.isfinite(np.asarray(fit.population.obs_lloq))[
+            vpc_mask(fit.population, kwargs.get("dvid"))]
+        ax.plot(t[shown & ~cens], dv[shown & ~cens], "o", ms=2.5, color="0.4", alpha=0.5,
+                zorder=0, label="observations")
+        if cens.any():
+            ax.plot(t[shown & cens], dv[shown & cens], "x", ms=3, color="tab:orange",
+                    alpha=0.7, zorder=0, label="below LLOQ (at the limit)")
     for q in qs:
         c = colours.get(q, "tab:blue")
         ax.fill_between(table["time"], table[f"sim_q{q}_lo"], table[f"sim_q{q}_hi"], color=c,
@@ -58,8 +63,25 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
     ax.set_title(title)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7,
+              loc="upper left" if "obs_blq_frac" in table else "best")
+    if "obs_blq_frac" in table:
+        _blq_inset(ax, table)
     return ax
+
+
+def _blq_inset(ax, table: pd.DataFrame) -> None:
+    """The censored VPC's second half: the fraction below the limit per bin, observed
+    against the simulated interval (an inset, upper right)."""
+    inset = ax.inset_axes([0.64, 0.56, 0.34, 0.34])
+    inset.fill_between(table["time"], table["sim_blq_frac_lo"], table["sim_blq_frac_hi"],
+                       color="tab:orange", alpha=0.25, lw=0)
+    inset.plot(table["time"], table["sim_blq_frac_median"], color="tab:orange", lw=1,
+               ls="--")
+    inset.plot(table["time"], table["obs_blq_frac"], "o-", color="tab:orange", ms=2.5, lw=1.2)
+    inset.set_ylim(-0.02, 1.02)
+    inset.set_title("fraction below LLOQ", fontsize=7)
+    inset.tick_params(labelsize=6)
 
 
 def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit",

@@ -311,6 +311,33 @@ def test_diagnostics_leave_censored_values_out_of_the_residuals(blq_fits):
     assert abs(diag["CWRES"].mean()) < 0.3 and 0.7 < diag["CWRES"].std() < 1.3
 
 
+def test_vpc_censors_the_simulations_as_the_data_are(blq_fits):
+    """A censored VPC (Bergstrand and Karlsson 2009): the observed fraction below LLOQ per
+    bin is the data's (counted here with pandas), the simulated fractions of the correct
+    model bracket it, and a quantile that falls below the limit is NaN rather than the
+    limit itself (which an uncensored VPC would compare with simulated values below it)."""
+    df, m3, _ = blq_fits
+    table = nlme.vpc(m3, n_sim=200, prediction_corrected=False)
+    obs = df[df.EVID == 0].astype({"TIME": float})
+    for row in table.itertuples():
+        last = row.Index == len(table) - 1
+        sel = (obs.TIME >= row.t_lo) & ((obs.TIME <= row.t_hi) if last else
+                                       (obs.TIME < row.t_hi))
+        assert row.obs_blq_frac == pytest.approx(obs[sel].BLQ.mean(), abs=1e-12)
+        assert abs(row.sim_blq_frac_median - row.obs_blq_frac) < 0.15, row
+        # the 5 % quantile is below the limit when clearly more than 5 % are censored
+        q05 = table.loc[row.Index, "obs_q0.05"]
+        if row.obs_blq_frac > 0.1:
+            assert np.isnan(q05), row
+        elif row.obs_blq_frac == 0:
+            assert np.isfinite(q05), row
+    late = table[table.obs_blq_frac > 0.5]
+    assert len(late) and late["obs_q0.5"].isna().all()  # a median below the limit
+    assert late["sim_q0.5_median"].isna().all()
+    early = table[table.obs_blq_frac == 0]
+    assert early["obs_q0.05"].notna().all() and early["sim_q0.05_median"].notna().all()
+
+
 # ---- (d) the NumPyro model -------------------------------------------------------------
 
 
