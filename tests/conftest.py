@@ -8,15 +8,31 @@ program, the JAX version and the flags, so a warm cache changes timings, never r
 Set ``JAX_COMPILATION_CACHE_DIR`` to choose the folder.
 """
 
+import gc
 import getpass
 import os
 import tempfile
 from pathlib import Path
 
 import jax
+import pytest
 
 _CACHE = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     str(Path(tempfile.gettempdir()) / f"bayes_ude_jax_cache_{getpass.getuser()}"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop each test module's compiled programs after it (``jax.clear_caches``). An xdist
+    worker otherwise keeps every program it compiled, and each holds memory mappings for
+    its code (XLA's CPU backend: ~3 per compiled function, thousands per test module): a
+    worker of the whole suite passed 30,000 mappings in its first 3 minutes and, near the
+    end, XLA aborted in a compilation when Linux's default limit of 65,530 mappings
+    (``vm.max_map_count``) was reached. A program needed again is traced again and, if it
+    took over a second to compile, loaded from the persistent cache above."""
+    yield
+    jax.clear_caches()
+    gc.collect()
