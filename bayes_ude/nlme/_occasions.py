@@ -164,8 +164,7 @@ def predict_by_occasion(model, params, subject, column: str, reset_time=None):
         return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, carry), None
 
     init = (jnp.zeros(n), jnp.zeros(nd), jnp.zeros(nd), jnp.zeros_like(subject.obs_time))
-    (_, _, _, amount), _ = jax.lax.scan(step, init, (lo, hi, seg_occ, seg_mask, first),
-                                        unroll=True)
+    (_, _, _, amount), _ = jax.lax.scan(step, init, (lo, hi, seg_occ, seg_mask, first))
     volume = jax.vmap(lambda k: model.central_volume(jax.tree.map(lambda a: a[k], params)))(
         obs_occ)
     return amount / volume
