@@ -165,12 +165,22 @@ class PopulationModel:
         return {int(k): v for k, v in self.error.items()}
 
     @property
+    def between_names(self) -> tuple[str, ...]:
+        """omega's random effects that are not per occasion (one draw per subject)."""
+        return tuple(n for n in self.omega.names if n not in self.iov)
+
+    def occasion_eta_names(self, name: str) -> list[str]:
+        """A subject's draws of the occasion random effect ``name``, one per occasion:
+        ``<name>_occ1``, ``<name>_occ2``, ..."""
+        return [f"{name}_occ{k + 1}" for k in range(self.n_occasions)]
+
+    @property
     def eta_names(self) -> tuple[str, ...]:
-        """A subject's random effects: omega's names, the occasion ones (``iov``) once per
-        occasion as ``<name>_occ<k>`` (see :meth:`expand_omega`)."""
-        between = [n for n in self.omega.names if n not in self.iov]
-        return tuple(between + [f"{n}_occ{k + 1}" for k in range(self.n_occasions)
-                                for n in self.iov])
+        """A subject's random effects: :attr:`between_names`, then occasion by occasion
+        the occasion ones (``iov``, :meth:`occasion_eta_names`; see :meth:`expand_omega`)."""
+        per_occasion = [self.occasion_eta_names(n) for n in self.iov]
+        return self.between_names + tuple(names[k] for k in range(self.n_occasions)
+                                          for names in per_occasion)
 
     @property
     def n_eta(self) -> int:
@@ -183,7 +193,7 @@ class PopulationModel:
         if not self.iov:
             return matrix
         names = self.omega.names
-        between = [i for i, n in enumerate(names) if n not in self.iov]
+        between = [names.index(n) for n in self.between_names]
         per_occ = [names.index(n) for n in self.iov]
         idx = np.asarray(between + per_occ * self.n_occasions)
         group = np.asarray([-1] * len(between) + [k for k in range(self.n_occasions)
@@ -287,8 +297,7 @@ class PopulationModel:
         with IOV, those of an occasion whose ``kappa`` (over ``iov``) is given, or, without
         one, at ``kappa = 0`` (the subject's typical occasion)."""
         cov = {name: subject.cov_baseline[i] for i, name in enumerate(subject.covariate_names)}
-        between = [n for n in self.omega.names if n not in self.iov]
-        eta_map = {name: eta[i] for i, name in enumerate(between)}
+        eta_map = {name: eta[i] for i, name in enumerate(self.between_names)}
         for j, name in enumerate(self.iov):
             eta_map[name] = jnp.zeros(()) if kappa is None else kappa[j]
         return self.individual(theta, eta_map, cov)

@@ -211,8 +211,7 @@ class FitResult(PopulationFit):
         """Shrinkage of a random effect; an occasion one (IOV) pooled over occasions."""
         if name not in self.model.iov:
             return float(self.shrinkage[name])
-        columns = [c for c in self.eta.columns if c.startswith(f"{name}_occ")]
-        sd = np.std(self.eta[columns].to_numpy().ravel(), ddof=1)
+        sd = np.std(self.eta[self.model.occasion_eta_names(name)].to_numpy().ravel(), ddof=1)
         return float(1.0 - sd / np.sqrt(self.omega.loc[name, name]))
 
     def table(self, ci: float = 0.95) -> pd.DataFrame:
