@@ -7,7 +7,7 @@ from .._sampler_options import SamplerOptions as SamplerOptions
 from ._arviz import add_to_inference_data as add_to_inference_data
 from ._arviz import to_inference_data as to_inference_data
 from ._failure import reject_failed_solve as reject_failed_solve
-from ._nuts import laplace_inverse_mass as laplace_inverse_mass
+from ._metric import laplace_inverse_mass as laplace_inverse_mass
 from ._nuts import run_nuts as run_nuts
 from ._priors import network_prior as network_prior
 from ._sgmcmc import PSGLDState as PSGLDState

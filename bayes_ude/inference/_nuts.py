@@ -36,6 +36,8 @@ from .._compile import compiler_options
 from ._arviz import to_inference_data
 from ._chunks import run_chunks
 from ._interrupt import interrupt_guard
+from ._metric import (auto_dense_mass, diagonal_after_short_window, is_latent,
+                      latent_sites, short_windows)
 
 BACKENDS = ("numpyro", "blackjax")
 _INITS = {"uniform": init_to_uniform, "median": init_to_median,
@@ -87,7 +89,7 @@ def run_nuts(
     key=None,
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
-    dense_mass: bool = False,
+    dense_mass: bool | str = False,
     inverse_mass_matrix=None,
     init="map",
     chunk_size: int = 100,
@@ -125,7 +127,12 @@ def run_nuts(
     dense_mass : adapt a dense mass matrix (the warmup's covariance estimate) instead of a
         diagonal one: for posteriors whose parameters are strongly correlated (networks
         coupled to physical parameters), at O(d^2) memory and O(d^2) work per leapfrog
-        step.
+        step. ``"auto"``: dense when the model has at most ``DENSE_MAX_DIM`` (100)
+        unconstrained dimensions and ``num_warmup`` is at least ``DENSE_WARMUP_PER_DIM``
+        (10) times that, diagonal otherwise; ``attrs["dense_mass"]`` records the choice.
+        With either, a warmup window too short to estimate a dense metric
+        (``DENSE_WINDOW_PER_DIM``) sets the diagonal of its estimate (constants and
+        reasons in :mod:`bayes_ude.inference._metric`).
     inverse_mass_matrix : a fixed dense inverse mass matrix (``d x d``, over the flat
         unconstrained parameter vector, sites in sorted name order), e.g.
         :func:`laplace_inverse_mass` at a mode: warmup then adapts only the step size
@@ -197,14 +204,17 @@ def run_nuts(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    if not (isinstance(dense_mass, (bool, np.bool_)) or dense_mass == "auto"):
+        raise ValueError(f"dense_mass must be True, False or 'auto', got {dense_mass!r}")
     if inverse_mass_matrix is not None:
         if backend != "numpyro":
             raise ValueError("inverse_mass_matrix (a fixed metric) needs backend='numpyro'")
-        if dense_mass:
+        if dense_mass is True:
             raise ValueError("give either dense_mass (adapt a dense metric) or "
                              "inverse_mass_matrix (a fixed one), not both")
+        dense_mass = False
         inverse_mass_matrix = np.asarray(inverse_mass_matrix, dtype=float)
-        sites = _latent_sites(model, model_args, model_kwargs)
+        sites = latent_sites(model, model_args, model_kwargs)
         dim = int(sum(math.prod(shape) for shape in sites.values()))
         if inverse_mass_matrix.shape != (dim, dim) or not np.all(
                 np.isfinite(inverse_mass_matrix)):
@@ -214,6 +224,8 @@ def run_nuts(
         # one dense block over every latent site, in sorted order (as NumPyro ravels a
         # block's sites and laplace_inverse_mass ravels its dict)
         inverse_mass_matrix = {tuple(sorted(sites)): jnp.asarray(inverse_mass_matrix)}
+    if dense_mass == "auto":
+        dense_mass = auto_dense_mass(model, model_args, model_kwargs, num_warmup)
     key = jax.random.key(0) if key is None else key
     run = _run_numpyro if backend == "numpyro" else _run_blackjax
     start = time.perf_counter()
@@ -236,57 +248,9 @@ def run_nuts(
         # from here on a Ctrl-C is deferred (the guard), or skips an optional step
         return _assemble(model, model_args, model_kwargs, samples, stats, key,
                          posterior_predictive, dims, coords,
-                         {"backend": backend, "partial": int(partial), **timing}, guard,
+                         {"backend": backend, "partial": int(partial),
+                          "dense_mass": int(bool(dense_mass)), **timing}, guard,
                          start)
-
-
-def _is_latent(site) -> bool:
-    """A continuous latent sample site of a NumPyro trace (what NUTS moves)."""
-    return (site["type"] == "sample" and not site["is_observed"]
-            and not site["fn"].support.is_discrete)
-
-
-def _latent_sites(model, args, kwargs) -> dict:
-    """The model's continuous latent sites: ``{name: unconstrained shape}`` (one trace,
-    no compilation)."""
-    trace = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace(*args,
-                                                                              **kwargs)
-    return {k: jnp.shape(biject_to(v["fn"].support).inv(v["value"]))
-            for k, v in trace.items() if _is_latent(v)}
-
-
-def laplace_inverse_mass(model: Callable, *model_args, values: dict, floor: float = 1e-3,
-                         **model_kwargs) -> np.ndarray:
-    """The Laplace metric: the inverse Hessian of the potential (negative log joint) at
-    ``values`` (constrained values of every latent site, e.g. a MAP estimate), on the flat
-    unconstrained scale that :func:`run_nuts`'s ``inverse_mass_matrix`` takes.
-
-    Eigenvalues of the Hessian are replaced by their absolute values, at least ``floor``
-    (a point that is not quite a mode can have negative curvature; a direction the model
-    leaves flat gets SD at most ``1/sqrt(floor)``). One Hessian, by forward-over-reverse
-    differentiation, compiled once.
-    """
-    if not floor > 0:
-        raise ValueError(f"floor must be > 0, got {floor!r}")
-    sites = _latent_sites(model, model_args, model_kwargs)
-    missing = sorted(set(sites) - set(values))
-    if missing:
-        raise ValueError(f"laplace_inverse_mass: values has no entry for the latent sites "
-                         f"{missing}")
-    z = infer_util.unconstrain_fn(model, model_args, model_kwargs,
-                                  {k: values[k] for k in sites})
-    flat, unravel = ravel_pytree(z)
-
-    def potential(x):
-        return infer_util.potential_energy(model, model_args, model_kwargs, unravel(x))
-
-    hess = jax.jit(jax.hessian(potential), compiler_options=compiler_options())(flat)
-    hess = np.asarray(hess, dtype=float)
-    if not np.all(np.isfinite(hess)):
-        raise ValueError("laplace_inverse_mass: the Hessian at values is not finite")
-    lam, vec = np.linalg.eigh(0.5 * (hess + hess.T))
-    lam = np.maximum(np.abs(lam), floor)
-    return (vec / lam) @ vec.T
 
 
 def _tree_depth(n_steps):
@@ -342,7 +306,7 @@ def _draw_initial(model, args, kwargs, init_strategy, key):
     seeded = numpyro.handlers.substitute(numpyro.handlers.seed(model, key),
                                          substitute_fn=init_strategy)
     trace = numpyro.handlers.trace(seeded).get_trace(*args, **kwargs)
-    sites = {k: v for k, v in trace.items() if _is_latent(v)}
+    sites = {k: v for k, v in trace.items() if is_latent(v)}
     return infer_util.transform_fn({k: biject_to(v["fn"].support) for k, v in sites.items()},
                                    {k: v["value"] for k, v in sites.items()}, invert=True)
 
@@ -471,11 +435,14 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     if not _finite_start(state):
         state = jax.jit(_per_chain(lambda k: kernel.init(k, num_warmup, None, args, kwargs),
                                    chain_devices), compiler_options=opts)(keys)
+    short = short_windows(num_warmup, state.z) if dense_mass else None
 
     def one(s, _):
-        s = kernel.sample(s, args, kwargs)
-        return s, (s.z, s.potential_energy, s.diverging, s.num_steps, s.energy,
-                   s.accept_prob, s.adapt_state.step_size)
+        new = kernel.sample(s, args, kwargs)
+        if short is not None:
+            new = diagonal_after_short_window(s, new, short)
+        return new, (new.z, new.potential_energy, new.diverging, new.num_steps, new.energy,
+                     new.accept_prob, new.adapt_state.step_size)
 
     @functools.partial(jax.jit, static_argnums=1, compiler_options=opts)
     def advance(state, n):

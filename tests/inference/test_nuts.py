@@ -245,9 +245,67 @@ def test_dense_mass_matrix_undoes_correlation(backend):
         assert np.all(np.abs(x.mean(axis=0)) < 0.25 * SCALES)
         steps[dense] = float(idata.sample_stats["n_steps"].mean())
         assert not idata.sample_stats["diverging"].values.any()
+        assert idata.attrs["dense_mass"] == int(dense)
     assert steps[True] < 0.3 * steps[False], steps
     assert np.cov(runs[True].posterior["x"].values.reshape(-1, 2).T) == pytest.approx(
         COV, rel=0.3)
+
+
+def wide_gaussian(dim):
+    numpyro.sample("x", dist.Normal(0.0, 1.0).expand([dim]).to_event(1))
+    numpyro.sample("s", dist.HalfNormal(1.0))
+
+
+def test_auto_dense_mass_by_dimension_and_warmup():
+    """"auto": dense for at most 100 unconstrained dimensions given 10 warmup iterations
+    per dimension, else diagonal (decided from shapes alone: nothing is compiled)."""
+    from bayes_ude.inference._metric import auto_dense_mass
+    assert auto_dense_mass(wide_gaussian, (42,), {}, 430)          # 43 dimensions
+    assert not auto_dense_mass(wide_gaussian, (42,), {}, 429)      # too little warmup
+    assert not auto_dense_mass(wide_gaussian, (100,), {}, 10_000)  # 101 dimensions
+    with pytest.raises(ValueError, match="dense_mass must be True, False or 'auto'"):
+        inference.run_nuts(correlated_gaussian, dense_mass="yes", progress=False)
+    with pytest.raises(ValueError, match="dense_mass must be True, False or 'auto'"):
+        inference.SamplerOptions(dense_mass="dense")
+
+
+def test_short_adaptation_windows_set_a_diagonal_metric():
+    """With a dense metric, a warmup window with fewer than 4 draws per dimension sets the
+    diagonal of its covariance estimate: the variances, with the matching square roots
+    (sqrt_inv sqrt_inv' = inverse mass, sqrt = sqrt_inv^-1); a long window's estimate,
+    and a step that closes no window, are kept as they are."""
+    import collections
+
+    from bayes_ude.inference._metric import diagonal_after_short_window, short_windows
+    # NumPyro's schedule for 1,000 warmup iterations: buffer 75, windows 25, 50, 100, 200,
+    # 500, buffer 50; 43 dimensions need windows of 172 draws
+    z = {"a": jnp.zeros((4, 40)), "b": jnp.zeros((4, 3))}  # (chain, ...)
+    np.testing.assert_array_equal(short_windows(1000, z),
+                                  [False, True, True, True, False, False, False, False])
+    Adapt = collections.namedtuple("Adapt", "window_idx inverse_mass_matrix mass_matrix_sqrt "
+                                            "mass_matrix_sqrt_inv")
+    State = collections.namedtuple("State", "adapt_state")
+    cov = np.array([[4.0, 1.0, 0.5], [1.0, 2.0, 0.3], [0.5, 0.3, 1.0]])
+    sqrt_inv = np.linalg.cholesky(cov)  # any square root: only the diagonal case is checked
+    dense = {"imm": jnp.asarray(cov), "sqrt": jnp.asarray(np.linalg.inv(sqrt_inv)),
+             "sqrt_inv": jnp.asarray(sqrt_inv)}
+    short = jnp.array([False, True, False, False])
+
+    def step(before, after):
+        old = State(Adapt(jnp.asarray(before), *dense.values()))
+        new = State(Adapt(jnp.asarray(after), *dense.values()))
+        return diagonal_after_short_window(old, new, short).adapt_state
+
+    out = step(1, 2)  # closed window 1, short
+    np.testing.assert_allclose(out.inverse_mass_matrix, np.diag(np.diag(cov)), rtol=1e-15)
+    np.testing.assert_allclose(out.mass_matrix_sqrt_inv @ out.mass_matrix_sqrt_inv.T,
+                               np.diag(np.diag(cov)), rtol=1e-14)
+    np.testing.assert_allclose(out.mass_matrix_sqrt @ out.mass_matrix_sqrt_inv, np.eye(3),
+                               atol=1e-15)
+    for before, after in ((2, 3), (1, 1)):  # a long window closed; no window closed
+        out = step(before, after)
+        np.testing.assert_array_equal(out.inverse_mass_matrix, cov)
+        np.testing.assert_array_equal(out.mass_matrix_sqrt_inv, sqrt_inv)
 
 
 def gaussian_and_lognormal():
