@@ -27,7 +27,8 @@ threshold (the package raises it; see bayes_ude/_xla.py); ``BAYES_NLME_DRAWS`` s
 warmup = draws per chain (default 1000); ``BAYES_NLME_BACKEND`` picks ours' NUTS backend
 (``numpyro``, default, or ``blackjax``); ``BAYES_NLME_STAN=0`` skips Stan;
 ``BAYES_NLME_OMEGA_PRIOR`` sets both samplers' prior on the omega SDs, as ``bayes-ude pk
-fit --omega-prior`` takes it (default ``halfnormal:1``; e.g. ``halfcauchy:0.1``).
+fit --omega-prior`` takes it (default ``halfnormal:1``; e.g. ``halfcauchy:0.1``);
+``BAYES_NLME_STAN_METRIC`` Stan's metric (``diag_e``, default, or ``dense_e``).
 
 Usage: python benchmarks/bayes_nlme.py
 
@@ -93,6 +94,7 @@ CHAINS = 4
 BACKEND = os.environ.get("BAYES_NLME_BACKEND", "numpyro")
 OMEGA_PRIOR = os.environ.get("BAYES_NLME_OMEGA_PRIOR", DEFAULT_OMEGA_PRIOR)
 OMEGA_SD_PRIOR = omega_prior(OMEGA_PRIOR)  # parsed once, for both samplers
+STAN_METRIC = os.environ.get("BAYES_NLME_STAN_METRIC", "diag_e")
 ETA_NAMES = ("eta_ka", "eta_cl", "eta_v")
 POP = ("tka", "tcl", "tv", "omega_eta_ka", "omega_eta_cl", "omega_eta_v", "add_sd")
 
@@ -177,7 +179,8 @@ def stan_input(model, pop, seed: int = 123) -> str:
             "add_sd": _r(model.sigma["add_sd"] * np.exp(j())),
             "eta_z": _r(j((n, 3)))}))
     return (f"data <- {_r_list(data)}\ninits <- list({', '.join(inits)})\n"
-            f"warmup <- {WARMUP}L\ndraws <- {SAMPLES}L\nseed <- {seed}L\n")
+            f"warmup <- {WARMUP}L\ndraws <- {SAMPLES}L\nseed <- {seed}L\n"
+            f"metric <- \"{STAN_METRIC}\"\n")
 
 
 def run_stan(model, pop):
@@ -207,7 +210,7 @@ def run_stan(model, pop):
     n = pop.n_subjects
     eta = np.stack([np.stack([arr(f"eta.{i + 1}.{j + 1}.") for j in range(3)], -1)
                     for i in range(n)], -2)
-    return {"name": "Stan (rstan, 1 core, chains in turn)",
+    return {"name": f"Stan (rstan, {STAN_METRIC}, 1 core)",
             "total": float(t.compile_s + t.run_s), "compile": float(t.compile_s),
             "sampling": float(t.sampling_s), "draws": draws, "eta": eta,
             "divergent": int(df["divergent"].sum()), "steps": float(df["n_leapfrog"].mean())}

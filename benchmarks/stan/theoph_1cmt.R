@@ -1,6 +1,6 @@
 # rstan side of benchmarks/bayes_nlme.py: compile benchmarks/stan/theoph_1cmt.stan and run
 # 4 chains (sequentially, one core) on the data and initial values that the Python side
-# wrote as an R source file (defines `data`, `inits`, `warmup`, `draws`, `seed`).
+# wrote as an R source file (defines `data`, `inits`, `warmup`, `draws`, `seed`, `metric`).
 # Usage: Rscript benchmarks/stan/theoph_1cmt.R INPUT.R DRAWS.csv TIMING.csv
 # Needs: apt-get install r-base-core r-cran-rstan (see lynx_hare.R for the BH include link)
 suppressMessages(library(rstan))
@@ -13,7 +13,8 @@ t_compile <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
 t0 <- Sys.time()
 fit <- sampling(model, data = data, init = inits, chains = length(inits),
                 iter = warmup + draws, warmup = warmup, seed = seed, cores = 1, refresh = 0,
-                pars = c("tka", "tcl", "tv", "omega_sd", "add_sd", "eta"))
+                pars = c("tka", "tcl", "tv", "omega_sd", "add_sd", "eta"),
+                control = list(metric = metric))
 t_run <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
 el <- get_elapsed_time(fit)
 sp <- get_sampler_params(fit, inc_warmup = FALSE)
