@@ -204,7 +204,9 @@ def run_nuts(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
-    if not (isinstance(dense_mass, (bool, np.bool_)) or dense_mass == "auto"):
+    if isinstance(dense_mass, np.bool_):
+        dense_mass = bool(dense_mass)
+    if not (isinstance(dense_mass, bool) or dense_mass == "auto"):
         raise ValueError(f"dense_mass must be True, False or 'auto', got {dense_mass!r}")
     if inverse_mass_matrix is not None:
         if backend != "numpyro":
