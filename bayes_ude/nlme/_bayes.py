@@ -171,8 +171,7 @@ def _fit_nuts(model, population, priors, init, key, progress, options, guard=Non
     idata = inference.run_nuts(
         fn, num_warmup=options.num_warmup, num_samples=options.num_samples,
         num_chains=options.num_chains, key=key, target_accept=options.target_accept,
-        max_tree_depth=options.max_tree_depth,
-        dense_mass=False if laplace else options.dense_mass,
+        max_tree_depth=options.max_tree_depth, dense_mass=options.dense_mass,
         inverse_mass_matrix=inference.laplace_inverse_mass(fn, values=values) if laplace
         else None,
         init=init_near(values), progress=progress, posterior_predictive=False, dims=dims,

@@ -252,7 +252,7 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
     t, dv, which, factor = vpc_observations(fit, bins, dvid, prediction_corrected)
     sim = sims[:, mask] * factor[None, :]
     limit = _vpc_limits(fit.population, mask) * factor
-    obs_cens = np.isfinite(np.asarray(fit.population.obs_lloq))[mask]
+    obs_cens = vpc_censored(fit.population, dvid)
     sim_cens = sim < limit[None, :]  # False where there is no limit (NaN)
     censoring = bool(fit.population.has_censored)
     edges = _edges(t, bins)
@@ -303,6 +303,12 @@ def _vpc_limits(pop, mask) -> np.ndarray:
         if known.size:
             out = np.where((dvid == d) & ~np.isfinite(lloq), np.median(known), out)
     return out
+
+
+def vpc_censored(pop, dvid) -> np.ndarray:
+    """Which of the VPC's observations (:func:`vpc_mask`) are below their limit (their
+    DV is the limit)."""
+    return np.isfinite(np.asarray(pop.obs_lloq))[vpc_mask(pop, dvid)]
 
 
 def vpc_mask(pop, dvid):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._compile import filter_jit
-from ._diagnostics import vpc, vpc_mask, vpc_observations
+from ._diagnostics import vpc, vpc_censored, vpc_observations
 
 __all__ = ["individual_pages", "plot_gof", "plot_individual", "plot_vpc"]
 
@@ -43,8 +43,7 @@ def plot_vpc(fit=None, table: pd.DataFrame | None = None, ax=None, log: bool = F
         edges = np.r_[table["t_lo"].to_numpy(), table["t_hi"].to_numpy()[-1:]]
         t, dv, _, _ = vpc_observations(fit, edges, kwargs.get("dvid"), corrected)
         shown = dv > 0 if log else np.ones_like(dv, bool)
-        cens = np.isfinite(np.asarray(fit.population.obs_lloq))[
-            vpc_mask(fit.population, kwargs.get("dvid"))]
+        cens = vpc_censored(fit.population, kwargs.get("dvid"))
         ax.plot(t[shown & ~cens], dv[shown & ~cens], "o", ms=2.5, color="0.4", alpha=0.5,
                 zorder=0, label="observations")
         if cens.any():
