@@ -141,6 +141,9 @@ def _compilation_cache() -> None:
     except OSError:
         return  # a read-only home: run without the cache
     jax.config.update("jax_compilation_cache_dir", folder)
+    # every program, not only those over a second (JAX's default): a quickly compiled
+    # one (bayes_ude._compile) takes 0.1-1 s, and the second run should load them all
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import inference
 from .._batching import batch_map, resolve_devices
-from .._compile import compiler_options, filter_jit
+from .._compile import ONE_OFF, compiler_options, filter_jit
 from ..inference._interrupt import interrupt_guard
 from . import _diagnostics
 from ._bayes_results import BayesianFitResult
@@ -213,7 +213,7 @@ def _replicate(model, us, etas, population, key):
     return _replicate_impl(model, us, etas, population, key)
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _replicate_impl(model, us, etas, population, key):
     keys = jax.random.split(key, us.shape[0])
 

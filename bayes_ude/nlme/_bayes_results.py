@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._compile import filter_jit
+from .._compile import ONE_OFF, filter_jit
 from . import _diagnostics, _plots
 from ._likelihood import subject_log_densities
 from ._model import PopulationModel
@@ -184,7 +184,7 @@ def _draw_vectors(result: BayesianFitResult, n: int, key) -> jax.Array:
     return jnp.asarray(flat[np.asarray(idx)])
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _simulate_draws(model, us, population, key):
     keys = jax.random.split(key, (us.shape[0], population.obs_time.shape[0]))
 

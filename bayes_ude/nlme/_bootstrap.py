@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import _sigint
 from .._batching import batch_map, resolve_devices
-from .._compile import filter_jit
+from .._compile import ITERATIVE, ONE_OFF, filter_jit
 from ._estimate import setup_problem
 from ._likelihood import LOG_2PI
 from ._model import PopulationModel
@@ -51,7 +51,7 @@ GPU_SUBJECTS = 10_000
 _ML = ("fo", "foce", "focei", "laplace")
 
 
-@filter_jit
+@filter_jit(quick_below=ITERATIVE)
 def _replicate_chunk(problem: Problem, states, index, n_iter, tol, devices):
     """Up to ``n_iter[b]`` BFGS iterations of each replicate ``b`` (its subjects at
     ``index[b]``), replicates over ``devices``."""
@@ -65,7 +65,7 @@ def _replicate_chunk(problem: Problem, states, index, n_iter, tol, devices):
                      devices=devices, copy_args=False)
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _natural(problem: Problem, xs):
     def one(x):
         u = problem.full(x)

@@ -57,7 +57,7 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 
 from .._batching import batch_map, resolve_devices
-from .._compile import filter_jit
+from .._compile import ITERATIVE, filter_jit
 from ._model import PopulationModel
 
 __all__ = ["METHODS", "check_censoring", "objective", "subject_log_density"]
@@ -299,7 +299,7 @@ def objective(model: PopulationModel, population, method: str = "focei", u=None,
                           tuple(resolve_devices(devices)))
 
 
-@filter_jit
+@filter_jit(quick_below=ITERATIVE)
 def _objective_jit(model, method, u, population, eta0, devices):
     return population_objective(model, method, u, population, eta0, devices)[0]
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .._batching import batch_map, replicated_sharding
-from .._compile import filter_jit
+from .._compile import ITERATIVE, ONE_OFF, filter_jit
 from ._error import Additive
 from ._likelihood import SubjectLikelihood, chol_logdet, newton, population_objective
 from ._model import PopulationModel
@@ -71,7 +71,7 @@ def bfgs_init(x, eta, devices=None):
                           replicated_sharding(devices) if devices else None)
 
 
-@filter_jit
+@filter_jit(quick_below=ITERATIVE)
 def run_chunk(problem: Problem, state: _BFGS, n_iter, tol):
     """Up to ``n_iter`` BFGS iterations with a backtracking (Armijo) line search.
 
@@ -148,7 +148,7 @@ def run_chunk(problem: Problem, state: _BFGS, n_iter, tol):
                                                          done=jnp.asarray(False)))
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def natural_summary(problem: Problem, x):
     """At ``x``: the full unconstrained vector, the natural-scale parameters, the L2
     penalty and the Jacobian of the natural parameters in ``x`` (for the covariance
@@ -217,7 +217,7 @@ class _LME(eqx.Module):
         return jnp.sum(jax.vmap(one)(self.x_mat, self.z_mat, self.w, self.mask)), eta
 
 
-@filter_jit
+@filter_jit(quick_below=ITERATIVE)
 def _linearise(model, u, population, eta):
     theta, _, sigma = model.unpack(u)
     beta = model._theta_vector(theta)

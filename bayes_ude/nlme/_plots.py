@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .._compile import filter_jit
+from .._compile import ONE_OFF, filter_jit
 from ._diagnostics import vpc, vpc_censored, vpc_observations
 
 __all__ = ["individual_pages", "plot_gof", "plot_individual", "plot_vpc"]
@@ -177,7 +177,7 @@ def _pick(values, index: np.ndarray) -> np.ndarray:
     return values[np.arange(values.shape[0]), index][:, None]
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _curves(model, u, population, eta):
     theta = model.unpack(u)[0]
     pred = jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._compile import filter_jit
+from .._compile import ONE_OFF, filter_jit
 from . import _diagnostics
 from ._model import PopulationModel, check_data
 
@@ -100,7 +100,7 @@ def point_estimates(model: PopulationModel, values: Mapping,
     return PointEstimates(model, u, population)
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _typical(model, u, population):
     theta = model.unpack(u)[0]
     return jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)

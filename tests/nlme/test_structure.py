@@ -12,8 +12,10 @@ import bayes_ude
 NLME = Path(bayes_ude.__file__).parent / "nlme"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_CODE_LINES = 100
-# the documented lazy loads (NumPyro, BlackJAX, ArviZ only for Bayesian fits)
-LAZY_IMPORTS = {("_fit.py", "fit"), ("_command_run.py", "run_pk_fit")}
+# the documented lazy loads: NumPyro, BlackJAX, ArviZ only for Bayesian fits; diffrax only
+# for an ODE model (warfarin's); matplotlib only when the command draws its figures
+LAZY_IMPORTS = {("_fit.py", "fit"), ("_command_run.py", "run_pk_fit"),
+                ("_command_data.py", "build_model"), ("_command_plots.py", "write_plots")}
 
 
 def _modules():
