@@ -21,10 +21,6 @@ from ._data import NonmemDataWarning as NonmemDataWarning
 from ._data import Population as Population
 from ._data import covariates_at as covariates_at
 from ._data import split_subjects as split_subjects
-from ._deep import augment as augment
-from ._deep import covariate_model as covariate_model
-from ._deep import partial_dependence as partial_dependence
-from ._deep import population_predictions as population_predictions
 from ._design import design as design
 from ._diagnostics import diagnostics as diagnostics
 from ._diagnostics import epsilon_shrinkage as epsilon_shrinkage
@@ -37,25 +33,16 @@ from ._error import ErrorModel as ErrorModel
 from ._error import Exponential as Exponential
 from ._error import Proportional as Proportional
 from ._fit import fit as fit
-from ._fixed_step import FixedStepODEModel as FixedStepODEModel
 from ._likelihood import objective as objective
 from ._likelihood import subject_log_density as subject_log_density
 from ._model import Omega as Omega
 from ._model import PopulationModel as PopulationModel
 from ._model_file import load_model_file as load_model_file
-from ._network_pk import NetworkEliminationPK as NetworkEliminationPK
-from ._network_pk import elimination_curve as elimination_curve
-from ._network_pk import network_elimination_model as network_elimination_model
-from ._ode_model import ODEModel as ODEModel
 from ._pk import ClosedFormModel as ClosedFormModel
 from ._pk import OneCompartmentIV as OneCompartmentIV
 from ._pk import OneCompartmentOral as OneCompartmentOral
 from ._pk import TwoCompartmentIV as TwoCompartmentIV
 from ._pk import TwoCompartmentOral as TwoCompartmentOral
-from ._plots import individual_pages as individual_pages
-from ._plots import plot_gof as plot_gof
-from ._plots import plot_individual as plot_individual
-from ._plots import plot_vpc as plot_vpc
 from ._read import load_theophylline_population as load_theophylline_population
 from ._read import load_warfarin_population as load_warfarin_population
 from ._read import read_nonmem as read_nonmem
@@ -68,19 +55,53 @@ from ._structural import StructuralModel as StructuralModel
 from ._tables import FitComparison as FitComparison
 from ._tables import compare_fits as compare_fits
 from ._tables import sdtab as sdtab
-from ._warfarin import TransitTurnoverPKPD as TransitTurnoverPKPD
-from ._warfarin import inhibition_curve as inhibition_curve
-from ._warfarin import warfarin_pkpd_model as warfarin_pkpd_model
 
-# The Bayesian layer (NumPyro, ArviZ) loads on first use: a maximum-likelihood fit does not
-# pay for importing them.
-_LAZY = {"BayesianFitResult": "_bayes_results", "Priors": "_priors",
-         "numpyro_model": "_priors", "fit_bayes": "_bayes"}
+# Load on first use, so that a closed-form maximum-likelihood fit does not pay for importing
+# them: the Bayesian layer (NumPyro, ArviZ), the ODE models (diffrax, ~0.3 s), the figures
+# (matplotlib) and the neural covariate models' training (optax).
+_LAZY = {
+    "BayesianFitResult": "_bayes_results",
+    "Priors": "_priors",
+    "numpyro_model": "_priors",
+    "fit_bayes": "_bayes",
+    "augment": "_deep",
+    "covariate_model": "_deep",
+    "partial_dependence": "_deep",
+    "population_predictions": "_deep",
+    "FixedStepODEModel": "_fixed_step",
+    "NetworkEliminationPK": "_network_pk",
+    "elimination_curve": "_network_pk",
+    "network_elimination_model": "_network_pk",
+    "ODEModel": "_ode_model",
+    "individual_pages": "_plots",
+    "plot_gof": "_plots",
+    "plot_individual": "_plots",
+    "plot_vpc": "_plots",
+    "TransitTurnoverPKPD": "_warfarin",
+    "inhibition_curve": "_warfarin",
+    "warfarin_pkpd_model": "_warfarin",
+}
 if TYPE_CHECKING:
     from ._bayes import fit_bayes as fit_bayes
     from ._bayes_results import BayesianFitResult as BayesianFitResult
+    from ._deep import augment as augment
+    from ._deep import covariate_model as covariate_model
+    from ._deep import partial_dependence as partial_dependence
+    from ._deep import population_predictions as population_predictions
+    from ._fixed_step import FixedStepODEModel as FixedStepODEModel
+    from ._network_pk import NetworkEliminationPK as NetworkEliminationPK
+    from ._network_pk import elimination_curve as elimination_curve
+    from ._network_pk import network_elimination_model as network_elimination_model
+    from ._ode_model import ODEModel as ODEModel
+    from ._plots import individual_pages as individual_pages
+    from ._plots import plot_gof as plot_gof
+    from ._plots import plot_individual as plot_individual
+    from ._plots import plot_vpc as plot_vpc
     from ._priors import Priors as Priors
     from ._priors import numpyro_model as numpyro_model
+    from ._warfarin import TransitTurnoverPKPD as TransitTurnoverPKPD
+    from ._warfarin import inhibition_curve as inhibition_curve
+    from ._warfarin import warfarin_pkpd_model as warfarin_pkpd_model
 
 
 def __getattr__(name):
@@ -88,3 +109,7 @@ def __getattr__(name):
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

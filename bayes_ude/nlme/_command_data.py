@@ -17,7 +17,6 @@ from ._command import SHIPPED, command_name, fail, parse_omega
 from ._data import NonmemDataError, NonmemDataWarning
 from ._model_file import load_model_file
 from ._read import read_nonmem
-from ._warfarin import warfarin_pkpd_model
 
 __all__ = ["RECORDED", "build_model", "fit_options", "load_data", "n_censored"]
 
@@ -66,6 +65,8 @@ def build_model(args, pop):
             model.check(pop)
             return model
         if args.model == "warfarin_pkpd":
+            from ._warfarin import warfarin_pkpd_model  # an ODE model: loads diffrax
+
             return warfarin_pkpd_model(pop)
         iov = getattr(args, "iov", None)  # summaries written before --iov lack it
         model = builtin_model(args.model, pop, args.error, allometric=args.allometric,

@@ -2,19 +2,16 @@
 (maximum likelihood or Bayesian): goodness of fit, VPC, individual fits (every subject,
 page by page, in one PDF; the first page also as PNG), axes labelled with the data's
 units. A model of several observation types (e.g. warfarin's PK and PD, DVID 1 and 2)
-gets each figure per type."""
+gets each figure per type. matplotlib loads when the figures are drawn (``--no-plots``
+does not pay for it)."""
 
 from __future__ import annotations
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_pdf import PdfPages
 
 from ._command import SHIPPED_UNITS
 from ._output import Output
-from ._plots import individual_pages, plot_gof, plot_vpc
 
 __all__ = ["save_vpc", "units", "vpc_tables", "write_plots"]
 
@@ -54,7 +51,14 @@ def write_plots(output: Output, args, result, vpcs: dict, diag=None, vpc_title=N
     """``vpc.png``; with the residual table ``diag`` (and the subjects' random effects)
     also ``gof.png``, ``individual.pdf`` (all subjects) and ``individual.png`` (page 1);
     one panel (or run of pages) per observation type."""
+    import matplotlib
+
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from ._plots import individual_pages, plot_gof, plot_vpc
+
     what = f"{args.model}, {args.method.upper()}"
     named = {d: "" if d is None else f" (DVID {d})" for d in vpcs}
     fig, axes = plt.subplots(len(vpcs), 1, figsize=(7, 4.5 * len(vpcs)), squeeze=False)

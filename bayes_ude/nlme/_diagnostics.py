@@ -37,8 +37,9 @@ import pandas as pd
 from jax.scipy.special import ndtri
 
 from .._batching import batch_map, resolve_devices
-from .._compile import filter_jit
+from .._compile import ONE_OFF, filter_jit
 from ._likelihood import censored
+from ._model import unpacked
 
 __all__ = ["diagnostics", "simulate", "vpc", "individual_parameters"]
 
@@ -49,7 +50,7 @@ def _decorrelate(v, e, mask):
     return jax.scipy.linalg.solve_triangular(chol, jnp.where(mask, e, 0.0), lower=True)
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _residuals(model, u, population, eta, devices):
     def one(item, u):
         subject, eta_hat = item
@@ -94,7 +95,7 @@ def _sample_obs(model, f, sigma, subject, key):
     return y
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _simulate(model, u, population, key, n, devices=None):
     keys = jax.random.split(key, (n, population.obs_time.shape[0]))
 
@@ -124,7 +125,7 @@ def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None,
     return np.asarray(_simulate(model, jnp.asarray(fit.u), population, key, n, devices))
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _npde(model, u, population, key, n, devices):
     # each subject simulates its own n replicates (a key per subject): memory grows with
     # a block of subjects, not with all of them times n
@@ -210,12 +211,16 @@ def epsilon_shrinkage(diag: pd.DataFrame) -> float:
     return float(1.0 - diag["IWRES"].std(ddof=1))
 
 
+@filter_jit(quick_below=ONE_OFF)
+def _individual(model, u, population, eta):
+    theta = model.unpack(u)[0]
+    return jax.vmap(lambda s, e: model.individual_parameters(theta, e, s))(population, eta)
+
+
 def individual_parameters(fit) -> pd.DataFrame:
     """The EBEs and the individual parameters they give, one row per subject."""
     model, pop = fit.model, fit.population
-    theta = model.unpack(jnp.asarray(fit.u))[0]
-    eta = jnp.asarray(fit.eta.to_numpy())
-    params = jax.vmap(lambda s, e: model.individual_parameters(theta, e, s))(pop, eta)
+    params = _individual(model, jnp.asarray(fit.u), pop, jnp.asarray(fit.eta.to_numpy()))
     table = fit.eta.copy()
     for k, v in params.items():
         v = np.asarray(v)
@@ -338,7 +343,7 @@ def vpc_observations(fit, bins: int | np.ndarray = 8, dvid: int | None = None,
     which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
     factor = np.ones_like(dv)
     if prediction_corrected:
-        theta = fit.model.unpack(jnp.asarray(fit.u))[0]
+        theta = unpacked(fit.model, jnp.asarray(fit.u))[0]
         pred = np.asarray(_population_pred(fit.model.specialised(pop), theta, pop))[mask]
         for b in range(len(edges) - 1):
             sel = (which == b) & (pred > 0)
@@ -347,6 +352,6 @@ def vpc_observations(fit, bins: int | np.ndarray = 8, dvid: int | None = None,
     return t, dv * factor, which, factor
 
 
-@filter_jit
+@filter_jit(quick_below=ONE_OFF)
 def _population_pred(model, theta, population):
     return jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)

@@ -21,13 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import ONE_OFF, filter_jit
 from ._error import ErrorModel, Exponential
 from ._occasions import count_occasions, predict_by_occasion
 from ._omega import Omega, _chol_to_vector
 from ._pk import ClosedFormModel, reset_times
 from ._structural import StructuralModel
 
-__all__ = ["Omega", "PopulationModel", "typical_individual"]
+__all__ = ["Omega", "PopulationModel", "typical_individual", "unpacked"]
 
 
 def check_data(structural: StructuralModel, population) -> None:
@@ -371,3 +372,11 @@ def typical_individual(model: PopulationModel, theta) -> dict:
     at fixed effects ``theta`` (a mapping, e.g. ``fit.theta``)."""
     eta0 = {name: jnp.zeros(()) for name in model.omega.names}
     return model.individual({k: jnp.asarray(v) for k, v in theta.items()}, eta0, {})
+
+
+@filter_jit(quick_below=ONE_OFF)
+def unpacked(model: PopulationModel, u, estimates: bool = False) -> tuple[dict, jax.Array, dict]:
+    """``model.unpack(u)`` (``unpack_estimates`` with ``estimates``) as one compiled
+    program: for results, outside any traced function, where its ~20 operations would
+    each be a small compilation of its own at start-up."""
+    return model.unpack_estimates(u) if estimates else model.unpack(u)

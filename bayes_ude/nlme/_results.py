@@ -23,7 +23,7 @@ from .._json import json_safe
 from . import _diagnostics
 from ._error import Combined, Exponential, Proportional
 from ._likelihood import subject_log_density
-from ._model import PopulationModel
+from ._model import PopulationModel, unpacked
 
 __all__ = ["FitResult", "PopulationFit"]
 
@@ -137,17 +137,17 @@ class FitResult(PopulationFit):
     # ---- views
     @property
     def theta(self) -> dict:
-        return self.model.unpack(jnp.asarray(self.u))[0]
+        return unpacked(self.model, jnp.asarray(self.u))[0]
 
     @property
     def omega(self) -> pd.DataFrame:
-        om = np.asarray(self.model.unpack_estimates(jnp.asarray(self.u))[1])
+        om = np.asarray(unpacked(self.model, jnp.asarray(self.u), True)[1])
         names = list(self.model.omega.names)
         return pd.DataFrame(om, index=names, columns=names)
 
     @property
     def sigma(self) -> dict:
-        return {k: float(v) for k, v in self.model.unpack(jnp.asarray(self.u))[2].items()}
+        return {k: float(v) for k, v in unpacked(self.model, jnp.asarray(self.u))[2].items()}
 
     @property
     def rse(self) -> pd.Series:
@@ -204,7 +204,7 @@ class FitResult(PopulationFit):
     def shrinkage(self) -> pd.Series:
         sd = self.eta.std(ddof=1)  # NONMEM's eta-shrinkage uses the sample SD of the EBEs
         # per random effect of a subject (with IOV, each occasion's)
-        variance = np.diag(np.asarray(self.model.unpack(jnp.asarray(self.u))[1]))
+        variance = np.diag(np.asarray(unpacked(self.model, jnp.asarray(self.u))[1]))
         return 1.0 - sd / np.sqrt(variance)
 
     def _shrinkage_of(self, name: str) -> float:
