@@ -29,6 +29,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ._programs import active_store
+
 __all__ = ["ITERATIVE", "ONE_OFF", "compiler_options", "filter_jit"]
 
 #: input elements up to which a program evaluated many times is compiled quickly
@@ -84,6 +86,9 @@ def filter_jit(fn: Callable | None = None, *, quick_below: int | None = None) ->
             return fn(*args, **kwargs)
         quick = (quick_below is not None and jax.device_count() == 1
                  and _n_elements((args, kwargs)) <= quick_below)
+        store = active_store()
+        if store is not None:  # a command's run: the program may be on disk already
+            return store.call(fn, compiler_options(quick), quick, args, kwargs)
         if quick not in compiled:
             compiled[quick] = eqx.filter_jit(fn, compiler_options=compiler_options(quick))
         return compiled[quick](*args, **kwargs)

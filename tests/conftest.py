@@ -21,6 +21,9 @@ _CACHE = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     str(Path(tempfile.gettempdir()) / f"bayes_ude_jax_cache_{getpass.getuser()}"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
+# The command's store of traced programs (bayes_ude/_programs.py) is keyed on the package's
+# source, not on what a test monkeypatches in-process: off, except where tested on purpose.
+os.environ.setdefault("BAYES_UDE_PROGRAM_STORE", "0")
 jax.config.update("jax_enable_x64", True)
 
 

@@ -8,15 +8,18 @@ branch is :mod:`._command_bayes`, loaded (with NumPyro) only for ``--method nuts
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import jax
 import numpy as np
 import pandas as pd
 
 from .._distributed import start_command
+from .._programs import program_store, run_key
 from ._bootstrap import bootstrap as run_bootstrap
 from ._command import (
     EXIT_DEGENERATE,
@@ -64,7 +67,8 @@ def run_pk_fit(args: argparse.Namespace) -> int:
             from . import _command_bayes
 
             return _command_bayes.run_bayes(args, pop, model, start, output, notes)
-        return _run_ml(args, pop, model, start, output, notes)
+        with program_store(*_store(args, pop)):
+            return _run_ml(args, pop, model, start, output, notes)
     except KeyboardInterrupt:
         if not output.committed:
             print(f"bayes-ude pk fit: interrupted before there were results; nothing written "
@@ -72,6 +76,24 @@ def run_pk_fit(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         output.discard()
+
+
+#: options that change no compiled program (what is printed or written, and where)
+_OUTPUT_ONLY = ("out", "json", "quiet", "no_plots", "log", "time_unit", "dv_unit")
+
+
+def _store(args: argparse.Namespace, pop) -> tuple:
+    """``(folder, run key)`` of the compiled programs kept for this run (``_programs``),
+    next to JAX's compilation cache; ``(None, None)`` without that cache, with
+    ``BAYES_UDE_PROGRAM_STORE=0``, for a model file (code the key cannot see), chosen
+    devices or several processes."""
+    folder = jax.config.jax_compilation_cache_dir
+    if (not folder or os.environ.get("BAYES_UDE_PROGRAM_STORE", "1") == "0"
+            or args.model.endswith(".py") or getattr(args, "devices", None)
+            or jax.process_count() > 1):
+        return None, None
+    options = {k: repr(v) for k, v in vars(args).items() if k not in _OUTPUT_ONLY}
+    return Path(folder) / "programs", run_key(options, pop)
 
 
 def _predose_rows(pop) -> list[int]:
