@@ -14,7 +14,9 @@ Two trade-offs are made here, both on CPU only (elsewhere XLA's defaults stand):
   12 subjects the fit compiles in 2.6 s instead of 3.5 s and runs 0.11 s instead of
   0.06 s; at 200 subjects the two are even (compile 3.6 s + run 1.9 s against 5.2 s +
   0.9 s); the NPDE diagnostics (500 replicates) compile in 0.7 s instead of 2.7 s, and
-  at 200 subjects still win by 2 s. Only in a process with one device: with several,
+  at 200 subjects still win by 2 s. Not where an argument says it is costly to evaluate
+  (``compile_quickly = False``: nlme's ODE models, whose fits run 2.2x longer unoptimised
+  for a compilation barely shorter). Only in a process with one device: with several,
   programs are compiled in full, where a fit gives the same numbers to the last bit on
   any number of them (quickly compiled, FOCEI estimates on 1 and 4 CPU devices were
   3.7e-9 apart: the unoptimised code rounds differently for different block shapes).
@@ -66,13 +68,20 @@ def _n_elements(tree) -> int:
                if isinstance(x, (jax.Array, np.ndarray)))
 
 
+def _vetoed(tree) -> bool:
+    """Whether an argument says its programs are costly to run (``compile_quickly``
+    false: a population model with ODEs, say), whatever their inputs' size."""
+    found = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "compile_quickly"))
+    return any(getattr(x, "compile_quickly", True) is False for x in found)
+
+
 def filter_jit(fn: Callable | None = None, *, quick_below: int | None = None) -> Callable:
     """``equinox.filter_jit`` with :func:`compiler_options`, set up at the first call (so
     that importing the package neither starts a backend nor compiles anything).
 
     ``quick_below``: a call whose array arguments hold at most this many elements in all
     is compiled quickly (:data:`ITERATIVE`, :data:`ONE_OFF`) when the process has a
-    single device; ``None``: never. Use as
+    single device and no argument has ``compile_quickly`` false; ``None``: never. Use as
     ``@filter_jit`` or ``@filter_jit(quick_below=ONE_OFF)``."""
     if fn is None:
         return functools.partial(filter_jit, quick_below=quick_below)
@@ -85,7 +94,8 @@ def filter_jit(fn: Callable | None = None, *, quick_below: int | None = None) ->
             # top-level program only, and the body is inlined there anyway
             return fn(*args, **kwargs)
         quick = (quick_below is not None and jax.device_count() == 1
-                 and _n_elements((args, kwargs)) <= quick_below)
+                 and _n_elements((args, kwargs)) <= quick_below
+                 and not _vetoed((args, kwargs)))
         store = active_store()
         if store is not None:  # a command's run: the program may be on disk already
             return store.call(fn, compiler_options(quick), quick, args, kwargs)

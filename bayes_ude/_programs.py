@@ -54,6 +54,10 @@ _LIBRARIES = ("jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix", "nu
               "numpyro", "optax")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
+#: environment variables that change no program (where programs are kept, or whether)
+_NOT_KEYED = ("JAX_COMPILATION_CACHE_DIR", "BAYES_UDE_COMPILATION_CACHE",
+              "BAYES_UDE_PROGRAM_STORE")
+
 _active: ProgramStore | None = None
 
 
@@ -104,7 +108,7 @@ def run_key(options: dict, arrays) -> str:
     digest = hashlib.sha256()
     devices = jax.devices()
     env = sorted((k, v) for k, v in os.environ.items()
-                 if k.startswith(("JAX_", "XLA_", "BAYES_UDE_")))
+                 if k.startswith(("JAX_", "XLA_", "BAYES_UDE_")) and k not in _NOT_KEYED)
     for part in (_source_hash(), _versions(), sys.version, _cpu(), jax.default_backend(),
                  str([d.device_kind for d in devices]), str(jax.process_count()),
                  str(jax.config.jax_enable_x64), repr(env), repr(sorted(options.items()))):

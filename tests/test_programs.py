@@ -145,3 +145,34 @@ def test_the_command_run_again_loads_every_program_and_writes_the_same(tmp_path,
     # nlmixr2's FOCEi of this model, to the digits printed (tests/reference/theoph_nlmixr2.csv)
     for name, value in (("tka", 0.464), ("tcl", 1.01), ("tv", 3.46)):
         assert abs(estimates[name] - value) < 0.006, (name, estimates[name])
+
+
+def test_an_argument_costly_to_evaluate_vetoes_quick_compilation(monkeypatch):
+    seen = []
+    real = _compile.eqx.filter_jit
+
+    def recording(fn, compiler_options=None):
+        seen.append(compiler_options)
+        return real(fn, compiler_options=compiler_options)
+
+    monkeypatch.setattr(_compile.eqx, "filter_jit", recording)
+
+    class Model:  # as nlme's PopulationModel says it of an ODE model
+        def __init__(self, quick):
+            self.compile_quickly = quick
+
+    @filter_jit(quick_below=100)
+    def f(model, x):
+        return jnp.sum(x ** 2)
+
+    x = np.arange(3.0)
+    assert float(f(Model(True), x)) == float(f(Model(False), x)) == 5.0
+    if jax.default_backend() == "cpu" and jax.device_count() == 1:
+        assert seen[0]["xla_backend_optimization_level"] == 0
+        assert "xla_backend_optimization_level" not in seen[1]
+    from bayes_ude import nlme
+
+    pop = nlme.load_theophylline_population()
+    assert nlme.builtin_model("oral1cmt", pop, "additive").compile_quickly
+    # nlme's models say it by their structural model: cheap closed forms, costly ODEs
+    assert not nlme.ODEModel.compile_quickly and not nlme.FixedStepODEModel.compile_quickly

@@ -227,6 +227,12 @@ class PopulationModel:
         return out
 
     @property
+    def compile_quickly(self) -> bool:
+        """Whether small populations' programs may be compiled quickly
+        (:mod:`bayes_ude._compile`): where the structural model is cheap to evaluate."""
+        return self.structural.compile_quickly
+
+    @property
     def sigma_names(self) -> tuple[str, ...]:
         return tuple(self.sigma)
 

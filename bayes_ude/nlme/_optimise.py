@@ -35,6 +35,10 @@ class Problem(eqx.Module):
     population: object
     devices: tuple | None = eqx.field(static=True, default=None)
 
+    @property
+    def compile_quickly(self) -> bool:  # bayes_ude._compile
+        return self.model.compile_quickly
+
     def full(self, x):
         return self.u_fixed.at[np.asarray(self.free, int)].set(x)
 

@@ -69,6 +69,7 @@ class ClosedFormModel(StructuralModel):
     time of those doses, default 0).
     """
 
+    compile_quickly: ClassVar[bool] = True  # sums of exponentials: cheap to evaluate
     n_compartments: int = eqx.field(static=True, default=1)
     dosing_compartment: int = eqx.field(static=True, default=1)
     #: whether the data may contain infusions, steady-state doses and resets
