@@ -9,7 +9,10 @@ Reports, per method: cold time (a fresh Python process: import, compile, fit, st
 errors) and warm time (best of repeated fits in one process), -2LL and the estimates;
 ratios ours / peer (< 1: we are faster).
 
-Usage: python benchmarks/nlme_theoph.py [--repeat N]
+First, the README's main job (``bayes-ude pk fit theophylline``) cold and run again, with
+and without figures.
+
+Usage: python benchmarks/nlme_theoph.py [--repeat N] [--command-only]
 """
 
 from __future__ import annotations
@@ -75,6 +78,39 @@ def cold(method: str, cache_dir: str | None = None) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
+def command(cache_dir: str, *options: str) -> float:
+    """Wall time of ``bayes-ude pk fit theophylline --quiet`` (the README's main job) in
+    a fresh process with its compilation cache and program store in ``cache_dir``."""
+    import os
+
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir)
+    env.pop("BAYES_UDE_PROGRAM_STORE", None)
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bayes_ude.cli", "pk", "fit", "theophylline",
+                        "--quiet", "--out", out, *options], check=True, env=env, cwd=ROOT)
+        return time.perf_counter() - t
+
+
+def report_command(repeat: int = 3) -> None:
+    """Issue 21 item 4: the command cold (empty cache) and run again (cache and program
+    store filled), with and without the figures; best of ``repeat`` fresh caches."""
+    rows = []
+    for options in ((), ("--no-plots",)):
+        cold_s, again_s = [], []
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory() as cache:
+                cold_s.append(command(cache, *options))
+                again_s.append(command(cache, *options))
+        rows.append((" ".join(options) or "(figures)", min(cold_s), min(again_s)))
+    print("bayes-ude pk fit theophylline --quiet (a fresh process each; best of "
+          f"{repeat}):")
+    print(f"{'options':<14}{'cold s':>9}{'again s':>9}")
+    for name, c, a in rows:
+        print(f"{name:<14}{c:>9.2f}{a:>9.2f}")
+    print("targets (issue 21): cold < 5 s, again < 3 s")
+
+
 def warm(model, pop, method, repeat):
     nlme.fit(model, pop, method, progress=False)
     best = np.inf
@@ -129,7 +165,12 @@ def pynlme_fit(repeat):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--command-only", action="store_true",
+                        help="only time the bayes-ude command (cold and again)")
     args = parser.parse_args()
+    report_command()
+    if args.command_only:
+        return
     model, pop = model_and_data()
     print("cold: a fresh process (import + compile + fit); 'cached': the same with JAX's "
           "persistent compilation cache filled by an earlier run (the bayes-ude command "
