@@ -3,6 +3,7 @@
 difference in the call or the run gives another program, and a damaged store falls back
 to tracing. References: numpy, and the function run without the store."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,6 +64,26 @@ def test_another_call_or_run_is_another_program(tmp_path):
     with program_store(tmp_path, "another run") as store:
         _solve(1, a, b)
     assert (store.misses, store.hits) == (1, 0)
+
+
+class _Scaled(eqx.Module):  # a model-like argument: a static field and an array
+    power: int = eqx.field(static=True)
+    a: jax.Array
+
+
+@filter_jit
+def _solve_module(m, b):
+    return jnp.linalg.solve(m.a, b) ** m.power
+
+
+def test_a_static_field_of_a_module_is_part_of_the_call(tmp_path):
+    a, b = _spd(3), np.arange(3.0)
+    with program_store(tmp_path, "run") as store:
+        x1 = _solve_module(_Scaled(1, a), b)
+        x2 = _solve_module(_Scaled(2, a), b)
+    assert (store.misses, store.hits) == (2, 0)
+    np.testing.assert_allclose(x2, _reference(2, a, b), rtol=1e-12)
+    np.testing.assert_allclose(x1, _reference(1, a, b), rtol=1e-12)
 
 
 def test_a_damaged_program_is_traced_again(tmp_path):
