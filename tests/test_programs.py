@@ -122,7 +122,9 @@ def test_the_run_key_follows_options_and_every_data_byte():
     assert run_key({"method": "focei"}, dict(data, dv=data["dv"].reshape(3, 2))) != key
 
 
-def test_small_inputs_compile_quickly_and_compute_the_same(monkeypatch):
+@pytest.fixture
+def compile_options(monkeypatch):
+    """The XLA options of every program filter_jit compiles from here on, in order."""
     seen = []
     real = _compile.eqx.filter_jit
 
@@ -131,6 +133,11 @@ def test_small_inputs_compile_quickly_and_compute_the_same(monkeypatch):
         return real(fn, compiler_options=compiler_options)
 
     monkeypatch.setattr(_compile.eqx, "filter_jit", recording)
+    return seen
+
+
+def test_small_inputs_compile_quickly_and_compute_the_same(compile_options):
+    seen = compile_options
 
     @filter_jit(quick_below=10)
     def f(x):
@@ -168,15 +175,8 @@ def test_the_command_run_again_loads_every_program_and_writes_the_same(tmp_path,
         assert abs(estimates[name] - value) < 0.006, (name, estimates[name])
 
 
-def test_an_argument_costly_to_evaluate_vetoes_quick_compilation(monkeypatch):
-    seen = []
-    real = _compile.eqx.filter_jit
-
-    def recording(fn, compiler_options=None):
-        seen.append(compiler_options)
-        return real(fn, compiler_options=compiler_options)
-
-    monkeypatch.setattr(_compile.eqx, "filter_jit", recording)
+def test_an_argument_costly_to_evaluate_vetoes_quick_compilation(compile_options):
+    seen = compile_options
 
     class Model:  # as nlme's PopulationModel says it of an ODE model
         def __init__(self, quick):
