@@ -433,9 +433,7 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     # which doubles the program; the search only where a chain starts at a non-finite
     # log density or gradient
     inits = (keys,) if starts is None else (keys, starts)
-    # run once: compiled quickly on one device (bayes_ude._compile; 0.9 -> ~0.3 s)
-    once = compiler_options(quick=jax.device_count() == 1)
-    state = jax.jit(_per_chain(init_drawn, chain_devices), compiler_options=once)(*inits)
+    state = jax.jit(_per_chain(init_drawn, chain_devices), compiler_options=opts)(*inits)
     if not _finite_start(state):
         state = jax.jit(_per_chain(lambda k: kernel.init(k, num_warmup, None, args, kwargs),
                                    chain_devices), compiler_options=opts)(keys)
