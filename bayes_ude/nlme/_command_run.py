@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from .. import _sigint
 from .._distributed import start_command
 from .._programs import program_store, run_key
 from ._bootstrap import bootstrap as run_bootstrap
@@ -46,6 +47,13 @@ def run_pk_fit(args: argparse.Namespace) -> int:
     """Run ``bayes-ude pk fit`` (options as :func:`._command.add_pk_parser` parses them)."""
     check_pk_args(args)
     start_command(args)  # several processes: join them (before any JAX computation)
+    # every Ctrl-C from here on is counted: one that Python swallows (in a garbage-collector
+    # callback while JAX starts or compiles) is raised at the fit's next checkpoint
+    with _sigint.counted_sigint():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pop, data_notes = load_data(args)
     model = build_model(args, pop)

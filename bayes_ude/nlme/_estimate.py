@@ -86,6 +86,7 @@ def fit_ml(
     bar = tqdm(total=max_iter, desc=f"{method.upper()}", disable=not progress, leave=False)
     try:
         with _sigint.counted_sigint():
+            _sigint.raise_pending()  # one swallowed before the fit (JAX starting up)
             while iterations < max_iter:
                 n = min(chunk, max_iter - iterations)
                 state = run_chunk(problem, state, np.asarray(n, np.int64),

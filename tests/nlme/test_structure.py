@@ -14,7 +14,7 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_CODE_LINES = 100
 # the documented lazy loads: NumPyro, BlackJAX, ArviZ only for Bayesian fits; diffrax only
 # for an ODE model (warfarin's); matplotlib only when the command draws its figures
-LAZY_IMPORTS = {("_fit.py", "fit"), ("_command_run.py", "run_pk_fit"),
+LAZY_IMPORTS = {("_fit.py", "fit"), ("_command_run.py", "_run"),
                 ("_command_data.py", "build_model"), ("_command_plots.py", "write_plots")}
 
 
