@@ -160,10 +160,10 @@ class ProgramStore:
             payload, out_def, out_static = pickle.loads(path.read_bytes())
             exported = jax.export.deserialize(bytearray(payload))
             _initialize_lapack()
+            entry = (_compiled(exported, options, leaves), out_def, out_static)
         except Exception:  # absent, partial, or from an incompatible build: trace again
             return None
         self.hits += 1
-        entry = (_compiled(exported, options, leaves), out_def, out_static)
         self._loaded[key] = entry
         return entry
 
