@@ -63,9 +63,8 @@ def compiler_options(quick: bool = False) -> dict | None:
     return opts
 
 
-def _n_elements(tree) -> int:
-    return sum(int(np.size(x)) for x in jax.tree.leaves(tree)
-               if isinstance(x, (jax.Array, np.ndarray)))
+def _n_elements(leaves) -> int:
+    return sum(int(np.size(x)) for x in leaves if isinstance(x, (jax.Array, np.ndarray)))
 
 
 def _vetoed(tree) -> bool:
@@ -89,12 +88,13 @@ def filter_jit(fn: Callable | None = None, *, quick_below: int | None = None) ->
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+        leaves = jax.tree.leaves((args, kwargs))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
             # called inside another jitted function: compiler options belong to the
             # top-level program only, and the body is inlined there anyway
             return fn(*args, **kwargs)
         quick = (quick_below is not None and jax.device_count() == 1
-                 and _n_elements((args, kwargs)) <= quick_below
+                 and _n_elements(leaves) <= quick_below
                  and not _vetoed((args, kwargs)))
         store = active_store()
         if store is not None:  # a command's run: the program may be on disk already

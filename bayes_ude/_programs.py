@@ -181,12 +181,16 @@ class ProgramStore:
             # refused for a host callback or a custom call JAX does not keep stable
             exported = jax.export.export(jax.jit(flat))(*leaves)
         except Exception:
-            compiled = jax.jit(flat, compiler_options=options).lower(*leaves).compile()
-            entry = (compiled, box["out_def"], box["out_static"])
-            self._loaded[key] = entry
-            return entry
-        entry = (_compiled(exported, options, leaves), box["out_def"], box["out_static"])
-        self._loaded[key] = entry
+            exported = None
+        compiled = (jax.jit(flat, compiler_options=options).lower(*leaves).compile()
+                    if exported is None else _compiled(exported, options, leaves))
+        entry = self._loaded[key] = (compiled, box["out_def"], box["out_static"])
+        if exported is not None:
+            self._write(key, exported, box)
+        return entry
+
+    def _write(self, key, exported, box) -> None:
+        """The exported program, written atomically under its key."""
         tmp = None
         try:
             data = pickle.dumps((bytes(exported.serialize()), box["out_def"],
@@ -200,7 +204,6 @@ class ProgramStore:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-        return entry
 
 
 def _compiled(exported, options, leaves):
