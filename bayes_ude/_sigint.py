@@ -9,7 +9,9 @@ Ctrl-C during compilation of an NLME fit).
 Within :func:`counted_sigint` every SIGINT is counted before it is raised; a loop calls
 :func:`raise_pending` between its steps (after each compiled chunk), which raises the
 ``KeyboardInterrupt`` again if one was counted but nobody caught it, and a handler that
-does catch it calls :func:`handled`. The samplers' own handler
+does catch it calls :func:`handled`. A swallowed one is not printed either (Python's
+"Exception ignored ... Traceback" on stderr): it is counted, so it is not lost, and the
+command's own one-line message is what the user reads. The samplers' own handler
 (:mod:`~bayes_ude.inference._interrupt`) counts the same way when it raises; outside the
 block, or under any other handler (IPython's), nothing changes.
 """
@@ -42,10 +44,18 @@ def counted_sigint() -> Iterator[None]:
         return
     handled()  # a Ctrl-C swallowed in an earlier block, after its last checkpoint, is old
     previous = signal.signal(signal.SIGINT, raise_counted)
+    previous_hook = sys.unraisablehook
+
+    def quiet_when_counted(unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_when_counted
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def handled() -> None:

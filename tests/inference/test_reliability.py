@@ -14,6 +14,7 @@ persistent cache).
 
 import os
 import signal
+import sys
 import threading
 
 import arviz as az
@@ -262,12 +263,18 @@ def test_a_ctrl_c_that_python_swallowed_is_raised_at_the_next_checkpoint():
     from bayes_ude.inference._chunks import run_chunks
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    printed, hook = [], sys.unraisablehook
+    sys.unraisablehook = printed.append  # Python's "Exception ignored ... Traceback"
     try:
         with sigint.counted_sigint():
             _SwallowsCtrlC()  # garbage at once: its __del__ swallows the interrupt
             with pytest.raises(KeyboardInterrupt):
                 sigint.raise_pending()
             sigint.raise_pending()  # accounted for: nothing more to raise
+        assert printed == []  # counted, so not printed (the command prints one line)
+        _SwallowsCtrlC()  # outside the block Python's own behaviour is unchanged
+        assert [type(u.exc_value) for u in printed] == [KeyboardInterrupt]
+        sys.unraisablehook = hook
 
         def advance(done, n):  # the second chunk "compiles" through a swallowed Ctrl-C
             if done == 1:
@@ -288,6 +295,7 @@ def test_a_ctrl_c_that_python_swallowed_is_raised_at_the_next_checkpoint():
             sigint.raise_pending()
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = hook
 
 
 # -------------------------------------------------------------------- stuck warmup (11)

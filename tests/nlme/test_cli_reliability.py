@@ -9,6 +9,7 @@ Costs: the SIGINT tests run the command as a subprocess (JAX start-up and compil
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -317,8 +318,11 @@ def test_ctrl_c_after_convergence_while_writing_keeps_the_results(tmp_path):
     assert fit_json.read_text() == (tmp_path / "out" / "summary.json").read_text()
     # the degenerate proportional fit
     assert "data rows 2, 74, 110" in err and "--error combined" in err
-    assert "converged to a degenerate solution: -2LL 6.277e+11" in err
-    assert summary["converged"] and summary["degenerate"][0].startswith("-2LL 6.277e+11")
+    # at -2LL 6e11 one rounding of the objective (1e-4) is above the gradient tolerance:
+    # whether the stalled line search counts as converged (its bound 1e-3; one AMD EPYC
+    # stalled at 1.08e-3) depends on the CPU's rounding, the degenerate verdict does not
+    assert re.search(r"(converged to|stopped at) a degenerate solution: -2LL 6\.277e\+11", err)
+    assert summary["degenerate"][0].startswith("-2LL 6.277e+11")
     assert any("data rows 2, 74, 110" in w for w in summary["warnings"])
     assert summary["sigma"]["prop_sd"] == pytest.approx(0.161, abs=0.005)
 
