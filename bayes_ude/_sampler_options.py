@@ -35,7 +35,8 @@ class SamplerOptions:
         ``num_chains`` (4): independent chains.
     NUTS (:func:`bayes_ude.inference.run_nuts`)
         ``num_warmup`` (1000), ``num_samples`` (1000) per chain; ``target_accept`` (0.8);
-        ``max_tree_depth`` (10); ``dense_mass`` (False; ``True``, or ``"auto"``: dense for
+        ``max_tree_depth`` (10); ``dense_mass`` (``None``: the fit's default, diagonal
+        unless the fit says otherwise; ``False``; ``True``; or ``"auto"``: dense for
         posteriors of at most 100 dimensions with at least 10 warmup iterations per
         dimension, see :func:`bayes_ude.inference.run_nuts`); ``metric``: ``"adapt"`` (estimated
         during warmup) or ``"laplace"`` (the inverse Hessian of the log joint at the
@@ -55,7 +56,7 @@ class SamplerOptions:
     num_samples: int = 1000
     target_accept: float = 0.8
     max_tree_depth: int = 10
-    dense_mass: bool | str = False
+    dense_mass: bool | str | None = None
     metric: str = "adapt"
     backend: str = "numpyro"
     batch_size: int | None = None
@@ -81,8 +82,9 @@ class SamplerOptions:
         if self.metric not in METRICS:
             raise ValueError(f"SamplerOptions.metric must be one of {METRICS}, got "
                              f"{self.metric!r}")
-        if not (isinstance(self.dense_mass, bool) or self.dense_mass == "auto"):
-            raise ValueError(f"SamplerOptions.dense_mass must be True, False or 'auto', got "
+        if not (self.dense_mass is None or isinstance(self.dense_mass, bool)
+                or self.dense_mass == "auto"):
+            raise ValueError(f"SamplerOptions.dense_mass must be None, True, False or 'auto', got "
                              f"{self.dense_mass!r}")
         if self.metric == "laplace" and self.dense_mass is True:
             raise ValueError("metric='laplace' is a NUTS metric of its own: leave dense_mass "

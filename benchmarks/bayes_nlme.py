@@ -5,17 +5,22 @@ ours / Stan (target >= 2), and checks that both give the same posterior (medians
 Monte Carlo error).
 
 The model (``bayes_ude.nlme.numpyro_model(builtin_model("oral1cmt", pop), pop)``, written
-out in benchmarks/stan/theoph_1cmt.stan): log-normal ka, cl, v with non-centred etas
-(``eta = z * omega_sd``), additive error; priors theta ~ Normal(initial value, 2),
-omega_sd ~ HalfNormal(1), add_sd ~ HalfNormal(5 x initial add_sd), z ~ Normal(0, 1). Doses
-in mg (``AMT = Dose x Wt``), concentrations in mg/L, F = 1. Both samplers start every chain
-at the model's initial values jittered by U(-0.2, 0.2) on the unconstrained scale (etas at
-0), both adapt a diagonal mass matrix with target acceptance 0.8 and maximum tree depth 10.
-Stan runs its chains one after the other on one core (``cores = 1``); ours runs the 4
-chains inside one compiled program. Ours runs twice, with the default diagonal metric and
-with ``dense_mass=True`` (each after ``jax.clear_caches()``, so both compile everything they
-need), and each is compared with Stan; 2026-12-06 numbers and what they mean are in
-docs/performance.md ("Bayesian NLME per draw").
+out in benchmarks/stan/theoph_1cmt.stan): log-normal ka, cl, v, additive error; priors
+theta ~ Normal(initial value, 2), omega_sd ~ HalfNormal(1), add_sd ~ HalfNormal(5 x
+initial add_sd), eta ~ Normal(0, omega_sd). Doses in mg (``AMT = Dose x Wt``),
+concentrations in mg/L, F = 1. Both samplers start every chain at the model's initial
+values jittered by U(-0.2, 0.2) on the unconstrained scale (etas at 0), with target
+acceptance 0.8 and maximum tree depth 10. Stan samples non-centred etas (``eta = z *
+omega_sd``, z ~ Normal(0, 1)) with a diagonal metric, its default. Ours runs twice:
+
+* with its defaults: ``random_effects="auto"`` centres the etas the data inform (all three
+  here), and with every eta centred the metric is dense;
+* as before that choice existed: non-centred and diagonal, as Stan.
+
+Each run follows ``jax.clear_caches()``, so both compile everything they need, and each
+is compared with Stan. The parameterisation changes how NUTS moves, not the posterior;
+the medians are compared. Numbers and what they mean are in docs/performance.md
+("Bayesian NLME per draw", "Bayesian NLME: centred random effects").
 
 ESS is ArviZ's bulk ESS on the same quantities for both: the 7 population parameters of
 ``res.table()`` (theta, omega variances, add_sd), and separately the 36 etas. "Compile"
@@ -108,20 +113,22 @@ jax.monitoring.register_event_duration_secs_listener(
 
 
 # ------------------------------------------------------------------------------ ours
-def run_ours(model, pop, dense_mass=False):
+def run_ours(model, pop, label="default", **settings):
     jax.clear_caches()  # each run compiles everything it needs, as a fresh process would
     _compile.clear()
     start = time.perf_counter()
     res = nlme.fit(model, pop, "nuts", num_warmup=WARMUP, num_samples=SAMPLES,
                    num_chains=CHAINS, progress=False, backend=BACKEND,
-                   priors=nlme.Priors(omega_sd=OMEGA_SD_PRIOR), dense_mass=dense_mass)
+                   priors=nlme.Priors(omega_sd=OMEGA_SD_PRIOR), **settings)
     seconds = time.perf_counter() - start
     compile_s = sum(_compile.values())
     a = res.idata.attrs
     draws = {k: np.asarray(res.draws[k]) for k in POP}
     eta = np.asarray(res.idata.posterior["eta"])  # chain, draw, subject, eta
     n_steps = np.asarray(res.idata.sample_stats["n_steps"])
-    name = f"bayes_ude NUTS ({BACKEND}{', dense' if dense_mass else ''})"
+    a_centred = a.get("centred", "")
+    name = (f"ours ({BACKEND}, {label}: {'dense' if a['dense_mass'] else 'diag'}, "
+            f"{'centred ' + a_centred if a_centred else 'non-centred'})")
     return {"name": name, "total": seconds, "compile": compile_s,
             "sampling": a["seconds_sampling"] - a["seconds_warmup"],
             "draws": draws, "eta": eta, "divergent": int(a["num_divergent"]),
@@ -255,15 +262,16 @@ def main():
     print(f"Theophylline oral1cmt, {CHAINS} chains x ({WARMUP} warmup + {SAMPLES} draws), "
           f"omega SD prior {OMEGA_PRIOR}; XLA small-loop threshold: {_xla.status()}",
           flush=True)
-    runs = [run_ours(model, pop), run_ours(model, pop, dense_mass=True)]
-    print(f"ours done in {runs[0]['total']:.1f} s (dense metric: {runs[1]['total']:.1f} s)",
-          flush=True)
+    runs = [run_ours(model, pop),
+            run_ours(model, pop, "before", random_effects="noncentred", dense_mass=False)]
+    print(f"ours done in {runs[0]['total']:.1f} s (as before, non-centred and diagonal: "
+          f"{runs[1]['total']:.1f} s)", flush=True)
     stan = run_stan(model, pop)
     if stan is not None:
         runs.append(stan)
-    print(f"\n{'sampler':<40}{'compile':>8}{'run':>7}{'total':>7}{'draws':>7}"
+    print(f"\n{'sampler':<64}{'compile':>8}{'run':>7}{'total':>7}{'draws':>7}"
           f"{'minESS':>8}{'ESS/s':>7}{'ESS/s':>7}{'etaESS':>8}{'steps':>7}{'div':>5}")
-    print(f"{'':<40}{'s':>8}{'s':>7}{'s':>7}{'s':>7}{'(pop)':>8}{'all':>7}{'run':>7}"
+    print(f"{'':<64}{'s':>8}{'s':>7}{'s':>7}{'s':>7}{'(pop)':>8}{'all':>7}{'run':>7}"
           f"{'(min)':>8}{'/draw':>7}")
     rates = []
     for r in runs:
@@ -272,7 +280,7 @@ def main():
         e = min(pop_ess.values())
         run_s = r["total"] - r["compile"]
         rates.append((e / r["total"], e / run_s, e / r["sampling"]))
-        print(f"{r['name']:<40}{r['compile']:>8.1f}{run_s:>7.1f}{r['total']:>7.1f}"
+        print(f"{r['name']:<64}{r['compile']:>8.1f}{run_s:>7.1f}{r['total']:>7.1f}"
               f"{r['sampling']:>7.1f}{e:>8.0f}{rates[-1][0]:>7.2f}{rates[-1][1]:>7.2f}"
               f"{eta_ess:>8.0f}{r['steps']:>7.1f}{r['divergent']:>5}")
     print("(run = total - compile: warmup + draws + post-processing; draws: the sampling "

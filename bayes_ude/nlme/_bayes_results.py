@@ -110,9 +110,12 @@ class BayesianFitResult(PopulationFit):
     def summary(self) -> dict:
         """JSON-ready summary: method, timings, the table, divergences."""
         table = self.table()
+        attrs = self.idata.attrs
         return {"method": self.method, "n_subjects": self.population.n_subjects,
                 "n_obs": self.population.n_obs, "seconds": self.seconds,
                 "num_divergent": self.num_divergent,
+                **({"random_effects_centred": [n for n in attrs["centred"].split(",") if n],
+                    "dense_mass": bool(attrs["dense_mass"])} if "centred" in attrs else {}),
                 # R-hat needs two chains: NaN (null in JSON) with one
                 "max_r_hat": (float(np.nanmax(table["r_hat"])) if table["r_hat"].notna().any()
                               else float("nan")),

@@ -31,6 +31,13 @@ def omega_prior(text: str):
     return (dist.HalfNormal if name == "halfnormal" else dist.HalfCauchy)(value)
 
 
+def _parameterisation(summary: dict) -> str:
+    centred = summary["random_effects_centred"]
+    metric = "dense" if summary["dense_mass"] else "diagonal"
+    return (f"centred ({', '.join(centred)})" if centred else "non-centred") + \
+        f", {metric} metric"
+
+
 def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
     """The Bayesian branch: posterior table, NetCDF, posterior-predictive VPC, trace plot."""
     key = jax.random.key(args.seed)
@@ -46,7 +53,8 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
                 raise KeyboardInterrupt  # a start for the chains is not a result
             result = fit(model, pop, "nuts", init=ml, num_warmup=args.warmup,
                          num_samples=args.samples, num_chains=args.chains, key=key,
-                         progress=progress, priors=priors, devices=devices)
+                         progress=progress, priors=priors, devices=devices,
+                         random_effects=args.random_effects)
         else:
             result = fit(model, pop, "sgld", num_steps=4 * args.samples,
                          num_chains=args.chains, key=key, progress=progress, priors=priors,
@@ -73,7 +81,8 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
                 print(table.to_string())
             print(f"{args.method.upper()}: {args.chains} chains; max R-hat "
                   f"{summary['max_r_hat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}"
-                  + (f", {result.num_divergent} divergences" if args.method == "nuts" else "")
+                  + (f", {result.num_divergent} divergences; random effects "
+                     f"{_parameterisation(summary)}" if args.method == "nuts" else "")
                   + f"; fit {result.seconds:.1f} s, total {seconds:.1f} s (including "
                     "compilation)")
     if result.idata.attrs.get("partial"):

@@ -141,6 +141,13 @@ def _bayes_options(group) -> None:
                        help="NUTS: draws per chain (default 1000); SGLD: steps per chain are "
                             "4x this")
     group.add_argument("--seed", type=int, default=0, help="Bayesian: random seed (default 0)")
+    group.add_argument("--random-effects", default="auto",
+                       choices=("auto", "centred", "noncentred"),
+                       help="NUTS: sample the random effects centred (informative data, "
+                            "little shrinkage), non-centred (sparse data), or choose per "
+                            "effect from the data's information at the maximum-likelihood "
+                            "fit (auto, default; every effect centred also makes the metric "
+                            "dense); docs/bayes_nlme.md")
     group.add_argument("--omega-prior", default=None, metavar="DIST:SCALE",
                        help="Bayesian: prior of each between-subject SD (log-scale "
                             "parameters), halfnormal:SCALE or halfcauchy:SCALE (default: "

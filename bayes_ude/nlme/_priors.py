@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +26,12 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import init_to_uniform
 
 from .._batching import batch_map, resolve_devices
+from .._compile import ONE_OFF, filter_jit
 from ._likelihood import LOG_2PI, at_limits, censored, data_terms
 from ._model import PopulationModel
 from ._results import FitResult
 
-__all__ = ["CensoredNormal", "Priors", "numpyro_model"]
+__all__ = ["CensoredNormal", "Priors", "choose_centred", "numpyro_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,16 +111,42 @@ def omega_blocks(model: PopulationModel) -> list[list[int]]:
 
 
 # ----------------------------------------------------------------------- NumPyro model
+def eta_columns(model: PopulationModel, centred: Collection[str] = ()):
+    """Which of a subject's random effects (:attr:`PopulationModel.eta_names`, columns of
+    ``eta``) are sampled centred and which non-centred: ``(centred columns, non-centred
+    columns)``, index arrays. ``centred`` names random effects of omega; a correlated
+    block is centred as a whole or not at all."""
+    names = model.omega.names
+    unknown = [n for n in centred if n not in names]
+    if unknown:
+        raise ValueError(f"centred random effects {unknown} are not random effects of omega "
+                         f"{list(names)}")
+    for block in omega_blocks(model):
+        inside = [names[i] in centred for i in block]
+        if any(inside) and not all(inside):
+            raise ValueError(f"random effects {[names[i] for i in block]} are correlated: "
+                             "centre all of them or none")
+    # the omega name of each column (occasion effects repeat theirs once per occasion)
+    of_column = np.diag(model.expand_omega(np.diag(np.arange(1.0, len(names) + 1)))) - 1
+    is_centred = np.isin(of_column.astype(int), [names.index(n) for n in centred])
+    return np.flatnonzero(is_centred), np.flatnonzero(~is_centred)
+
+
 def numpyro_model(model: PopulationModel, population, priors: Priors | None = None, *,
-                  devices=None):
+                  devices=None, centred: Collection[str] = ()):
     """The population model as a NumPyro model (a function of no arguments).
 
     Sites: one per theta name; ``omega_sd`` (one per random effect, in the model's order)
     and ``omega_corr_<k>`` (Cholesky factor of each non-diagonal block's correlation),
     with the (co)variances as deterministic sites named as in
-    :meth:`PopulationModel.parameter_names` (``omega_<eta>``); one per sigma name;
-    ``eta_z`` (subject x random effect, standard normal) with
-    ``eta = z L'`` and the individual parameters ``<name>_i`` as deterministic sites;
+    :meth:`PopulationModel.parameter_names` (``omega_<eta>``); one per sigma name; the
+    random effects, non-centred by default: ``eta_z`` (subject x random effect, standard
+    normal) with ``eta = z L'``; those named in ``centred`` (random effects of omega,
+    :func:`eta_columns`) sampled as they are, ``eta_c ~ N(0, L L')`` over their columns.
+    ``eta`` (all columns) and the individual parameters ``<name>_i`` are deterministic
+    sites. Centred effects suit informative data (little shrinkage: the posterior of a
+    subject's effect hardly depends on omega), non-centred ones sparse data (the funnel of
+    an effect and its SD); :func:`choose_centred` picks per random effect;
     ``y``, the observations on the error models' scale (``log DV`` for the exponential
     model; padding masked), one event per subject; an observation below its limit of
     quantification (``Population.obs_lloq``) has the limit as its value and ``P(y <
@@ -146,6 +173,8 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     # single vectorised block, twice as fast per gradient (see batch_map)
     isolate = devices is not None and jax.default_backend() == "cpu"
     devices = tuple(resolve_devices(devices))
+    c_cols, nc_cols = eta_columns(model, centred)
+    c_diagonal = _centred_factor_shape(model, c_cols)
 
     def subject(item, shared):
         eta_i, s = item
@@ -170,9 +199,16 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
         for name, r, c in zip(model.omega.element_names(), *model.omega.free, strict=True):
             numpyro.deterministic(name, omega[r, c])
         sigma = {k: numpyro.sample(k, priors.sigma_dist(model, k)) for k in model.sigma_names}
+        eta = jnp.zeros((n_subjects, q))
         with numpyro.plate("subject", n_subjects):
-            z = numpyro.sample("eta_z", dist.Normal(0.0, 1.0).expand([q]).to_event(1))
-        eta = numpyro.deterministic("eta", z @ chol.T)
+            if nc_cols.size:  # blocks never mix the two kinds: chol is block-diagonal
+                z = numpyro.sample("eta_z", dist.Normal(0.0, 1.0).expand([nc_cols.size])
+                                   .to_event(1))
+                eta = eta.at[:, nc_cols].set(z @ chol[np.ix_(nc_cols, nc_cols)].T)
+            if c_cols.size:
+                eta = eta.at[:, c_cols].set(numpyro.sample("eta_c", _centred_dist(
+                    chol[np.ix_(c_cols, c_cols)], c_diagonal)))
+        eta = numpyro.deterministic("eta", eta)
         ind, (y, f_t, r) = batch_map(subject, (eta, population), (theta, sigma),
                                      block="auto" if isolate else None, isolate=isolate,
                                      devices=devices)
@@ -188,6 +224,25 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
             numpyro.sample("y", y_dist.mask(mask).to_event(1), obs=y)
 
     return fn
+
+
+def _centred_factor_shape(model, c_cols) -> bool:
+    """Whether the centred columns' factor is diagonal (independent normals); an error if
+    it is not lower triangular (as ``MultivariateNormal(scale_tril=)`` needs)."""
+    pattern = model.expand_omega(np.tril(model.omega.pattern.astype(float)))
+    pattern = pattern[np.ix_(c_cols, c_cols)] != 0
+    if np.any(np.triu(pattern, 1)):
+        raise ValueError("the centred random effects' Cholesky factor is not lower "
+                         "triangular in the order of eta_names (occasion effects listed in "
+                         "iov in another order than in omega); list them in omega's order")
+    return not np.any(np.tril(pattern, -1))
+
+
+def _centred_dist(chol, diagonal: bool):
+    """``N(0, chol chol')`` per subject; independent normals when ``chol`` is diagonal."""
+    if diagonal:
+        return dist.Normal(0.0, jnp.diagonal(chol)).to_event(1)
+    return dist.MultivariateNormal(jnp.zeros(chol.shape[0]), scale_tril=chol)
 
 
 class CensoredNormal(dist.Normal):
@@ -253,8 +308,10 @@ def _init_near_site(site=None, values=None, radius=0.2):
     return init_to_uniform(site)
 
 
-def initial_values(model: PopulationModel, population, init) -> dict:
-    """Initial site values from the model's initial values or a maximum-likelihood fit."""
+def initial_values(model: PopulationModel, population, init,
+                   centred: Collection[str] = ()) -> dict:
+    """Initial site values from the model's initial values or a maximum-likelihood fit
+    (``centred``: as :func:`numpyro_model` takes it)."""
     # unpack compiled once (run eagerly it compiles each of its ~25 primitives)
     if isinstance(init, FitResult):
         theta, omega, sigma = jax.jit(init.model.unpack_estimates)(jnp.asarray(init.u))
@@ -277,6 +334,61 @@ def initial_values(model: PopulationModel, population, init) -> dict:
             values[f"omega_corr_{k}"] = lc
             chol[np.ix_(block, block)] = sds[block, None] * lc
     values.update({k: np.asarray(float(v)) for k, v in sigma.items()})
-    values["eta_z"] = np.linalg.solve(model.expand_omega(chol), eta.T).T
+    c_cols, nc_cols = eta_columns(model, centred)
+    if nc_cols.size:
+        chol_x = model.expand_omega(chol)
+        values["eta_z"] = np.linalg.solve(chol_x[np.ix_(nc_cols, nc_cols)], eta[:, nc_cols].T).T
+    if c_cols.size:
+        values["eta_c"] = eta[:, c_cols]
     return values
+
+
+# ------------------------------------------------------------- centred or non-centred
+#: A random effect is sampled centred when, for the median subject, its data carry at
+#: least ``CENTRED_MIN_INFORMATION`` times the information that omega's prior does
+#: (``omega^2 I``, ``I`` the Fisher information of the subject's observations about the
+#: effect): the subject's posterior is then mostly the data's, and hardly depends on omega.
+#: In a linear model ``omega^2 I = 1`` is where a subject's estimate is shrunk halfway to
+#: 0. Measured on Theophylline (``omega^2 I`` 25, 8, 8 at the maximum-likelihood fit;
+#: shrinkage 2-10 %): centred with a dense metric, 12 leapfrog steps per draw and minimum
+#: ESS 3,000 of 4,000 draws, against 43 steps and 1,100 non-centred with a diagonal one.
+CENTRED_MIN_INFORMATION = 1.0
+
+
+def choose_centred(model: PopulationModel, population, init=None) -> tuple[str, ...]:
+    """The random effects to sample centred (see ``CENTRED_MIN_INFORMATION``), judged at
+    ``init`` (as :func:`initial_values` takes it: a maximum-likelihood fit, natural values,
+    or ``None`` for the model's initial values) with every ``eta = 0``."""
+    u = init.u if isinstance(init, FitResult) else model.natural_to_vector(
+        dict(init or {}), model.initial_vector())
+    ratio = np.asarray(_information_ratio(model, population, jnp.asarray(u)))
+    names = model.omega.names
+    per_name = {n: [] for n in names}
+    of_column = np.diag(model.expand_omega(np.diag(np.arange(1.0, len(names) + 1)))) - 1
+    for col, i in enumerate(of_column.astype(int)):
+        per_name[names[i]].append(float(np.median(ratio[:, col])))
+    chosen = {n for n in names if min(per_name[n]) >= CENTRED_MIN_INFORMATION}
+    for block in omega_blocks(model):  # a correlated block goes as a whole
+        if not all(names[i] in chosen for i in block):
+            chosen -= {names[i] for i in block}
+    return tuple(n for n in names if n in chosen)
+
+
+@filter_jit(quick_below=ONE_OFF)
+def _information_ratio(model, population, u):
+    """``omega_jj I_ij`` for each subject i and column j of eta (at eta = 0)."""
+    theta, omega, sigma = model.unpack_estimates(u)
+    variances = jnp.diagonal(model.expand_omega(omega))
+    zero = jnp.zeros(model.n_eta)
+
+    def subject(s):
+        def transformed(eta):
+            return model.residual(model.predict(theta, eta, s), sigma, at_limits(s))[1]
+
+        jac = jax.jacfwd(transformed)(zero)
+        r = model.residual(model.predict(theta, zero, s), sigma, at_limits(s))[2]
+        weight = jnp.where(s.obs_mask, 1.0 / jnp.where(s.obs_mask, r, 1.0), 0.0)
+        return jnp.sum(weight[:, None] * jac ** 2, axis=0)
+
+    return jax.vmap(subject)(population) * variances
 
