@@ -63,6 +63,7 @@ _LAZY = {
     "BayesianFitResult": "_bayes_results",
     "Priors": "_priors",
     "numpyro_model": "_priors",
+    "choose_centred": "_priors",
     "fit_bayes": "_bayes",
     "augment": "_deep",
     "covariate_model": "_deep",
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
     from ._plots import plot_individual as plot_individual
     from ._plots import plot_vpc as plot_vpc
     from ._priors import Priors as Priors
+    from ._priors import choose_centred as choose_centred
     from ._priors import numpyro_model as numpyro_model
     from ._warfarin import TransitTurnoverPKPD as TransitTurnoverPKPD
     from ._warfarin import inhibition_curve as inhibition_curve

@@ -126,10 +126,15 @@ def eta_columns(model: PopulationModel, centred: Collection[str] = ()):
         if any(inside) and not all(inside):
             raise ValueError(f"random effects {[names[i] for i in block]} are correlated: "
                              "centre all of them or none")
-    # the omega name of each column (occasion effects repeat theirs once per occasion)
-    of_column = np.diag(model.expand_omega(np.diag(np.arange(1.0, len(names) + 1)))) - 1
-    is_centred = np.isin(of_column.astype(int), [names.index(n) for n in centred])
+    is_centred = np.isin(_omega_index(model), [names.index(n) for n in centred])
     return np.flatnonzero(is_centred), np.flatnonzero(~is_centred)
+
+
+def _omega_index(model: PopulationModel) -> np.ndarray:
+    """The omega name (its index) of each column of eta: occasion effects repeat theirs
+    once per occasion."""
+    q = len(model.omega.names)
+    return (np.diag(model.expand_omega(np.diag(np.arange(1.0, q + 1)))) - 1).astype(int)
 
 
 def numpyro_model(model: PopulationModel, population, priors: Priors | None = None, *,
@@ -363,11 +368,10 @@ def choose_centred(model: PopulationModel, population, init=None) -> tuple[str, 
         dict(init or {}), model.initial_vector())
     ratio = np.asarray(_information_ratio(model, population, jnp.asarray(u)))
     names = model.omega.names
-    per_name = {n: [] for n in names}
-    of_column = np.diag(model.expand_omega(np.diag(np.arange(1.0, len(names) + 1)))) - 1
-    for col, i in enumerate(of_column.astype(int)):
-        per_name[names[i]].append(float(np.median(ratio[:, col])))
-    chosen = {n for n in names if min(per_name[n]) >= CENTRED_MIN_INFORMATION}
+    median = np.median(ratio, axis=0)
+    of_column = _omega_index(model)
+    chosen = {n for i, n in enumerate(names)
+              if np.min(median[of_column == i]) >= CENTRED_MIN_INFORMATION}
     for block in omega_blocks(model):  # a correlated block goes as a whole
         if not all(names[i] in chosen for i in block):
             chosen -= {names[i] for i in block}
