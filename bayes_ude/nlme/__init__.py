@@ -63,7 +63,7 @@ _LAZY = {
     "BayesianFitResult": "_bayes_results",
     "Priors": "_priors",
     "numpyro_model": "_priors",
-    "choose_centred": "_priors",
+    "choose_centred": "_parameterisation",
     "fit_bayes": "_bayes",
     "augment": "_deep",
     "covariate_model": "_deep",
@@ -94,12 +94,12 @@ if TYPE_CHECKING:
     from ._network_pk import elimination_curve as elimination_curve
     from ._network_pk import network_elimination_model as network_elimination_model
     from ._ode_model import ODEModel as ODEModel
+    from ._parameterisation import choose_centred as choose_centred
     from ._plots import individual_pages as individual_pages
     from ._plots import plot_gof as plot_gof
     from ._plots import plot_individual as plot_individual
     from ._plots import plot_vpc as plot_vpc
     from ._priors import Priors as Priors
-    from ._priors import choose_centred as choose_centred
     from ._priors import numpyro_model as numpyro_model
     from ._warfarin import TransitTurnoverPKPD as TransitTurnoverPKPD
     from ._warfarin import inhibition_curve as inhibition_curve

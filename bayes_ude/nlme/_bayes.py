@@ -35,14 +35,12 @@ from ._bayes_results import BayesianFitResult
 from ._estimate import fit_ml
 from ._likelihood import LOG_2PI, SubjectLikelihood
 from ._model import PopulationModel, _chol_to_vector
+from ._parameterisation import eta_columns, omega_blocks, resolve_centred
 from ._priors import (
     Priors,
-    choose_centred,
-    eta_columns,
     init_near,
     initial_values,
     numpyro_model,
-    omega_blocks,
 )
 from ._results import FitResult
 
@@ -156,7 +154,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     # posterior predictive, optional, is skipped): the draws are never lost
     with interrupt_guard() as guard:
         if method == "nuts":
-            centred = _centred(model, population, init, random_effects)
+            centred = resolve_centred(model, population, init, random_effects)
             if options.dense_mass is None:
                 options = options.replace(dense_mass="auto" if set(centred) == set(
                     model.omega.names) and options.metric == "adapt" else False)
@@ -171,27 +169,6 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
                                    u=_central_u(model, u_draws), u_draws=u_draws,
                                    seconds=time.perf_counter() - start, priors=priors)
     return result
-
-
-def _centred(model, population, init, random_effects) -> tuple[str, ...]:
-    """The random effects to sample centred, from ``fit_bayes``'s ``random_effects``."""
-    names = model.omega.names
-    if isinstance(random_effects, str):
-        if random_effects == "auto":
-            chosen = choose_centred(model, population, init)
-            try:
-                eta_columns(model, chosen)
-                return chosen
-            except ValueError:  # occasion effects not in omega's order: not these
-                return tuple(n for n in chosen if n not in model.iov)
-        spelling = random_effects.replace("centered", "centred")  # either spelling
-        if spelling in ("centred", "noncentred"):
-            return names if spelling == "centred" else ()
-        raise ValueError(f"random_effects must be 'auto', 'centred', 'noncentred' or names "
-                         f"of random effects {list(names)}, got {random_effects!r}")
-    chosen = tuple(random_effects)
-    eta_columns(model, chosen)  # unknown names, a split block: a clear error
-    return chosen
 
 
 def _fit_nuts(model, population, priors, init, key, progress, options, guard=None,

@@ -26,12 +26,12 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import init_to_uniform
 
 from .._batching import batch_map, resolve_devices
-from .._compile import ONE_OFF, filter_jit
 from ._likelihood import LOG_2PI, at_limits, censored, data_terms
 from ._model import PopulationModel
+from ._parameterisation import centred_factor_is_diagonal, eta_columns, omega_blocks
 from ._results import FitResult
 
-__all__ = ["CensoredNormal", "Priors", "choose_centred", "numpyro_model"]
+__all__ = ["CensoredNormal", "Priors", "numpyro_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,46 +97,7 @@ class Priors:
         return self.sigma.get(name, dist.HalfNormal(5.0 * model.sigma[name]))
 
 
-def omega_blocks(model: PopulationModel) -> list[list[int]]:
-    """Index blocks of omega (singletons for the diagonal)."""
-    om = model.omega
-    q = len(om.names)
-    if om.structure == "diagonal":
-        return [[i] for i in range(q)]
-    if om.structure == "full":
-        return [list(range(q))]
-    blocks = [[om.names.index(n) for n in b] for b in om.structure]
-    used = {i for b in blocks for i in b}
-    return blocks + [[i] for i in range(q) if i not in used]
-
-
 # ----------------------------------------------------------------------- NumPyro model
-def eta_columns(model: PopulationModel, centred: Collection[str] = ()):
-    """Which of a subject's random effects (:attr:`PopulationModel.eta_names`, columns of
-    ``eta``) are sampled centred and which non-centred: ``(centred columns, non-centred
-    columns)``, index arrays. ``centred`` names random effects of omega; a correlated
-    block is centred as a whole or not at all."""
-    names = model.omega.names
-    unknown = [n for n in centred if n not in names]
-    if unknown:
-        raise ValueError(f"centred random effects {unknown} are not random effects of omega "
-                         f"{list(names)}")
-    for block in omega_blocks(model):
-        inside = [names[i] in centred for i in block]
-        if any(inside) and not all(inside):
-            raise ValueError(f"random effects {[names[i] for i in block]} are correlated: "
-                             "centre all of them or none")
-    is_centred = np.isin(_omega_index(model), [names.index(n) for n in centred])
-    return np.flatnonzero(is_centred), np.flatnonzero(~is_centred)
-
-
-def _omega_index(model: PopulationModel) -> np.ndarray:
-    """The omega name (its index) of each column of eta: occasion effects repeat theirs
-    once per occasion."""
-    q = len(model.omega.names)
-    return (np.diag(model.expand_omega(np.diag(np.arange(1.0, q + 1)))) - 1).astype(int)
-
-
 def numpyro_model(model: PopulationModel, population, priors: Priors | None = None, *,
                   devices=None, centred: Collection[str] = ()):
     """The population model as a NumPyro model (a function of no arguments).
@@ -179,7 +140,7 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     isolate = devices is not None and jax.default_backend() == "cpu"
     devices = tuple(resolve_devices(devices))
     c_cols, nc_cols = eta_columns(model, centred)
-    c_diagonal = _centred_factor_shape(model, c_cols)
+    c_diagonal = centred_factor_is_diagonal(model, c_cols)
 
     def subject(item, shared):
         eta_i, s = item
@@ -229,18 +190,6 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
             numpyro.sample("y", y_dist.mask(mask).to_event(1), obs=y)
 
     return fn
-
-
-def _centred_factor_shape(model, c_cols) -> bool:
-    """Whether the centred columns' factor is diagonal (independent normals); an error if
-    it is not lower triangular (as ``MultivariateNormal(scale_tril=)`` needs)."""
-    pattern = model.expand_omega(np.tril(model.omega.pattern.astype(float)))
-    pattern = pattern[np.ix_(c_cols, c_cols)] != 0
-    if np.any(np.triu(pattern, 1)):
-        raise ValueError("the centred random effects' Cholesky factor is not lower "
-                         "triangular in the order of eta_names (occasion effects listed in "
-                         "iov in another order than in omega); list them in omega's order")
-    return not np.any(np.tril(pattern, -1))
 
 
 def _centred_dist(chol, diagonal: bool):
@@ -346,53 +295,3 @@ def initial_values(model: PopulationModel, population, init,
     if c_cols.size:
         values["eta_c"] = eta[:, c_cols]
     return values
-
-
-# ------------------------------------------------------------- centred or non-centred
-#: A random effect is sampled centred when, for the median subject, its data carry at
-#: least ``CENTRED_MIN_INFORMATION`` times the information that omega's prior does
-#: (``omega^2 I``, ``I`` the Fisher information of the subject's observations about the
-#: effect): the subject's posterior is then mostly the data's, and hardly depends on omega.
-#: In a linear model ``omega^2 I = 1`` is where a subject's estimate is shrunk halfway to
-#: 0. Measured on Theophylline (``omega^2 I`` 25, 8, 8 at the maximum-likelihood fit;
-#: shrinkage 2-10 %): centred with a dense metric, 12 leapfrog steps per draw and minimum
-#: ESS 3,000 of 4,000 draws, against 43 steps and 1,100 non-centred with a diagonal one.
-CENTRED_MIN_INFORMATION = 1.0
-
-
-def choose_centred(model: PopulationModel, population, init=None) -> tuple[str, ...]:
-    """The random effects to sample centred (see ``CENTRED_MIN_INFORMATION``), judged at
-    ``init`` (as :func:`initial_values` takes it: a maximum-likelihood fit, natural values,
-    or ``None`` for the model's initial values) with every ``eta = 0``."""
-    u = init.u if isinstance(init, FitResult) else model.natural_to_vector(
-        dict(init or {}), model.initial_vector())
-    ratio = np.asarray(_information_ratio(model, population, jnp.asarray(u)))
-    names = model.omega.names
-    median = np.median(ratio, axis=0)
-    of_column = _omega_index(model)
-    chosen = {n for i, n in enumerate(names)
-              if np.min(median[of_column == i]) >= CENTRED_MIN_INFORMATION}
-    for block in omega_blocks(model):  # a correlated block goes as a whole
-        if not all(names[i] in chosen for i in block):
-            chosen -= {names[i] for i in block}
-    return tuple(n for n in names if n in chosen)
-
-
-@filter_jit(quick_below=ONE_OFF)
-def _information_ratio(model, population, u):
-    """``omega_jj I_ij`` for each subject i and column j of eta (at eta = 0)."""
-    theta, omega, sigma = model.unpack_estimates(u)
-    variances = jnp.diagonal(model.expand_omega(omega))
-    zero = jnp.zeros(model.n_eta)
-
-    def subject(s):
-        def transformed(eta):
-            return model.residual(model.predict(theta, eta, s), sigma, at_limits(s))[1]
-
-        jac = jax.jacfwd(transformed)(zero)
-        r = model.residual(model.predict(theta, zero, s), sigma, at_limits(s))[2]
-        weight = jnp.where(s.obs_mask, 1.0 / jnp.where(s.obs_mask, r, 1.0), 0.0)
-        return jnp.sum(weight[:, None] * jac ** 2, axis=0)
-
-    return jax.vmap(subject)(population) * variances
-

@@ -265,7 +265,7 @@ def test_auto_dense_mass_by_dimension_and_warmup():
     assert not auto_dense_mass(wide_gaussian, (100,), {}, 10_000)  # 101 dimensions
     with pytest.raises(ValueError, match="dense_mass must be True, False or 'auto'"):
         inference.run_nuts(correlated_gaussian, dense_mass="yes", progress=False)
-    with pytest.raises(ValueError, match="dense_mass must be True, False or 'auto'"):
+    with pytest.raises(ValueError, match="dense_mass must be None, True, False or 'auto'"):
         inference.SamplerOptions(dense_mass="dense")
 
 

@@ -89,7 +89,7 @@ def test_auto_centres_the_random_effects_the_data_inform():
     for the line a + b t: n / sigma^2 for a, sum t^2 / sigma^2 for b. Centred where the
     median subject's is >= 1; with a residual SD of 5 neither is; a correlated block goes
     as a whole."""
-    from bayes_ude.nlme._priors import _information_ratio, choose_centred
+    from bayes_ude.nlme._parameterisation import _information_ratio, choose_centred
 
     pop, df = _linear_population()
     model = _line_model().specialised(pop)
