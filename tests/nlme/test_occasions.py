@@ -231,6 +231,18 @@ def test_numpyro_log_joint_with_iov_matches_scipy():
         ref += stats.norm(f, np.sqrt((0.12 * f) ** 2 + 1e-12)).logpdf(y).sum()
     assert float(lp) == pytest.approx(ref, rel=1e-9)
 
+    # iov_cl centred: its two occasion columns are sampled as they are, N(0, 0.15^2) each;
+    # the log joint differs from the non-centred one at eta = sd z by -log(0.15) per value
+    from bayes_ude.nlme._parameterisation import eta_columns
+    model = _model().specialised(pop)
+    c_cols, nc_cols = eta_columns(model, ("iov_cl",))
+    assert list(c_cols) == [3, 4] and list(nc_cols) == [0, 1, 2]
+    centred = {k: v for k, v in values.items() if k != "eta_z"}
+    centred |= {"eta_z": values["eta_z"][:, :3], "eta_c": 0.15 * values["eta_z"][:, 3:]}
+    lp_c, _ = log_density(nlme.numpyro_model(_model(), pop, centred=("iov_cl",)), (), {},
+                          centred)
+    assert float(lp_c) == pytest.approx(float(lp) - 6 * np.log(0.15), rel=1e-12)
+
 
 @pytest.mark.heavy
 def test_nuts_recovers_the_occasion_variance():
