@@ -259,6 +259,9 @@ def test_theophylline_nuts_agrees_with_focei(theoph_nuts):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_divergent"] == 0
     assert summary["omega_prior"] == OMEGA_PRIOR
+    # omega^2 I = 25, 8, 8 at the FOCEI start: all centred, so a dense metric
+    assert summary["random_effects_centred"] == ["eta_ka", "eta_cl", "eta_v"]
+    assert summary["dense_mass"] is True
     idata = az.from_netcdf(out / "posterior.nc")
     assert idata.posterior["eta"].dims == ("chain", "draw", "subject", "eta_name")
     assert idata.posterior["cl_i"].sizes["subject"] == 12
