@@ -140,6 +140,9 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
         raise ValueError(f"Bayesian method must be one of {inference.SAMPLERS}, got "
                          f"{method!r}")
     options = (inference.SamplerOptions() if options is None else options).replace(**settings)
+    if method != "nuts" and not (isinstance(random_effects, str) and random_effects == "auto"):
+        raise ValueError(f"random_effects is a NUTS setting: SG-MCMC ({method!r}) integrates "
+                         "the random effects out")
     if options.metric == "laplace" and method != "nuts":
         raise ValueError("metric='laplace' is a NUTS metric (method='nuts', without "
                          "dense_mass)")

@@ -172,6 +172,9 @@ def _check_fit_args(args: argparse.Namespace) -> None:
             fail(f"--omega-prior is a prior, for --method nuts or sgld; {args.method} is "
                   "maximum likelihood")
         parse_omega_prior(args.omega_prior)
+    if args.random_effects != "auto" and args.method != "nuts":
+        fail(f"--random-effects is a NUTS setting (--method nuts); --method {args.method} "
+             "does not sample the random effects")
     _check_out(args.out, args.json)
 
 

@@ -112,6 +112,8 @@ def test_auto_centres_the_random_effects_the_data_inform():
         nlme.fit(model, pop, "nuts", random_effects=("eta_c",))
     with pytest.raises(ValueError, match="random_effects must be 'auto', 'centred'"):
         nlme.fit(model, pop, "nuts", random_effects="central")
+    with pytest.raises(ValueError, match="random_effects is a NUTS setting"):
+        nlme.fit(model, pop, "sgld", random_effects="centred")
 
 
 def test_held_out_log_density_is_exact_for_a_linear_mixed_model():

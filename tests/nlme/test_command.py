@@ -74,6 +74,9 @@ def test_missing_file_and_bad_table_are_clear_errors(tmp_path):
                       bad_prior])
     with pytest.raises(SystemExit, match="--omega-prior is a prior"):
         cli.main(["pk", "fit", "theophylline", "--omega-prior", "halfcauchy:0.1"])
+    with pytest.raises(SystemExit, match="--random-effects is a NUTS setting"):
+        cli.main(["pk", "fit", "theophylline", "--method", "sgld", "--random-effects",
+                  "centred"])
 
 
 def test_omega_prior_names_its_distribution():
