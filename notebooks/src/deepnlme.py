@@ -153,9 +153,9 @@ comparison.T.round(4)
 # ## Bayesian DeepNLME
 #
 # The same model object under NUTS: the random effects of every subject sampled jointly
-# with the population parameters (centred or not, per effect, as the data inform it), the L2 penalty becoming its N(0, 0.5²)
-# prior on every weight, chains started near the FOCEI fit. Then ArviZ diagnostics of the
-# population parameters. (The weights themselves are not identifiable one by one — a hidden
+# with the population parameters (centred or not, per effect, as the data inform it), the
+# L2 penalty becoming its N(0, 0.5²) prior on every weight, chains started near the FOCEI
+# fit. Then ArviZ diagnostics of the population parameters. (The weights themselves are not identifiable one by one — a hidden
 # unit can flip sign, for one — so their R-hat says little; the functions they give, such
 # as the partial-dependence curves below, are what the posterior pins down.)
 
