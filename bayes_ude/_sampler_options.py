@@ -84,8 +84,8 @@ class SamplerOptions:
                              f"{self.metric!r}")
         if not (self.dense_mass is None or isinstance(self.dense_mass, bool)
                 or self.dense_mass == "auto"):
-            raise ValueError(f"SamplerOptions.dense_mass must be None, True, False or 'auto', got "
-                             f"{self.dense_mass!r}")
+            raise ValueError(f"SamplerOptions.dense_mass must be None, True, False or "
+                             f"'auto', got {self.dense_mass!r}")
         if self.metric == "laplace" and self.dense_mass is True:
             raise ValueError("metric='laplace' is a NUTS metric of its own: leave dense_mass "
                              "False")

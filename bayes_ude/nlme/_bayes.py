@@ -36,12 +36,7 @@ from ._estimate import fit_ml
 from ._likelihood import LOG_2PI, SubjectLikelihood
 from ._model import PopulationModel, _chol_to_vector
 from ._parameterisation import eta_columns, omega_blocks, resolve_centred
-from ._priors import (
-    Priors,
-    init_near,
-    initial_values,
-    numpyro_model,
-)
+from ._priors import Priors, init_near, initial_values, numpyro_model
 from ._results import FitResult
 
 __all__ = ["fit_bayes"]

@@ -31,7 +31,7 @@ def omega_prior(text: str):
     return (dist.HalfNormal if name == "halfnormal" else dist.HalfCauchy)(value)
 
 
-def _parameterisation(summary: dict) -> str:
+def _random_effects_line(summary: dict) -> str:
     centred = summary["random_effects_centred"]
     metric = "dense" if summary["dense_mass"] else "diagonal"
     return (f"centred ({', '.join(centred)})" if centred else "non-centred") + \
@@ -82,7 +82,7 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
             print(f"{args.method.upper()}: {args.chains} chains; max R-hat "
                   f"{summary['max_r_hat']:.3f}, min bulk ESS {summary['min_ess_bulk']:.0f}"
                   + (f", {result.num_divergent} divergences; random effects "
-                     f"{_parameterisation(summary)}" if args.method == "nuts" else "")
+                     f"{_random_effects_line(summary)}" if args.method == "nuts" else "")
                   + f"; fit {result.seconds:.1f} s, total {seconds:.1f} s (including "
                     "compilation)")
     if result.idata.attrs.get("partial"):
