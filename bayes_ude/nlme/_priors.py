@@ -28,7 +28,14 @@ from numpyro.infer import init_to_uniform
 from .._batching import batch_map, resolve_devices
 from ._likelihood import LOG_2PI, at_limits, censored, data_terms
 from ._model import PopulationModel
-from ._parameterisation import centred_factor_is_diagonal, eta_columns, omega_blocks
+from ._parameterisation import (
+    centred_factor_is_diagonal,
+    eta_columns,
+    omega_blocks,
+    typical_links,
+    typical_shifts,
+    typical_shifts_compiled,
+)
 from ._results import FitResult
 
 __all__ = ["CensoredNormal", "Priors", "numpyro_model"]
@@ -108,7 +115,11 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     :meth:`PopulationModel.parameter_names` (``omega_<eta>``); one per sigma name; the
     random effects, non-centred by default: ``eta_z`` (subject x random effect, standard
     normal) with ``eta = z L'``; those named in ``centred`` (random effects of omega,
-    :func:`eta_columns`) sampled as they are, ``eta_c ~ N(0, L L')`` over their columns.
+    :func:`eta_columns`) sampled centred, ``eta_c ~ N(shift, L L')`` over their columns,
+    ``eta = eta_c - shift``: where an effect shifts one individual parameter (``ka =
+    exp(tka + eta_ka)``), ``shift`` is that parameter's typical value on its scale
+    (``log ka`` at ``eta = 0``) and ``eta_c`` the subject's own (``log ka_i``); otherwise
+    0 (:func:`typical_links`).
     ``eta`` (all columns) and the individual parameters ``<name>_i`` are deterministic
     sites. Centred effects suit informative data (little shrinkage: the posterior of a
     subject's effect hardly depends on omega), non-centred ones sparse data (the funnel of
@@ -141,6 +152,8 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     devices = tuple(resolve_devices(devices))
     c_cols, nc_cols = eta_columns(model, centred)
     c_diagonal = centred_factor_is_diagonal(model, c_cols)
+    links = typical_links(model, population, c_cols) if c_cols.size else ()
+    linked = any(link is not None for link in links)
 
     def subject(item, shared):
         eta_i, s = item
@@ -172,8 +185,11 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
                                    .to_event(1))
                 eta = eta.at[:, nc_cols].set(z @ chol[np.ix_(nc_cols, nc_cols)].T)
             if c_cols.size:
-                eta = eta.at[:, c_cols].set(numpyro.sample("eta_c", _centred_dist(
-                    chol[np.ix_(c_cols, c_cols)], c_diagonal)))
+                shift = (typical_shifts(model, population, theta, links) if linked
+                         else jnp.zeros((n_subjects, c_cols.size)))
+                value = numpyro.sample("eta_c", _centred_dist(
+                    shift, chol[np.ix_(c_cols, c_cols)], c_diagonal))
+                eta = eta.at[:, c_cols].set(value - shift)
         eta = numpyro.deterministic("eta", eta)
         ind, (y, f_t, r) = batch_map(subject, (eta, population), (theta, sigma),
                                      block="auto" if isolate else None, isolate=isolate,
@@ -192,11 +208,11 @@ def numpyro_model(model: PopulationModel, population, priors: Priors | None = No
     return fn
 
 
-def _centred_dist(chol, diagonal: bool):
-    """``N(0, chol chol')`` per subject; independent normals when ``chol`` is diagonal."""
+def _centred_dist(loc, chol, diagonal: bool):
+    """``N(loc, chol chol')`` per subject; independent normals when ``chol`` is diagonal."""
     if diagonal:
-        return dist.Normal(0.0, jnp.diagonal(chol)).to_event(1)
-    return dist.MultivariateNormal(jnp.zeros(chol.shape[0]), scale_tril=chol)
+        return dist.Normal(loc, jnp.diagonal(chol)).to_event(1)
+    return dist.MultivariateNormal(loc, scale_tril=chol)
 
 
 class CensoredNormal(dist.Normal):
@@ -293,5 +309,8 @@ def initial_values(model: PopulationModel, population, init,
         chol_x = model.expand_omega(chol)
         values["eta_z"] = np.linalg.solve(chol_x[np.ix_(nc_cols, nc_cols)], eta[:, nc_cols].T).T
     if c_cols.size:
-        values["eta_c"] = eta[:, c_cols]
+        links = typical_links(model, population, c_cols)
+        shift = np.asarray(typical_shifts_compiled(
+            model, population, {k: jnp.asarray(v) for k, v in theta.items()}, links))
+        values["eta_c"] = eta[:, c_cols] + shift
     return values

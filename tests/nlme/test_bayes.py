@@ -50,24 +50,25 @@ def test_log_joint_density_matches_scipy():
 
 
 def test_centred_random_effects_log_joint_matches_scipy():
-    """Centred effects are sampled as they are, eta ~ N(0, Omega). A diagonal omega with
-    one effect centred and one not, term by term with scipy; a full omega centred as one
-    block (a MultivariateNormal) against its non-centred form at eta = L z: the two log
-    joints differ by the change of variables alone, -n log|L|."""
+    """Centred effects are sampled centred on their typical value: a = ta + eta_a, so the
+    site is each subject's own a_i ~ N(ta, omega_a). A diagonal omega with one effect
+    centred and one not, term by term with scipy; a full omega centred as one block (a
+    MultivariateNormal) against its non-centred form at eta = L z: the two log joints
+    differ by the change of variables alone, -n log|L|."""
     pop, df = _linear_population()
     n = pop.n_subjects
     rng = np.random.default_rng(2)
     values = {"ta": 1.9, "tb": -0.3, "omega_sd": np.array([0.6, 0.35]), "add_sd": 0.45,
-              "eta_c": 0.6 * rng.normal(size=(n, 1)), "eta_z": rng.normal(size=(n, 1))}
+              "eta_c": 1.9 + 0.6 * rng.normal(size=(n, 1)), "eta_z": rng.normal(size=(n, 1))}
     fn = nlme.numpyro_model(_line_model(), pop, centred=("eta_a",))
     lp, _ = log_density(fn, (), {}, values)
     ref = (stats.norm(1.7, 2.0).logpdf(1.9) + stats.norm(-0.4, 2.0).logpdf(-0.3)
            + stats.halfnorm(scale=1.0).logpdf(values["omega_sd"]).sum()
            + stats.halfnorm(scale=2.5).logpdf(0.45)
-           + stats.norm(0.0, 0.6).logpdf(values["eta_c"]).sum()
+           + stats.norm(1.9, 0.6).logpdf(values["eta_c"]).sum()
            + stats.norm().logpdf(values["eta_z"]).sum())
     for i, (_, g) in enumerate(df.groupby("ID", sort=False)):
-        a = 1.9 + values["eta_c"][i, 0]
+        a = values["eta_c"][i, 0]
         b = -0.3 + 0.35 * values["eta_z"][i, 0]
         ref += stats.norm(a + b * g["TIME"], 0.45).logpdf(g["DV"]).sum()
     assert float(lp) == pytest.approx(ref, rel=1e-12)
@@ -79,7 +80,7 @@ def test_centred_random_effects_log_joint_matches_scipy():
     shared = {k: values[k] for k in ("ta", "tb", "omega_sd", "add_sd")} | {"omega_corr_0": corr}
     lp_nc, _ = log_density(nlme.numpyro_model(full, pop), (), {}, shared | {"eta_z": z})
     lp_c, _ = log_density(nlme.numpyro_model(full, pop, centred=("eta_a", "eta_b")), (), {},
-                          shared | {"eta_c": z @ chol.T})
+                          shared | {"eta_c": z @ chol.T + np.array([1.9, -0.3])})
     assert float(lp_c) == pytest.approx(float(lp_nc) - n * np.log(np.diag(chol)).sum(),
                                         rel=1e-12)
 

@@ -237,6 +237,11 @@ def test_numpyro_log_joint_with_iov_matches_scipy():
     model = _model().specialised(pop)
     c_cols, nc_cols = eta_columns(model, ("iov_cl",))
     assert list(c_cols) == [3, 4] and list(nc_cols) == [0, 1, 2]
+    # ka = exp(tka + eta_ka), ...: the centred between-subject effects are sampled as
+    # log ka_i etc.; the occasion columns keep a shift of 0
+    from bayes_ude.nlme._parameterisation import typical_links
+    assert typical_links(model, pop, np.arange(5)) == (("ka", "log"), ("cl", "log"),
+                                                       ("v", "log"), None, None)
     centred = {k: v for k, v in values.items() if k != "eta_z"}
     centred |= {"eta_z": values["eta_z"][:, :3], "eta_c": 0.15 * values["eta_z"][:, 3:]}
     lp_c, _ = log_density(nlme.numpyro_model(_model(), pop, centred=("iov_cl",)), (), {},
