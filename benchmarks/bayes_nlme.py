@@ -14,7 +14,8 @@ acceptance 0.8 and maximum tree depth 10. Stan samples non-centred etas (``eta =
 omega_sd``, z ~ Normal(0, 1)) with a diagonal metric, its default. Ours runs twice:
 
 * with its defaults: ``random_effects="auto"`` centres the etas the data inform (all three
-  here), and with every eta centred the metric is dense;
+  here) on their typical values (the sites are each subject's ``log ka``, ``log cl``,
+  ``log v``), and with every eta centred the metric is dense;
 * as before that choice existed: non-centred and diagonal, as Stan.
 
 Each run follows ``jax.clear_caches()``, so both compile everything they need, and each
