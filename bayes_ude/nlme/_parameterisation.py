@@ -198,11 +198,11 @@ def _information_ratio(model, population, u):
     zero = jnp.zeros(model.n_eta)
 
     def subject(s):
-        def transformed(eta):
-            return model.residual(model.predict(theta, eta, s), sigma, at_limits(s))[1]
+        def transformed(eta):  # the prediction, and its residual variance alongside
+            _, f, r = model.residual(model.predict(theta, eta, s), sigma, at_limits(s))
+            return f, r
 
-        jac = jax.jacfwd(transformed)(zero)
-        r = model.residual(model.predict(theta, zero, s), sigma, at_limits(s))[2]
+        jac, r = jax.jacfwd(transformed, has_aux=True)(zero)
         weight = jnp.where(s.obs_mask, 1.0 / jnp.where(s.obs_mask, r, 1.0), 0.0)
         return jnp.sum(weight[:, None] * jac ** 2, axis=0)
 
