@@ -26,14 +26,17 @@ def _one_round(fn, args, number):
     return (time.perf_counter() - start) / number
 
 
-def compare(fns, *args, rounds: int = 40, number: int = 5) -> list[float]:
-    """Best seconds per call of each (already compiled) function, timed interleaved."""
+def compare(fns, *args, rounds: int = 40, number: int | list[int] = 5) -> list[float]:
+    """Best seconds per call of each (already compiled) function, timed interleaved.
+    ``number``: calls per round, one for all or one per function (a function 100x faster
+    than its peer needs more calls a round to be timed above the clock's noise)."""
+    numbers = [number] * len(fns) if isinstance(number, int) else list(number)
     for fn in fns:
         jax.block_until_ready(fn(*args))
     best = [float("inf")] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
-            best[i] = min(best[i], _one_round(fn, args, number))
+            best[i] = min(best[i], _one_round(fn, args, numbers[i]))
     return best
 
 

@@ -88,8 +88,8 @@ def accuracy_and_speed(name, field, y0, ts, lower, upper, species, atol, n_train
                                       max_steps=100_000).ys
 
     c_ours, c_rodas = compile_time(ours, points), compile_time(rodas, points)
-    (t_rodas,) = compare([rodas], points, rounds=5, number=1)
-    (t_ours,) = compare([ours], points, rounds=20, number=20)
+    # interleaved, round by round, so that both see the same state of the shared machine
+    t_rodas, t_ours = compare([rodas, ours], points, rounds=15, number=[1, 40])
     gap = np.max(np.abs(ours(points) - rodas(points)) / sur.scale)
     print(f"1,000 points: surrogate {t_ours * 1e3:.2f} ms, Rodas5P (rtol 1e-6) "
           f"{t_rodas * 1e3:.0f} ms: {t_rodas / t_ours:.0f}x faster (>= 100x); compile "

@@ -202,9 +202,10 @@ class CTESN(eqx.Module):
     training points are compressed to their leading modes (a proper orthogonal
     decomposition of the trajectories they give, truncated where the largest error over the
     training set falls below ``pod_tol``), and the RBF interpolates the coefficients
-    ``c_k``. ``mean`` and ``modes`` are the same mean and modes as trajectories at ``ts``
-    (``features @ weights * scale``, in the states' units), so that an evaluation costs one
-    small RBF and one matrix product.
+    ``c_k`` (and a last output identically 1, which carries the mean). ``mean`` and
+    ``modes`` are the same mean and modes as trajectories at ``ts`` (``features @ weights *
+    scale``, in the states' units), so that an evaluation costs one small RBF and one
+    matrix product.
     """
 
     box: ParameterBox
@@ -234,7 +235,7 @@ class CTESN(eqx.Module):
         """``W_out(p)``, shape ``(..., n_features, n_states)`` (in scaled units)."""
         p = jnp.asarray(p)
         self._check_shape(p)
-        c = self.interpolant(self.box.to_unit(p))
+        c = self.interpolant(self.box.to_unit(p))[..., :-1]
         return self.mean_weights + jnp.einsum("...r,rfs->...fs", c, self.weight_modes)
 
     def __call__(self, p: ArrayLike) -> Array:
@@ -242,13 +243,15 @@ class CTESN(eqx.Module):
         self._check_shape(p)
         self._check_inside(p)
         u = self.box.to_unit(p)
-        c = self.interpolant(u)
-        if self.extrapolate != "allow":  # NaN coefficients make every value NaN
-            c = jnp.where(unit_inside(u)[..., None], c, jnp.nan)
-        # one product writes the result, [c, 1] @ [modes; mean]: the output (T x n_states
-        # values a point) is most of an evaluation's cost, and a separate "+ mean" pass over
-        # it measured ~20 % slower (1,000 Robertson points, interleaved timings)
-        c1 = jnp.concatenate([c, jnp.ones((*c.shape[:-1], 1), c.dtype)], axis=-1)
+        if self.extrapolate != "allow":
+            # NaN coordinates make every value NaN (masking u, not the coefficients, lets
+            # XLA fuse the test into the interpolant's passes)
+            u = jnp.where(unit_inside(u)[..., None], u, jnp.nan)
+        # the interpolant's last output is the constant 1 (RBFInterpolant.with_constant), so
+        # that one product writes the result, [c, 1] @ [modes; mean]: the output (T x
+        # n_states values a point) is most of an evaluation's cost, and a separate "+ mean"
+        # pass over it measured ~20 % slower (1,000 Robertson points, interleaved timings)
+        c1 = self.interpolant(u)
         basis = jnp.concatenate([self.modes, self.mean[None]]).reshape(c1.shape[-1], -1)
         flat = c1 @ basis
         return flat.reshape(*flat.shape[:-1], *self.mean.shape)
@@ -493,7 +496,7 @@ def fit_ctesn(
     solve_ls = vt.T * (s / (s ** 2 + lam)) @ u.T  # (features, T)
     w_out = np.einsum("ft,nts->nfs", solve_ls, ys[ok] / scale)
     mean_w, modes_w, coeffs = _compress(w_out, feats, pod_tol)
-    interpolant = fit_rbf(unit[ok], coeffs, kernel)
+    interpolant = fit_rbf(unit[ok], coeffs, kernel).with_constant()
     fit_seconds = _now() - start
 
     report = TrainingReport(

@@ -88,7 +88,12 @@ class ParameterBox(eqx.Module):
 def unit_inside(u: ArrayLike) -> Array:
     """``True`` where unit-cube coordinates ``u`` (last axis) lie in the cube."""
     u = jnp.asarray(u)
-    return jnp.all((u >= -INSIDE_TOL) & (u <= 1 + INSIDE_TOL), axis=-1)
+    # coordinate by coordinate, not jnp.all over the axis: elementwise operations that XLA
+    # fuses into whatever consumes the test, where a reduction would be a pass of its own
+    inside = (u[..., 0] >= -INSIDE_TOL) & (u[..., 0] <= 1 + INSIDE_TOL)
+    for j in range(1, u.shape[-1]):
+        inside = inside & (u[..., j] >= -INSIDE_TOL) & (u[..., j] <= 1 + INSIDE_TOL)
+    return inside
 
 
 def design(n: int, dim: int, kind: str = "sobol", key: jax.Array | None = None) -> np.ndarray:

@@ -214,6 +214,16 @@ def test_rbf_reproduces_linear_functions_and_converges():
     # fill distance h ~ n^(-1/2); cubic splines converge at least like h^2 in 2-D
     rate = -np.polyfit(np.log([50, 200, 800]), np.log(errs), 1)[0] * 2
     assert rate > 2.0, (errs, rate)
+    # the appended constant output is exactly 1 and leaves the others as they were
+    s1 = s.with_constant()
+    np.testing.assert_array_equal(s1(test)[:, -1], 1.0)
+    np.testing.assert_allclose(s1(test)[:, :-1], s(test), atol=1e-9)  # other rounding
+    # above _ELEMENTWISE_DIM dimensions the distances come from one matrix product
+    c10 = rng.random((40, 10))
+    y10 = np.sin(c10.sum(1))[:, None]
+    s10 = surrogates.fit_rbf(c10, y10, "cubic")
+    assert c10.shape[1] > surrogates._rbf._ELEMENTWISE_DIM
+    np.testing.assert_allclose(s10(c10), y10, atol=1e-8)
 
 
 def test_designs_fill_the_unit_cube():
