@@ -18,6 +18,25 @@ def compile_time(fn, *args) -> float:
     return time.perf_counter() - start
 
 
+def warm_up_diffrax() -> None:
+    """Compile one small, unrelated diffrax solve and its gradient. The first program a
+    process compiles pays JAX's and diffrax's one-time costs (~1 s on the 2-core machine),
+    which would otherwise land on whichever of ours and the peer is compiled first: in
+    benchmarks/ude.py ours, compiled first, took 4.1 s against 2.6 s; compiled second,
+    2.6 s against the peer's 3.6 s. Call this before timing either."""
+    import diffrax as dfx
+    import jax.numpy as jnp
+
+    def loss(k):
+        sol = dfx.diffeqsolve(dfx.ODETerm(lambda t, u, k: -k * u), dfx.Tsit5(), 0.0, 1.0,
+                              None, jnp.ones(3), args=k,
+                              saveat=dfx.SaveAt(ts=jnp.linspace(0, 1, 5)),
+                              stepsize_controller=dfx.PIDController(rtol=1e-6, atol=1e-8))
+        return jnp.sum(sol.ys)
+
+    jax.block_until_ready(jax.jit(jax.value_and_grad(loss))(1.0))
+
+
 def _one_round(fn, args, number):
     start = time.perf_counter()
     for _ in range(number):

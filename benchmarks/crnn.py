@@ -28,7 +28,7 @@ import diffrax as dfx  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import compare, compile_time, report, report_compile  # noqa: E402
+from _common import compare, compile_time, report, report_compile, warm_up_diffrax  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 from bayes_ude import crnn  # noqa: E402
@@ -97,6 +97,7 @@ def main(quick: bool) -> None:
         return jnp.mean(jnp.abs((jax.vmap(one)(u0) - ys) / scale))
 
     hand = jax.jit(jax.value_and_grad(hand_loss))
+    warm_up_diffrax()  # neither pays the process's first compilation
     compiles = {"ours": compile_time(ours, model), "diffrax by hand": compile_time(hand, params)}
     (l1, gr1), (l2, gr2) = ours(model), hand(params)
     print(f"loss ours {float(l1):.6f}, diffrax {float(l2):.6f}; max |grad difference| "

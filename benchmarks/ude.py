@@ -24,7 +24,7 @@ import diffrax as dfx  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import compare, compile_time, report, report_compile, time_py  # noqa: E402
+from _common import compare, compile_time, report, report_compile, time_py, warm_up_diffrax  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 from bayes_ude import nn, ude  # noqa: E402
@@ -65,6 +65,7 @@ def main():
         return jnp.mean((sol.ys - ys_j) ** 2)
 
     hand = eqx.filter_jit(eqx.filter_value_and_grad(hand_loss))
+    warm_up_diffrax()  # neither pays the process's first compilation
     compiles = {"ours": compile_time(ours, model), "diffrax by hand": compile_time(hand, model)}
     (v1, g1), (v2, g2) = ours(model), hand(model)
     g1v, g2v = nn.flatten(g1)[0], nn.flatten(g2)[0]
