@@ -70,7 +70,7 @@ def write_plots(output: Output, args, result, vpcs: dict, diag=None, vpc_title=N
     plt.close("all")
     if diag is None or result.eta is None:
         return
-    fig = plt.figure(figsize=(11, 7 * len(vpcs)), layout="constrained")
+    fig = plt.figure(figsize=(11, 7 * len(vpcs)))
     for sub, d in zip(np.atleast_1d(fig.subfigures(len(vpcs), 1)), vpcs, strict=True):
         rows = diag if d is None else diag[diag["DVID"] == d]
         plot_gof(rows, fig=sub, title=f"{what}: goodness of fit{named[d]}", **units(args, d))

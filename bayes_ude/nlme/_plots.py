@@ -87,8 +87,8 @@ def plot_gof(diag: pd.DataFrame, fig=None, title: str = "Goodness of fit",
              time_unit: str | None = None, dv_unit: str | None = None):
     """The goodness-of-fit panel: DV vs PRED and IPRED, CWRES vs TIME and PRED, |IWRES| vs
     IPRED, and a normal QQ plot of CWRES (``time_unit``/``dv_unit`` label the axes)."""
-    fig = plt.figure(figsize=(11, 7), layout="constrained") if fig is None else fig
-    axes = fig.subplots(2, 3)
+    fig = plt.figure(figsize=(11, 7)) if fig is None else fig
+    axes = fig.subplots(2, 3, gridspec_kw=_grid_margins(fig, 2, 3, top=0.75, hgap=0.95))
     for ax, x in zip(axes[0, :2], ("PRED", "IPRED"), strict=True):
         ax.plot(diag[x], diag["DV"], "o", ms=3, alpha=0.6)
         lim = [min(diag[x].min(), diag["DV"].min()), max(diag[x].max(), diag["DV"].max())]
@@ -224,8 +224,27 @@ def plot_individual(fit, subjects=None, n_points: int = 200, ncols: int = 4,
     fig.legend(["DV", "IPRED", "PRED"], loc="lower center", ncols=3, fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))  # the legend below the panels
+    fig.subplots_adjust(**_grid_margins(fig, nrows, ncols, top=0.6 if title else 0.35,
+                                        bottom=0.8))  # the legend below the panels
     return fig
+
+
+def _grid_margins(fig, nrows: int, ncols: int, top: float, bottom: float = 0.6,
+                  hgap: float = 0.7) -> dict:
+    """Margins and gaps of a grid of panels on ``fig`` (a figure or subfigure), given in
+    inches (``top`` above the panels, ``bottom`` below, ``hgap`` between rows: a panel's
+    title and the x axis above it) and returned as the fractions
+    ``subplots_adjust`` and ``gridspec_kw`` take. A fixed layout: ``tight_layout`` and the
+    constrained layout measure every tick label at each draw (0.25-0.35 s of a 12-panel
+    page, a third of drawing and saving it, and still let wide tick labels touch the next
+    panel)."""
+    width = fig.bbox.width / fig.dpi
+    height = fig.bbox.height / fig.dpi
+    left, right, wgap = 0.75, 0.15, 0.7
+    panel_w = (width - left - right - (ncols - 1) * wgap) / ncols
+    panel_h = (height - top - bottom - (nrows - 1) * hgap) / nrows
+    return dict(left=left / width, right=1 - right / width, bottom=bottom / height,
+                top=1 - top / height, wspace=wgap / panel_w, hspace=hgap / panel_h)
 
 
 def individual_pages(fit, per_page: int = 12, **kwargs):
