@@ -22,6 +22,7 @@ log-log slope) between consecutive N. Usage::
     python benchmarks/scaling.py                      # N = 100, 1000, 10000 on this machine
     python benchmarks/scaling.py --n 100 1000 --fit-max 1000
     python benchmarks/scaling.py --one 10000 --json out.json   # one N, this process
+    python benchmarks/scaling.py --n --bias-seeds 8 --bias-methods focei laplace
 
 Compile times are reported apart from the warm timings (best of several calls).
 """
@@ -294,10 +295,11 @@ def measure(n: int, fit_max: int, seed: int = 0, r_timeout: float = 1800.0) -> d
     return out
 
 
-def bias_study(n: int, seeds: int) -> dict:
-    """FOCEI fits of ``seeds`` simulated data sets of ``n`` subjects (seeds 0 ...): each
-    estimate's relative error against the simulation truth, its mean over the data sets
-    (the estimator's bias, with its Monte Carlo standard error) and spread."""
+def bias_study(n: int, seeds: int, method: str = "focei") -> dict:
+    """``method`` fits of ``seeds`` simulated data sets of ``n`` subjects (seeds 0 ...):
+    each estimate's relative error against the simulation truth and against what the
+    simulated subjects hold (:func:`sample_truth`), their means over the data sets (the
+    estimator's bias, with its Monte Carlo standard error) and spread."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -309,33 +311,44 @@ def bias_study(n: int, seeds: int) -> dict:
     truth.update({f"omega_eta_{p}": OMEGA_SD[p] ** 2 for p in OMEGA_SD})
     truth["prop_sd"] = PROP_SD
     model = _population_model()
-    rows = []
+    rows, sample_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
             path = Path(tmp) / f"pop{seed}.csv"
             simulate_table(n, seed).to_csv(path, index=False, na_rep=".")
-            result = nlme.fit(model, nlme.read_nonmem(path), "focei", progress=False,
+            result = nlme.fit(model, nlme.read_nonmem(path), method, progress=False,
                               covariance=False)
-            rows.append(_errors(result.estimates.to_dict(), truth))
-            print(f"bias study N={n} seed {seed}: " + ", ".join(
+            est = result.estimates.to_dict()
+            rows.append(_errors(est, truth))
+            sample_rows.append(_errors(est, sample_truth(n, seed)))
+            print(f"bias study {method} N={n} seed {seed}: " + ", ".join(
                 f"{k} {v:+.1%}" for k, v in rows[-1].items()), file=sys.stderr, flush=True)
-    out = {}
-    for k in rows[0]:
-        v = np.array([r[k] for r in rows])
-        out[k] = {"mean": float(v.mean()), "mc_se": float(v.std(ddof=1) / math.sqrt(v.size)),
-                  "sd": float(v.std(ddof=1)), "errors": v.tolist()}
-    return {"n": n, "seeds": seeds, "params": out}
+
+    def summary(table):
+        out = {}
+        for k in table[0]:
+            v = np.array([r[k] for r in table])
+            out[k] = {"mean": float(v.mean()), "mc_se": float(v.std(ddof=1) / math.sqrt(v.size)),
+                      "sd": float(v.std(ddof=1)), "errors": v.tolist()}
+        return out
+
+    return {"n": n, "seeds": seeds, "method": method, "params": summary(rows),
+            "against_sample": summary(sample_rows)}
 
 
 def report_bias(study: dict) -> None:
     params = study["params"].values()
     within = sum(all(abs(p["errors"][i]) <= 0.05 for p in params)
                  for i in range(study["seeds"]))
-    print(f"FOCEI over {study['seeds']} simulated data sets of N={study['n']} (seeds 0-"
-          f"{study['seeds'] - 1}): relative error against the truth, mean (bias) +- MC SE, "
-          f"sd over data sets; within 5 % on every parameter in {within} of {study['seeds']}")
+    print(f"{study.get('method', 'focei').upper()} over {study['seeds']} simulated data sets "
+          f"of N={study['n']} (seeds 0-{study['seeds'] - 1}): relative error, mean (bias) +- "
+          f"MC SE and sd over data sets, against the truth and against what the subjects "
+          f"hold; within 5 % of the truth on every parameter in {within} of {study['seeds']}")
+    print(f"    {'':<14} {'against the truth':>26}   {'against the sample':>26}")
     for k, p in study["params"].items():
-        print(f"    {k:<14} {p['mean']:+.1%} +- {p['mc_se']:.1%}   sd {p['sd']:.1%}")
+        q = study["against_sample"][k]
+        print(f"    {k:<14} {p['mean']:+7.1%} +- {p['mc_se']:.1%}  sd {p['sd']:4.1%}   "
+              f"{q['mean']:+7.1%} +- {q['mc_se']:.1%}  sd {q['sd']:4.1%}")
 
 
 def slope(xs, ys) -> float:
@@ -394,7 +407,8 @@ def report(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--n", type=int, nargs="*", default=[100, 1000, 10000],
+                        help="the N to measure (none: only the bias study)")
     parser.add_argument("--fit-max", type=int, default=1000,
                         help="run the full FOCEI fit up to this N (default %(default)s)")
     parser.add_argument("--r-timeout", type=float, default=1800.0,
@@ -402,6 +416,9 @@ def main() -> None:
     parser.add_argument("--bias-seeds", type=int, default=0, metavar="K",
                         help="also fit K simulated data sets of --fit-max subjects and print "
                              "the estimator's bias (mean relative error over them)")
+    parser.add_argument("--bias-methods", nargs="+", default=["focei"], metavar="METHOD",
+                        help="estimation methods of the bias study (default focei; e.g. "
+                             "focei laplace)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None,
                         help="write the measurements (a list of rows) here")
@@ -425,14 +442,15 @@ def main() -> None:
                 raise SystemExit(f"N={n} failed (exit {done.returncode})")
             rows.append(json.loads(target.read_text()))
         print(f"N={n} done", file=sys.stderr, flush=True)
-    report(rows)
-    study = None
-    if args.bias_seeds:
-        study = bias_study(args.fit_max, args.bias_seeds)
-        report_bias(study)
+    if rows:
+        report(rows)
+    studies = []
+    for method in args.bias_methods if args.bias_seeds else ():
+        studies.append(bias_study(args.fit_max, args.bias_seeds, method))
+        report_bias(studies[-1])
     if args.json:
-        args.json.write_text(json.dumps(rows if study is None else
-                                        {"rows": rows, "bias_study": study}, indent=1))
+        args.json.write_text(json.dumps(rows if not studies else
+                                        {"rows": rows, "bias_study": studies}, indent=1))
 
 
 if __name__ == "__main__":
