@@ -90,8 +90,8 @@ def unit_inside(u: ArrayLike) -> Array:
     u = jnp.asarray(u)
     # coordinate by coordinate, not jnp.all over the axis: elementwise operations that XLA
     # fuses into whatever consumes the test, where a reduction would be a pass of its own
-    inside = (u[..., 0] >= -INSIDE_TOL) & (u[..., 0] <= 1 + INSIDE_TOL)
-    for j in range(1, u.shape[-1]):
+    inside = jnp.ones(u.shape[:-1], bool)
+    for j in range(u.shape[-1]):
         inside = inside & (u[..., j] >= -INSIDE_TOL) & (u[..., j] <= 1 + INSIDE_TOL)
     return inside
 
