@@ -17,6 +17,7 @@ from ._command import DEFAULT_OMEGA_PRIOR, EXIT_INTERRUPTED, devices_checked, pa
 from ._command_data import fit_options, n_censored
 from ._command_plots import save_vpc, vpc_tables, write_plots
 from ._diagnostics import diagnostics
+from ._figure_worker import Figures
 from ._fit import fit
 from ._output import Output, sigint_deferred
 from ._priors import Priors
@@ -38,7 +39,8 @@ def _random_effects_line(summary: dict) -> str:
         f", {metric} metric"
 
 
-def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
+def run_bayes(args, pop, model, start, output: Output, notes: list[str],
+              figures: Figures) -> int:
     """The Bayesian branch: posterior table, NetCDF, posterior-predictive VPC, trace plot."""
     key = jax.random.key(args.seed)
     progress = not args.quiet
@@ -104,7 +106,7 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
             path, index=False))
 
     def plots():
-        write_plots(output, args, result, state["vpc"], state.get("diag"),
+        write_plots(output, figures, args, result, state["vpc"], state.get("diag"),
                     vpc_title="Posterior predictive check (prediction-corrected VPC)")
         names = [n for n in result.draws if n in result.idata.posterior]
         axes = az.plot_trace(result.idata, var_names=names, compact=True,
@@ -115,9 +117,10 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str]) -> int:
         plt.close("all")
 
     state = {}
-    output.write_stages([("vpc", vpc)]
-                        + ([("diagnostics", residuals)] if result.eta is not None else [])
-                        + ([] if args.no_plots else [("plots", plots)]))
+    with figures:  # stopped before the commit: no file appears after it
+        output.write_stages([("vpc", vpc)]
+                            + ([("diagnostics", residuals)] if result.eta is not None else [])
+                            + ([] if args.no_plots else [("plots", plots)]))
     late = output.commit(summary)
     output.report(args.quiet)
     return EXIT_INTERRUPTED if output.interrupted_at or late else 0

@@ -2,8 +2,9 @@
 (maximum likelihood or Bayesian): goodness of fit, VPC, individual fits (every subject,
 page by page, in one PDF; the first page also as PNG), axes labelled with the data's
 units. A model of several observation types (e.g. warfarin's PK and PD, DVID 1 and 2)
-gets each figure per type. matplotlib loads when the figures are drawn (``--no-plots``
-does not pay for it)."""
+gets each figure per type. The numbers are computed here; the drawing is a job for
+:class:`._figure_worker.Figures` (a second process, which loads matplotlib while the fit
+runs)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import numpy as np
 import pandas as pd
 
 from ._command import SHIPPED_UNITS
+from ._figure_worker import Figures
 from ._output import Output
+from ._plot_data import individual_page_specs, vpc_observed
 
-__all__ = ["save_vpc", "units", "vpc_tables", "write_plots"]
+__all__ = ["finish_plots", "save_vpc", "start_gof", "start_individual", "start_vpc", "units",
+           "vpc_tables", "write_plots"]
 
 
 def _types(args, population) -> list:
@@ -47,45 +51,66 @@ def units(args, dvid=None) -> dict:
     return {"time_unit": args.time_unit or time_unit, "dv_unit": args.dv_unit or dv_unit}
 
 
-def write_plots(output: Output, args, result, vpcs: dict, diag=None, vpc_title=None) -> None:
-    """``vpc.png``; with the residual table ``diag`` (and the subjects' random effects)
-    also ``gof.png``, ``individual.pdf`` (all subjects) and ``individual.png`` (page 1);
-    one panel (or run of pages) per observation type."""
-    import matplotlib
+def start_individual(figures: Figures, output: Output, args, result) -> dict:
+    """Start drawing ``individual.pdf`` (every subject) and ``individual.png`` (page 1),
+    each observation type's pages in turn; ``{file: ticket}`` (none without random
+    effects)."""
+    if result.eta is None:
+        return {}
+    pages = [page for d in _types(args, result.population) for page in individual_page_specs(
+        result, log=args.log, dvid=d, **units(args, d))]
+    return {"individual.png": figures.submit(
+        "individual", pdf_path=output.part("individual.pdf"),
+        png_path=output.part("individual.png"), pages=pages)}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.backends.backend_pdf import PdfPages
 
-    from ._plots import individual_pages, plot_gof, plot_vpc
+def start_gof(figures: Figures, output: Output, args, result, diag) -> dict:
+    """Start drawing ``gof.png`` from the residual table ``diag``, one block per
+    observation type; ``{file: ticket}`` (none without random effects)."""
+    if result.eta is None:
+        return {}
+    parts = [{"diag": diag if d is None else diag[diag["DVID"] == d],
+              "title": f"{_what(args)}: goodness of fit{_named(d)}", **units(args, d)}
+             for d in _types(args, result.population)]
+    return {"gof.png": figures.submit("gof", path=output.part("gof.png"), parts=parts)}
 
-    what = f"{args.model}, {args.method.upper()}"
-    named = {d: "" if d is None else f" (DVID {d})" for d in vpcs}
-    fig, axes = plt.subplots(len(vpcs), 1, figsize=(7, 4.5 * len(vpcs)), squeeze=False)
-    for ax, (d, table) in zip(axes[:, 0], vpcs.items(), strict=True):
-        plot_vpc(result, table=table, ax=ax, log=args.log, dvid=d, **units(args, d),
-                 title=(vpc_title or f"{what}: prediction-corrected VPC") + named[d])
-    fig.tight_layout()
-    output.save("vpc.png", lambda path: fig.savefig(path, dpi=110))
-    plt.close("all")
-    if diag is None or result.eta is None:
-        return
-    fig = plt.figure(figsize=(11, 7 * len(vpcs)))
-    for sub, d in zip(np.atleast_1d(fig.subfigures(len(vpcs), 1)), vpcs, strict=True):
-        rows = diag if d is None else diag[diag["DVID"] == d]
-        plot_gof(rows, fig=sub, title=f"{what}: goodness of fit{named[d]}", **units(args, d))
-    output.save("gof.png", lambda path: fig.savefig(path, dpi=110))
-    plt.close("all")
 
-    def pages(path):
-        with PdfPages(path) as pdf:
-            for d in vpcs:
-                for k, page in enumerate(individual_pages(result, log=args.log, dvid=d,
-                                                          **units(args, d))):
-                    pdf.savefig(page)
-                    if k == 0 and d == next(iter(vpcs)):
-                        output.save("individual.png",
-                                    lambda p, fig=page: fig.savefig(p, dpi=110))
-                    plt.close(page)
+def start_vpc(figures: Figures, output: Output, args, result, vpcs: dict,
+              title: str | None = None) -> dict:
+    """Start drawing ``vpc.png`` from the VPC tables ``vpcs`` (:func:`vpc_tables`), one
+    panel per observation type; ``{file: ticket}``."""
+    panels = [{"table": table, "observed": vpc_observed(result, table, d),
+               "title": (title or f"{_what(args)}: prediction-corrected VPC") + _named(d),
+               **units(args, d)} for d, table in vpcs.items()]
+    return {"vpc.png": figures.submit("vpc", path=output.part("vpc.png"), panels=panels,
+                                      log=args.log)}
 
-    output.save("individual.pdf", pages)
+
+def finish_plots(figures: Figures, output: Output, tickets: dict) -> None:
+    """Wait for the figures started (``{file: ticket}``) and list their files, in the
+    order ``vpc.png``, ``gof.png``, ``individual.png``, ``individual.pdf``."""
+    for name in ("vpc.png", "gof.png", "individual.png"):
+        if name in tickets:
+            figures.wait(tickets[name])
+            output.adopt(name)
+    if "individual.png" in tickets:
+        output.adopt("individual.pdf")  # the same job as individual.png
+
+
+def write_plots(output: Output, figures: Figures, args, result, vpcs: dict, diag=None,
+                vpc_title=None) -> None:
+    """All the figures: ``vpc.png``; with the residual table ``diag`` (and the subjects'
+    random effects) also ``gof.png``, ``individual.pdf`` and ``individual.png``."""
+    tickets = start_vpc(figures, output, args, result, vpcs, vpc_title)
+    if diag is not None:
+        tickets |= start_gof(figures, output, args, result, diag)
+        tickets |= start_individual(figures, output, args, result)
+    finish_plots(figures, output, tickets)
+
+
+def _what(args) -> str:
+    return f"{args.model}, {args.method.upper()}"
+
+
+def _named(dvid) -> str:
+    return "" if dvid is None else f" (DVID {dvid})"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _sigint
-from .._distributed import start_command
+from .._distributed import is_main_process, start_command
 from .._programs import program_store, run_key
 from ._bootstrap import bootstrap as run_bootstrap
 from ._command import (
@@ -29,8 +29,16 @@ from ._command import (
     devices_checked,
 )
 from ._command_data import build_model, fit_options, load_data, n_censored
-from ._command_plots import save_vpc, vpc_tables, write_plots
+from ._command_plots import (
+    finish_plots,
+    save_vpc,
+    start_gof,
+    start_individual,
+    start_vpc,
+    vpc_tables,
+)
 from ._diagnostics import epsilon_shrinkage
+from ._figure_worker import Figures
 from ._fit import fit
 from ._likelihood import check_censoring
 from ._output import Output, sigint_deferred
@@ -63,6 +71,9 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"bayes-ude pk fit: {err}") from None
     notes = data_notes + _predose_warning(args, pop)
     output = Output(args.out, args.json)
+    # the figure process loads matplotlib while the fit runs (the other processes of a
+    # distributed run draw nothing anyone sees: in their own process, as without figures)
+    figures = Figures(second_process=not args.no_plots and is_main_process())
     try:
         if not args.quiet:
             print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations"
@@ -74,15 +85,16 @@ def _run(args: argparse.Namespace) -> int:
             # the documented lazy load of the Bayesian layer (NumPyro, BlackJAX, ArviZ)
             from . import _command_bayes
 
-            return _command_bayes.run_bayes(args, pop, model, start, output, notes)
+            return _command_bayes.run_bayes(args, pop, model, start, output, notes, figures)
         with program_store(*_store(args, pop)):
-            return _run_ml(args, pop, model, start, output, notes)
+            return _run_ml(args, pop, model, start, output, notes, figures)
     except KeyboardInterrupt:
         if not output.committed:
             print(f"bayes-ude pk fit: interrupted before there were results; nothing written "
                   f"({args.out} is as it was)", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        figures.close()
         output.discard()
 
 
@@ -139,7 +151,8 @@ def _predose_warning(args: argparse.Namespace, pop) -> list[str]:
     return [text]
 
 
-def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
+def _run_ml(args, pop, model, start, output: Output, notes: list[str],
+            figures: Figures) -> int:
     """The maximum-likelihood branch: estimates, diagnostics, EBEs, VPC, plots."""
     with warnings.catch_warnings():
         # said below, once, in the command's words
@@ -183,8 +196,15 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
                                  else "fit")
     elif sigint:
         output.interrupted_at = "writing estimates"
+    # The figures are drawn by the figure process as soon as their numbers are there,
+    # while this one computes the next (tickets: finish_plots waits for them).
+    tickets = {}
+    plots = not args.no_plots
+
     def diagnostics():
-        state["diag"] = diag = result.diagnostics(n_sim=500)
+        diag = result.diagnostics(n_sim=500)
+        if plots:
+            tickets.update(start_gof(figures, output, args, result, diag))
         output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
         summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
         output.save("sdtab.csv", lambda path: sdtab(result, diagnostics=diag).to_csv(
@@ -206,19 +226,21 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str]) -> int:
             raise KeyboardInterrupt
 
     def vpc():
-        state["vpc"] = tables = vpc_tables(result, args)
+        tables = vpc_tables(result, args)
+        if plots:
+            tickets.update(start_vpc(figures, output, args, result, tables))
         save_vpc(output, tables)
 
-    def plots():
-        write_plots(output, args, result, state["vpc"], state["diag"])
-
-    state = {}
-    output.write_stages(
-        [("diagnostics", diagnostics),
-         ("individual parameters",
-          lambda: output.save("ebe.csv", result.individual_parameters().to_csv)),
-         ("vpc", vpc)] + ([] if args.no_plots else [("plots", plots)])
-        + ([("bootstrap", bootstrap)] if args.bootstrap else []))
+    with figures:  # stopped before the commit: no file appears after it
+        output.write_stages(
+            ([("individual fits", lambda: tickets.update(
+                start_individual(figures, output, args, result)))] if plots else [])
+            + [("diagnostics", diagnostics),
+               ("individual parameters",
+                lambda: output.save("ebe.csv", result.individual_parameters().to_csv)),
+               ("vpc", vpc)]
+            + ([("plots", lambda: finish_plots(figures, output, tickets))] if plots else [])
+            + ([("bootstrap", bootstrap)] if args.bootstrap else []))
     late = output.commit(summary)
     output.report(args.quiet)
     if output.interrupted_at or late:

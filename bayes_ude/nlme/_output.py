@@ -95,10 +95,17 @@ class Output:
 
     def save(self, name: str, write) -> None:
         """Write ``name`` with ``write(path)``; listed only once complete."""
+        write(self.part(name))
+        self.adopt(name)
+
+    def part(self, name: str) -> Path:
+        """Where ``name`` is written until it is complete (:meth:`adopt`)."""
         assert name in OUTPUT_FILES, f"add {name!r} to OUTPUT_FILES"
-        part = self.tmp / f".part.{name}"  # same suffix: writers choose the format by it
-        write(part)
-        os.replace(part, self.tmp / name)
+        return self.tmp / f".part.{name}"  # same suffix: writers choose the format by it
+
+    def adopt(self, name: str) -> None:
+        """List ``name``, complete at :meth:`part`'s path (written by another process)."""
+        os.replace(self.part(name), self.tmp / name)
         if name not in self.files:
             self.files.append(name)
 

@@ -13,9 +13,10 @@ NLME = Path(bayes_ude.__file__).parent / "nlme"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_CODE_LINES = 100
 # the documented lazy loads: NumPyro, BlackJAX, ArviZ only for Bayesian fits; diffrax only
-# for an ODE model (warfarin's); matplotlib only when the command draws its figures
+# for an ODE model (warfarin's); matplotlib in the command's own process only when its
+# figure process could not start
 LAZY_IMPORTS = {("_fit.py", "fit"), ("_command_run.py", "_run"),
-                ("_command_data.py", "build_model"), ("_command_plots.py", "write_plots")}
+                ("_command_data.py", "build_model"), ("_figure_worker.py", "wait")}
 
 
 def _modules():

@@ -1,0 +1,109 @@
+"""The command's figures drawn by a second process (bayes_ude/nlme/_figure_worker.py): the
+same files as drawn in this process, its errors raised here, a dead process replaced by
+drawing here, and nothing written after it is stopped. Small made-up tables, no fit."""
+
+import re
+import time
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayes_ude.nlme._figure_worker import Figures
+
+
+def _jobs(folder, n_pages=2):
+    rng = np.random.default_rng(0)
+    times = np.linspace(0.5, 24, 8)
+    table = pd.DataFrame({"time": times, "t_lo": times - 0.5, "t_hi": times + 0.5})
+    for q, level in (("0.05", 2.0), ("0.5", 5.0), ("0.95", 8.0)):
+        table[f"obs_q{q}"] = level + rng.normal(size=8)
+        table[f"sim_q{q}_lo"], table[f"sim_q{q}_hi"] = level - 1, level + 1
+    observed = {"t": rng.uniform(0, 24, 40), "dv": rng.uniform(0.5, 9, 40),
+                "censored": np.zeros(40, bool)}
+    diag = pd.DataFrame({c: rng.normal(size=30) + 5 for c in ("DV", "PRED", "IPRED")}
+                        | {"IWRES": rng.normal(size=30), "CWRES": rng.normal(size=30),
+                           "TIME": rng.uniform(0, 24, 30)})
+    grid = np.linspace(0, 24, 50)
+    panels = [{"id": k + 1, "t_obs": times, "dv_obs": 5 + rng.normal(size=8), "t": grid,
+               "ipred": 5 + np.sin(grid / 4), "pred": 5 + np.cos(grid / 4)} for k in range(5)]
+    pages = [{"panels": panels, "title": f"page {p + 1} of {n_pages}", "time_unit": "h",
+              "dv_unit": "mg/L"} for p in range(n_pages)]
+    return [("vpc", {"path": folder / "vpc.png", "log": False,
+                     "panels": [{"table": table, "observed": observed, "title": "VPC"}]}),
+            ("gof", {"path": folder / "gof.png", "parts": [{"diag": diag, "title": "GOF"}]}),
+            ("individual", {"pdf_path": folder / "individual.pdf",
+                            "png_path": folder / "individual.png", "pages": pages})]
+
+
+def _draw(figures, jobs):
+    tickets = [figures.submit(name, **kwargs) for name, kwargs in jobs]
+    for ticket in tickets:
+        figures.wait(ticket)
+
+
+def test_second_process_draws_the_same_files(tmp_path):
+    there, here = tmp_path / "there", tmp_path / "here"
+    there.mkdir(), here.mkdir()
+    with Figures() as figures:
+        assert figures.in_second_process
+        _draw(figures, _jobs(there))
+    with matplotlib.rc_context(), Figures(second_process=False) as figures:
+        matplotlib.rcdefaults()  # what the second process starts from
+        assert not figures.in_second_process
+        _draw(figures, _jobs(here))
+    for name in ("vpc.png", "gof.png", "individual.png"):
+        assert (there / name).read_bytes() == (here / name).read_bytes(), name
+        assert (there / name).stat().st_size > 10_000
+    pdf = (there / "individual.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page\b", pdf)) == 2
+
+
+def test_an_error_in_the_second_process_is_raised_here(tmp_path):
+    name, kwargs = _jobs(tmp_path)[1]
+    kwargs["parts"][0]["diag"] = kwargs["parts"][0]["diag"].drop(columns="CWRES")
+    with Figures() as figures:
+        ticket = figures.submit(name, **kwargs)
+        with pytest.raises(RuntimeError, match=r"drawing gof failed(.|\n)*KeyError: 'CWRES'"):
+            figures.wait(ticket)
+        # the process is still there for the next job
+        ticket = figures.submit(*_jobs(tmp_path)[0][:1], **_jobs(tmp_path)[0][1])
+        figures.wait(ticket)
+        assert figures.in_second_process and (tmp_path / "vpc.png").exists()
+
+
+def test_figure_processes_that_died_are_replaced_by_drawing_here(tmp_path):
+    with Figures() as figures:
+        for process in figures._processes:
+            process.popen.kill()
+        _draw(figures, _jobs(tmp_path, n_pages=1))
+        assert not figures.in_second_process
+    assert all((tmp_path / n).stat().st_size > 10_000 for n in ("vpc.png", "individual.png"))
+
+
+def test_closing_with_jobs_left_stops_the_processes_at_once(tmp_path):
+    figures = Figures()
+    processes = [p.popen for p in figures._processes]
+    for name, kwargs in _jobs(tmp_path, n_pages=40):
+        figures.submit(name, **kwargs)
+    start = time.perf_counter()
+    figures.close()  # an interruption: the jobs are not waited for
+    assert time.perf_counter() - start < 2  # 40 pages take ~10 s
+    assert all(p.poll() is not None for p in processes)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    time.sleep(0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == written  # nothing after close
+    figures.close()  # again: nothing
+
+
+def test_one_process_ending_leaves_its_jobs_to_the_other_or_here(tmp_path):
+    with Figures() as figures:
+        jobs = _jobs(tmp_path, n_pages=1)
+        first = figures.submit(*jobs[2][:1], **jobs[2][1])  # individual: the first process
+        figures._processes[0].popen.kill()
+        others = [figures.submit(name, **kwargs) for name, kwargs in jobs[:2]]
+        for ticket in (first, *others):
+            figures.wait(ticket)
+    assert all((tmp_path / n).stat().st_size > 10_000 for n in
+               ("vpc.png", "gof.png", "individual.png"))
