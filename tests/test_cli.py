@@ -36,6 +36,19 @@ def test_console_script_help():
     assert "demo" in out
 
 
+def test_the_program_exits_at_once_with_its_output_and_exit_handlers():
+    # run(): main(), the atexit handlers, a flush, os._exit (no clean-up of the modules)
+    script = ("import atexit, sys\n"
+              "from bayes_ude import cli\n"
+              "atexit.register(lambda: print('exit handler ran'))\n"
+              "cli.main = lambda: print('the output') or 3\n"
+              "cli.run()\n"
+              "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == ["the output", "exit handler ran"]
+
+
 def test_unknown_command_is_an_error():
     with pytest.raises(SystemExit) as exc:
         cli.main(["fit-everything"])
