@@ -145,14 +145,31 @@ class ProgramStore:
     def call(self, fn: Callable, options: dict | None, quick: bool, args, kwargs):
         """``fn(*args, **kwargs)`` compiled with XLA ``options``, from the store when
         there."""
+        (compiled, out_def, out_static), leaves = self._entry(fn, options, quick, args,
+                                                              kwargs)
+        return eqx.combine(jax.tree.unflatten(out_def, compiled(*leaves)), out_static)
+
+    def has_programs(self) -> bool:
+        """Whether this run key has stored programs (an earlier run of it)."""
+        try:
+            return any(self.folder.glob("*.program"))
+        except OSError:
+            return False
+
+    def prepare(self, fn: Callable, options: dict | None, quick: bool, args, kwargs) -> None:
+        """Load or compile the program of ``fn(*args, **kwargs)`` without running it: a
+        later :meth:`call` with arguments of the same shapes and static values finds it
+        ready. Safe in another thread (at worst a program is compiled twice)."""
+        self._entry(fn, options, quick, args, kwargs)
+
+    def _entry(self, fn, options, quick, args, kwargs) -> tuple:
         dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
         leaves, treedef = jax.tree.flatten(dynamic)
         key = _call_key(fn, quick, static, treedef, leaves)
         entry = self._loaded.get(key) or self._load(key, options, leaves)
         if entry is None:
             entry = self._compile(key, fn, options, static, treedef, leaves)
-        compiled, out_def, out_static = entry
-        return eqx.combine(jax.tree.unflatten(out_def, compiled(*leaves)), out_static)
+        return entry, leaves
 
     def _load(self, key: str, options, leaves):
         path = self.folder / f"{key}.program"

@@ -3,6 +3,8 @@
 difference in the call or the run gives another program, and a damaged store falls back
 to tracing. References: numpy, and the function run without the store."""
 
+import threading
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -165,7 +167,20 @@ def test_the_command_run_again_loads_every_program_and_writes_the_same(tmp_path,
         return {name: (tmp_path / out / name).read_text()
                 for name in ("estimates.csv", "diagnostics.csv", "ebe.csv", "vpc.csv")}
 
+    # the first run compiles the programs run after the fit in a thread of their own,
+    # during the fit; the calls after it then find them all (the same keys)
+    compiled_by = {}
+    compile_program = ProgramStore._compile
+
+    def recording(self, key, fn, *args):
+        compiled_by.setdefault(fn.__name__, set()).add(threading.current_thread().name)
+        return compile_program(self, key, fn, *args)
+
+    monkeypatch.setattr(ProgramStore, "_compile", recording)
     first = run("first")
+    after_fit = ("_residuals", "_npde", "_individual", "_simulate", "_population_pred")
+    assert {name: compiled_by.get(name) for name in after_fit} == {
+        name: {"bayes-ude-compile-ahead"} for name in after_fit}
     monkeypatch.setattr(ProgramStore, "_compile", lambda *a, **k: pytest.fail("traced"))
     assert run("second") == first
     estimates = {row.split(",")[0]: float(row.split(",")[2])

@@ -16,11 +16,11 @@ from ._figure_worker import Figures
 from ._output import Output
 from ._plot_data import individual_page_specs, vpc_observed
 
-__all__ = ["finish_plots", "save_vpc", "start_gof", "start_individual", "start_vpc", "units",
-           "vpc_tables", "write_plots"]
+__all__ = ["finish_plots", "plot_types", "save_vpc", "start_gof", "start_individual",
+           "start_vpc", "units", "vpc_tables", "write_plots"]
 
 
-def _types(args, population) -> list:
+def plot_types(args, population) -> list:
     """The observation types to show apart: ``--dvid``'s, else every DVID observed (one
     entry ``None`` when there is a single type)."""
     if args.dvid is not None:
@@ -32,7 +32,7 @@ def _types(args, population) -> list:
 
 def vpc_tables(result, args, n_sim: int = 500) -> dict:
     """One VPC table per observation type (key: its DVID, or ``None``)."""
-    return {d: result.vpc(dvid=d, n_sim=n_sim) for d in _types(args, result.population)}
+    return {d: result.vpc(dvid=d, n_sim=n_sim) for d in plot_types(args, result.population)}
 
 
 def save_vpc(output: Output, tables: dict) -> None:
@@ -57,8 +57,8 @@ def start_individual(figures: Figures, output: Output, args, result) -> dict:
     effects)."""
     if result.eta is None:
         return {}
-    pages = [page for d in _types(args, result.population) for page in individual_page_specs(
-        result, log=args.log, dvid=d, **units(args, d))]
+    pages = [page for d in plot_types(args, result.population)
+             for page in individual_page_specs(result, log=args.log, dvid=d, **units(args, d))]
     return {"individual.png": figures.submit(
         "individual", pdf_path=output.part("individual.pdf"),
         png_path=output.part("individual.png"), pages=pages)}
@@ -71,7 +71,7 @@ def start_gof(figures: Figures, output: Output, args, result, diag) -> dict:
         return {}
     parts = [{"diag": diag if d is None else diag[diag["DVID"] == d],
               "title": f"{_what(args)}: goodness of fit{_named(d)}", **units(args, d)}
-             for d in _types(args, result.population)]
+             for d in plot_types(args, result.population)]
     return {"gof.png": figures.submit("gof", path=output.part("gof.png"), parts=parts)}
 
 

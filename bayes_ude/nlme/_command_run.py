@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -19,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _sigint
+from .._batching import resolve_devices
 from .._distributed import is_main_process, start_command
-from .._programs import program_store, run_key
+from .._programs import active_store, program_store, run_key
 from ._bootstrap import bootstrap as run_bootstrap
 from ._command import (
     EXIT_DEGENERATE,
@@ -31,6 +33,7 @@ from ._command import (
 from ._command_data import build_model, fit_options, load_data, n_censored
 from ._command_plots import (
     finish_plots,
+    plot_types,
     save_vpc,
     start_gof,
     start_individual,
@@ -38,10 +41,12 @@ from ._command_plots import (
     vpc_tables,
 )
 from ._diagnostics import epsilon_shrinkage
+from ._diagnostics import precompile as precompile_diagnostics
 from ._figure_worker import Figures
 from ._fit import fit
 from ._likelihood import check_censoring
 from ._output import Output, sigint_deferred
+from ._plot_data import precompile_curves
 from ._tables import sdtab
 
 __all__ = ["run_pk_fit"]
@@ -151,6 +156,34 @@ def _predose_warning(args: argparse.Namespace, pop) -> list[str]:
     return [text]
 
 
+def _compile_ahead(args, model, pop, devices) -> threading.Thread | None:
+    """A thread compiling the programs run after the fit (diagnostics, VPC, the curves of
+    the figures) into the program store, started before the fit: XLA compiles them on
+    the core the fit leaves idle (a cold run used 1.1 of 2), and the fit's result only
+    decides their numbers, not their shapes. Only on a first run (an empty store): run
+    again, the programs load from the store in milliseconds, and a second thread would
+    only contend with the fit. A failure there costs nothing: the program is compiled
+    when it runs."""
+    store = active_store()
+    if store is None or store.has_programs():
+        return None
+    model = model.specialised(pop)  # as the fit's result holds it
+    devices = tuple(resolve_devices(devices))
+
+    def work():
+        try:
+            if not args.no_plots:
+                for dvid in plot_types(args, pop):
+                    precompile_curves(model, pop, dvid)
+            precompile_diagnostics(model, pop, devices, n_sim=500, n_vpc=500)
+        except Exception:  # noqa: S110 (an optimisation only)
+            pass
+
+    thread = threading.Thread(target=work, name="bayes-ude-compile-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
 def _run_ml(args, pop, model, start, output: Output, notes: list[str],
             figures: Figures) -> int:
     """The maximum-likelihood branch: estimates, diagnostics, EBEs, VPC, plots."""
@@ -158,6 +191,7 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str],
         # said below, once, in the command's words
         warnings.filterwarnings("ignore", message=r"NLME fit: .* degenerate solution")
         with devices_checked(args) as devices:
+            ahead = _compile_ahead(args, model, pop, devices)
             result = fit(model, pop, args.method, max_iter=args.max_iter,
                          progress=not args.quiet, devices=devices)
     # There are estimates from here on: Ctrl-C skips what is left and keeps what exists.
@@ -233,7 +267,8 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str],
 
     with figures:  # stopped before the commit: no file appears after it
         output.write_stages(
-            ([("individual fits", lambda: tickets.update(
+            [("compiling the diagnostics", ahead.join if ahead else lambda: None)]
+            + ([("individual fits", lambda: tickets.update(
                 start_individual(figures, output, args, result)))] if plots else [])
             + [("diagnostics", diagnostics),
                ("individual parameters",

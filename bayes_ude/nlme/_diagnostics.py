@@ -355,3 +355,24 @@ def vpc_observations(fit, bins: int | np.ndarray = 8, dvid: int | None = None,
 @filter_jit(quick_below=ONE_OFF)
 def _population_pred(model, theta, population):
     return jax.vmap(lambda s: model.predict(theta, jnp.zeros(model.n_eta), s))(population)
+
+
+def precompile(model, population, devices: tuple, n_sim: int = 1000,
+               n_vpc: int = 500) -> None:
+    """Compile, without running them, the programs that :func:`diagnostics` (``n_sim``
+    NPDE replicates), :func:`individual_parameters` and :func:`vpc` (``n_vpc``
+    replicates) run for a fit of ``model`` (specialised to ``population``) over
+    ``devices`` (see :meth:`bayes_ude._compile.filter_jit`'s ``precompile``): only the
+    shapes of the estimates matter, so this can run while the fit does."""
+    u = jnp.asarray(model.initial_vector(), float)
+    eta = jnp.zeros((population.n_subjects, len(model.eta_names)))
+    key = jax.random.key(0)
+    _residuals.precompile(model, u, population, eta, devices)
+    if n_sim:
+        _npde.precompile(model, u, population, key, n_sim, devices)
+    _individual.precompile(model, u, population, eta)
+    _simulate.precompile(model.specialised(population), u, population, key, n_vpc, devices)
+    unpacked.precompile(model, u, True)  # the fit's table (omega as estimated)
+    theta = unpacked(model, u)[0]
+    _population_pred.precompile(model.specialised(population), theta, population)
+

@@ -15,7 +15,7 @@ import pandas as pd
 from .._compile import ONE_OFF, filter_jit
 from ._diagnostics import vpc_censored, vpc_observations
 
-__all__ = ["individual_page_specs", "individual_panels", "vpc_observed"]
+__all__ = ["individual_page_specs", "individual_panels", "precompile_curves", "vpc_observed"]
 
 
 def vpc_observed(fit, table: pd.DataFrame, dvid: int | None = None,
@@ -115,3 +115,13 @@ def individual_page_specs(fit, per_page: int = 12, n_points: int = 200, ncols: i
              "log": log, "time_unit": time_unit, "dv_unit": dv_unit,
              "title": f"Individual fits{what}, page {page + 1} of {pages}"}
             for page in range(pages)]
+
+
+def precompile_curves(model, population, dvid: int | None = None, n_points: int = 200) -> None:
+    """Compile (not run) the program of :func:`individual_page_specs`' curves for a fit of
+    ``model`` to ``population`` (all subjects, observation type ``dvid``)."""
+    dense, _ = _dense_design(population.take(list(range(population.n_subjects))), n_points,
+                             dvid)
+    _curves.precompile(model, jnp.asarray(model.initial_vector(), float), dense,
+                       jnp.zeros((population.n_subjects, len(model.eta_names))))
+
