@@ -17,6 +17,9 @@ from pathlib import Path
 
 __all__ = ["main", "run"]
 
+#: the exit code when stdout's reader went away: 128 + SIGPIPE, as a shell reports it
+EXIT_BROKEN_PIPE = 141
+
 
 def _lynx_hare_map(out: Path | None, quiet: bool = False) -> dict:
     import jax
@@ -203,15 +206,22 @@ def run() -> None:
     files closed). Python's own clean-up of the modules at exit (JAX, XLA, pandas) takes
     0.3-0.5 s and does nothing anyone needs, so after the exit handlers (``atexit``: the
     distributed run's shutdown, temporary folders) and the flush of stdout and stderr the
-    process ends at once. An error (``SystemExit``, an exception) leaves the usual way."""
-    code = main()
+    process ends at once. An error (``SystemExit``, an exception) leaves the usual way; a
+    reader that stopped reading (``bayes-ude datasets | head -1``) ends it quietly, with
+    the shell's code for that (141)."""
+    try:
+        code = main()
+    except BrokenPipeError:
+        # the rest of the output goes nowhere, as Python's documentation advises
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     if not isinstance(code, int):  # None or a message: as sys.exit says
         sys.exit(code)
     getattr(atexit, "_run_exitfuncs", lambda: None)()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (| head): nothing more to say
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
             pass
     os._exit(code)
 

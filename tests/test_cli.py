@@ -1,5 +1,6 @@
 """The `bayes-ude` command: the demo fit against the Stan case study's published posterior."""
 
+import os
 import subprocess
 import sys
 
@@ -47,6 +48,17 @@ def test_the_program_exits_at_once_with_its_output_and_exit_handlers():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 3, done.stderr
     assert done.stdout.splitlines() == ["the output", "exit handler ran"]
+
+
+def test_a_reader_that_stops_early_ends_the_program_quietly():
+    # as `bayes-ude datasets | head -1`: the pipe closed after the first line
+    # (unbuffered: the first line written meets the closed pipe)
+    reader = subprocess.Popen([sys.executable, "-m", "bayes_ude.cli", "datasets"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    reader.stdout.close()
+    assert reader.wait(timeout=120) == 141
+    assert reader.stderr.read() == b""
 
 
 def test_unknown_command_is_an_error():
