@@ -152,7 +152,10 @@ class _Process:
         while True:
             try:
                 ticket, error = pickle.load(self.popen.stdout)
-            except Exception:  # the end of the pipe: it ended (or was stopped)
+            except Exception:  # it ended, was stopped, or wrote something else
+                # its jobs are drawn in the command's process from now on: this one must
+                # not go on writing the same files
+                self.popen.kill()
                 figures._answered(self, None)
                 return
             figures._answered(self, ticket, error)

@@ -107,3 +107,18 @@ def test_one_process_ending_leaves_its_jobs_to_the_other_or_here(tmp_path):
             figures.wait(ticket)
     assert all((tmp_path / n).stat().st_size > 10_000 for n in
                ("vpc.png", "gof.png", "individual.png"))
+
+
+def test_a_figure_process_that_writes_something_else_is_stopped(tmp_path, monkeypatch):
+    # e.g. a sitecustomize printing a banner: the answers cannot be read, so the process
+    # is killed (it must not go on writing the same files) and the jobs drawn here
+    from bayes_ude.nlme import _figure_worker
+
+    monkeypatch.setattr(_figure_worker, "_BOOT", "print('a banner'); " + _figure_worker._BOOT)
+    with Figures() as figures:
+        process = figures._processes[0].popen
+        _draw(figures, _jobs(tmp_path, n_pages=1))
+        assert not figures.in_second_process
+        assert process.wait(timeout=10) != 0  # killed
+    assert all((tmp_path / n).stat().st_size > 10_000 for n in
+               ("vpc.png", "gof.png", "individual.png"))
