@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
-__all__ = ["JOBS", "draw_gof", "draw_individual", "draw_vpc", "grid_margins", "label", "serve"]
+__all__ = ["JOBS", "draw_gof", "draw_individual", "draw_vpc", "frame", "grid_margins", "label",
+           "serve"]
 
 #: the resolution of the command's PNG figures
 DPI = 110
@@ -266,7 +267,7 @@ def serve(requests=None, replies=None, parallel: int = 1) -> None:
                 if request is None:
                     more = False
                 else:
-                    _fork(*request, running, selector)
+                    _fork(*request, running, selector, replies)
             else:
                 _child_output(key.fileobj, running, selector, replies)
         if requests in selector.get_map():
@@ -312,10 +313,17 @@ def _answer(replies, ticket: int, error: str | None) -> None:
     replies.flush()
 
 
-def _fork(ticket: int, name: str, kwargs: dict, running: dict, selector) -> None:
-    """Draw job ``name`` in a child process, which writes its answer into a pipe."""
+def _fork(ticket: int, name: str, kwargs: dict, running: dict, selector, replies) -> None:
+    """Draw job ``name`` in a child process, which writes its answer into a pipe (here,
+    when no process can be forked)."""
     read, write = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # e.g. a limit on processes: this job here, then the next
+        os.close(read)
+        os.close(write)
+        _answer(replies, ticket, _run(name, kwargs))
+        return
     if pid == 0:  # the child: draw, answer, and leave without Python's clean-up
         os.close(read)
         with os.fdopen(write, "wb") as out:

@@ -1,9 +1,14 @@
-"""The command's figures drawn by a second process (bayes_ude/nlme/_figure_worker.py): the
-same files as drawn in this process, its errors raised here, a dead process replaced by
-drawing here, and nothing written after it is stopped. Small made-up tables, no fit."""
+"""The command's figures drawn by a second process (bayes_ude/nlme/_figure_worker.py, which
+runs bayes_ude/nlme/_draw.py): the same files as drawn in this process, its errors raised
+here, a dead or garbled process replaced by drawing here, nothing written after it is
+stopped, and its loop with forked children, without them, and when no child can be
+forked. Small made-up tables, no fit."""
 
+import io
+import os
 import pickle
 import re
+import threading
 import time
 
 import matplotlib
@@ -11,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bayes_ude.nlme import _draw as draw
+from bayes_ude.nlme import _figure_worker
 from bayes_ude.nlme._figure_worker import Figures
 
 
@@ -100,10 +107,6 @@ def test_closing_with_jobs_left_stops_the_process_and_its_children_at_once(tmp_p
 
 def test_jobs_one_after_the_other_where_there_is_no_fork(tmp_path):
     # the figure process's loop without children (one core, or no os.fork), in this process
-    import io
-
-    from bayes_ude.nlme import _draw as draw
-
     jobs = _jobs(tmp_path, n_pages=1)
     jobs[1][1]["parts"][0]["diag"] = jobs[1][1]["parts"][0]["diag"].drop(columns="CWRES")
     requests = io.BytesIO(b"".join(draw.frame((k, name, kwargs))
@@ -122,13 +125,35 @@ def test_jobs_one_after_the_other_where_there_is_no_fork(tmp_path):
 def test_a_figure_process_that_writes_something_else_is_stopped(tmp_path, monkeypatch):
     # e.g. a sitecustomize printing a banner: the answers cannot be read, so the process
     # is killed (it must not go on writing the same files) and the jobs drawn here
-    from bayes_ude.nlme import _figure_worker
-
     monkeypatch.setattr(_figure_worker, "_BOOT", "print('a banner'); " + _figure_worker._BOOT)
     with Figures() as figures:
         process = figures._process.popen
         _draw(figures, _jobs(tmp_path, n_pages=1))
         assert not figures.in_second_process
         assert process.wait(timeout=10) != 0  # killed
+    assert all((tmp_path / n).stat().st_size > 10_000 for n in
+               ("vpc.png", "gof.png", "individual.png"))
+
+
+def test_a_job_is_drawn_in_the_figure_process_itself_when_no_child_can_be_forked(
+        tmp_path, monkeypatch):
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # EAGAIN
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    jobs = _jobs(tmp_path, n_pages=1)
+    data = b"".join(draw.frame((k, name, kwargs)) for k, (name, kwargs) in enumerate(jobs))
+    read, write = os.pipe()
+
+    def send():
+        with os.fdopen(write, "wb") as out:
+            out.write(data)
+
+    threading.Thread(target=send).start()
+    replies = io.BytesIO()
+    with os.fdopen(read, "rb", buffering=0) as requests:
+        draw.serve(requests, replies, parallel=2)
+    replies.seek(0)
+    assert [pickle.load(replies) for _ in jobs] == [(0, None), (1, None), (2, None)]
     assert all((tmp_path / n).stat().st_size > 10_000 for n in
                ("vpc.png", "gof.png", "individual.png"))
