@@ -86,27 +86,24 @@ def filter_jit(fn: Callable | None = None, *, quick_below: int | None = None) ->
         return functools.partial(filter_jit, quick_below=quick_below)
     compiled = {}
 
-    def quick(args, kwargs) -> bool:
+    def quick(leaves, args, kwargs) -> bool:
         return (quick_below is not None and jax.device_count() == 1
-                and _n_elements(jax.tree.leaves((args, kwargs))) <= quick_below
-                and not _vetoed((args, kwargs)))
-
-    def jitted(fast: bool):
-        if fast not in compiled:
-            compiled[fast] = eqx.filter_jit(fn, compiler_options=compiler_options(fast))
-        return compiled[fast]
+                and _n_elements(leaves) <= quick_below and not _vetoed((args, kwargs)))
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+        leaves = jax.tree.leaves((args, kwargs))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
             # called inside another jitted function: compiler options belong to the
             # top-level program only, and the body is inlined there anyway
             return fn(*args, **kwargs)
-        fast = quick(args, kwargs)
+        fast = quick(leaves, args, kwargs)
         store = active_store()
         if store is not None:  # a command's run: the program may be on disk already
             return store.call(fn, compiler_options(fast), fast, args, kwargs)
-        return jitted(fast)(*args, **kwargs)
+        if fast not in compiled:
+            compiled[fast] = eqx.filter_jit(fn, compiler_options=compiler_options(fast))
+        return compiled[fast](*args, **kwargs)
 
     def precompile(*args, **kwargs) -> None:
         """Inside a command's program store (:func:`bayes_ude._programs.program_store`),
@@ -114,7 +111,7 @@ def filter_jit(fn: Callable | None = None, *, quick_below: int | None = None) ->
         static values count, not their numbers) without running it; elsewhere nothing."""
         store = active_store()
         if store is not None:
-            fast = quick(args, kwargs)
+            fast = quick(jax.tree.leaves((args, kwargs)), args, kwargs)
             store.prepare(fn, compiler_options(fast), fast, args, kwargs)
 
     wrapper.precompile = precompile

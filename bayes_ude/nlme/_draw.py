@@ -248,17 +248,21 @@ def serve(requests=None, replies=None, parallel: int = 1) -> None:
         requests = sys.stdin.buffer.raw
         replies = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)  # a stray print must not corrupt the replies
+    if parallel > 1 and hasattr(os, "fork"):
+        _serve_forking(requests, replies, parallel)
+        return
+    while (request := _read_frame(requests)) is not None:  # one job after the other
+        ticket, name, kwargs = request
+        _answer(replies, ticket, _run(name, kwargs))
+
+
+def _serve_forking(requests, replies, parallel: int) -> None:
+    """:func:`serve`'s loop with up to ``parallel`` children drawing at once: requests
+    are read while fewer are running, answers passed on as the children end."""
     running: dict[int, tuple] = {}  # the read end of a child's pipe -> (ticket, pid, data)
-    selector = selectors.DefaultSelector() if hasattr(os, "fork") and parallel > 1 else None
+    selector = selectors.DefaultSelector()
     more = True
     while more or running:
-        if selector is None:  # one job after the other, here
-            request = _read_frame(requests)
-            if request is None:
-                return
-            ticket, name, kwargs = request
-            _answer(replies, ticket, _run(name, kwargs))
-            continue
         if more and len(running) < parallel:
             selector.register(requests, selectors.EVENT_READ)
         for key, _ in selector.select():
