@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._covariate_terms import CovariateTerm, parse_covariate_terms, resolve_covariate_terms
+from ._data import describe_dvids
 from ._error import Additive, Combined, Exponential, Proportional
 from ._model import Omega, PopulationModel, check_data
 from ._pk import OneCompartmentIV, OneCompartmentOral, TwoCompartmentIV, TwoCompartmentOral
@@ -67,6 +68,25 @@ def nca_initial_estimates(population, dvid: int | None = None) -> dict[str, floa
     return {"cl": float(np.median(cls)), "v": float(np.median(vs)), "ka": float(np.median(kas))}
 
 
+def _check_one_dvid(name: str, population, dvid: int | None) -> None:
+    """A built-in model predicts one quantity: its data hold one observation type."""
+    kinds = population.observed_dvids()
+    if dvid is not None:
+        population.select_dvid(dvid)  # raises, naming the types there, if none is dvid
+        others = {k: n for k, n in kinds.items() if k != int(dvid)}
+        if others:
+            raise ValueError(
+                f"model {name} describes DVID {dvid}, but the population also holds "
+                f"observations of DVID {describe_dvids(others)}, which it would fit as "
+                f"the same quantity: pass population.select_dvid({dvid})")
+    elif len(kinds) > 1:
+        raise ValueError(
+            f"the data hold {len(kinds)} kinds of observation, DVID {describe_dvids(kinds)}; "
+            f"model {name} predicts one quantity and would fit them all as it: choose one "
+            f"(builtin_model(..., dvid=k) on population.select_dvid(k)), or use a model "
+            f"with an error model per DVID")
+
+
 def builtin_model(name: str, population, error: str = "additive",
                   allometric: str | None = None, reference_weight: float = 70.0,
                   dvid: int | None = None, eta=None,
@@ -83,7 +103,11 @@ def builtin_model(name: str, population, error: str = "additive",
     error : ``"additive"``, ``"proportional"``, ``"combined"`` or ``"exponential"``.
     allometric : name of a weight covariate column for allometric scaling (``None``: none).
     reference_weight : weight the typical values refer to (default 70 kg).
-    dvid : the observation type the model describes (initial values from it).
+    dvid : the observation type (``DVID``) the model describes, where the data hold
+        several: the model predicts one quantity, so fit it to
+        ``population.select_dvid(dvid)`` (initial values come from those observations).
+        Data with several types and no ``dvid`` are an error, as is ``dvid`` with
+        observations of other types left in the population.
     eta : parameters with between-subject variability (default: ``ka``, ``cl``, ``v`` where
         the model has them).
     covariates : covariate terms, as text (``"cl~WT:power,v~WT:power,cl~SEX:categorical"``)
@@ -108,6 +132,7 @@ def builtin_model(name: str, population, error: str = "additive",
     structural_cls, params = BUILTIN_MODELS[name]
     # before any initial value: a wrong compartment or no observation is said as such
     check_data(structural_cls(), population)
+    _check_one_dvid(name, population, dvid)
     terms = resolve_covariate_terms(
         parse_covariate_terms(covariates) if isinstance(covariates, str) else covariates or (),
         population, params)

@@ -8,13 +8,12 @@ import sys
 import warnings
 from pathlib import Path
 
-import equinox as eqx
 import numpy as np
 
 from .. import datasets
 from ._builtin import builtin_model
 from ._command import SHIPPED, command_name, fail, parse_omega
-from ._data import NonmemDataError, NonmemDataWarning
+from ._data import NonmemDataError, NonmemDataWarning, describe_dvids
 from ._model_file import load_model_file
 from ._read import read_nonmem
 
@@ -49,10 +48,10 @@ def load_data(args) -> tuple:
     except NonmemDataError as err:
         fail(f"the data table has problems:\n{err}")
     if args.dvid is not None:
-        keep = np.asarray(pop.obs_mask) & (np.asarray(pop.obs_dvid) == args.dvid)
-        if not keep.any():
-            fail(f"no observations with DVID {args.dvid}")
-        pop = eqx.tree_at(lambda p: p.obs_mask, pop, keep)
+        try:
+            pop = pop.select_dvid(args.dvid)
+        except ValueError as err:
+            fail(str(err))
     return pop, notes
 
 
@@ -68,6 +67,13 @@ def build_model(args, pop):
             from ._warfarin import warfarin_pkpd_model  # an ODE model: loads diffrax
 
             return warfarin_pkpd_model(pop)
+        kinds = pop.observed_dvids()
+        if len(kinds) > 1:  # (--dvid has kept one)
+            fail(f"the data hold {len(kinds)} kinds of observation, DVID "
+                 f"{describe_dvids(kinds)}; model {args.model} predicts one quantity and "
+                 f"would fit them all as it: choose one with --dvid (e.g. --dvid "
+                 f"{next(iter(kinds))}), or fit them together with a model that describes "
+                 f"each (--model warfarin_pkpd for warfarin, or a model file)")
         iov = getattr(args, "iov", None)  # summaries written before --iov lack it
         model = builtin_model(args.model, pop, args.error, allometric=args.allometric,
                              dvid=args.dvid,

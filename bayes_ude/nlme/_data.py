@@ -100,6 +100,13 @@ class NonmemDataWarning(UserWarning):
 # --------------------------------------------------------------------------------------
 
 
+def describe_dvids(kinds: dict[int, int]) -> str:
+    """``{1: 251, 2: 232}`` as ``"1 (251 observations), 2 (232)"``."""
+    parts = [f"{k} ({n} observation{'s' if n != 1 else ''})" if i == 0 else f"{k} ({n})"
+             for i, (k, n) in enumerate(kinds.items())]
+    return ", ".join(parts)
+
+
 class Population(eqx.Module):
     """Subjects of a NONMEM table as padded, masked arrays (a pytree).
 
@@ -252,6 +259,25 @@ class Population(eqx.Module):
         leaves = {name: np.asarray(getattr(self, name))[idx] for name in _ARRAY_FIELDS}
         return Population(ids=ids, covariate_names=self.covariate_names,
                           cmt_given=self.cmt_given, has_censored=self.has_censored, **leaves)
+
+    def observed_dvids(self) -> dict[int, int]:
+        """The observation types (``DVID``) of the real observations, each with its count,
+        in increasing order."""
+        values, counts = np.unique(np.asarray(self.obs_dvid)[np.asarray(self.obs_mask)],
+                                   return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+    def select_dvid(self, dvid: int) -> Population:
+        """The population with only the observations of type ``dvid`` (the others
+        masked, as ``MDV = 1`` would; doses and covariates kept, as are the padded
+        widths). What a model describing one kind of observation is fitted to (the
+        command's ``--dvid``)."""
+        kinds = self.observed_dvids()
+        if int(dvid) not in kinds:
+            raise ValueError(f"no observations with DVID {dvid} (the data hold DVID "
+                             f"{describe_dvids(kinds)})")
+        keep = np.asarray(self.obs_mask) & (np.asarray(self.obs_dvid) == int(dvid))
+        return eqx.tree_at(lambda p: p.obs_mask, self, keep)
 
     def subject(self, i: int) -> Population:
         """A one-subject population: the subject at position ``i`` (0-based)."""

@@ -53,6 +53,21 @@ def test_bad_options_fail_before_any_work(tmp_path, options, message):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+def test_two_kinds_of_observation_need_a_choice(tmp_path):
+    """`bayes-ude pk fit warfarin` with a one-output model used to fit the PCA values as
+    concentrations and stop at a degenerate fit (exit 3); it now fails at once, naming
+    the kinds and the options."""
+    start = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"2 kinds of observation, DVID 1 \(251 observations"
+                                         r"\), 2 \(232\); model oral1cmt .* --dvid 1\), or "
+                                         r".*--model warfarin_pkpd"):
+        cli.main(["pk", "fit", "warfarin", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=r"no observations with DVID 3 \(the data hold DVID 1"):
+        cli.main(["pk", "fit", "warfarin", "--dvid", "3", "--out", str(tmp_path / "out")])
+    assert time.perf_counter() - start < 5, "checked before compiling"
+    assert not (tmp_path / "out").exists()
+
+
 def test_non_finite_numbers_become_null():
     from bayes_ude._json import json_safe
 

@@ -15,6 +15,7 @@ from bayes_ude import datasets
 from bayes_ude.nlme import (
     NonmemDataError,
     Population,
+    builtin_model,
     covariates_at,
     load_theophylline_population,
     load_warfarin_population,
@@ -395,3 +396,28 @@ def test_warfarin_population():
     assert pop.covariate_names == ("wt", "sex", "age")
     first = raw.groupby("id", sort=False)[["wt", "sex", "age"]].first().loc[list(pop.ids)]
     np.testing.assert_array_equal(pop.cov_baseline, first.to_numpy(dtype=float))
+
+
+def test_one_kind_of_observation_for_a_builtin_model():
+    """Warfarin holds concentrations (DVID 1) and PCA (DVID 2): a one-output model fitted
+    to both fits the PCA values as concentrations (it ended in a degenerate fit). It is
+    refused, naming the kinds; select_dvid keeps one, as the command's --dvid does."""
+    pop = load_warfarin_population()
+    assert pop.observed_dvids() == {1: 251, 2: 232}
+    with pytest.raises(ValueError, match=r"2 kinds of observation, DVID 1 \(251 "
+                                         r"observations\), 2 \(232\); model oral1cmt"):
+        builtin_model("oral1cmt", pop)
+    with pytest.raises(ValueError, match=r"also holds observations of DVID 2 \(232 "
+                                         r"observations\).*pass population.select_dvid\(1\)"):
+        builtin_model("oral1cmt", pop, dvid=1)
+    with pytest.raises(ValueError, match=r"no observations with DVID 3 \(the data hold DVID "
+                                         r"1 \(251 observations\), 2 \(232\)\)"):
+        pop.select_dvid(3)
+    pk = pop.select_dvid(1)
+    assert pk.observed_dvids() == {1: 251} and pk.n_doses == pop.n_doses
+    assert pk.obs_mask.shape == pop.obs_mask.shape  # padded widths kept
+    raw = datasets.load_warfarin()
+    np.testing.assert_array_equal(np.asarray(pk.obs_dv)[np.asarray(pk.obs_mask)],
+                                  raw[(raw.dvid == 1) & raw.amt.isna()].dv.to_numpy())
+    builtin_model("oral1cmt", pk, dvid=1).check(pk)
+    builtin_model("oral1cmt", pk).check(pk)  # one kind: no dvid needed
