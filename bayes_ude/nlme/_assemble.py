@@ -19,7 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ._data import _MAX_ROWS, Population, _fmt, _rows_text
+from ._data import Population
+from ._data_text import _MAX_ROWS, _fmt, _rows_text
 from ._read_checks import _DoseItems, _Events
 from ._table import _Records
 

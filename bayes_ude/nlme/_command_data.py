@@ -13,7 +13,8 @@ import numpy as np
 from .. import datasets
 from ._builtin import builtin_model
 from ._command import SHIPPED, command_name, fail, parse_omega
-from ._data import NonmemDataError, NonmemDataWarning, describe_dvids
+from ._data import NonmemDataError, NonmemDataWarning
+from ._data_text import describe_dvids
 from ._model_file import load_model_file
 from ._read import read_nonmem
 

@@ -14,13 +14,12 @@ This module is the end of the data layer (reading, ``_table.py`` -> record check
 ``_read_checks.py`` -> subjects, warnings and assembly, ``_assemble.py`` ->
 :class:`Population`, here; :func:`read_nonmem` in ``_read.py`` runs the steps): the
 result, its errors and warnings, the table's vocabulary (column names, missing-value
-spellings), :func:`split_subjects` (a held-out split of a population) and the small helpers
-the messages share. It imports nothing from the reader.
+spellings) and :func:`split_subjects` (a held-out split of a population); the helpers the
+messages share are in ``_data_text.py``. It imports nothing from the reader.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 
@@ -29,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jaxtyping import Array, ArrayLike
+
+from ._data_text import describe_dvids
 
 __all__ = ["NonmemDataError", "NonmemDataWarning", "Population", "covariates_at",
            "split_subjects"]
@@ -49,10 +50,6 @@ _MISSING_STRINGS = frozenset({"", ".", "NA", "NAN", "NAN.", "NULL"})
 
 # How many problems the error message lists (all are in ``NonmemDataError.problems``).
 _MAX_SHOWN = 20
-# How many rows a message lists before "... (N in all)"; and how many non-numeric cells
-# of one column get a line each before they are summarised in one line for the column.
-_MAX_ROWS = 10
-_MAX_CELLS = 3
 # A decimal comma ("0,5"), accepted in semicolon-separated files.
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
 
@@ -98,13 +95,6 @@ class NonmemDataWarning(UserWarning):
 # --------------------------------------------------------------------------------------
 # The Population pytree
 # --------------------------------------------------------------------------------------
-
-
-def describe_dvids(kinds: dict[int, int]) -> str:
-    """``{1: 251, 2: 232}`` as ``"1 (251 observations), 2 (232)"``."""
-    parts = [f"{k} ({n} observation{'s' if n != 1 else ''})" if i == 0 else f"{k} ({n})"
-             for i, (k, n) in enumerate(kinds.items())]
-    return ", ".join(parts)
 
 
 class Population(eqx.Module):
@@ -394,27 +384,3 @@ def split_subjects(population, test_fraction: float = 0.2, seed: int = 0, *,
     mask = np.array(population.obs_mask, copy=True)
     mask[test_idx] = False
     return eqx.tree_at(lambda q: q.obs_mask, population, mask), test
-
-
-# --------------------------------------------------------------------------------------
-# Small helpers shared by the reader's messages (_read_checks.py, _assemble.py,
-# _structural.py)
-# --------------------------------------------------------------------------------------
-
-
-def _rows_text(rows: Sequence[int], limit: int = _MAX_ROWS) -> str:
-    """``"row 4"``, ``"rows 4, 9, 12"``, ``"rows 4, 9, ... (37 in all)"``."""
-    rows = [int(r) for r in rows]
-    if len(rows) == 1:
-        return f"row {rows[0]}"
-    shown = ", ".join(map(str, rows[:limit]))
-    return f"rows {shown}" + (f", ... ({len(rows)} in all)" if len(rows) > limit else "")
-
-
-def _id_value(x: float):
-    return int(x) if float(x).is_integer() else float(x)
-
-
-def _fmt(x: float) -> str:
-    return str(_id_value(x)) if math.isfinite(x) else "missing"
-

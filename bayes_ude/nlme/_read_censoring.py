@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._data import _CENSORING_FLAGS, _CENSORING_LIMITS, _MAX_CELLS, _fmt, _rows_text
+from ._data import _CENSORING_FLAGS, _CENSORING_LIMITS
+from ._data_text import _MAX_CELLS, _fmt, _rows_text
 from ._table import _Records
 
 _NOT_FLAG = "expected 1 for an observation below the limit of quantification, 0 otherwise"

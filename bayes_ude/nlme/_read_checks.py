@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ._data import _MAX_CELLS, _fmt, _rows_text
+from ._data_text import _MAX_CELLS, _fmt, _rows_text
 from ._read_censoring import flagged_with_limit
 from ._table import _Records
 

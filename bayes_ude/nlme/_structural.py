@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._data import _rows_text
+from ._data_text import _rows_text
 
 __all__ = ["NETWORK_CONC_SCALE", "StructuralModel", "check_compartments", "dose_table",
            "observe_states", "select_by_dvid"]

@@ -32,8 +32,8 @@ from ._data import (
     _REQUIRED,
     _RESERVED,
     NonmemDataError,
-    _id_value,
 )
+from ._data_text import _id_value
 
 
 class _Columns(NamedTuple):
