@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._compile import ONE_OFF, filter_jit
+from ._data_text import describe_dvids
 from ._error import ErrorModel, Exponential
 from ._occasions import count_occasions, predict_by_occasion
 from ._omega import Omega, _chol_to_vector
@@ -343,8 +344,9 @@ class PopulationModel:
     def check(self, population) -> None:
         """Raise a clear error if the data cannot be used with this model: covariates it
         reads that the data lack, no observations, records in compartments the structural
-        model does not have (:meth:`StructuralModel.check_population`), observation types
-        without an error model, ``DV <= 0`` under the exponential error model."""
+        model does not have (:meth:`StructuralModel.check_population`), several observation
+        types for a built-in model (one quantity), observation types without an error
+        model, ``DV <= 0`` under the exponential error model."""
         if self.iov:
             count_occasions(population, self.occasion)  # names the occasion column
         missing = [c for c in self.covariates if c not in population.covariate_names]
@@ -353,6 +355,13 @@ class PopulationModel:
                              f"data (covariates there: {list(population.covariate_names)})")
         check_data(self.structural, population)
         models = self.error_models
+        kinds = population.observed_dvids()
+        if self.structural.builtin_name and 0 in models and len(kinds) > 1:
+            raise ValueError(
+                f"the data hold {len(kinds)} kinds of observation, DVID "
+                f"{describe_dvids(kinds)}; model {self.structural.builtin_name} predicts one "
+                f"quantity and would fit them all as it: fit population.select_dvid(k) for "
+                f"one of them, or use a model with an error model per DVID")
         mask = np.asarray(population.obs_mask)
         dvid = np.asarray(population.obs_dvid)
         if 0 not in models:

@@ -17,6 +17,7 @@ from bayes_ude.nlme import (
     Population,
     builtin_model,
     covariates_at,
+    fit,
     load_theophylline_population,
     load_warfarin_population,
     read_nonmem,
@@ -419,5 +420,10 @@ def test_one_kind_of_observation_for_a_builtin_model():
     raw = datasets.load_warfarin()
     np.testing.assert_array_equal(np.asarray(pk.obs_dv)[np.asarray(pk.obs_mask)],
                                   raw[(raw.dvid == 1) & raw.amt.isna()].dv.to_numpy())
-    builtin_model("oral1cmt", pk, dvid=1).check(pk)
+    model = builtin_model("oral1cmt", pk, dvid=1)
+    model.check(pk)
     builtin_model("oral1cmt", pk).check(pk)  # one kind: no dvid needed
+    # the model built on one kind, then fitted to both: refused by the fit's own check
+    with pytest.raises(ValueError, match=r"2 kinds of observation, DVID 1 .*; model oral1cmt "
+                                         r"predicts one quantity .*select_dvid"):
+        fit(model, pop, "focei")
