@@ -18,6 +18,7 @@ from ._data_text import describe_dvids
 from ._error import Additive, Combined, Exponential, Proportional
 from ._model import Omega, PopulationModel, check_data
 from ._pk import OneCompartmentIV, OneCompartmentOral, TwoCompartmentIV, TwoCompartmentOral
+from ._structural import check_one_quantity
 
 __all__ = ["BUILTIN_MODELS", "ERROR_MODELS", "builtin_model", "nca_initial_estimates"]
 
@@ -68,23 +69,18 @@ def nca_initial_estimates(population, dvid: int | None = None) -> dict[str, floa
     return {"cl": float(np.median(cls)), "v": float(np.median(vs)), "ka": float(np.median(kas))}
 
 
-def _check_one_dvid(name: str, population, dvid: int | None) -> None:
+def _check_one_dvid(structural, population, dvid: int | None) -> None:
     """A built-in model predicts one quantity: its data hold one observation type."""
-    kinds = population.observed_dvids()
-    if dvid is not None:
-        population.select_dvid(dvid)  # raises, naming the types there, if none is dvid
-        others = {k: n for k, n in kinds.items() if k != int(dvid)}
-        if others:
-            raise ValueError(
-                f"model {name} describes DVID {dvid}, but the population also holds "
-                f"observations of DVID {describe_dvids(others)}, which it would fit as "
-                f"the same quantity: pass population.select_dvid({dvid})")
-    elif len(kinds) > 1:
+    if dvid is None:
+        check_one_quantity(structural, population)
+        return
+    population.select_dvid(dvid)  # raises, naming the types there, if none is dvid
+    others = {k: n for k, n in population.observed_dvids().items() if k != int(dvid)}
+    if others:
         raise ValueError(
-            f"the data hold {len(kinds)} kinds of observation, DVID {describe_dvids(kinds)}; "
-            f"model {name} predicts one quantity and would fit them all as it: choose one "
-            f"(builtin_model(..., dvid=k) on population.select_dvid(k)), or use a model "
-            f"with an error model per DVID")
+            f"model {structural.builtin_name} describes DVID {dvid}, but the population "
+            f"also holds observations of DVID {describe_dvids(others)}, which it would fit "
+            f"as the same quantity: pass population.select_dvid({dvid})")
 
 
 def builtin_model(name: str, population, error: str = "additive",
@@ -132,7 +128,7 @@ def builtin_model(name: str, population, error: str = "additive",
     structural_cls, params = BUILTIN_MODELS[name]
     # before any initial value: a wrong compartment or no observation is said as such
     check_data(structural_cls(), population)
-    _check_one_dvid(name, population, dvid)
+    _check_one_dvid(structural_cls(), population, dvid)
     terms = resolve_covariate_terms(
         parse_covariate_terms(covariates) if isinstance(covariates, str) else covariates or (),
         population, params)

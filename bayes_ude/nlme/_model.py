@@ -22,12 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._compile import ONE_OFF, filter_jit
-from ._data_text import describe_dvids
 from ._error import ErrorModel, Exponential
 from ._occasions import count_occasions, predict_by_occasion
 from ._omega import Omega, _chol_to_vector
 from ._pk import ClosedFormModel, reset_times
-from ._structural import StructuralModel
+from ._structural import StructuralModel, check_one_quantity
 
 __all__ = ["Omega", "PopulationModel", "typical_individual", "unpacked"]
 
@@ -355,13 +354,8 @@ class PopulationModel:
                              f"data (covariates there: {list(population.covariate_names)})")
         check_data(self.structural, population)
         models = self.error_models
-        kinds = population.observed_dvids()
-        if self.structural.builtin_name and 0 in models and len(kinds) > 1:
-            raise ValueError(
-                f"the data hold {len(kinds)} kinds of observation, DVID "
-                f"{describe_dvids(kinds)}; model {self.structural.builtin_name} predicts one "
-                f"quantity and would fit them all as it: fit population.select_dvid(k) for "
-                f"one of them, or use a model with an error model per DVID")
+        if self.structural.builtin_name and 0 in models:
+            check_one_quantity(self.structural, population)
         mask = np.asarray(population.obs_mask)
         dvid = np.asarray(population.obs_dvid)
         if 0 not in models:

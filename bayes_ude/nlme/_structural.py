@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._data_text import _rows_text
+from ._data_text import _rows_text, describe_dvids
 
 __all__ = ["NETWORK_CONC_SCALE", "StructuralModel", "check_compartments", "dose_table",
            "observe_states", "select_by_dvid"]
@@ -114,6 +114,18 @@ def _and(items: Sequence[str], word: str = "and") -> str:
 def _model_label(model) -> str:
     name = type(model).__name__
     return f"{model.builtin_name} ({name})" if model.builtin_name else name
+
+
+def check_one_quantity(model: StructuralModel, population) -> None:
+    """A built-in model predicts one quantity for every observation: data holding
+    several observation types (``DVID``) would all be fitted as that quantity."""
+    kinds = population.observed_dvids()
+    if len(kinds) > 1:
+        raise ValueError(
+            f"the data hold {len(kinds)} kinds of observation, DVID {describe_dvids(kinds)}; "
+            f"model {model.builtin_name or type(model).__name__} predicts one quantity and "
+            f"would fit them all as it: fit population.select_dvid(k) for one of them "
+            f"(builtin_model(..., dvid=k)), or use a model with an error model per DVID")
 
 
 def check_compartments(model: StructuralModel, population) -> None:
