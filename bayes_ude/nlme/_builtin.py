@@ -127,8 +127,9 @@ def builtin_model(name: str, population, error: str = "additive",
                          f"covariates there: {list(population.covariate_names)}")
     structural_cls, params = BUILTIN_MODELS[name]
     # before any initial value: a wrong compartment or no observation is said as such
-    check_data(structural_cls(), population)
-    _check_one_dvid(structural_cls(), population, dvid)
+    structural = structural_cls()
+    check_data(structural, population)
+    _check_one_dvid(structural, population, dvid)
     terms = resolve_covariate_terms(
         parse_covariate_terms(covariates) if isinstance(covariates, str) else covariates or (),
         population, params)
@@ -173,7 +174,7 @@ def builtin_model(name: str, population, error: str = "additive",
         return out
 
     columns = ([allometric] if allometric else []) + [t.column for t in terms]
-    return PopulationModel(structural_cls(), individual, theta=theta, omega=omega_init,
+    return PopulationModel(structural, individual, theta=theta, omega=omega_init,
                            sigma=sigma, error=error_cls(), covariates=tuple(dict.fromkeys(columns)),
                            iov=tuple(f"iov_{p}" for p in with_iov), occasion=occasion)
 

@@ -123,9 +123,9 @@ def check_one_quantity(model: StructuralModel, population) -> None:
     if len(kinds) > 1:
         raise ValueError(
             f"the data hold {len(kinds)} kinds of observation, DVID {describe_dvids(kinds)}; "
-            f"model {model.builtin_name or type(model).__name__} predicts one quantity and "
-            f"would fit them all as it: fit population.select_dvid(k) for one of them "
-            f"(builtin_model(..., dvid=k)), or use a model with an error model per DVID")
+            f"model {_model_label(model)} predicts one quantity and would fit them all as "
+            f"it: fit population.select_dvid(k) for one of them (builtin_model(..., "
+            f"dvid=k)), or use a model with an error model per DVID")
 
 
 def check_compartments(model: StructuralModel, population) -> None:

@@ -425,5 +425,6 @@ def test_one_kind_of_observation_for_a_builtin_model():
     builtin_model("oral1cmt", pk).check(pk)  # one kind: no dvid needed
     # the model built on one kind, then fitted to both: refused by the fit's own check
     with pytest.raises(ValueError, match=r"2 kinds of observation, DVID 1 .*; model oral1cmt "
-                                         r"predicts one quantity .*select_dvid"):
+                                         r"\(OneCompartmentOral\) predicts one quantity "
+                                         r".*select_dvid"):
         fit(model, pop, "focei")
