@@ -11,7 +11,9 @@ Set ``JAX_COMPILATION_CACHE_DIR`` to choose the folder.
 import gc
 import getpass
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import jax
@@ -39,3 +41,20 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture
+def python_sigint():
+    """SIGINT as in a terminal, Python's handler raising ``KeyboardInterrupt``, for a test
+    that sends itself Ctrl-C in-process. pytest-xdist's workers start with SIGINT ignored,
+    and under SIG_IGN the package rightly leaves Ctrl-C alone: such a test then passed
+    only if an earlier test on the same worker (a notebook run) had put Python's handler
+    back, and failed when the scheduler ran it first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

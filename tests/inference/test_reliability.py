@@ -28,6 +28,9 @@ import pytest
 from bayes_ude import inference, solvers
 from bayes_ude.inference import _interrupt, _nuts
 
+# Ctrl-C sent in-process must meet Python's handler, whatever the worker started with
+pytestmark = pytest.mark.usefixtures("python_sigint")
+
 K_TRUE, A_TRUE, SIGMA_TRUE = 0.6, 2.0, 0.1
 N_TRAIN = N_HELD = 400
 TS = np.linspace(0.0, 4.0, N_TRAIN + N_HELD)

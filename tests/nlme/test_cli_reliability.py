@@ -23,6 +23,9 @@ import pytest
 
 from bayes_ude import cli
 
+# Ctrl-C sent in-process must meet Python's handler, whatever the worker started with
+pytestmark = pytest.mark.usefixtures("python_sigint")
+
 STALE = "STALE: written by an earlier run\n"
 MARKER_TIMEOUT_S = 180  # generous: the machine running the tests may be loaded
 
