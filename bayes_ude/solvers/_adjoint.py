@@ -81,7 +81,7 @@ def adjoint_solve(problem, opts):
         diff_bar["u0"] = lam
         ok = status == Status.SUCCESS
         # A failed solve: zero gradients for a zero cotangent (solvers.sanitize), NaN for
-        # a NaN one (a loss computed from the NaN values), as in _solve._nan_link.
+        # a NaN one (a loss computed from the NaN values), as in _solve._nan_where_failed.
         poison = 0.0 * jnp.sum(cotangents[0])
         diff_bar = jax.tree.map(lambda v: jnp.where(ok, v, poison.astype(v.dtype)), diff_bar)
         const_bar = jax.tree.map(
