@@ -137,7 +137,8 @@ def test_failed_solve_poisons_every_parameter_array_in_reverse_mode():
         return p["w"] @ (u**2) * p["scale"] + p["b"]
 
     def losses(p):
-        sol = solvers.solve(field, jnp.ones(2), TS, p, sensitivity="reverse")
+        sol = solvers.solve(field, jnp.ones(2), TS, p, sensitivity="reverse", rtol=1e-10,
+                            atol=1e-12)
         raw = jnp.sum((sol.ys - 1.0) ** 2)
         safe = jnp.sum((solvers.sanitize(sol) - 1.0) ** 2) + solvers.log_density_penalty(sol)
         return raw, safe
