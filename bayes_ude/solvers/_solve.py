@@ -395,8 +395,8 @@ def _nan_where_failed(v, ok):
     Its derivative is ``where(ok, dv, 0) + 0 * sum(dv)``; reverse mode transposes that to
     the cotangent ``where(ok, g, 0) + 0 * sum(g)`` for the solver. So for a failed solve:
 
-    * a zero cotangent stays zero. :func:`sanitize` sends one, and a NaN state inside the
-      solver never meets it: the gradient stays finite;
+    * a zero cotangent stays zero: :func:`sanitize` sends one, and the gradient stays
+      finite (tests/solvers/test_reliability.py, all three sensitivities);
     * a NaN cotangent (any loss computed from the NaN values, e.g. a squared error)
       reaches the solver as NaN, and so does every gradient through it: a NaN, not a
       silent 0.0.
