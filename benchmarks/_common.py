@@ -94,6 +94,23 @@ def report_paired(name: str, ratio: tuple[float, float, float], peer_name: str) 
           f"peer: {peer_name}")
 
 
+def like_for_like(loss, ours, hand_closed, hand_args, *args, number: int = 10) -> None:
+    """Print :func:`paired_ratio` twice, like for like: ``loss``'s value and gradient with
+    the loss module closed over (XLA sees its data as constants) against ``hand_closed``,
+    which closes over its data too; and ``ours`` (the module passed to ``eqx.filter_jit``,
+    its data as arguments) against ``hand_args``, which passes its data as arguments."""
+    import equinox as eqx
+
+    value_and_grad = eqx.filter_value_and_grad(loss)
+    ours_closed = eqx.filter_jit(lambda m: value_and_grad(m))
+    print("paired, like for like:")
+    report_paired("  data closed over",
+                  paired_ratio(ours_closed, hand_closed, *args, number=number),
+                  "hand-written diffrax")
+    report_paired("  data as arguments", paired_ratio(ours, hand_args, *args, number=number),
+                  "hand-written diffrax")
+
+
 def time_py(fn, *args, repeat: int = 10, number: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):

@@ -31,10 +31,9 @@ import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     compare,
     compile_time,
-    paired_ratio,
+    like_for_like,
     report,
     report_compile,
-    report_paired,
     warm_up_diffrax,
 )
 from scipy.integrate import solve_ivp  # noqa: E402
@@ -93,7 +92,7 @@ def main(quick: bool) -> None:
     ours = eqx.filter_jit(eqx.filter_value_and_grad(loss))
     ts, ys, u0, scale = train.ts, train.ys, train.u0, train.scale
 
-    def hand_loss(p):
+    def hand_loss_data(p, ts, ys, u0, scale):
         def one(u):
             sol = dfx.diffeqsolve(
                 dfx.ODETerm(lambda t, c, p: hand_field(p, c)), dfx.Tsit5(), ts[0], ts[-1],
@@ -103,6 +102,11 @@ def main(quick: bool) -> None:
             return sol.ys
 
         return jnp.mean(jnp.abs((jax.vmap(one)(u0) - ys) / scale))
+
+    data_j = tuple(jnp.asarray(x) for x in (ts, ys, u0, scale))
+
+    def hand_loss(p):  # the classic peer: its data closed over
+        return hand_loss_data(p, *data_j)
 
     # The same jit wrapper as ours: eqx.filter_jit waits for each call's result (its
     # runtime-error check), jax.jit returns at once and overlaps the next call's Python
@@ -113,38 +117,18 @@ def main(quick: bool) -> None:
     (l1, gr1), (l2, gr2) = ours(model), hand(params)
     print(f"loss ours {float(l1):.6f}, diffrax {float(l2):.6f}; max |grad difference| "
           f"{float(jnp.max(jnp.abs(gr1.stoichiometry - gr2[0]))):.1e}")
-    t_ours, t_hand = compare([lambda m: ours(m), lambda m: hand((m.stoichiometry, m.log_rate))],
-                             model, rounds=10, number=3)
-    report("loss+grad (20 experiments)", t_ours, t_hand, "hand-written diffrax (reverse)")
-    # Like for like, as in benchmarks/ude.py: data closed over, or passed as arguments.
-    vg = eqx.filter_value_and_grad(loss)
-    ours_closed = eqx.filter_jit(lambda m: vg(m))
-
-    def hand_loss_args(p, ts, ys, u0, scale):
-        def one(u):
-            sol = dfx.diffeqsolve(
-                dfx.ODETerm(lambda t, c, p: hand_field(p, c)), dfx.Tsit5(), ts[0], ts[-1],
-                None, u, args=p, saveat=dfx.SaveAt(ts=ts),
-                stepsize_controller=dfx.PIDController(rtol=RTOL, atol=ATOL),
-                max_steps=4096)
-            return sol.ys
-
-        return jnp.mean(jnp.abs((jax.vmap(one)(u0) - ys) / scale))
-
-    hand_args_jit = eqx.filter_jit(jax.value_and_grad(hand_loss_args))
-    data_j = tuple(jnp.asarray(x) for x in (ts, ys, u0, scale))
 
     def hand_m(m):
         return hand((m.stoichiometry, m.log_rate))
 
-    def hand_args(m):
-        return hand_args_jit((m.stoichiometry, m.log_rate), *data_j)
+    t_ours, t_hand = compare([ours, hand_m], model, rounds=10, number=3)
+    report("loss+grad (20 experiments)", t_ours, t_hand, "hand-written diffrax (reverse)")
+    hand_data = eqx.filter_jit(jax.value_and_grad(hand_loss_data))
 
-    print("paired, like for like:")
-    report_paired("  data closed over", paired_ratio(ours_closed, hand_m, model, number=3),
-                  "hand-written diffrax")
-    report_paired("  data as arguments", paired_ratio(ours, hand_args, model, number=3),
-                  "hand-written diffrax")
+    def hand_args(m):  # like ours: its data as arguments
+        return hand_data((m.stoichiometry, m.log_rate), *data_j)
+
+    like_for_like(loss, ours, hand_m, hand_args, model, number=3)
     report_compile("loss+grad (20 experiments)", compiles["ours"], compiles["diffrax by hand"],
                    "hand-written diffrax")
     print("\ncompile time of the first call (s)")

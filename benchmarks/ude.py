@@ -27,10 +27,9 @@ import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     compare,
     compile_time,
-    paired_ratio,
+    like_for_like,
     report,
     report_compile,
-    report_paired,
     time_py,
     warm_up_diffrax,
 )
@@ -63,15 +62,24 @@ def main():
 
     ours = eqx.filter_jit(eqx.filter_value_and_grad(loss))
 
-    # Hand-written diffrax: the same loss, reverse mode through diffeqsolve.
+    # Hand-written diffrax: the same loss, reverse mode through diffeqsolve. The classic
+    # peer closes over its data (hand_loss); hand_args passes them (like ours).
     ts_j, ys_j = jnp.asarray(ts), jnp.asarray(ys)
 
-    def hand_loss(m):
-        sol = dfx.diffeqsolve(dfx.ODETerm(lambda t, u, m: m(t, u)), dfx.Tsit5(), ts_j[0],
-                              ts_j[-1], None, ys_j[0], args=m, saveat=dfx.SaveAt(ts=ts_j),
+    def hand_loss_data(m, ts, ys):
+        sol = dfx.diffeqsolve(dfx.ODETerm(lambda t, u, m: m(t, u)), dfx.Tsit5(), ts[0],
+                              ts[-1], None, ys[0], args=m, saveat=dfx.SaveAt(ts=ts),
                               stepsize_controller=dfx.PIDController(rtol=RTOL, atol=ATOL),
                               max_steps=10_000)
-        return jnp.mean((sol.ys - ys_j) ** 2)
+        return jnp.mean((sol.ys - ys) ** 2)
+
+    def hand_loss(m):
+        return hand_loss_data(m, ts_j, ys_j)
+
+    hand_data = eqx.filter_jit(eqx.filter_value_and_grad(hand_loss_data))
+
+    def hand_args(m):
+        return hand_data(m, ts_j, ys_j)
 
     hand = eqx.filter_jit(eqx.filter_value_and_grad(hand_loss))
     warm_up_diffrax()  # neither pays the process's first compilation
@@ -82,28 +90,7 @@ def main():
           f"max |grad difference| {float(jnp.max(jnp.abs(g1v - g2v))):.2e}")
     t_ours, t_hand = compare([ours, hand], model, rounds=20, number=5)
     report("UDE loss+grad", t_ours, t_hand, "hand-written diffrax (reverse)")
-    # Like for like: the hand loss closes over its data (XLA sees constants), ours takes
-    # them as arguments (the loss module's arrays); each way on both sides.
-    vg = eqx.filter_value_and_grad(loss)
-    ours_closed = eqx.filter_jit(lambda m: vg(m))
-
-    def hand_loss_args(m, ts, ys):
-        sol = dfx.diffeqsolve(dfx.ODETerm(lambda t, u, m: m(t, u)), dfx.Tsit5(), ts[0],
-                              ts[-1], None, ys[0], args=m, saveat=dfx.SaveAt(ts=ts),
-                              stepsize_controller=dfx.PIDController(rtol=RTOL, atol=ATOL),
-                              max_steps=10_000)
-        return jnp.mean((sol.ys - ys) ** 2)
-
-    hand_args_jit = eqx.filter_jit(eqx.filter_value_and_grad(hand_loss_args))
-
-    def hand_args(m):
-        return hand_args_jit(m, ts_j, ys_j)
-
-    print("paired, like for like:")
-    report_paired("  data closed over", paired_ratio(ours_closed, hand, model),
-                  "hand-written diffrax")
-    report_paired("  data as arguments", paired_ratio(ours, hand_args, model),
-                  "hand-written diffrax")
+    like_for_like(loss, ours, hand, hand_args, model)
     report_compile("UDE loss+grad", compiles["ours"], compiles["diffrax by hand"],
                    "hand-written diffrax")
 
