@@ -90,7 +90,6 @@ def main(quick: bool) -> None:
     loss = crnn.TrajectoryLoss(train, "mae", crnn.DEFAULT_SOLVE.replace(
         rtol=RTOL, atol=ATOL, sensitivity="reverse"))
     ours = eqx.filter_jit(eqx.filter_value_and_grad(loss))
-    ts, ys, u0, scale = train.ts, train.ys, train.u0, train.scale
 
     def hand_loss_data(p, ts, ys, u0, scale):
         def one(u):
@@ -103,7 +102,7 @@ def main(quick: bool) -> None:
 
         return jnp.mean(jnp.abs((jax.vmap(one)(u0) - ys) / scale))
 
-    data_j = tuple(jnp.asarray(x) for x in (ts, ys, u0, scale))
+    data_j = tuple(jnp.asarray(x) for x in (train.ts, train.ys, train.u0, train.scale))
 
     def hand_loss(p):  # the classic peer: its data closed over
         return hand_loss_data(p, *data_j)
