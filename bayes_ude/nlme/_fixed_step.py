@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import solvers
-from ._structural import StructuralModel, observe_states
+from ._structural import StructuralModel, observe_states, observe_types
 
 __all__ = ["FixedStepODEModel", "check_bolus_only"]
 
@@ -113,6 +113,10 @@ class FixedStepODEModel(StructuralModel):
               else jnp.asarray(self.initial(params), float))
         return solvers.integrate_on_grid(lambda t, y, _: self.vector_field(t, y, params), y0,
                                          grid, subject.obs_time.shape[0], jumps)
+
+    @property
+    def observation_types(self) -> tuple[int, ...]:
+        return observe_types(self.observe)
 
     def predict(self, params, subject):
         return observe_states(self.observe, self.solve(params, subject), params, subject)

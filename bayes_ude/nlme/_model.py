@@ -26,7 +26,7 @@ from ._error import ErrorModel, Exponential
 from ._occasions import count_occasions, predict_by_occasion
 from ._omega import Omega, _chol_to_vector
 from ._pk import ClosedFormModel, reset_times
-from ._structural import StructuralModel, check_one_quantity
+from ._structural import StructuralModel, check_observation_types
 
 __all__ = ["Omega", "PopulationModel", "typical_individual", "unpacked"]
 
@@ -343,9 +343,11 @@ class PopulationModel:
     def check(self, population) -> None:
         """Raise a clear error if the data cannot be used with this model: covariates it
         reads that the data lack, no observations, records in compartments the structural
-        model does not have (:meth:`StructuralModel.check_population`), several observation
-        types for a built-in model (one quantity), observation types without an error
-        model, ``DV <= 0`` under the exponential error model."""
+        model does not have (:meth:`StructuralModel.check_population`), observation types
+        the structural model does not predict apart (:func:`check_observation_types`: several
+        types under one error model for a model of one quantity, or a type missing from
+        its ``observe`` mapping), observation types without an error model, ``DV <= 0``
+        under the exponential error model."""
         if self.iov:
             count_occasions(population, self.occasion)  # names the occasion column
         missing = [c for c in self.covariates if c not in population.covariate_names]
@@ -354,8 +356,7 @@ class PopulationModel:
                              f"data (covariates there: {list(population.covariate_names)})")
         check_data(self.structural, population)
         models = self.error_models
-        if self.structural.builtin_name and 0 in models:
-            check_one_quantity(self.structural, population)
+        check_observation_types(self.structural, population, one_error_model=0 in models)
         mask = np.asarray(population.obs_mask)
         dvid = np.asarray(population.obs_dvid)
         if 0 not in models:

@@ -63,6 +63,10 @@ class NetworkEliminationPK(StructuralModel):
         check_bolus_only(population, "network_elimination_model", compartments=(1,))
         return self
 
+    @property
+    def observation_types(self) -> tuple[int, ...]:
+        return ()  # one quantity: the concentration
+
     def clearance(self, p, c):
         """``CL(C) = cl exp(g(C / scale) - g(0))``: ``cl`` is the clearance at low
         concentrations (for Michaelis-Menten elimination ``Vmax / Km``), and the network

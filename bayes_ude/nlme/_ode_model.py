@@ -16,7 +16,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .. import solvers
-from ._structural import StructuralModel, observe_states
+from ._structural import StructuralModel, observe_states, observe_types
 
 __all__ = ["ODEModel"]
 
@@ -93,6 +93,10 @@ class ODEModel(StructuralModel):
         self.options = options if options is not None else ODE_MODEL_SOLVE.replace(**flat)
         self.initial = initial
         self.dosing_compartment = dosing_compartment
+
+    @property
+    def observation_types(self) -> tuple[int, ...]:
+        return observe_types(self.observe)
 
     def predict(self, params, subject):
         times = subject.obs_time

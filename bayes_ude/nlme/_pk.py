@@ -104,6 +104,10 @@ class ClosedFormModel(StructuralModel):
         return None if self.central_compartment is None else (self.central_compartment,)
 
     @property
+    def observation_types(self) -> tuple[int, ...]:
+        return ()  # one quantity: the central concentration
+
+    @property
     def needs_doses(self) -> bool:
         return True
 

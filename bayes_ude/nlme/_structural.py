@@ -27,8 +27,9 @@ from jaxtyping import Array, Float, Int
 
 from ._data_text import _rows_text, describe_dvids
 
-__all__ = ["NETWORK_CONC_SCALE", "StructuralModel", "check_compartments", "dose_table",
-           "observe_states", "select_by_dvid"]
+__all__ = ["NETWORK_CONC_SCALE", "StructuralModel", "check_compartments",
+           "check_observation_types", "check_one_quantity", "dose_table", "observe_states",
+           "observe_types", "select_by_dvid"]
 
 #: Reference concentration scale of a network's concentration input (mg/L): the networks
 #: inside warfarin's drug effect and the Michaelis-Menten elimination see ``C / 10``.
@@ -74,6 +75,15 @@ class StructuralModel(eqx.Module):
         return tuple(self.compartment_names) or None
 
     @property
+    def observation_types(self) -> tuple[int, ...] | None:
+        """The observation types (``DVID``) the model predicts apart: ``()`` if it
+        predicts one quantity for every record whatever its ``DVID`` (the closed-form
+        models, an ODE model with one ``observe``), ``None`` if not stated (a user's
+        subclass; not checked). :meth:`PopulationModel.check` holds the data to it
+        (:func:`check_observation_types`)."""
+        return None
+
+    @property
     def needs_doses(self) -> bool:
         """Whether every prediction is 0 without doses (a PK model)."""
         return False
@@ -117,15 +127,46 @@ def _model_label(model) -> str:
 
 
 def check_one_quantity(model: StructuralModel, population) -> None:
-    """A built-in model predicts one quantity for every observation: data holding
-    several observation types (``DVID``) would all be fitted as that quantity."""
+    """A model that predicts one quantity for every observation (a built-in one, an ODE
+    model with one ``observe``): data holding several observation types (``DVID``) would
+    all be fitted as that quantity."""
     kinds = population.observed_dvids()
     if len(kinds) > 1:
+        how = ("(builtin_model(..., dvid=k)), or use a model with an error model per DVID"
+               if model.builtin_name else
+               "or give the model an observe function per DVID (observe={dvid: ...}), or "
+               "an error model per DVID (error={dvid: ...}) if the types are one quantity "
+               "measured differently")
         raise ValueError(
             f"the data hold {len(kinds)} kinds of observation, DVID {describe_dvids(kinds)}; "
             f"model {_model_label(model)} predicts one quantity and would fit them all as "
-            f"it: fit population.select_dvid(k) for one of them (builtin_model(..., "
-            f"dvid=k)), or use a model with an error model per DVID")
+            f"it: fit population.select_dvid(k) for one of them {how}")
+
+
+def check_observation_types(model: StructuralModel, population, one_error_model: bool
+                            ) -> None:
+    """Every observation gets a prediction of its own type: a model that predicts some
+    types apart (:attr:`StructuralModel.observation_types`) must cover each ``DVID`` of
+    the data, which would otherwise get another type's prediction; a model that predicts
+    one quantity, under one error model, must not meet several types
+    (:func:`check_one_quantity`). An error model per ``DVID`` with a one-quantity model
+    is allowed: one quantity measured in several ways (assays)."""
+    types = model.observation_types
+    if types is None:
+        return
+    if not types:
+        if one_error_model:
+            check_one_quantity(model, population)
+        return
+    kinds = population.observed_dvids()
+    unknown = {k: n for k, n in kinds.items() if k not in types}
+    if unknown:
+        raise ValueError(
+            f"the data hold observations of DVID {describe_dvids(unknown)}, which model "
+            f"{_model_label(model)} does not predict (it predicts DVID "
+            f"{', '.join(map(str, types))}): each would get the prediction of DVID "
+            f"{types[0]}; add a prediction for them (observe={{dvid: ...}}) or leave them "
+            f"out (population.select_dvid, or MDV = 1)")
 
 
 def check_compartments(model: StructuralModel, population) -> None:
@@ -208,6 +249,12 @@ def select_by_dvid(outputs: Mapping[int, Array], dvid: Int[Array, " n_obs"]
     for key, value in items[1:]:
         out = jnp.where(dvid == key, value, out)
     return out
+
+
+def observe_types(observe: Callable | Mapping[int, Callable]) -> tuple[int, ...]:
+    """:attr:`StructuralModel.observation_types` of a model whose predictions come from
+    ``observe`` (one function: one quantity, ``()``; a mapping: its ``DVID`` keys)."""
+    return () if callable(observe) else tuple(int(k) for k in observe)
 
 
 def observe_states(observe: Callable | Mapping[int, Callable], states, params, subject

@@ -150,6 +150,10 @@ class TransitTurnoverPKPD(StructuralModel):
         check_bolus_only(population, "the warfarin PK/PD model", compartments=(1,))
         return self
 
+    @property
+    def observation_types(self) -> tuple[int, ...]:
+        return (self.pk_dvid, self.pd_dvid)
+
     def inhibition(self, p, c):
         """The drug effect ``I(C)`` for individual parameters ``p``."""
         c = jnp.maximum(c, 0.0)

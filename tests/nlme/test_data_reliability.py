@@ -116,6 +116,44 @@ def test_ode_model_compartments_are_its_states(tmp_path):
         ode.check_population(_read(tmp_path, _with(ORAL, 1, "CMT", "3")))
 
 
+def test_observation_types_the_model_does_not_tell_apart_are_an_error(tmp_path):
+    """Two DVIDs (a parent and a metabolite, say) met by a model that predicts one
+    quantity under one error model, or by an ``observe`` mapping that lacks one of them:
+    each record would silently get another type's prediction."""
+    header = HEADER + ",DVID"
+    lines = [x + ",1" for x in ORAL]
+    lines[2] = lines[2][:-1] + "2"  # row 3: DVID 2
+    lines[5] = lines[5][:-1] + "3"  # row 6: DVID 3
+    pop = _read(tmp_path, lines, header)
+
+    def model(observe, error=None):
+        error = nlme.Proportional() if error is None else error
+        return nlme.PopulationModel(
+            nlme.ODEModel(lambda t, a, p: -p["k"] * a, 2, observe=observe),
+            lambda th, eta, cov: {"k": th["k"] * np.exp(eta["eta_k"])},
+            theta={"k": 1.0}, omega={"eta_k": 0.1}, error=error,
+            sigma={n: 0.1 for em in (error.values() if isinstance(error, dict) else [error])
+                   for n in em.sigma_names})
+
+    one = lambda a, p: a[1]  # noqa: E731
+    with pytest.raises(ValueError, match=r"3 kinds of observation, DVID 1 \(2 observations\), "
+                                         r"2 \(1\), 3 \(1\); model ODEModel predicts one "
+                                         r"quantity.*observe=\{dvid: ...\}"):
+        model(one).check(pop)
+    with pytest.raises(ValueError, match=r"observations of DVID 3 \(1 observation\), which "
+                                         r"model ODEModel does not predict \(it predicts DVID "
+                                         r"1, 2\).*prediction of DVID 1"):
+        model({1: one, 2: lambda a, p: a[0]}).check(pop)
+    model({1: one, 2: lambda a, p: a[0], 3: one}).check(pop)  # every type predicted
+    # one quantity measured three ways (an error model per DVID) is the user's statement
+    model(one, {k: nlme.Proportional(f"prop_sd_{k}") for k in (1, 2, 3)}).check(pop)
+    # the closed-form models predict one quantity too, built-in or not
+    with pytest.raises(ValueError, match="predicts one quantity"):
+        nlme.PopulationModel(nlme.OneCompartmentOral(), lambda th, eta, cov: th,
+                             theta={"ka": 1.0, "cl": 1.0, "v": 10.0}, omega={"eta": 0.1},
+                             sigma={"add_sd": 0.5}, error=nlme.Additive()).check(pop)
+
+
 def test_fit_and_the_command_check_compartments_before_any_work(tmp_path):
     path = _csv(tmp_path, _with(ORAL, 4, "CMT", "5"))
     pop = read_nonmem(path)
