@@ -16,7 +16,8 @@ import numpy as np
 from ._covariate_terms import CovariateTerm, parse_covariate_terms, resolve_covariate_terms
 from ._data_text import describe_dvids
 from ._error import Additive, Combined, Exponential, Proportional
-from ._model import Omega, PopulationModel, check_data
+from ._model import Omega, PopulationModel
+from ._model_checks import check_data
 from ._pk import OneCompartmentIV, OneCompartmentOral, TwoCompartmentIV, TwoCompartmentOral
 from ._structural import check_one_quantity
 

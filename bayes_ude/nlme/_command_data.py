@@ -56,9 +56,18 @@ def load_data(args) -> tuple:
     return pop, notes
 
 
-def build_model(args, pop):
+def build_model(args, pop, messages: list[str] | None = None):
     """The model ``--model`` names (a built-in one with its options, warfarin_pkpd, or a
-    file's); a model that does not fit the data is the command's error."""
+    file's); a model that does not fit the data is the command's error, and its warnings
+    about the data are printed like the reader's (and appended to ``messages``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonmemDataWarning)
+        model = _build_model(args, pop)
+    _say(caught, messages)
+    return model
+
+
+def _build_model(args, pop):
     try:
         if args.model.endswith(".py"):
             model = load_model_file(args.model, pop)
@@ -117,6 +126,13 @@ def _load(data: str, args: argparse.Namespace | None = None,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonmemDataWarning)
         pop = read_nonmem(path, **options)
+    _say(caught, messages)
+    return pop
+
+
+def _say(caught, messages: list[str] | None) -> None:
+    """The warnings about the data in the command's words on stderr (and appended to
+    ``messages``, for ``summary.json``); any other warning as Python shows it."""
     for w in caught:
         if issubclass(w.category, NonmemDataWarning):
             print(f"{command_name()}: warning: {w.message}", file=sys.stderr)
@@ -124,4 +140,3 @@ def _load(data: str, args: argparse.Namespace | None = None,
                 messages.append(f"data: {w.message}")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return pop

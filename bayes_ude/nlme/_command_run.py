@@ -69,7 +69,7 @@ def run_pk_fit(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pop, data_notes = load_data(args)
-    model = build_model(args, pop)
+    model = build_model(args, pop, data_notes)
     try:
         check_censoring(args.method, pop)
     except ValueError as err:

@@ -124,7 +124,7 @@ def resolve_covariate_terms(terms: Sequence[CovariateTerm], population,
                             f"(covariates there: {', '.join(names) or 'none'})")
             continue
         c = names.index(t.column)
-        varying = _varying_subjects(population, c)
+        varying = population.covariate_changes(t.column)[:10]
         if varying:
             problems.append(f"{label}: {t.column} changes within subject(s) {varying}; the "
                             "built-in models need covariates constant within a subject")
@@ -134,14 +134,6 @@ def resolve_covariate_terms(terms: Sequence[CovariateTerm], population,
     if problems:
         raise ValueError("covariate terms do not fit the data:\n  " + "\n  ".join(problems))
     return out
-
-
-def _varying_subjects(population, c: int) -> list:
-    value = np.asarray(population.cov_value)[:, :, c]
-    mask = np.asarray(population.cov_mask)
-    first = value[:, :1]
-    changes = (mask & ~np.isclose(value, first)).any(axis=1)
-    return [population.ids[i] for i in np.flatnonzero(changes)][:10]
 
 
 def _with_reference(t: CovariateTerm, x: np.ndarray, label: str,

@@ -257,6 +257,15 @@ class Population(eqx.Module):
                                    return_counts=True)
         return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
+    def covariate_changes(self, name: str) -> list:
+        """The IDs of the subjects whose covariate ``name`` changes over their records
+        (a time-varying covariate), in the data's order; empty if it is constant within
+        every subject."""
+        c = list(self.covariate_names).index(name)
+        value = np.asarray(self.cov_value)[:, :, c]
+        changes = (np.asarray(self.cov_mask) & ~np.isclose(value, value[:, :1])).any(axis=1)
+        return [self.ids[i] for i in np.flatnonzero(changes)]
+
     def select_dvid(self, dvid: int) -> Population:
         """The population with only the observations of type ``dvid`` (the others
         masked, as ``MDV = 1`` would; doses and covariates kept, as are the padded

@@ -23,6 +23,7 @@ from .. import _sigint
 from .._batching import resolve_devices
 from ._likelihood import LOG_2PI, check_censoring, check_method
 from ._model import PopulationModel
+from ._model_checks import check_error_parameters_informed
 from ._optimise import (
     Problem,
     bfgs_init,
@@ -123,7 +124,7 @@ def setup_problem(model: PopulationModel, population, method: str, *,
     model = model.specialised(population)
     u0 = model.initial_vector() if u0 is None else np.array(u0, float)
     if init:
-        u0 = model.natural_to_vector(dict(init), u0)
+        u0 = model.natural_to_vector(dict(init), u0, "init")
     names = model.parameter_names()
     if isinstance(fixed, Mapping):
         u0 = model.natural_to_vector(dict(fixed), u0)
@@ -133,6 +134,7 @@ def setup_problem(model: PopulationModel, population, method: str, *,
         unknown = [n for n in fixed_names if n not in names]
         if unknown:
             raise ValueError(f"unknown parameters to fix {unknown}; parameters are {names}")
+    check_error_parameters_informed(model, population, fixed_names)
     free = tuple(i for i, n in enumerate(names) if n not in fixed_names)
     # device_put, not jnp.asarray: no eager (compiled) conversions at start-up
     problem = Problem(model, method, free, jax.device_put(np.asarray(u0, float)), population,

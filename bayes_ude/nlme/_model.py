@@ -22,22 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._compile import ONE_OFF, filter_jit
-from ._error import ErrorModel, Exponential
+from ._error import ErrorModel
+from ._model_checks import check_model_data
 from ._occasions import count_occasions, predict_by_occasion
 from ._omega import Omega, _chol_to_vector
 from ._pk import ClosedFormModel, reset_times
-from ._structural import StructuralModel, check_observation_types
+from ._structural import StructuralModel
 
 __all__ = ["Omega", "PopulationModel", "typical_individual", "unpacked"]
-
-
-def check_data(structural: StructuralModel, population) -> None:
-    """The checks of :meth:`PopulationModel.check` that need only the structural model:
-    some observation to fit, and every record in a compartment the model has."""
-    if not np.any(np.asarray(population.obs_mask)):
-        raise ValueError("the data have no observations (none left, if some were left out): "
-                         "there is nothing to fit")
-    structural.check_population(population)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -100,9 +92,13 @@ class PopulationModel:
             raise ValueError("sigma must give exactly the error models' parameters "
                              f"{sorted(needed)}; missing {sorted(missing)}, unused "
                              f"{sorted(extra)}")
-        bad = [k for k, v in self.sigma.items() if not v > 0]
+        bad = [k for k, v in self.sigma.items() if not (v > 0 and np.isfinite(v))]
         if bad:
-            raise ValueError(f"sigma values must be > 0; got {[(k, self.sigma[k]) for k in bad]}")
+            raise ValueError("sigma values must be > 0 and finite; got "
+                             f"{[(k, self.sigma[k]) for k in bad]}")
+        bad = [k for k, v in self.theta.items() if not np.all(np.isfinite(v))]
+        if bad:
+            raise ValueError(f"theta's initial values must be finite; not finite: {bad}")
         object.__setattr__(self, "l2", {k: float(v) for k, v in dict(self.l2).items()})
         unknown = [k for k in self.l2 if k not in self.theta]
         if unknown:
@@ -272,29 +268,35 @@ class PopulationModel:
         return jnp.concatenate([th, omega[rows, cols],
                                 jnp.stack([sigma[k] for k in self.sigma_names])])
 
-    def natural_to_vector(self, names_values: Mapping[str, float], u) -> np.ndarray:
-        """``u`` with the named natural-scale parameters set (for fixing parameters)."""
+    def natural_to_vector(self, names_values: Mapping[str, float], u,
+                          what: str = "fixed") -> np.ndarray:
+        """``u`` with the named natural-scale parameters set (``what``: where the values
+        come from, ``"fixed"`` or ``"init"``, for the messages)."""
         u = np.array(u, float)
         names = self.parameter_names()
         n_th = self.n_theta
         n_om = len(self.omega.element_names())
         for name, value in names_values.items():
             if name not in names:
-                raise ValueError(f"unknown parameter {name!r} to fix; parameters are {names}")
+                raise ValueError(f"unknown parameter {name!r} in {what}; parameters are {names}")
             i = names.index(name)
             if i < n_th:
+                if not np.isfinite(value):
+                    raise ValueError(f"{what} {name} must be a finite number, got {value}")
                 u[i] = value
             elif i < n_th + n_om:
                 rows, cols = self.omega.free
                 j = i - n_th
                 if rows[j] != cols[j] or self.omega.structure != "diagonal":
-                    raise ValueError(f"only variances of a diagonal omega can be fixed, not {name}")
-                if not value > 0:
-                    raise ValueError(f"fixed variance {name} must be > 0, got {value}")
+                    raise ValueError(f"only variances of a diagonal omega can be set in {what}, "
+                                     f"not {name}")
+                if not value > 0 or not np.isfinite(value):
+                    raise ValueError(f"{what} variance {name} must be > 0 and finite, got "
+                                     f"{value}")
                 u[i] = 0.5 * np.log(value)
             else:
-                if not value > 0:
-                    raise ValueError(f"fixed {name} must be > 0, got {value}")
+                if not value > 0 or not np.isfinite(value):
+                    raise ValueError(f"{what} {name} must be > 0 and finite, got {value}")
                 u[i] = np.log(value)
         return u
 
@@ -341,40 +343,9 @@ class PopulationModel:
         return y_t, f_t, r
 
     def check(self, population) -> None:
-        """Raise a clear error if the data cannot be used with this model: covariates it
-        reads that the data lack, no observations, records in compartments the structural
-        model does not have (:meth:`StructuralModel.check_population`), observation types
-        the structural model does not predict apart (:func:`check_observation_types`: several
-        types under one error model for a model of one quantity, or a type missing from
-        its ``observe`` mapping), observation types without an error model, ``DV <= 0``
-        under the exponential error model."""
-        if self.iov:
-            count_occasions(population, self.occasion)  # names the occasion column
-        missing = [c for c in self.covariates if c not in population.covariate_names]
-        if missing:
-            raise ValueError(f"the model uses covariates {missing} that are not columns of the "
-                             f"data (covariates there: {list(population.covariate_names)})")
-        check_data(self.structural, population)
-        models = self.error_models
-        check_observation_types(self.structural, population, one_error_model=0 in models)
-        mask = np.asarray(population.obs_mask)
-        dvid = np.asarray(population.obs_dvid)
-        if 0 not in models:
-            unknown = sorted(set(dvid[mask].tolist()) - set(models))
-            if unknown:
-                raise ValueError(f"observations with DVID {unknown} have no error model "
-                                 f"(error models for DVID {sorted(models)})")
-        for key, em in models.items():
-            if isinstance(em, Exponential):
-                sel = mask & ((dvid == key) | (key == 0))
-                dv = np.asarray(population.obs_dv)
-                bad = sel & ~(dv > 0)
-                if bad.any():
-                    s, j = np.argwhere(bad)[0]
-                    row = int(np.asarray(population.obs_row)[s, j])
-                    raise ValueError(
-                        f"the exponential error model needs DV > 0; subject "
-                        f"{population.ids[s]}, row {row}, column DV is {dv[s, j]}")
+        """Raise a clear error if the data cannot be used with this model, warn where they
+        would be used otherwise than the data say (:func:`check_model_data`)."""
+        check_model_data(self, population)
 
 
 def typical_individual(model: PopulationModel, theta) -> dict:

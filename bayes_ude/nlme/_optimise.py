@@ -290,6 +290,20 @@ def lindstrom_bates(problem: Problem, x, eta, max_iter, tol, bar):
 
 
 
+def _singular_directions(w, v, names) -> str:
+    """Which parameters the Hessian's singular or negative directions (eigenvalues ``w``,
+    eigenvectors the columns of ``v``) move: each direction's parameters with at least
+    10 % of it (squared components), e.g. ``"; flat along tcl_a (50 %) + tcl_b (50 %)"``,
+    the three smallest eigenvalues at most."""
+    bad = np.flatnonzero(w <= 1e-7 * np.abs(w).max())[:3]
+    parts = []
+    for k in bad:
+        share = v[:, k] ** 2
+        top = [j for j in np.argsort(share)[::-1] if share[j] >= 0.1][:4]
+        parts.append(" + ".join(f"{names[j]} ({100 * share[j]:.0f} %)" for j in top))
+    return "; flat or curving down along " + "; and along ".join(parts) if parts else ""
+
+
 def covariance_step(problem: Problem, x, eta, names, free, jac):
     """Standard errors from the observed information (Hessian of −LL = ½ OFV); ``jac``:
     the Jacobian of the natural-scale parameters in ``x``, ``(n_natural, p)``."""
@@ -310,13 +324,16 @@ def covariance_step(problem: Problem, x, eta, names, free, jac):
     hess = 0.5 * (hess + hess.T)
     info = 0.5 * np.asarray(hess)  # OFV = -2 LL
     se = pd.Series(np.nan, index=names)
-    w = np.linalg.eigvalsh(info)
+    finite = bool(np.all(np.isfinite(info)))
+    w, v = np.linalg.eigh(info) if finite else (np.full(p, np.nan), None)
     # finite differences resolve eigenvalues down to ~1e-7 of the largest: anything below
     # is a singular (non-identifiable) direction, not information
-    if not np.all(np.isfinite(w)) or w.min() <= 1e-7 * np.abs(w).max():
+    if not finite or w.min() <= 1e-7 * np.abs(w).max():
+        where = ("" if not finite else
+                 _singular_directions(w, v, [names[i] for i in np.asarray(free, int)]))
         warnings.warn("covariance step: the Hessian of the objective is not positive definite "
-                      f"or numerically singular (eigenvalues {w.min():.3g} to {w.max():.3g}); "
-                      "standard errors are not available. "
+                      f"or numerically singular (eigenvalues {w.min():.3g} to {w.max():.3g})"
+                      f"{where}; standard errors are not available. "
                       "The model may be over-parameterised or the fit not at a minimum.",
                       stacklevel=3)
         return None, se, None

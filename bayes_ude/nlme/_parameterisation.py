@@ -152,7 +152,7 @@ def choose_centred(model: PopulationModel, population, init=None) -> tuple[str, 
     ``init`` (as :func:`bayes_ude.nlme.fit_bayes` takes it: a maximum-likelihood fit,
     natural values, or ``None`` for the model's initial values) with every ``eta = 0``."""
     u = init.u if isinstance(init, FitResult) else model.natural_to_vector(
-        dict(init or {}), model.initial_vector())
+        dict(init or {}), model.initial_vector(), "init")
     ratio = np.asarray(_information_ratio(model, population, jnp.asarray(u)))
     names = model.omega.names
     median = np.median(ratio, axis=0)

@@ -289,7 +289,7 @@ def initial_values(model: PopulationModel, population, init,
     else:
         u = model.initial_vector()
         if init is not None:
-            u = model.natural_to_vector(dict(init), u)
+            u = model.natural_to_vector(dict(init), u, "init")
         theta, omega, sigma = jax.jit(model.unpack_estimates)(jnp.asarray(u))
         eta = np.zeros((population.n_subjects, model.n_eta))
     omega = np.asarray(omega)

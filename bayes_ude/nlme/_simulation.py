@@ -23,7 +23,8 @@ import pandas as pd
 
 from .._compile import ONE_OFF, filter_jit
 from . import _diagnostics
-from ._model import PopulationModel, check_data
+from ._model import PopulationModel
+from ._model_checks import check_data
 
 __all__ = ["PointEstimates", "point_estimates", "simtab"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bayes_ude import cli, nlme
-from bayes_ude.nlme._command_data import _load
+from bayes_ude.nlme._command_data import _load, build_model
 from bayes_ude.nlme._data import NonmemDataError, NonmemDataWarning
 from bayes_ude.nlme._read import read_nonmem
 
@@ -301,6 +301,46 @@ def test_subject_without_a_dose_warns_naming_it(tmp_path):
                                                r"others have one: 3 \(rows 7-8\); a PK model "
                                                r"predicts 0"):
         read_nonmem(_csv(tmp_path, lines))
+
+
+def test_a_covariate_that_changes_within_a_subject_warns_that_the_baseline_is_used(
+        tmp_path, capsys):
+    header = HEADER + ",WT"
+    lines = [x + ",70" for x in ORAL]
+    lines[5] = lines[5][:-2] + "80"  # subject 2 weighs 80 at its last record
+    pop = _read(tmp_path, lines, header)
+    assert pop.covariate_changes("WT") == [2]
+
+    def model(covariates):
+        return nlme.PopulationModel(
+            nlme.OneCompartmentOral(),
+            lambda th, eta, cov: {"ka": th["tka"], "cl": th["tcl"] * cov["WT"] / 70,
+                                  "v": th["tv"]},
+            theta={"tka": 1.0, "tcl": 1.0, "tv": 10.0}, omega={"eta_cl": 0.1},
+            sigma={"add_sd": 0.5}, error=nlme.Additive(), covariates=covariates)
+
+    with pytest.warns(NonmemDataWarning, match=r"covariate WT changes within 1 of 2 subjects "
+                                               r"\(2\); the model's `individual` function "
+                                               r"receives each subject's first value"):
+        model(["WT"]).check(pop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonmemDataWarning)
+        model([]).check(pop)  # a covariate the model does not read: not its concern
+        model(["WT"]).check(_read(tmp_path, [x + ",70" for x in ORAL], header))
+    # the command says it in its own words, and keeps it for summary.json
+    path = tmp_path / "model.py"
+    path.write_text("from bayes_ude import nlme\n\n"
+                    "def model(population):\n"
+                    "    return nlme.PopulationModel(nlme.OneCompartmentOral(),\n"
+                    "        lambda th, eta, cov: {'ka': th['tka'], 'cl': th['tcl'] * cov['WT'],\n"
+                    "                              'v': th['tv']},\n"
+                    "        theta={'tka': 1.0, 'tcl': 1.0, 'tv': 10.0}, omega={'eta_cl': 0.1},\n"
+                    "        sigma={'add_sd': 0.5}, error=nlme.Additive(), covariates=['WT'])\n")
+    notes: list[str] = []
+    build_model(argparse.Namespace(model=str(path)), pop, notes)
+    err = capsys.readouterr().err
+    assert "bayes-ude pk fit: warning: covariate WT changes within 1 of 2 subjects (2)" in err
+    assert notes and notes[0].startswith("data: covariate WT changes")
 
 
 def test_blq_and_lloq_columns_censor_unless_dropped(tmp_path):

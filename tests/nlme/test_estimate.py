@@ -3,6 +3,8 @@ reference, `benchmarks/r/theoph_nlme.R`), the exact marginal likelihood of a lin
 model, finite differences, and parameter recovery on data simulated from known truth with
 numpy (not with the package)."""
 
+import dataclasses
+import re
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from bayes_ude import datasets, nlme
+from bayes_ude.nlme._estimate import setup_problem
 
 REF = Path(__file__).resolve().parents[1] / "reference" / "theoph_nlme.csv"
 
@@ -227,7 +230,7 @@ def test_gradient_of_focei_with_proportional_error():
         from bayes_ude.nlme._likelihood import population_objective
 
         grad = jax.jit(jax.grad(
-            lambda x, m=method: population_objective(model, m, x, pop, eta0)[0]))(u)
+            lambda x, m=method, e0=eta0: population_objective(model, m, x, pop, e0)[0]))(u)
         h = 1e-5
         for i in range(u.size):
             e = jnp.zeros_like(u).at[i].set(h)
@@ -271,6 +274,26 @@ def test_bad_inputs_are_clear_errors():
         nlme.PopulationModel(nlme.OneCompartmentOral(), lambda t, e, c: {}, theta={"a": 0.0},
                              omega={"eta": 0.1}, sigma={"add_sd": 0.1},
                              error={2: nlme.Additive()}).check(pop)
+    # an error model for a DVID the data lack: its SD would be "estimated" at its start
+    base = _oral_model()
+    two = dataclasses.replace(base, error={1: nlme.Combined(), 2: nlme.Additive("pd_sd")},
+                              sigma={**base.sigma, "pd_sd": 0.3})
+    for method, advice in (("focei", r"fixed=\['pd_sd'\]"), ("nuts", "cannot hold")):
+        with pytest.raises(ValueError, match=r"no observations of DVID 2 \(they hold DVID 1 "
+                                             r"\(\d+ observations\)\).*pd_sd would stay at "
+                                             r"the initial value.*" + advice):
+            nlme.fit(two, pop, method, progress=False)
+    setup_problem(two, pop, "focei", fixed=["pd_sd"])  # held fixed: nothing to inform
+    # start values: named as what they are, and finite
+    with pytest.raises(ValueError, match=r"unknown parameter 'tkaa' in init"):
+        nlme.fit(model, pop, init={"tkaa": 0.3}, progress=False)
+    with pytest.raises(ValueError, match=r"init tka must be a finite number, got nan"):
+        nlme.fit(model, pop, init={"tka": float("nan")}, progress=False)
+    with pytest.raises(ValueError, match=r"init variance omega_eta_cl must be > 0"):
+        nlme.fit(model, pop, "nuts", init={"omega_eta_cl": float("inf")}, progress=False)
+    with pytest.raises(ValueError, match=r"theta's initial values must be finite; not "
+                                         r"finite: \['tka'\]"):
+        dataclasses.replace(model, theta={**model.theta, "tka": np.nan})
 
 
 def test_non_identifiable_model_warns_at_the_covariance_step():
@@ -289,7 +312,10 @@ def test_non_identifiable_model_warns_at_the_covariance_step():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = nlme.fit(model, pop, "foce", progress=False)
-    assert any("not positive definite" in str(w.message) for w in caught)
+    message = next(str(w.message) for w in caught if "not positive definite" in str(w.message))
+    # the warning names the pair: the direction tcl_a - tcl_b, half each
+    assert re.search(r"flat or curving down along tcl_[ab] \(50 %\) \+ tcl_[ab] \(50 %\);",
+                     message), message
     assert fit.se.isna().all()
 
 

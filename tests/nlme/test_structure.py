@@ -16,7 +16,7 @@ MAX_FUNCTION_CODE_LINES = 100
 # for an ODE model (warfarin's); matplotlib in the command's own process only when its
 # figure process could not start
 LAZY_IMPORTS = {("_fit.py", "fit"), ("_command_run.py", "_run"),
-                ("_command_data.py", "build_model"), ("_figure_worker.py", "wait")}
+                ("_command_data.py", "_build_model"), ("_figure_worker.py", "wait")}
 
 
 def _modules():

@@ -1,0 +1,115 @@
+"""The checks of a population model against a data set, run before any work.
+
+:func:`check_model_data` is :meth:`PopulationModel.check` (every fit, the command, the
+predictive densities); :func:`check_error_parameters_informed` is the fits' own (a data set
+of held-out subjects need not inform every error model); :func:`check_data` needs only the
+structural model (simulation from a design, the built-in models' initial values). Each
+error names the rows, columns, subjects or parameters concerned.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._data import NonmemDataWarning
+from ._data_text import describe_dvids
+from ._error import Exponential
+from ._occasions import count_occasions
+from ._structural import StructuralModel, check_observation_types
+
+__all__ = ["check_data", "check_error_parameters_informed", "check_model_data"]
+
+
+def check_data(structural: StructuralModel, population) -> None:
+    """The checks of :meth:`PopulationModel.check` that need only the structural model:
+    some observation to fit, and every record in a compartment the model has."""
+    if not np.any(np.asarray(population.obs_mask)):
+        raise ValueError("the data have no observations (none left, if some were left out): "
+                         "there is nothing to fit")
+    structural.check_population(population)
+
+
+def check_model_data(model, population) -> None:
+    """Raise a clear error if the data cannot be used with ``model`` (a
+    :class:`PopulationModel`): covariates it reads that the data lack, no observations,
+    records in compartments the structural model does not have
+    (:meth:`StructuralModel.check_population`), observation types the structural model
+    does not predict apart (:func:`check_observation_types`: several types under one error
+    model for a model of one quantity, or a type missing from its ``observe`` mapping),
+    observation types without an error model, ``DV <= 0`` under the exponential error
+    model. Warns (``NonmemDataWarning``) when a covariate it reads changes within a
+    subject: ``individual`` sees the baseline only."""
+    if model.iov:
+        count_occasions(population, model.occasion)  # names the occasion column
+    missing = [c for c in model.covariates if c not in population.covariate_names]
+    if missing:
+        raise ValueError(f"the model uses covariates {missing} that are not columns of the "
+                         f"data (covariates there: {list(population.covariate_names)})")
+    for name in model.covariates:
+        if model.iov and name == model.occasion:
+            continue  # it numbers the occasions: it is meant to change
+        varying = population.covariate_changes(name)
+        if varying:
+            shown = ", ".join(map(str, varying[:10])) + (" ..." if len(varying) > 10 else "")
+            warnings.warn(
+                f"covariate {name} changes within {len(varying)} of "
+                f"{population.n_subjects} subjects ({shown}); the model's `individual` "
+                f"function receives each subject's first value (its baseline) only, so "
+                f"the later values are not used. A structural model that needs them reads "
+                f"them over time with nlme.covariates_at(subject.cov_time, "
+                f"subject.cov_value, subject.cov_mask, t).", NonmemDataWarning, stacklevel=4)
+    check_data(model.structural, population)
+    models = model.error_models
+    check_observation_types(model.structural, population, one_error_model=0 in models)
+    mask = np.asarray(population.obs_mask)
+    dvid = np.asarray(population.obs_dvid)
+    if 0 not in models:
+        unknown = sorted(set(dvid[mask].tolist()) - set(models))
+        if unknown:
+            raise ValueError(f"observations with DVID {unknown} have no error model "
+                             f"(error models for DVID {sorted(models)})")
+    for key, em in models.items():
+        if isinstance(em, Exponential):
+            sel = mask & ((dvid == key) | (key == 0))
+            dv = np.asarray(population.obs_dv)
+            bad = sel & ~(dv > 0)
+            if bad.any():
+                s, j = np.argwhere(bad)[0]
+                row = int(np.asarray(population.obs_row)[s, j])
+                raise ValueError(
+                    f"the exponential error model needs DV > 0; subject "
+                    f"{population.ids[s]}, row {row}, column DV is {dv[s, j]}")
+
+
+def check_error_parameters_informed(model, population,
+                                    fixed: Sequence[str] = (), bayesian: bool = False
+                                    ) -> None:
+    """Every residual-error parameter a fit estimates has observations to inform it: an
+    error model for a ``DVID`` the data do not hold (``error={1: ..., 2: ...}`` fitted to
+    PK alone) leaves its parameters where they start, reported as estimates, and makes
+    the covariance step fail for all of them. A parameter shared with an observed type is
+    informed; one in ``fixed`` is not estimated."""
+    models = model.error_models
+    if 0 in models:
+        return
+    kinds = population.observed_dvids()
+    informed = {n for k, em in models.items() if k in kinds for n in em.sigma_names}
+    lost: dict[str, list[int]] = {}
+    for key, em in models.items():
+        for name in em.sigma_names:
+            if key not in kinds and name not in informed and name not in fixed:
+                lost.setdefault(name, []).append(key)
+    if not lost:
+        return
+    dvids = ", ".join(map(str, sorted({k for keys in lost.values() for k in keys})))
+    names = sorted(lost)
+    how = ("remove it (the Bayesian fits cannot hold a parameter fixed)" if bayesian else
+           f"remove it, or hold {', '.join(names)} at a value with fixed={names!r}")
+    raise ValueError(
+        f"the data have no observations of DVID {dvids} (they hold DVID "
+        f"{describe_dvids(kinds)}), so the error model for it informs nothing: "
+        f"{', '.join(names)} would stay at the initial value, be reported as an estimate "
+        f"and leave the whole fit without standard errors; {how}")
