@@ -105,10 +105,21 @@ def test_nan_initial_state_fails_at_once(sensitivity):
 @pytest.mark.parametrize("dt0", [None, 0.1])
 def test_nan_vector_field_fails_fast(dt0):
     # NaN from the start (at t = 0, where the round-off test of the step cannot fire):
-    # 20 rejected steps, each 5x shorter, then NONFINITE; was max_steps (10_000).
+    # the controller checks the vector field at the start and stops on the first step;
+    # was max_steps (10_000), then 20 rejected steps, each 5x shorter.
     sol = solvers.solve(decay, jnp.ones(2), TS, jnp.array(jnp.nan), dt0=dt0)
     assert int(sol.status) == Status.NONFINITE
-    assert int(sol.num_steps) <= 25
+    assert int(sol.num_steps) <= 2
+    # NaN from t = 0.5 on: a segment that starts there (after a dose) is stopped at its
+    # start; within a segment the round-off test stops it (where an ulp of t is not 0)
+    def later(t, u, k):
+        return -k * u * jnp.where(t > 0.5, jnp.nan, 1.0)
+
+    dose = [solvers.Bolus(jnp.array([0.5]), jnp.array([1.0]), 0)]
+    sol = solvers.solve(later, jnp.ones(2), TS, 0.5, dt0=dt0, doses=dose)
+    assert int(sol.status) == Status.NONFINITE and int(sol.num_steps) <= 10
+    sol = solvers.solve(later, jnp.ones(2), TS, 0.5, dt0=dt0)
+    assert int(sol.status) == Status.STEP_SIZE_COLLAPSE and int(sol.num_steps) < 200
 
 
 @pytest.mark.parametrize("sensitivity", ["forward", "reverse", "adjoint"])
