@@ -104,12 +104,15 @@ def check_error_parameters_informed(model, population,
                 lost.setdefault(name, []).append(key)
     if not lost:
         return
-    dvids = ", ".join(map(str, sorted({k for keys in lost.values() for k in keys})))
+    keys = sorted({k for keys in lost.values() for k in keys})
+    dvids = ", ".join(map(str, keys))
     names = sorted(lost)
-    how = ("remove it (the Bayesian fits cannot hold a parameter fixed)" if bayesian else
-           f"remove it, or hold {', '.join(names)} at a value with fixed={names!r}")
+    it, which = ("them", "the error models for them") if len(keys) > 1 else (
+        "it", "the error model for it")
+    how = (f"remove {it} (the Bayesian fits cannot hold a parameter fixed)" if bayesian else
+           f"remove {it}, or hold {', '.join(names)} at a value with fixed={names!r}")
     raise ValueError(
         f"the data have no observations of DVID {dvids} (they hold DVID "
-        f"{describe_dvids(kinds)}), so the error model for it informs nothing: "
+        f"{describe_dvids(kinds)}), so {which} inform{'s' if len(keys) == 1 else ''} nothing: "
         f"{', '.join(names)} would stay at the initial value, be reported as an estimate "
         f"and leave the whole fit without standard errors; {how}")
