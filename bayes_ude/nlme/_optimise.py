@@ -293,9 +293,8 @@ def lindstrom_bates(problem: Problem, x, eta, max_iter, tol, bar):
 def _singular_directions(w, v, names) -> str:
     """Which parameters the Hessian's singular or negative directions (eigenvalues ``w``,
     eigenvectors the columns of ``v``) move: each direction's parameters with at least
-    10 % of it (squared components), e.g. ``"; flat or curving down along tcl_a (50 %) +
-    tcl_b (50 %)"``,
-    the three smallest eigenvalues at most."""
+    10 % of it (squared components), for the three smallest eigenvalues at most, e.g.
+    ``"; flat or curving down along tcl_a (50 %) + tcl_b (50 %)"``."""
     bad = np.flatnonzero(w <= 1e-7 * np.abs(w).max())[:3]
     parts = []
     for k in bad:
