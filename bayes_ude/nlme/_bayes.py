@@ -35,7 +35,7 @@ from ._bayes_results import BayesianFitResult
 from ._estimate import fit_ml
 from ._likelihood import LOG_2PI, SubjectLikelihood
 from ._model import PopulationModel, _chol_to_vector
-from ._model_checks import check_error_parameters_informed
+from ._model_checks import check_parameters_informed
 from ._parameterisation import eta_columns, omega_blocks, resolve_centred
 from ._priors import Priors, init_near, initial_values, numpyro_model
 from ._results import FitResult
@@ -145,7 +145,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
     priors = Priors() if priors is None else priors
     priors.check(model)
     model.check(population)
-    check_error_parameters_informed(model, population, bayesian=True)
+    check_parameters_informed(model, population, bayesian=True)
     model = model.specialised(population)
     key = jax.random.key(0) if key is None else key
     resolve_devices(devices)  # a bad value is an error before any work

@@ -23,7 +23,7 @@ from .. import _sigint
 from .._batching import resolve_devices
 from ._likelihood import LOG_2PI, check_censoring, check_method
 from ._model import PopulationModel
-from ._model_checks import check_error_parameters_informed
+from ._model_checks import check_parameters_informed
 from ._optimise import (
     Problem,
     bfgs_init,
@@ -134,7 +134,7 @@ def setup_problem(model: PopulationModel, population, method: str, *,
         unknown = [n for n in fixed_names if n not in names]
         if unknown:
             raise ValueError(f"unknown parameters to fix {unknown}; parameters are {names}")
-    check_error_parameters_informed(model, population, fixed_names)
+    check_parameters_informed(model, population, fixed_names)
     free = tuple(i for i, n in enumerate(names) if n not in fixed_names)
     # device_put, not jnp.asarray: no eager (compiled) conversions at start-up
     problem = Problem(model, method, free, jax.device_put(np.asarray(u0, float)), population,

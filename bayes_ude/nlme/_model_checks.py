@@ -1,10 +1,11 @@
 """The checks of a population model against a data set, run before any work.
 
 :func:`check_model_data` is :meth:`PopulationModel.check` (every fit, the command, the
-predictive densities); :func:`check_error_parameters_informed` is the fits' own (a data set
-of held-out subjects need not inform every error model); :func:`check_data` needs only the
-structural model (simulation from a design, the built-in models' initial values). Each
-error names the rows, columns, subjects or parameters concerned.
+predictive densities); :func:`check_parameters_informed` is the fits' own (a data set of
+held-out subjects need not inform every error model, and a fixed parameter needs nothing);
+:func:`check_data` needs only the structural model (simulation from a design, the built-in
+models' initial values). Each error names the rows, columns, subjects or parameters
+concerned.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Literal
 
 from ._data import NonmemDataWarning
 from ._data_text import describe_dvids
@@ -20,7 +24,7 @@ from ._error import Exponential
 from ._occasions import count_occasions
 from ._structural import StructuralModel, check_observation_types
 
-__all__ = ["check_data", "check_error_parameters_informed", "check_model_data"]
+__all__ = ["check_data", "check_model_data", "check_parameters_informed", "unused_inputs"]
 
 
 def check_data(structural: StructuralModel, population) -> None:
@@ -84,14 +88,34 @@ def check_model_data(model, population) -> None:
                     f"{population.ids[s]}, row {row}, column DV is {dv[s, j]}")
 
 
-def check_error_parameters_informed(model, population,
-                                    fixed: Sequence[str] = (), bayesian: bool = False
-                                    ) -> None:
-    """Every residual-error parameter a fit estimates has observations to inform it: an
-    error model for a ``DVID`` the data do not hold (``error={1: ..., 2: ...}`` fitted to
-    PK alone) leaves its parameters where they start, reported as estimates, and makes
-    the covariance step fail for all of them. A parameter shared with an observed type is
-    informed; one in ``fixed`` is not estimated."""
+def check_parameters_informed(model, population, fixed: Sequence[str] = (),
+                              bayesian: bool = False) -> None:
+    """Every parameter a fit estimates can be informed by the data: no fixed effect or
+    random effect that ``individual`` never uses (:func:`unused_inputs`), and no error
+    model for a ``DVID`` the data do not hold (``error={1: ..., 2: ...}`` fitted to PK
+    alone). Each such parameter would stay where it starts, be reported as an estimate
+    and make the covariance step fail for all of them (a posterior: its prior). A
+    parameter in ``fixed`` is not estimated; an error SD shared with an observed type is
+    informed."""
+    how_fix = ("the Bayesian fits cannot hold a parameter fixed" if bayesian else
+               "or hold {names} at a value with fixed={list}")
+    theta, etas = unused_inputs(model, population.covariate_names)
+    theta = [k for k in theta if k not in fixed]
+    etas = [n for n in etas if f"omega_{n}" not in fixed]
+    if theta or etas:
+        what = []
+        if theta:
+            what.append(f"fixed effect{'s' if len(theta) > 1 else ''} {', '.join(theta)}")
+        if etas:
+            what.append(f"random effect{'s' if len(etas) > 1 else ''} {', '.join(etas)}")
+        names = theta + [f"omega_{n}" for n in etas]
+        it = "it" if len(names) == 1 else "them"
+        fix = how_fix.format(names=", ".join(names), list=names)
+        raise ValueError(
+            f"the model's individual() never uses {' and '.join(what)}: no individual "
+            f"parameter depends on {it}, so nothing in the data informs "
+            f"{', '.join(names)}; use {it} in individual() or remove {it} from the model "
+            f"({fix})")
     models = model.error_models
     if 0 in models:
         return
@@ -109,10 +133,33 @@ def check_error_parameters_informed(model, population,
     names = sorted(lost)
     it, which = ("them", "the error models for them") if len(keys) > 1 else (
         "it", "the error model for it")
-    how = (f"remove {it} (the Bayesian fits cannot hold a parameter fixed)" if bayesian else
-           f"remove {it}, or hold {', '.join(names)} at a value with fixed={names!r}")
+    fix = how_fix.format(names=", ".join(names), list=names)
     raise ValueError(
         f"the data have no observations of DVID {dvids} (they hold DVID "
         f"{describe_dvids(kinds)}), so {which} inform{'s' if len(keys) == 1 else ''} nothing: "
         f"{', '.join(names)} would stay at the initial value, be reported as an estimate "
-        f"and leave the whole fit without standard errors; {how}")
+        f"and leave the whole fit without standard errors; remove {it} ({fix})")
+
+
+def unused_inputs(model, covariate_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The ``theta`` entries and random effects that no output of ``model.individual``
+    depends on, read from its traced program (``jax.make_jaxpr``: nothing is compiled or
+    run). Conservative: every operation counts as taking each of its inputs to each of
+    its outputs, so an input multiplied by zero, or selected away by a ``where``, counts
+    as used."""
+    dtype = jnp.result_type(float)
+    theta = {k: jax.ShapeDtypeStruct(np.shape(v), dtype) for k, v in model.theta.items()}
+    etas = {n: jax.ShapeDtypeStruct((), dtype) for n in model.omega.names}
+    cov = {c: jax.ShapeDtypeStruct((), dtype) for c in covariate_names}
+    jaxpr = jax.make_jaxpr(model.individual)(theta, etas, cov).jaxpr
+    reach = {v: {i} for i, v in enumerate(jaxpr.invars)}
+    for eqn in jaxpr.eqns:
+        sources = set().union(*(reach.get(v, set()) for v in eqn.invars
+                                if not isinstance(v, Literal)))
+        if sources:
+            reach.update({v: sources for v in eqn.outvars})
+    used = set().union(*(reach.get(v, set()) for v in jaxpr.outvars
+                         if not isinstance(v, Literal)))
+    names = [("theta", k) for k in sorted(theta)] + [("eta", n) for n in sorted(etas)]
+    unused = [names[i] for i in range(len(names)) if i not in used]
+    return [n for kind, n in unused if kind == "theta"], [n for kind, n in unused if kind == "eta"]

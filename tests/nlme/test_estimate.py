@@ -284,6 +284,16 @@ def test_bad_inputs_are_clear_errors():
                                              r"the initial value.*" + advice):
             nlme.fit(two, pop, method, progress=False)
     setup_problem(two, pop, "focei", fixed=["pd_sd"])  # held fixed: nothing to inform
+    # a fixed effect and a random effect that individual() never uses
+    unused = dataclasses.replace(base, theta={**base.theta, "tq": 0.1},
+                                 omega=nlme.Omega.diagonal({"eta_ka": 0.1, "eta_cl": 0.1,
+                                                            "eta_v": 0.1, "eta_q": 0.1}))
+    for method, advice in (("focei", r"fixed=\['tq', 'omega_eta_q'\]"), ("sgld", "cannot hold")):
+        with pytest.raises(ValueError, match=r"individual\(\) never uses fixed effect tq and "
+                                             r"random effect eta_q: .*informs tq, omega_eta_q.*"
+                                             + advice):
+            nlme.fit(unused, pop, method, progress=False)
+    setup_problem(unused, pop, "focei", fixed=["tq", "omega_eta_q"])
     # start values: named as what they are, and finite
     with pytest.raises(ValueError, match=r"unknown parameter 'tkaa' in init"):
         nlme.fit(model, pop, init={"tkaa": 0.3}, progress=False)
