@@ -95,12 +95,12 @@ def check_parameters_informed(model, population, fixed: Sequence[str] = (),
     model for a ``DVID`` the data do not hold (``error={1: ..., 2: ...}`` fitted to PK
     alone). Each such parameter would stay where it starts, be reported as an estimate
     and make the covariance step fail for all of them (a posterior: its prior). A
-    parameter in ``fixed`` is not estimated; an error SD shared with an observed type is
-    informed."""
+    parameter in ``fixed`` is not estimated; a fixed effect with an L2 penalty is informed
+    by it; an error SD shared with an observed type is informed."""
     how_fix = ("the Bayesian fits cannot hold a parameter fixed" if bayesian else
                "or hold {names} at a value with fixed={list}")
     theta, etas = unused_inputs(model, population.covariate_names)
-    theta = [k for k in theta if k not in fixed]
+    theta = [k for k in theta if k not in fixed and k not in model.l2]
     etas = [n for n in etas if f"omega_{n}" not in fixed]
     if theta or etas:
         what = []
