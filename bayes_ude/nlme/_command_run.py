@@ -40,6 +40,7 @@ from ._command_plots import (
     start_vpc,
     vpc_tables,
 )
+from ._data import NonmemDataWarning
 from ._diagnostics import epsilon_shrinkage
 from ._diagnostics import precompile as precompile_diagnostics
 from ._figure_worker import Figures
@@ -86,13 +87,18 @@ def _run(args: argparse.Namespace) -> int:
                   + f" (padding efficiency {pop.padding_efficiency:.0%}), {pop.n_doses} doses; "
                   f"model {args.model}{f', {args.error} error' if args.error else ''}, "
                   f"{args.method.upper()}")
-        if args.method in ("nuts", "sgld"):
-            # the documented lazy load of the Bayesian layer (NumPyro, BlackJAX, ArviZ)
-            from . import _command_bayes
+        with warnings.catch_warnings():
+            # the data's warnings are said above, in the command's words: the fit's own
+            # check of the model against the data would repeat them as Python warnings
+            warnings.filterwarnings("ignore", category=NonmemDataWarning)
+            if args.method in ("nuts", "sgld"):
+                # the documented lazy load of the Bayesian layer (NumPyro, BlackJAX, ArviZ)
+                from . import _command_bayes
 
-            return _command_bayes.run_bayes(args, pop, model, start, output, notes, figures)
-        with program_store(*_store(args, pop)):
-            return _run_ml(args, pop, model, start, output, notes, figures)
+                return _command_bayes.run_bayes(args, pop, model, start, output, notes,
+                                                figures)
+            with program_store(*_store(args, pop)):
+                return _run_ml(args, pop, model, start, output, notes, figures)
     except KeyboardInterrupt:
         if not output.committed:
             print(f"bayes-ude pk fit: interrupted before there were results; nothing written "

@@ -332,8 +332,8 @@ def test_a_covariate_that_changes_within_a_subject_warns_that_the_baseline_is_us
     path.write_text("from bayes_ude import nlme\n\n"
                     "def model(population):\n"
                     "    return nlme.PopulationModel(nlme.OneCompartmentOral(),\n"
-                    "        lambda th, eta, cov: {'ka': th['tka'], 'cl': th['tcl'] * cov['WT'],\n"
-                    "                              'v': th['tv']},\n"
+                    "        lambda th, eta, cov: {'ka': th['tka'], 'v': th['tv'],\n"
+                    "            'cl': th['tcl'] * cov['WT'] / 70 * (1 + eta['eta_cl'])},\n"
                     "        theta={'tka': 1.0, 'tcl': 1.0, 'tv': 10.0}, omega={'eta_cl': 0.1},\n"
                     "        sigma={'add_sd': 0.5}, error=nlme.Additive(), covariates=['WT'])\n")
     notes: list[str] = []
@@ -341,6 +341,13 @@ def test_a_covariate_that_changes_within_a_subject_warns_that_the_baseline_is_us
     err = capsys.readouterr().err
     assert "bayes-ude pk fit: warning: covariate WT changes within 1 of 2 subjects (2)" in err
     assert notes and notes[0].startswith("data: covariate WT changes")
+    # ... once: the fit's own check of the model does not say it again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.main(["pk", "fit", str(_csv(tmp_path, lines, header)), "--model", str(path),
+                  "--method", "fo", "--no-plots", "--quiet", "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.count("covariate WT changes") == 1
+    assert not [w for w in caught if issubclass(w.category, NonmemDataWarning)]
 
 
 def test_blq_and_lloq_columns_censor_unless_dropped(tmp_path):
