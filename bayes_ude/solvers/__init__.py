@@ -16,6 +16,8 @@ from ._fixed_grid import Grid as Grid
 from ._fixed_grid import integrate_on_grid as integrate_on_grid
 from ._fixed_grid import linear_on_grid as linear_on_grid
 from ._fixed_grid import subject_grid as subject_grid
+from ._inputs import MIN_RTOL_EPS as MIN_RTOL_EPS
+from ._inputs import check_dae as check_dae
 from ._options import SolveOptions as SolveOptions
 from ._rosenbrock import AbstractRosenbrock as AbstractRosenbrock
 from ._rosenbrock import Rodas5P as Rodas5P
@@ -24,9 +26,7 @@ from ._shadowing import Shadowing as Shadowing
 from ._shadowing import shadowing as shadowing
 from ._shadowing import shadowing_gradient as shadowing_gradient
 from ._solve import AUTO_FORWARD_MAX_PARAMS as AUTO_FORWARD_MAX_PARAMS
-from ._solve import MIN_RTOL_EPS as MIN_RTOL_EPS
 from ._solve import Solution as Solution
-from ._solve import check_dae as check_dae
 from ._solve import solve as solve
 from ._status import Status as Status
 from ._status import status_message as status_message

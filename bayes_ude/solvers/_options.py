@@ -17,7 +17,8 @@ import diffrax as dfx
 import equinox as eqx
 from jaxtyping import Array, ArrayLike, PyTree
 
-from ._solve import SENSITIVITIES, Solution, solve
+from ._inputs import SENSITIVITIES
+from ._solve import Solution, solve
 
 
 def _positive(name: str) -> Callable[[Any], float]:
