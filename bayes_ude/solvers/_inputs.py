@@ -81,6 +81,8 @@ def validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, at
         if jnp.ndim(t0) != 0:
             raise ValueError(f"t0 must be a scalar, got shape {jnp.shape(t0)}")
         tc = concrete(t0)
+        if tc is not None and not np.isfinite(tc):
+            raise ValueError(f"t0 must be a finite time, got {float(tc)}")
         if tc is not None and s is not None and tc > s[0]:
             raise ValueError(f"t0={float(tc)} must be <= saveat[0]={s[0]}")
     t_start = concrete(t0) if t0 is not None else (None if s is None else s[0])
@@ -88,6 +90,8 @@ def validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, at
         if jnp.ndim(tstops) != 1:
             raise ValueError(f"tstops must be a 1-D array of times, got shape {jnp.shape(tstops)}")
         ts_c = concrete(tstops)
+        if ts_c is not None and not np.all(np.isfinite(ts_c)):
+            raise ValueError(f"tstops must contain only finite times, got {ts_c}")
         if ts_c is not None and s is not None and t_start is not None:
             outside = (ts_c < t_start) | (ts_c > s[-1])
             if np.any(outside):
@@ -102,8 +106,8 @@ def validate(vector_field, u0, saveat, args, t0, tstops, doses, solver, rtol, at
     if not isinstance(solver, dfx.AbstractSolver):
         raise TypeError(f"solver must be a diffrax/bayes_ude solver, got {type(solver).__name__}")
     for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(tol, (int, float)) or not tol > 0:
-            raise ValueError(f"{name} must be a positive number, got {tol!r}")
+        if not isinstance(tol, (int, float)) or not 0 < tol < math.inf:
+            raise ValueError(f"{name} must be a finite positive number, got {tol!r}")
     if sensitivity not in SENSITIVITIES:
         raise ValueError(f"sensitivity must be one of {SENSITIVITIES}, got {sensitivity!r}")
     if not isinstance(max_steps, int) or max_steps < 1:

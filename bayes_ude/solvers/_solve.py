@@ -196,7 +196,10 @@ def _integrate(field, y0, args, table: EventTable | None, t0, saveat, opts, adjo
         return (y_next, t_end, ys_acc, status, nsteps + sol.stats["num_steps"]), None
 
     k = jnp.arange(table.ends.shape[0])
-    init = (y0, jnp.asarray(t0, saveat.dtype), ys0, jnp.int32(Status.SUCCESS), jnp.int32(0))
+    # Event times that are not finite (traced, so not seen by the input checks) fail the
+    # solve instead of ending its segments nowhere.
+    status0 = jnp.where(jnp.all(jnp.isfinite(table.ends)), Status.SUCCESS, Status.NONFINITE)
+    init = (y0, jnp.asarray(t0, saveat.dtype), ys0, status0.astype(jnp.int32), jnp.int32(0))
     (_, _, ys, status, nsteps), _ = jax.lax.scan(
         segment, init, (k, table.ends, table.rates, table.jumps)
     )
