@@ -91,8 +91,8 @@ class MassMatrixShooting(eqx.Module):
             s = np.where(s > 0, s, 1.0)
         else:
             s = np.broadcast_to(np.asarray(scale, dtype=float), (n,)).copy()
-            if np.any(~(s > 0)):
-                raise ValueError(f"scale must be positive, got {scale!r}")
+            if np.any(~((s > 0) & np.isfinite(s))):
+                raise ValueError(f"scale must be finite and positive, got {scale!r}")
         self.ts, self.ys = jnp.asarray(ts), jnp.asarray(ys)
         self.u0 = jnp.asarray(_u0(ys, u0))
         self.t0 = jnp.asarray(t_start)

@@ -4,6 +4,7 @@ bar; curricula (growing time windows, prediction-error gain annealing) on top.""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +16,13 @@ import optax
 from jaxtyping import PyTree
 from tqdm.auto import tqdm
 
-from ._losses import MultipleShooting, PredictionError, SingleShooting, loss_params
+from ._losses import (
+    FAILED_LOSS,
+    MultipleShooting,
+    PredictionError,
+    SingleShooting,
+    loss_params,
+)
 
 # Adam steps run in chunks of this many inside one jitted lax.scan: one dispatch and one
 # progress-bar update per chunk instead of per step.
@@ -81,7 +88,10 @@ def fit(
         kept fixed). For :class:`MultipleShooting` pass ``loss.init(model)``.
     steps : Adam steps (0 to skip).
     optimizer : an optax optimiser; default ``optax.adam(learning_rate)``. Steps whose
-        gradient is not finite (a solve that failed) are skipped.
+        loss is not finite or at least :data:`FAILED_LOSS` (a solve that failed), or whose
+        gradient is not finite, are skipped. When the last loss is such a failure, the
+        parameters returned are the last whose loss was not, and a warning says so (and
+        when every loss failed: the parameters are then those given).
     lbfgs_steps : L-BFGS iterations afterwards (full batch; zoom line search).
     batch_size : trajectories per Adam step (sampled without replacement each step);
         default all. Needs a loss that accepts ``loss(params, batch)``.
@@ -139,9 +149,27 @@ def fit(
     finally:
         bar.close()
     hist = np.concatenate(history) if history else np.zeros(0)
+    _warn_if_failed(hist, desc)
     return FitResult(params=eqx.combine(arrays, static), history=hist, adam_steps=adam_done,
                      lbfgs_steps=lbfgs_done, stopped_early=stopped,
                      seconds=time.perf_counter() - start)
+
+
+def _warn_if_failed(history: np.ndarray, desc: str) -> None:
+    """Say when no loss was usable (every solve failed, or NaN: the parameters are those
+    given) or when the last one was not (the parameters are then the last that solved)."""
+    failed = np.asarray(_failed(jnp.asarray(history))) if history.size else history
+    if not history.size or not failed[-1]:
+        return
+    what = (f"the loss was a failed solve (>= FAILED_LOSS = {FAILED_LOSS:g}) or not finite "
+            f"at every step of {desc!r}, so the parameters are unchanged"
+            if failed.all() else
+            f"the last loss of {desc!r} is a failed solve (>= FAILED_LOSS = "
+            f"{FAILED_LOSS:g}) or not finite; the parameters returned are the last whose "
+            f"loss was not ({history[~failed][-1]:.4g}, step {np.flatnonzero(~failed)[-1]})")
+    warnings.warn(f"{what}: check the initial parameters and u0 (a solve that fails there "
+                  "fails for every nearby step), the solver and max_steps", RuntimeWarning,
+                  stacklevel=3)
 
 
 class _Penalised(eqx.Module):
@@ -183,29 +211,43 @@ def _value(loss, arrays, static, batch=None):
     return loss(p) if batch is None else loss(p, batch)
 
 
+def _failed(value):
+    """A loss that is not finite, or at least :data:`FAILED_LOSS` (a failed solve)."""
+    return ~jnp.isfinite(value) | (value >= FAILED_LOSS)
+
+
 @eqx.filter_jit
-def _adam_chunk(loss, arrays, static, state, keys, opt, batch_size, n_traj):
+def _adam_chunk(loss, arrays, static, state, good, keys, opt, batch_size, n_traj):
+    """``len(keys)`` Adam steps in one scan; ``good`` follows the last parameters whose
+    loss was usable (not a failed solve)."""
     def one(carry, k):
-        a, s = carry
+        a, s, good = carry
         batch = None if batch_size is None else jax.random.choice(
             k, n_traj, (batch_size,), replace=False)
         loss_value, grad = jax.value_and_grad(_value, argnums=1)(loss, a, static, batch)
+        # A failed solve's loss (FAILED_LOSS) has a zero gradient, which the optimiser
+        # would apply (momentum carrying the parameters further into the failing region):
+        # made NaN, the step is skipped by apply_if_finite, moments untouched.
+        failed = _failed(loss_value)
+        grad = jax.tree.map(lambda g: jnp.where(failed, jnp.nan, g), grad)
+        good = jax.tree.map(lambda x, y: jnp.where(failed, x, y), good, a)
         updates, s = opt.update(grad, s, a)
-        return (optax.apply_updates(a, updates), s), loss_value
+        return (optax.apply_updates(a, updates), s, good), loss_value
 
-    (arrays, state), losses = jax.lax.scan(one, (arrays, state), keys)
-    return arrays, state, losses
+    (arrays, state, good), losses = jax.lax.scan(one, (arrays, state, good), keys)
+    return arrays, state, good, losses
 
 
 def _adam(loss, arrays, static, opt, steps, batch_size, n_traj, key, patience, min_delta,
           history, bar):
-    state = opt.init(arrays)
+    state, good = opt.init(arrays), arrays
     best, since_best, done = np.inf, 0, 0
     while done < steps:
         n = min(_CHUNK, steps - done)
         key, sub = jax.random.split(key)
-        arrays, state, losses = _adam_chunk(loss, arrays, static, state,
-                                            jax.random.split(sub, n), opt, batch_size, n_traj)
+        arrays, state, good, losses = _adam_chunk(loss, arrays, static, state, good,
+                                                  jax.random.split(sub, n), opt, batch_size,
+                                                  n_traj)
         losses = np.asarray(losses)
         history.append(losses)
         done += n
@@ -218,8 +260,16 @@ def _adam(loss, arrays, static, opt, steps, batch_size, n_traj, key, patience, m
             else:
                 since_best += n
                 if since_best >= patience:
-                    return arrays, done, True
-    return arrays, done, False
+                    return _last_solved(arrays, good, history), done, True
+    return _last_solved(arrays, good, history), done, False
+
+
+def _last_solved(arrays, good, history):
+    """The parameters reached, or, when their loss is a failed solve (the steps from
+    there were skipped: they stay failed), the last ones whose loss was not."""
+    losses = np.concatenate(history)
+    failed = np.asarray(_failed(jnp.asarray(losses)))
+    return good if failed[-1] and not failed.all() else arrays
 
 
 _LBFGS = optax.lbfgs()

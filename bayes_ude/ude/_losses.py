@@ -75,8 +75,8 @@ def _scale(ys: np.ndarray, scale) -> np.ndarray:
         s = ys.reshape(-1, n).std(axis=0)
         return np.where(s > 0, s, 1.0)
     s = np.broadcast_to(np.asarray(scale, dtype=float), (n,))
-    if np.any(~(s > 0)):
-        raise ValueError(f"scale must be positive, got {scale!r}")
+    if np.any(~((s > 0) & np.isfinite(s))):
+        raise ValueError(f"scale must be finite and positive, got {scale!r}")
     return np.array(s)
 
 
@@ -89,21 +89,41 @@ def _u0(ys: np.ndarray, u0) -> np.ndarray:
     if u0.shape != (ys.shape[0], ys.shape[2]):
         raise ValueError(f"u0 must have shape (n,) or (B, n) = {(ys.shape[0], ys.shape[2])}, "
                          f"got {u0.shape}")
+    if not np.all(np.isfinite(u0)):
+        b, i = (int(k[0]) for k in np.nonzero(~np.isfinite(u0)))
+        raise ValueError(f"u0 contains NaN/inf (first at trajectory {b}, state {i})")
     return np.array(u0)
 
 
 def _select(x, batch):
-    return x if batch is None else x[batch]
+    """Rows ``batch`` of ``x``. Indices are checked where they are concrete: JAX would
+    clamp one out of range to the last row."""
+    if batch is None:
+        return x
+    if not isinstance(batch, jax.core.Tracer):
+        idx = np.asarray(batch)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"batch must hold integer trajectory indices, got dtype {idx.dtype}")
+        if idx.size and (idx.min() < -x.shape[0] or idx.max() >= x.shape[0]):
+            raise ValueError(f"batch indices must lie in [0, {x.shape[0]}) (the number of "
+                             f"trajectories), got {idx.min()}..{idx.max()}")
+    return x[batch]
 
 
-def _solve_batch(options: solvers.SolveOptions, vector_field, u0s, ts, params):
+def _solve_batch(options: solvers.SolveOptions, vector_field, u0s, ts, params, **extra):
     """One solve per row of ``u0s`` (vmapped). A single trajectory is solved without the
     vmap: a batched solver loop of one costs its predicates and selects on every step
-    (Lotka-Volterra UDE loss+gradient: 405 against 308 us, compilation 4.9 against 2.3 s)."""
+    (Lotka-Volterra UDE loss+gradient: 405 against 308 us, compilation 4.9 against 2.3 s).
+    ``extra``: :func:`bayes_ude.solvers.solve`'s keywords (``t0``)."""
     if u0s.shape[0] == 1:
-        sol = options.solve(vector_field, u0s[0], ts, params)
+        sol = options.solve(vector_field, u0s[0], ts, params, **extra)
         return jax.tree.map(lambda x: x[None], sol)
-    return jax.vmap(lambda u: options.solve(vector_field, u, ts, params))(u0s)
+    return jax.vmap(lambda u: options.solve(vector_field, u, ts, params, **extra))(u0s)
+
+
+def _concrete_first(ts) -> float | None:
+    """``ts[0]`` as a float, or ``None`` under tracing."""
+    return None if isinstance(ts, jax.core.Tracer) else float(np.asarray(ts).reshape(-1)[0])
 
 
 def _mse(pred, ys, scale, ok):
@@ -145,10 +165,21 @@ class SingleShooting(eqx.Module):
         return self.ys.shape[0]
 
     def predict(self, params, ts=None, u0=None):
-        """Solutions ``(B, len(ts), n)`` and success flags ``(B,)`` from ``u0``."""
-        ts = self.ts if ts is None else jnp.asarray(ts)
+        """Solutions ``(B, len(ts), n)`` and success flags ``(B,)``, solved from ``u0``
+        (default: the data's initial states) at the data's first time ``self.ts[0]``.
+        ``ts`` (default: the data's times) may extend past the data (a forecast) but not
+        start before ``self.ts[0]``."""
         u0 = self.u0 if u0 is None else u0
-        sols = _solve_batch(self.options, self.vector_field, u0, ts, params)
+        if ts is None:
+            sols = _solve_batch(self.options, self.vector_field, u0, self.ts, params)
+        else:
+            ts = jnp.asarray(ts)
+            first = _concrete_first(ts)
+            if first is not None and first < float(self.ts[0]):
+                raise ValueError(f"ts must not start before the data's first time "
+                                 f"{float(self.ts[0])}, where u0 is given; got ts[0]={first}")
+            sols = _solve_batch(self.options, self.vector_field, u0, ts, params,
+                                t0=self.ts[0])
         return sols.ys, sols.success
 
     def __call__(self, params, batch=None):
@@ -189,7 +220,8 @@ class MultipleShooting(eqx.Module):
                  atol=1e-8, max_steps=10_000, sensitivity="auto"):
         ts, ys = _as_batch(ts, ys)
         n_intervals = ts.shape[0] - 1
-        if not isinstance(segment_length, int) or not 1 <= segment_length <= n_intervals:
+        if (not isinstance(segment_length, int) or isinstance(segment_length, bool)
+                or not 1 <= segment_length <= n_intervals):
             raise ValueError(f"segment_length must be an integer in [1, {n_intervals}] (the "
                              f"number of time intervals), got {segment_length!r}")
         if not continuity >= 0:
@@ -268,6 +300,9 @@ def smooth(ts, ys, method: str = "spline", bandwidth: float | None = None):
     from scipy.interpolate import make_smoothing_spline
 
     ts, ys = _as_batch(ts, ys)
+    if method == "spline" and bandwidth is not None:
+        raise ValueError("bandwidth applies to method='kernel' only; the spline chooses its "
+                         "smoothing by generalised cross-validation")
     if method == "spline":
         u_hat, du_hat = np.empty_like(ys), np.empty_like(ys)
         for b in range(ys.shape[0]):
@@ -355,12 +390,10 @@ class PredictionError(eqx.Module):
                  vector_field: Callable = call_model, scale=None, solver=None, rtol=1e-6,
                  atol=1e-8, max_steps=10_000, sensitivity="auto"):
         ts, ys = _as_batch(ts, ys)
-        if not gain >= 0:
-            raise ValueError(f"gain must be >= 0, got {gain!r}")
         self.ts, self.ys = jnp.asarray(ts), jnp.asarray(ys)
         self.u0 = jnp.asarray(_u0(ys, u0))
         self.scale = jnp.asarray(_scale(ys, scale))
-        self.gain = jnp.asarray(float(gain))
+        self.gain = _gain(gain)
         self.vector_field = vector_field
         self.options = solvers.SolveOptions(solver=solver, rtol=rtol, atol=atol,
                                             max_steps=max_steps, sensitivity=sensitivity)
@@ -370,7 +403,8 @@ class PredictionError(eqx.Module):
         return self.ys.shape[0]
 
     def with_gain(self, gain: float) -> PredictionError:
-        return eqx.tree_at(lambda m: m.gain, self, jnp.asarray(float(gain)))
+        """A copy with another gain (checked like the constructor's)."""
+        return eqx.tree_at(lambda m: m.gain, self, _gain(gain))
 
     def __call__(self, params, batch=None):
         u0, ys = _select(self.u0, batch), _select(self.ys, batch)
@@ -386,6 +420,13 @@ class PredictionError(eqx.Module):
 
         pred, ok = jax.vmap(one)(u0, ys)
         return _mse(pred, ys, self.scale, ok[:, None, None])
+
+
+def _gain(gain) -> Array:
+    """The observer gain as an array, refused unless a finite number >= 0."""
+    if isinstance(gain, bool) or not 0 <= float(gain) < np.inf:
+        raise ValueError(f"gain must be a finite number >= 0, got {gain!r}")
+    return jnp.asarray(float(gain))
 
 
 def _bound(value, n: int, name: str, default: float) -> np.ndarray:

@@ -42,8 +42,22 @@ class UDE(eqx.Module):
         learned = self.network_term(t, u)
         if self.physics is None:
             return learned
-        return jnp.asarray(self.physics(t, u, self.theta)) + learned
+        return _of_state_shape(jnp.asarray(self.physics(t, u, self.theta)), u,
+                               "physics(t, u, theta)") + learned
 
     def network_term(self, t, u) -> Array:
         """The learned part alone (what SINDy is fitted to)."""
-        return self.network(self.inputs(t, u))
+        return _of_state_shape(jnp.asarray(self.network(self.inputs(t, u))), u,
+                               "the network")
+
+
+def _of_state_shape(term, u, what: str) -> Array:
+    """``term``, refused unless it has the state's shape: a network with too few outputs
+    (or physics for fewer states) would otherwise be broadcast over the state and add the
+    same value to every equation. Shapes are static, so this costs nothing when compiled."""
+    if jnp.shape(term) != jnp.shape(u):
+        hint = (": its out_size must be the number of states" if what == "the network"
+                else "")
+        raise ValueError(f"{what} must return an array of the state's shape "
+                         f"{jnp.shape(u)}, got shape {jnp.shape(term)}{hint}")
+    return term

@@ -142,11 +142,64 @@ def test_failed_solve_gives_finite_failed_loss():
     (lambda: ude.MultipleShooting(TS, np.ones((17, 2)), segment_length=0), "segment_length"),
     (lambda: ude.MultipleShooting(TS, np.ones((17, 2)), 17), "segment_length"),
     (lambda: ude.PredictionError(TS, np.ones((17, 2)), gain=-1.0), "gain"),
+    (lambda: ude.PredictionError(TS, np.ones((17, 2))).with_gain(np.inf), "gain"),
+    (lambda: ude.SingleShooting(TS, np.ones((17, 2)), u0=[np.nan, 1.0]), "u0 contains NaN"),
+    (lambda: ude.SingleShooting(TS, np.ones((17, 2)), scale=[1.0, np.inf]), "scale"),
+    (lambda: ude.MultipleShooting(TS, np.ones((17, 2)), True), "segment_length"),
+    (lambda: ude.Collocation(TS, np.ones((17, 2)), bandwidth=0.5), "bandwidth applies"),
+    (lambda: ude.SingleShooting(TS, np.ones((17, 2)))(Decay(jnp.asarray(1.0)),
+                                                       jnp.array([1])), "batch indices"),
     (lambda: ude.Collocation(TS, np.ones((17, 2)), method="fourier"), "method"),
 ])
 def test_bad_input(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_forecast_starts_from_the_data_first_time():
+    """``predict`` on later times solves from u0 at the data's first time (before: it
+    placed u0 at the new first time, a forecast off by exp(-k t))."""
+    loss = ude.SingleShooting(TS, exact(K_TRUE), u0=U0, rtol=1e-10, atol=1e-12)
+    later = np.array([4.0, 6.0, 8.0])
+    pred, ok = loss.predict(Decay(jnp.asarray(K_TRUE)), ts=later)
+    assert bool(ok.all())
+    np.testing.assert_allclose(np.asarray(pred[0]), exact(K_TRUE, ts=later), rtol=1e-8)
+    with pytest.raises(ValueError, match="must not start before"):
+        loss.predict(Decay(jnp.asarray(K_TRUE)), ts=np.array([-1.0, 1.0]))
+
+
+def test_a_network_or_physics_of_the_wrong_size_is_an_error():
+    """A network with one output for a two-state UDE was broadcast over both states."""
+    from bayes_ude import nn
+
+    key = jax.random.key(0)
+    narrow = ude.UDE(lambda t, u, k: -k * u, nn.MLP(2, 1, (3,), "tanh", key=key),
+                     theta=jnp.asarray(1.0))
+    with pytest.raises(ValueError, match="out_size must be the number of states"):
+        ude.SingleShooting(TS, exact(K_TRUE))(narrow)
+    one_state_physics = ude.UDE(lambda t, u, k: -u[:1], nn.MLP(2, 2, (3,), "tanh", key=key))
+    with pytest.raises(ValueError, match=r"physics\(t, u, theta\) must return"):
+        one_state_physics(0.0, jnp.ones(2))
+
+
+def test_fit_skips_failed_solves_and_returns_parameters_that_solve():
+    """A failed solve's loss has a zero gradient: Adam's momentum used to carry the
+    parameters on into the failing region (k 1 -> 7 here) and fit returned them."""
+    ts = np.linspace(0.0, 1.0, 6)
+    loss = ude.SingleShooting(ts, exact(3.0, ts=ts), u0=U0, max_steps=8)
+
+    def value(k):  # with its forward sensitivities, as in fit
+        return float(jax.value_and_grad(lambda m: loss(m))(Decay(jnp.asarray(k)))[0])
+
+    assert value(1.0) < ude.FAILED_LOSS  # solves at the start
+    assert value(2.0) == ude.FAILED_LOSS  # not one Adam step (of 1.0) on
+    with pytest.warns(RuntimeWarning, match="the parameters returned are the last"):
+        result = ude.fit(loss, Decay(jnp.asarray(1.0)), steps=30, learning_rate=1.0,
+                         progress=False)
+    assert float(loss(result.params)) < ude.FAILED_LOSS
+    assert float(result.params.k) == 1.0
+    with pytest.warns(RuntimeWarning, match="at every step"):
+        ude.fit(loss, Decay(jnp.asarray(2.0)), steps=5, progress=False)
 
 
 def test_l2_penalty_spares_multiple_shooting_nodes():
