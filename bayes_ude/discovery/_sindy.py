@@ -44,8 +44,10 @@ def _as_data(x: ArrayLike, name: str, ndims: tuple[int, ...], layout: str) -> Ar
         raise ValueError(f"{name} must be a {want} array {layout}, got shape {arr.shape}")
     if arr.shape[-2] == 0 or arr.shape[-1] == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(float)
+    if not jnp.issubdtype(arr.dtype, jnp.floating) or (
+            jnp.finfo(arr.dtype).bits < jnp.finfo(jnp.result_type(float)).bits):
+        # integers, and float32 data when x64 is on: the fit runs in JAX's default float
+        arr = arr.astype(jnp.result_type(float))
     bad = _count_nonfinite(arr)
     if bad:
         raise ValueError(
@@ -140,6 +142,49 @@ def _theta(library: AbstractLibrary, x: Array) -> Array:
             "inf); check the library's functions on the range of X"
         )
     return theta
+
+
+def _check_design(theta: Array, terms: Sequence[str]) -> None:
+    """Warn when the library's columns do not determine the coefficients over the data:
+    fewer samples than terms, or terms that are linear combinations of others (a state
+    that is constant makes ``1``, ``u`` and ``u^2`` one column). The least-squares split
+    between such terms is arbitrary, so thresholding can drop a true term."""
+    value = _concrete(theta)
+    if value is None or value.ndim != 2:
+        return
+    n_samples, n_terms = value.shape
+    if n_samples < n_terms:
+        warnings.warn(f"{n_samples} samples for {n_terms} library terms: the coefficients "
+                      "are not determined by the data; use more samples or a smaller "
+                      "library", RuntimeWarning, stacklevel=3)
+        return
+    norms = np.linalg.norm(value, axis=0)
+    unit = value / np.where(norms > 0, norms, 1.0)
+    singular = np.linalg.svd(unit, compute_uv=False)
+    rank = int(np.sum(singular > 1e-8 * singular[0])) if singular.size else 0
+    if rank == n_terms:
+        return
+    alike = [f"{terms[i]} ~ {terms[j]}" for i in range(n_terms) for j in range(i + 1, n_terms)
+             if norms[i] > 0 and norms[j] > 0 and abs(unit[:, i] @ unit[:, j]) > 1 - 1e-10]
+    zero = [terms[i] for i in range(n_terms) if norms[i] == 0]
+    detail = "; ".join(part for part in (
+        f"proportional over the data: {', '.join(alike[:6])}" if alike else "",
+        f"zero over the data: {', '.join(zero)}" if zero else "") if part)
+    warnings.warn(
+        f"library(X) has rank {rank} for {n_terms} terms: some terms are linear combinations "
+        f"of others over the data ({detail or 'not pairwise'}), so their coefficients are "
+        "not determined and thresholding may drop a true term; remove a constant state or "
+        "the redundant terms", RuntimeWarning, stacklevel=3)
+
+
+def _warn_empty(coef, target_names, threshold) -> None:
+    """Warn for each target whose every term was thresholded away."""
+    empty = [name for name, row in zip(target_names, np.asarray(coef), strict=True)
+             if not np.any(row)]
+    if empty:
+        warnings.warn(f"threshold={float(threshold):g} removed every term of "
+                      f"{', '.join(empty)}: the model says {empty[0]} = 0; try a smaller "
+                      "threshold", RuntimeWarning, stacklevel=3)
 
 
 def _names(library, n_features, n_targets, feature_names, target_names):
@@ -426,12 +471,14 @@ def sindy(X: ArrayLike, dX: ArrayLike, library: AbstractLibrary | None = None, *
     library, X, dX, theta, names = _prepare(X, dX, library, feature_names, target_names)
     _check_scalar(threshold, "threshold")
     rcond = _check_options(alpha, max_iter, unbias, rcond)
+    _check_design(theta, names[2])
     coef, converged, k, error, aicc, bic = (
         a[0, 0] for a in stlsq_grid(theta, dX[None], jnp.reshape(threshold, (1,)).astype(dX.dtype),
                                     alpha, max_iter, bool(unbias), rcond, False))
     if not bool(converged):
         warnings.warn(f"STLSQ did not converge after max_iter={max_iter} iterations",
                       RuntimeWarning, stacklevel=2)
+    _warn_empty(coef, names[1], threshold)
     return _result(coef, library, names, threshold, alpha, error, aicc, bic, converged)
 
 
@@ -491,6 +538,7 @@ def sweep(X: ArrayLike, dX: ArrayLike, library: AbstractLibrary | None = None,
     library, X, dX, theta, names = _prepare(X, dX, library, feature_names, target_names)
     thresholds = _check_thresholds(thresholds).astype(dX.dtype)
     rcond = _check_options(alpha, max_iter, unbias, rcond)
+    _check_design(theta, names[2])
     coef, converged, k, error, aicc, bic = (
         np.asarray(a[:, 0]) for a in stlsq_grid(theta, dX[None], thresholds, alpha,
                                                 max_iter, bool(unbias), rcond, False))
@@ -505,6 +553,7 @@ def sweep(X: ArrayLike, dX: ArrayLike, library: AbstractLibrary | None = None,
         "converged": converged,
     })
     i = int(np.argmin(aicc if criterion == "aicc" else bic))
+    _warn_empty(coef[i], target_names_, thresholds[i])
     best = _result(jnp.asarray(coef[i]), library, names, thresholds[i], alpha, error[i],
                    aicc[i], bic[i], converged[i])
     return SweepResult(table, best)

@@ -350,3 +350,26 @@ def _with(array, index, value):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_fits_that_the_data_cannot_determine_are_said(lv):
+    """Each case returned a model as a normal result, without a word."""
+    X, dX = lv
+    x1 = X[:, 0]
+    # A constant state makes 1, u2 and u2^2 one column: the constant term 0.25 was split
+    # three ways, thresholded away, and the rest refitted wrongly.
+    with pytest.warns(RuntimeWarning, match=r"rank 3 for 6 terms.*1 ~ u2"):
+        discovery.sindy(np.stack([x1, np.ones_like(x1)], 1), (0.25 + x1)[:, None],
+                        discovery.PolynomialLibrary(2), threshold=0.1)
+    with pytest.warns(RuntimeWarning, match="4 samples for 10 library terms"):
+        discovery.sindy(X[:4], dX[:4], discovery.PolynomialLibrary(3), threshold=0.01)
+    with pytest.warns(RuntimeWarning, match="removed every term of du1/dt, du2/dt"):
+        discovery.sindy(X, dX, discovery.PolynomialLibrary(2), threshold=1e3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a determined fit says nothing
+        fit = discovery.sindy(X, dX, discovery.PolynomialLibrary(2), threshold=0.1)
+    # float32 data are fitted in float64 (before: in float32, 2e-4 off)
+    fit32 = discovery.sindy(X.astype(np.float32), dX.astype(np.float32),
+                            discovery.PolynomialLibrary(2), threshold=0.1)
+    assert fit32.coefficients.dtype == jnp.float64
+    np.testing.assert_allclose(fit32.coefficients, fit.coefficients, atol=1e-5)
