@@ -332,11 +332,20 @@ def posterior_models(idata, model: CRNN) -> CRNN:
 def reaction_probability(idata, threshold: float = 0.1, min_rate: float = 0.0) -> np.ndarray:
     """Posterior probability that each candidate reaction is present: the fraction of
     draws in which its largest ``|nu|`` is at least ``threshold`` and its rate constant
-    at least ``min_rate`` (see the module notes)."""
+    at least ``min_rate`` (see the module notes). One entry per candidate reaction, also
+    for :func:`run_nuts`'s result, where the reactions pruned before sampling get 0."""
     nu = np.asarray(idata.posterior["stoichiometry"].values)
     k = np.asarray(idata.posterior["rate_constant"].values)
     present = (np.abs(nu).max(axis=-1) >= threshold) & (k >= min_rate)
-    return present.reshape(-1, present.shape[-1]).mean(axis=0)
+    prob = present.reshape(-1, present.shape[-1]).mean(axis=0)
+    # NUTS on the pruned network samples the active reactions only: indexed by candidate,
+    # a pruned reaction is absent in every draw (before, entry i was the i-th *active* one)
+    n_reactions = idata.attrs.get("n_reactions")
+    if n_reactions is not None and prob.size != n_reactions:
+        full = np.zeros(int(n_reactions))
+        full[np.asarray(idata.posterior["rate_constant"]["reaction"].values)] = prob
+        return full
+    return prob
 
 
 def credible_interval(idata, var: str = "rate_constant", prob: float = 0.95):
@@ -436,4 +445,5 @@ def run_nuts(
               "y": ["experiment", "time", "species"]},
         coords={**coords, "time": np.asarray(data.ts)}, **nuts_kwargs)
     idata.posterior["sigma"] = np.exp(idata.posterior["log_sigma"])
+    idata.attrs["n_reactions"] = model.n_reactions  # candidates, the pruned ones included
     return idata

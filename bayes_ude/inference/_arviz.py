@@ -48,6 +48,7 @@ def add_to_inference_data(
     *,
     posterior_predictive: Mapping[str, np.ndarray] | None = None,
     observed_data: Mapping[str, np.ndarray] | None = None,
+    log_likelihood: Mapping[str, np.ndarray] | None = None,
     dims: Mapping[str, list[str]] | None = None,
     coords: Mapping[str, np.ndarray] | None = None,
 ):
@@ -58,7 +59,8 @@ def add_to_inference_data(
     overwrite). Returns ``idata``.
     """
     extra = to_inference_data(None, posterior_predictive=posterior_predictive,
-                              observed_data=observed_data, dims=dims, coords=coords)
+                              observed_data=observed_data, log_likelihood=log_likelihood,
+                              dims=dims, coords=coords)
     for group in extra.groups():
         if group in idata.groups():
             clash = set(idata[group].data_vars) & set(extra[group].data_vars)

@@ -25,6 +25,7 @@ import numpy as np
 import numpyro
 import optax
 from jax.flatten_util import ravel_pytree
+from numpyro import distributions as dist
 from numpyro.distributions.distribution import Unit
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, Predictive, log_likelihood
@@ -33,7 +34,7 @@ from numpyro.infer import util as infer_util
 from tqdm.auto import tqdm
 
 from .._compile import compiler_options
-from ._arviz import to_inference_data
+from ._arviz import add_to_inference_data, to_inference_data
 from ._chunks import run_chunks
 from ._interrupt import interrupt_guard
 from ._metric import (auto_dense_mass, diagonal_after_short_window, is_latent,
@@ -234,6 +235,12 @@ def run_nuts(
     if keep_failed_states and backend != "blackjax":
         raise ValueError("keep_failed_states needs backend='blackjax' (NumPyro's NUTS does "
                          "not keep the state where a trajectory diverged)")
+    if isinstance(init, dict):
+        unknown = sorted(set(init) - set(latent_sites(model, model_args, model_kwargs)))
+        if unknown:
+            raise ValueError(
+                f"init names {unknown}, not latent sites of the model (its latent sites: "
+                f"{sorted(latent_sites(model, model_args, model_kwargs))})")
     init_strategy = _init_strategy(init)
     chain_devices = _chain_devices(num_chains) if spread_chains else 1
     with interrupt_guard() as guard:
@@ -437,6 +444,13 @@ def _run_numpyro(model, args, kwargs, key, num_warmup, num_samples, num_chains,
     if not _finite_start(state):
         state = jax.jit(_per_chain(lambda k: kernel.init(k, num_warmup, None, args, kwargs),
                                    chain_devices), compiler_options=opts)(keys)
+        if not _finite_start(state):
+            # NumPyro's own check of the start is skipped under jit: without this the
+            # chains stay frozen at it, every transition divergent
+            raise RuntimeError(
+                "NUTS could not start: the log density or its gradient is not finite at "
+                "the initial values of every chain. Check init (values inside each "
+                "prior's support) and the data (NaN or inf in an observed site)")
     short = short_windows(num_warmup, state.z) if dense_mass else None
 
     def one(s, _):
@@ -667,16 +681,39 @@ def _is_factor(site) -> bool:
 
 def _observed_sites(model, args, kwargs, key):
     """The observed data ``{name: value}`` of the model's observed sites, factors
-    excluded."""
+    excluded, and ``{name: kept}`` for the sites where a mask holds points out."""
     def observed(k):
         trace = numpyro.handlers.trace(numpyro.handlers.seed(model, k)).get_trace(
             *args, **kwargs)
-        return {name: site["value"] for name, site in trace.items()
-                if site["type"] == "sample" and site["is_observed"] and not _is_factor(site)}
+        sites = {name: site for name, site in trace.items()
+                 if site["type"] == "sample" and site["is_observed"] and not _is_factor(site)}
+        masks = {name: _points_kept(site["fn"]) for name, site in sites.items()}
+        return ({name: site["value"] for name, site in sites.items()},
+                {name: m for name, m in masks.items() if m is not None})
 
     # compiled once rather than run eagerly primitive by primitive
-    return {k: np.asarray(v) for k, v in
-            jax.jit(observed, compiler_options=compiler_options())(key).items()}
+    values, kept = jax.jit(observed, compiler_options=compiler_options())(key)
+    kept = {k: np.asarray(m) for k, m in kept.items() if not np.all(m)}
+    return {k: np.asarray(v) for k, v in values.items()}, kept
+
+
+def _points_kept(fn):
+    """The points of an observed site (its batch shape) that are data: ``False`` where a
+    mask (``.mask(m)``, ``handlers.mask``) hides the whole point, whose log-likelihood is
+    then 0 and not an observation; ``None`` when nothing is masked."""
+    batch_shape, kept, reinterpreted = fn.batch_shape, None, 0
+    while True:
+        if isinstance(fn, dist.Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+        if isinstance(fn, dist.MaskedDistribution):
+            m = jnp.broadcast_to(jnp.asarray(fn._mask, bool), fn.batch_shape)
+            if reinterpreted:  # a point is data if any of its event's entries is
+                m = jnp.any(m, axis=tuple(range(-reinterpreted, 0)))
+            kept = m if kept is None else kept & m
+        if not hasattr(fn, "base_dist"):
+            break
+        fn = fn.base_dist
+    return None if kept is None else jnp.broadcast_to(kept, batch_shape)
 
 
 class _Unobserved(numpyro.primitives.Messenger):
@@ -697,8 +734,36 @@ class _Unobserved(numpyro.primitives.Messenger):
 
     def process_message(self, msg):
         if msg["type"] == "sample" and msg["is_observed"] and msg["name"] in self.names:
+            # A distribution broadcast against its observations (a scalar mean for n
+            # values) is expanded to their shape first: one draw per observation.
+            fn, value = msg["fn"], msg["value"]
+            n_event = len(fn.event_shape)
+            obs_batch = jnp.shape(value)[:jnp.ndim(value) - n_event]
+            batch = jnp.broadcast_shapes(fn.batch_shape, obs_batch)
+            if batch != fn.batch_shape:
+                msg["fn"] = fn.expand(batch)
             msg["value"] = None
             msg["is_observed"] = False
+
+
+#: Share of divergent transitions above which the sample is said to be unreliable.
+DIVERGENT_SHARE = 0.01
+
+
+def _check_divergences(diverging: np.ndarray, stats) -> None:
+    """Warn when more than :data:`DIVERGENT_SHARE` of the transitions diverged (Stan
+    warns at any), the failed solves among them named: the draws then under-cover the
+    regions the sampler could not enter."""
+    share = float(np.mean(diverging)) if diverging.size else 0.0
+    if share <= DIVERGENT_SHARE:
+        return
+    failed = int(np.sum(stats["solver_failed"])) if "solver_failed" in stats else None
+    warnings.warn(
+        f"NUTS: {int(np.sum(diverging))} of {diverging.size} transitions ({share:.0%}) "
+        "diverged" + (f" ({failed} at a failed solve)" if failed else "") + ": the "
+        "posterior is not reliably explored. Raise target_accept (e.g. 0.95), "
+        "reparameterise (non-centred random effects), or check the model for regions "
+        "where its log density is not finite", stacklevel=4)
 
 
 def _assemble(model, args, kwargs, samples, stats, key, want_predictive, dims, coords, attrs,
@@ -708,7 +773,7 @@ def _assemble(model, args, kwargs, samples, stats, key, want_predictive, dims, c
     skips them, and ``attrs`` says so (``partial``, ``skipped``)."""
     n_chains, n_draws = next(iter(samples.values())).shape[:2]
     flat = {k: jnp.reshape(v, (n_chains * n_draws, *v.shape[2:])) for k, v in samples.items()}
-    observed = _observed_sites(model, args, kwargs, key)
+    observed, kept = _observed_sites(model, args, kwargs, key)
     names = list(observed)
     skipped = []
 
@@ -737,12 +802,24 @@ def _assemble(model, args, kwargs, samples, stats, key, want_predictive, dims, c
             skipped.append("posterior_predictive")
     posterior = {k: v for k, v in samples.items() if k not in observed}
     attrs["num_divergent"] = int(np.sum(stats["diverging"]))
+    _check_divergences(np.asarray(stats["diverging"]), stats)
     if "solver_failed" in stats:
         attrs["num_failed_solves"] = int(np.sum(stats["solver_failed"]))
     if not math.isfinite(float(np.sum(stats["lp"]))):
         attrs["non_finite_lp_draws"] = int(np.sum(~np.isfinite(stats["lp"])))
     guard.mark(attrs, skipped, stacklevel=3)
     attrs["seconds_total"] = time.perf_counter() - start
-    return to_inference_data(posterior, sample_stats=stats, log_likelihood=loglik,
-                             posterior_predictive=predictive, observed_data=observed,
-                             dims=dims, coords=coords, attrs=attrs)
+    # Points a mask holds out (held-out data) are not observations: their log-likelihood
+    # (0) is left out, so that az.loo counts only the data (the site's points kept, along
+    # a dimension "<site>_observed" whose coordinate is each point's flat index).
+    held_out = {k: loglik.pop(k) for k in kept if k in loglik}
+    idata = to_inference_data(posterior, sample_stats=stats, log_likelihood=loglik,
+                              posterior_predictive=predictive, observed_data=observed,
+                              dims=dims, coords=coords, attrs=attrs)
+    if held_out:
+        add_to_inference_data(
+            idata, log_likelihood={k: np.reshape(v, (*v.shape[:2], -1))[..., kept[k].ravel()]
+                                   for k, v in held_out.items()},
+            dims={k: [f"{k}_observed"] for k in held_out},
+            coords={f"{k}_observed": np.flatnonzero(kept[k].ravel()) for k in held_out})
+    return idata

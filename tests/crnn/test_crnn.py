@@ -346,3 +346,18 @@ def test_psgld_noise_level_contains_the_truth(discovered_posteriors):
     full-size notebook: [0.0495, 0.0511], NUTS [0.0493, 0.0507])."""
     s_lo, s_hi = crnn.credible_interval(discovered_posteriors[3], "sigma")
     assert s_lo <= 0.05 <= s_hi, (s_lo, s_hi)
+
+
+def test_reaction_probability_is_indexed_by_candidate_after_pruning():
+    """NUTS samples the active reactions only (here candidates 1 and 3 of 4): entry i was
+    the i-th active reaction, read as candidate i."""
+    from bayes_ude import inference
+
+    rng = np.random.default_rng(0)
+    nu = rng.normal(0.0, 1.0, (2, 50, 2, 3))
+    nu[..., 0, :] *= 0.01  # candidate 1 is below the threshold in every draw
+    idata = inference.to_inference_data(
+        {"stoichiometry": nu, "rate_constant": np.ones((2, 50, 2))},
+        dims={"stoichiometry": ["reaction", "species"], "rate_constant": ["reaction"]},
+        coords={"reaction": np.array([1, 3])}, attrs={"n_reactions": 4})
+    np.testing.assert_array_equal(crnn.reaction_probability(idata), [0.0, 0.0, 0.0, 1.0])

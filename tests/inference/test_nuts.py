@@ -88,6 +88,42 @@ def test_bad_arguments(data):
         inference.run_nuts(normal_mean, data, target_accept=1.5)
     with pytest.raises(ValueError, match="init"):
         inference.run_nuts(normal_mean, data, init="random")
+    # a misspelt name was ignored (chains started from uniform draws)
+    with pytest.raises(ValueError, match=r"init names \['muu'\], not latent sites"):
+        inference.run_nuts(normal_mean, data, init={"muu": 1.0})
+
+
+def scale_model(y=None):
+    s = numpyro.sample("s", dist.HalfNormal(1.0))
+    numpyro.sample("y", dist.Normal(0.0, s).expand([4]), obs=y)
+
+
+def test_a_start_with_no_finite_log_density_is_an_error():
+    """NumPyro's check of the start is skipped under jit: the chains stayed frozen at it,
+    every transition divergent (BlackJAX raised already)."""
+    for backend in ("numpyro", "blackjax"):
+        with pytest.raises(RuntimeError, match="not finite|Cannot find valid initial"):
+            inference.run_nuts(scale_model, jnp.array([0.1, jnp.nan, 0.3, 0.2]),
+                               backend=backend, num_warmup=5, num_samples=5, num_chains=1,
+                               progress=False)
+
+
+def broadcast_mean(y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(mu, 0.5), obs=y)  # a scalar mean for 4 values
+
+
+def test_predictive_of_a_site_broadcast_to_its_data_has_the_data_shape():
+    """It had one value per draw for the 4 observations (az.plot_ppc compared them)."""
+    y = jnp.array([0.3, 2.0, -1.0, 0.5])
+    idata = inference.run_nuts(broadcast_mean, y, num_warmup=100, num_samples=100,
+                               num_chains=2, progress=False)
+    pred = idata.posterior_predictive["y"].values
+    assert pred.shape == (2, 100, 4) == idata.log_likelihood["y"].shape
+    # each draw's 4 values are independent N(mu, 0.5^2) around that draw's mu
+    resid = pred - idata.posterior["mu"].values[..., None]
+    assert 0.4 < resid.std() < 0.6
+    assert abs(np.corrcoef(resid[..., 0].ravel(), resid[..., 1].ravel())[0, 1]) < 0.2
 
 
 def test_network_prior_names_shapes_and_scales():
@@ -353,3 +389,26 @@ def test_laplace_metric_bad_inputs():
     with pytest.raises(ValueError, match="not both"):
         inference.run_nuts(correlated_gaussian, dense_mass=True,
                            inverse_mass_matrix=np.eye(2), progress=False)
+
+
+def held_out_mean(y=None, train=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SD))
+    numpyro.sample("y", dist.Normal(mu * jnp.ones(y.shape[0]), 1.0).mask(train), obs=y)
+
+
+def test_points_a_mask_holds_out_have_no_log_likelihood(data):
+    """Held-out points entered log_likelihood as 0: az.loo counted 20 points for 10
+    observations (and their se was 3x too large)."""
+    train = np.arange(20) < 10
+    idata = inference.run_nuts(held_out_mean, jnp.asarray(data), train, num_warmup=200,
+                               num_samples=300, num_chains=2, progress=False)
+    ll = idata.log_likelihood["y"]
+    assert ll.dims == ("chain", "draw", "y_observed") and ll.shape == (2, 300, 10)
+    assert list(ll["y_observed"].values) == list(range(10))
+    # the same as the model fitted to the 10 points alone
+    alone = inference.run_nuts(normal_mean, data[:10], 10, num_warmup=200, num_samples=300,
+                               num_chains=2, progress=False)
+    loo, loo_alone = az.loo(idata), az.loo(alone)
+    assert loo.n_data_points == 10
+    assert abs(loo.elpd_loo - loo_alone.elpd_loo) < 0.5
+    assert idata.posterior_predictive["y"].shape == (2, 300, 20)  # held-out points predicted

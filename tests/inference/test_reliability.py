@@ -110,8 +110,10 @@ def test_factor_is_not_data_and_loo_waic_ppc_work(fitted):
     backend, idata = fitted
     for group in ("observed_data", "log_likelihood", "posterior_predictive"):
         assert list(getattr(idata, group).data_vars) == ["y"], group
-    # no var_name needed ("Found several log likelihood arrays" before)
+    # no var_name needed ("Found several log likelihood arrays" before); the held-out
+    # points are not data (they counted, with log-likelihood 0, before)
     assert np.isfinite(az.loo(idata).elpd_loo)
+    assert az.loo(idata).n_data_points == N_TRAIN
     assert np.isfinite(az.waic(idata).elpd_waic)
     import matplotlib
 
@@ -130,7 +132,9 @@ def test_factor_sites_are_recognised_under_plates_and_masks():
     trace = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace()
     assert {k for k, s in trace.items() if s["type"] == "sample" and _nuts._is_factor(s)} == {
         "plain", "in_plate"}
-    assert list(_nuts._observed_sites(model, (), {}, jax.random.key(0))) == ["obs"]
+    observed, held_out = _nuts._observed_sites(model, (), {}, jax.random.key(0))
+    assert list(observed) == ["obs"]
+    assert list(held_out) == ["obs"] and not held_out["obs"].any()  # .mask(False)
 
 
 # ------------------------------------------------------------------------ Ctrl-C (3)
@@ -185,7 +189,7 @@ def test_ctrl_c_in_the_predictive_skips_only_the_predictive(monkeypatch):
     with pytest.warns(UserWarning, match="without posterior_predictive"):
         idata = fit("numpyro")
     assert idata.posterior["k"].shape == (2, 250)
-    assert idata.log_likelihood["y"].shape == (2, 250, TS.size)
+    assert idata.log_likelihood["y"].shape == (2, 250, N_TRAIN)  # the held-out points: none
     assert "posterior_predictive" not in idata.groups()
     assert idata.attrs["partial"] == 1 and idata.attrs["skipped"] == "posterior_predictive"
 
