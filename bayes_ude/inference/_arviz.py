@@ -22,8 +22,15 @@ def to_inference_data(
 
     ``dims`` names the remaining axes of each variable (e.g. ``{"obs": ["time",
     "state"]}``) and ``coords`` gives their values; unnamed axes get ArviZ's defaults.
+    Every array of the sampled groups (all but ``observed_data``) needs the same leading
+    ``(chain, draw)`` axes: a 1-D array (one chain: ``x[None]``) or groups of different
+    chains or draws are refused rather than read as something else.
     """
     import arviz as az
+
+    _check_chain_draw({"posterior": posterior, "sample_stats": sample_stats,
+                       "log_likelihood": log_likelihood,
+                       "posterior_predictive": posterior_predictive})
 
     def clean(group):
         if group is None:
@@ -43,6 +50,25 @@ def to_inference_data(
     return idata
 
 
+def _check_chain_draw(groups: Mapping[str, Mapping[str, np.ndarray] | None],
+                      expected: tuple[int, int] | None = None) -> None:
+    """Refuse arrays without ``(chain, draw)`` axes, and groups whose axes differ (from
+    each other, or from ``expected``)."""
+    seen = {}
+    for group, arrays in groups.items():
+        for name, value in (arrays or {}).items():
+            shape = np.shape(value)
+            if len(shape) < 2:
+                raise ValueError(f"{group}[{name!r}] has shape {shape}: arrays need leading "
+                                 "(chain, draw) axes (one chain: x[None])")
+            seen[f"{group}[{name!r}]"] = shape[:2]
+    sizes = set(seen.values()) | ({expected} if expected else set())
+    if len(sizes) > 1:
+        listed = ", ".join(f"{k}: {v}" for k, v in seen.items())
+        raise ValueError(f"the (chain, draw) axes differ: {listed}"
+                         + (f"; the posterior's are {expected}" if expected else ""))
+
+
 def add_to_inference_data(
     idata,
     *,
@@ -58,6 +84,11 @@ def add_to_inference_data(
     already there (same coordinates: a clash is an error from xarray, never a silent
     overwrite). Returns ``idata``.
     """
+    if "posterior" in idata.groups():
+        posterior = idata.posterior
+        _check_chain_draw({"posterior_predictive": posterior_predictive,
+                           "log_likelihood": log_likelihood},
+                          (posterior.sizes["chain"], posterior.sizes["draw"]))
     extra = to_inference_data(None, posterior_predictive=posterior_predictive,
                               observed_data=observed_data, log_likelihood=log_likelihood,
                               dims=dims, coords=coords)

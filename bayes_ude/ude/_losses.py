@@ -74,6 +74,9 @@ def _scale(ys: np.ndarray, scale) -> np.ndarray:
     if scale is None:
         s = ys.reshape(-1, n).std(axis=0)
         return np.where(s > 0, s, 1.0)
+    if np.size(scale) not in (1, n):
+        raise ValueError(f"scale must be a number or one value per state ({n}), got shape "
+                         f"{np.shape(scale)}")
     s = np.broadcast_to(np.asarray(scale, dtype=float), (n,))
     if np.any(~((s > 0) & np.isfinite(s))):
         raise ValueError(f"scale must be finite and positive, got {scale!r}")
@@ -320,7 +323,12 @@ def smooth(ts, ys, method: str = "spline", bandwidth: float | None = None):
         design = np.stack([np.ones_like(d), d, d**2], axis=-1)  # (T, T, 3)
         gram = np.einsum("ij,ijk,ijl->ikl", w, design, design)
         rhs = np.einsum("ij,ijk,bjn->bikn", w, design, ys)
-        coef = np.linalg.solve(gram[None, :, None], rhs.transpose(0, 1, 3, 2)[..., None])
+        try:
+            coef = np.linalg.solve(gram[None, :, None], rhs.transpose(0, 1, 3, 2)[..., None])
+        except np.linalg.LinAlgError:
+            raise ValueError(f"bandwidth={h:g} is too small for the time step (the local "
+                             f"quadratic fits are singular); try at least "
+                             f"{float(np.median(np.diff(ts))):g}") from None
         coef = coef[..., 0]  # (B, T, n, 3)
         return coef[..., 0], coef[..., 1]
     raise ValueError(f"method must be 'spline' or 'kernel', got {method!r}")

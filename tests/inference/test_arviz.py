@@ -28,3 +28,12 @@ def test_to_inference_data_and_adding_groups():
     with pytest.raises(ValueError, match=r"observed_data group already has \['dv'\]"):
         inference.add_to_inference_data(idata, observed_data={"dv": obs},
                                         dims={"dv": ["subject", "record"]})
+    # arrays without (chain, draw) axes, or groups that disagree on them, were read as
+    # one chain or as other chains (a (draws, k) array: draws read as chains)
+    with pytest.raises(ValueError, match=r"posterior\['mu'\] has shape \(500,\)"):
+        inference.to_inference_data({"mu": np.zeros(500)})
+    with pytest.raises(ValueError, match="the \\(chain, draw\\) axes differ"):
+        inference.to_inference_data({"mu": np.zeros((4, 500))},
+                                    sample_stats={"lp": np.zeros((4, 400))})
+    with pytest.raises(ValueError, match="the posterior's are \\(2, 5\\)"):
+        inference.add_to_inference_data(idata, posterior_predictive={"z": np.zeros((5, 2))})
