@@ -177,10 +177,10 @@ class SingleShooting(eqx.Module):
             sols = _solve_batch(self.options, self.vector_field, u0, self.ts, params)
         else:
             ts = jnp.asarray(ts)
-            first = _concrete_first(ts)
-            if first is not None and first < float(self.ts[0]):
+            first, data_first = _concrete_first(ts), _concrete_first(self.ts)
+            if first is not None and data_first is not None and first < data_first:
                 raise ValueError(f"ts must not start before the data's first time "
-                                 f"{float(self.ts[0])}, where u0 is given; got ts[0]={first}")
+                                 f"{data_first}, where u0 is given; got ts[0]={first}")
             sols = _solve_batch(self.options, self.vector_field, u0, ts, params,
                                 t0=self.ts[0])
         return sols.ys, sols.success

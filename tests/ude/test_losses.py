@@ -170,6 +170,9 @@ def test_forecast_starts_from_the_data_first_time():
     np.testing.assert_allclose(np.asarray(pred[0]), exact(K_TRUE, ts=later), rtol=1e-8)
     with pytest.raises(ValueError, match="must not start before"):
         loss.predict(Decay(jnp.asarray(K_TRUE)), ts=np.array([-1.0, 1.0]))
+    # the loss passed to a compiled function (its data traced) forecasts the same
+    traced = eqx.filter_jit(lambda lo, m: lo.predict(m, ts=later)[0])(loss, Decay(K_TRUE))
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(pred), rtol=1e-12)
 
 
 def test_a_network_or_physics_of_the_wrong_size_is_an_error():
