@@ -45,3 +45,23 @@ def apply() -> str:
 def status() -> str:
     """Whether ``import bayes_ude`` switched x64 on for this process, and why (not)."""
     return _state
+
+
+def promote(tree, dtype=None):
+    """Floating arrays of ``tree`` with fewer bits than ``dtype`` (default: JAX's default
+    float, float64 with x64 on) cast to it; everything else as it is. Used wherever user
+    input enters a computation (solves, SG-MCMC starts, SINDy data), so that a float32
+    array does not carry the work into float32 unannounced."""
+    import equinox as eqx  # lazily, like jax in apply(): this module is imported first
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.result_type(float) if dtype is None else dtype
+
+    def cast(x):
+        if (eqx.is_inexact_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
+                and jnp.finfo(x.dtype).bits < jnp.finfo(dtype).bits):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree.map(cast, tree)

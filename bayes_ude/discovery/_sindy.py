@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from .. import _precision
 from ._library import AbstractLibrary, PolynomialLibrary, _check_names, default_feature_names
 from ._stlsq import stlsq_grid
 
@@ -44,10 +45,9 @@ def _as_data(x: ArrayLike, name: str, ndims: tuple[int, ...], layout: str) -> Ar
         raise ValueError(f"{name} must be a {want} array {layout}, got shape {arr.shape}")
     if arr.shape[-2] == 0 or arr.shape[-1] == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating) or (
-            jnp.finfo(arr.dtype).bits < jnp.finfo(jnp.result_type(float)).bits):
-        # integers, and float32 data when x64 is on: the fit runs in JAX's default float
-        arr = arr.astype(jnp.result_type(float))
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(float)
+    arr = _precision.promote(arr)  # float32 data: the fit runs in JAX's default float
     bad = _count_nonfinite(arr)
     if bad:
         raise ValueError(

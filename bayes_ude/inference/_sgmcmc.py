@@ -33,6 +33,7 @@ from blackjax.sgmcmc.gradients import logdensity_estimator as _blackjax_logdensi
 from jaxtyping import PyTree
 from tqdm.auto import tqdm
 
+from .. import _precision
 from .._batching import batch_map, resolve_devices
 from ._arviz import to_inference_data
 from ._chunks import run_chunks
@@ -97,15 +98,6 @@ def grad_estimator(logprior_fn: Callable, loglikelihood_fn: Callable, data_size:
 
     grad_fn.data_size = int(data_size)
     return grad_fn
-
-
-def _as_default_float(x):
-    """Floating arrays in JAX's default float (float64 with x64 on): a float32 start
-    would run the whole chain in float32."""
-    if (isinstance(x, (jax.Array, np.ndarray, np.generic, float))
-            and jnp.issubdtype(jnp.result_type(x), jnp.floating)):
-        return jnp.asarray(x, jnp.result_type(float))
-    return x
 
 
 def sample_indices(key, n_items: int, size: int) -> jax.Array:
@@ -301,7 +293,7 @@ def run_sgmcmc(
                          f"0 included), got {first!r}")
     if not 0 < temperature < np.inf:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    init_position = jax.tree.map(_as_default_float, init_position)
+    init_position = _precision.promote(init_position)  # a float32 start: float64
     _position_dict(init_position, name)  # names checked before the run, not after
     key = jax.random.key(0) if key is None else key
     k_init, k_run = jax.random.split(key)

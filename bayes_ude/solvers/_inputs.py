@@ -181,17 +181,6 @@ def default_dtype(u0) -> np.dtype:
     return jnp.result_type(kind)
 
 
-def promote(tree, dtype):
-    """Floating arrays of ``tree`` with fewer bits than ``dtype`` cast to it."""
-    def cast(x):
-        if (eqx.is_inexact_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
-                and jnp.finfo(x.dtype).bits < jnp.finfo(dtype).bits):
-            return x.astype(dtype)
-        return x
-
-    return jax.tree.map(cast, tree)
-
-
 def check_precision(dtype, rtol, adaptive: bool) -> None:
     """Refuse an ``rtol`` that ``dtype`` cannot resolve; say once that float32 is used."""
     global _warned_float32

@@ -50,6 +50,7 @@ import optimistix as optx
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
+from .. import _precision
 from ._controller import GuardedPIDController
 from ._events import (
     Bolus,
@@ -64,7 +65,6 @@ from ._inputs import (
     default_dtype,
     flatten_state,
     is_array_like,
-    promote,
     unravel,
     validate,
     with_mass_matrix,
@@ -560,7 +560,7 @@ def solve(
     # Compute in JAX's default dtype (see the module notes): float32 inputs are promoted.
     u0 = jnp.asarray(u0)
     u0 = u0.astype(default_dtype(u0))
-    args = promote(args, jnp.result_type(float))
+    args = _precision.promote(args)
     check_precision(u0.dtype, rtol, adaptive)
     if sensitivity == "adjoint" and (tstops is not None or doses or mass_matrix is not None):
         raise ValueError(
