@@ -158,7 +158,7 @@ def fit(
 def _warn_if_failed(history: np.ndarray, desc: str) -> None:
     """Say when no loss was usable (every solve failed, or NaN: the parameters are those
     given) or when the last one was not (the parameters are then the last that solved)."""
-    failed = np.asarray(_failed(jnp.asarray(history))) if history.size else history
+    failed = _failed(history)
     if not history.size or not failed[-1]:
         return
     what = (f"the loss was a failed solve (>= FAILED_LOSS = {FAILED_LOSS:g}) or not finite "
@@ -212,8 +212,10 @@ def _value(loss, arrays, static, batch=None):
 
 
 def _failed(value):
-    """A loss that is not finite, or at least :data:`FAILED_LOSS` (a failed solve)."""
-    return ~jnp.isfinite(value) | (value >= FAILED_LOSS)
+    """A loss that is not finite, or at least :data:`FAILED_LOSS` (a failed solve): traced
+    in the Adam step, and on the history (numpy, no JAX dispatch) after it."""
+    xp = jnp if isinstance(value, jax.Array) else np
+    return ~xp.isfinite(value) | (value >= FAILED_LOSS)
 
 
 @eqx.filter_jit
@@ -267,8 +269,7 @@ def _adam(loss, arrays, static, opt, steps, batch_size, n_traj, key, patience, m
 def _last_solved(arrays, good, history):
     """The parameters reached, or, when their loss is a failed solve (the steps from
     there were skipped: they stay failed), the last ones whose loss was not."""
-    losses = np.concatenate(history)
-    failed = np.asarray(_failed(jnp.asarray(losses)))
+    failed = _failed(np.concatenate(history))
     return good if failed[-1] and not failed.all() else arrays
 
 
