@@ -236,11 +236,10 @@ def run_nuts(
         raise ValueError("keep_failed_states needs backend='blackjax' (NumPyro's NUTS does "
                          "not keep the state where a trajectory diverged)")
     if isinstance(init, dict):
-        unknown = sorted(set(init) - set(latent_sites(model, model_args, model_kwargs)))
-        if unknown:
-            raise ValueError(
-                f"init names {unknown}, not latent sites of the model (its latent sites: "
-                f"{sorted(latent_sites(model, model_args, model_kwargs))})")
+        latent = set(latent_sites(model, model_args, model_kwargs))
+        if set(init) - latent:
+            raise ValueError(f"init names {sorted(set(init) - latent)}, not latent sites of "
+                             f"the model (its latent sites: {sorted(latent)})")
     init_strategy = _init_strategy(init)
     chain_devices = _chain_devices(num_chains) if spread_chains else 1
     with interrupt_guard() as guard:
