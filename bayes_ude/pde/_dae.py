@@ -37,7 +37,9 @@ class MassMatrixShooting(eqx.Module):
     ----------
     ts : observation times ``(T,)``.
     ys : observations ``(B, T, n)``.
-    u0 : initial states ``(B, n)`` at ``t0`` (consistent with the algebraic rows).
+    u0 : initial states ``(B, n)`` at ``t0`` (consistent with the algebraic rows; an
+        inconsistent one fails the solve, ``solvers.Status.INCONSISTENT``, and the loss is
+        :data:`bayes_ude.ude.FAILED_LOSS`).
     t0 : start of the solves (``<= ts[0]``).
     scale : per-species residual scale ``(n,)``.
     mass_matrix : ``M`` ``(n, n)``, possibly singular.
@@ -66,8 +68,9 @@ class MassMatrixShooting(eqx.Module):
         ts, ys : data, ``ys`` of shape ``(T, n)`` or ``(B, T, n)``.
         mass_matrix : ``M`` of shape ``(n, n)``.
         u0 : initial states at ``t0``, ``(n,)`` or ``(B, n)``; default the first data point
-            of each trajectory (then ``t0`` defaults to ``ts[0]``).
-        t0 : start time (default ``ts[0]``); must not exceed ``ts[0]``.
+            of each trajectory (then ``t0`` must be ``ts[0]``, its default).
+        t0 : start time (default ``ts[0]``); must not exceed ``ts[0]``, and needs ``u0``
+            when before it.
         vector_field : ``f(t, u, params)``; default ``params(t, u)``.
         scale : per-species residual scale; default each species' largest ``|y|``.
         solver : a Rosenbrock solver (default :class:`bayes_ude.solvers.Rodas5P`).
@@ -86,6 +89,10 @@ class MassMatrixShooting(eqx.Module):
         t_start = float(ts[0]) if t0 is None else float(t0)
         if not t_start <= ts[0]:
             raise ValueError(f"t0={t_start} must not exceed ts[0]={ts[0]}")
+        if u0 is None and t_start < ts[0]:
+            raise ValueError(f"u0 is needed when t0={t_start} is before ts[0]={ts[0]}: the "
+                             f"default u0, the first data point, is the state at ts[0], "
+                             f"not at t0")
         if scale is None:
             s = np.abs(ys).reshape(-1, n).max(axis=0)
             s = np.where(s > 0, s, 1.0)

@@ -209,7 +209,15 @@ def check_precision(dtype, rtol, adaptive: bool) -> None:
 
 
 def with_mass_matrix(vector_field, u0, args, t0, saveat, solver, mass):
-    """Validate a mass-matrix problem and give the matrix to the (Rosenbrock) solver."""
+    """Validate a mass-matrix problem and give the matrix to the (Rosenbrock) solver.
+
+    Returns the solver and, where the index and consistency could not be checked here
+    (``u0``, ``args`` or the times are traced), the basis of the algebraic equations
+    (:func:`algebraic_basis`) for the solve to test ``u0`` against in the program: a
+    traced inconsistent ``u0`` fails the solve (``Status.INCONSISTENT``) instead of
+    being projected onto the constraints without a word. ``None`` when checked here or
+    when ``M`` is nonsingular.
+    """
     from ._rosenbrock import AbstractRosenbrock
 
     if not isinstance(solver, AbstractRosenbrock):
@@ -223,13 +231,14 @@ def with_mass_matrix(vector_field, u0, args, t0, saveat, solver, mass):
             f"mass_matrix must be a square (n, n) matrix for a 1-D state of length n; got "
             f"mass_matrix of shape {mass.shape} for u0 of shape {u0.shape}"
         )
+    solver = dataclasses.replace(solver, mass_matrix=mass)
     values = [concrete(x) for x in (mass, u0, saveat)]
     concrete_args = all(concrete(x) is not None for x in jax.tree.leaves(args))
     if all(v is not None for v in values) and concrete_args:
-        m = np.asarray(mass)
         t_start = float(values[2][0] if t0 is None else t0)
-        check_dae(vector_field, np.asarray(u0), args, t_start, m)
-    return dataclasses.replace(solver, mass_matrix=mass)
+        check_dae(vector_field, np.asarray(u0), args, t_start, np.asarray(mass))
+        return solver, None
+    return solver, algebraic_basis(mass)
 
 
 # Relative size below which a singular value of M counts as zero, and the condition
@@ -241,6 +250,41 @@ _INDEX1_COND = 1e12
 _CONSISTENCY_TOL = 1e-8
 
 
+def consistency_tol(dtype) -> float:
+    """:data:`_CONSISTENCY_TOL`, or 64 machine epsilons where the dtype is coarser."""
+    return max(_CONSISTENCY_TOL, 64 * float(jnp.finfo(dtype).eps))
+
+
+def _null_bases(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal bases ``(L, R)`` of the left and right null spaces of ``M``."""
+    u, s, vt = np.linalg.svd(mass)
+    null = s <= _RANK_TOL * max(s.max(initial=0.0), 1.0)
+    return u[:, null], vt[null].T
+
+
+def algebraic_basis(mass):
+    """``L`` with ``L^T f = 0`` the algebraic equations of ``M u' = f`` (``None`` for a
+    nonsingular ``M``). A traced ``M`` gives the ``(n, n)`` matrix of left singular
+    vectors with the non-null columns zeroed (one SVD in the program)."""
+    m = concrete(mass)
+    if m is not None:
+        left, _ = _null_bases(m)
+        return left if left.shape[1] else None
+    u, s, _ = jnp.linalg.svd(mass)
+    null = s <= _RANK_TOL * jnp.maximum(jnp.max(s), 1.0)
+    return u * null[None, :]
+
+
+def inconsistent(vector_field, u0, args, t0, left) -> jax.Array:
+    """Whether the algebraic equations ``L^T f(t0, u0) = 0`` fail at ``u0`` (traced
+    bool), with the tolerance of :func:`check_dae`. A non-finite ``f`` is left to the
+    solve, which reports it as ``NONFINITE``."""
+    f = jax.lax.stop_gradient(vector_field(t0, u0, args))
+    residual = jnp.max(jnp.abs(jnp.asarray(left, f.dtype).T @ f))
+    tol = consistency_tol(f.dtype) * (1.0 + jnp.max(jnp.abs(f)))
+    return jnp.all(jnp.isfinite(f)) & (residual > tol)
+
+
 def check_dae(vector_field, u0, args, t0: float, mass) -> None:
     """Raise ``ValueError`` if ``M u' = f`` is not index 1 or ``u0`` is inconsistent.
 
@@ -249,17 +293,17 @@ def check_dae(vector_field, u0, args, t0: float, mass) -> None:
     ``u0``, and ``L^T (df/du) R`` (their Jacobian with respect to the algebraic variables)
     must be nonsingular for the system to be of index 1.
     """
-    u, s, vt = np.linalg.svd(mass)
-    null = s <= _RANK_TOL * max(s.max(initial=0.0), 1.0)
-    if not null.any():
+    left, right = _null_bases(mass)
+    if not left.shape[1]:
         return
-    left, right = u[:, null], vt[null].T
     f = np.asarray(vector_field(jnp.asarray(t0), jnp.asarray(u0), args))
+    if not np.all(np.isfinite(f)):
+        return  # the solve stops on its first step and reports NONFINITE
     residual = left.T @ f
-    scale = 1.0 + np.max(np.abs(f))
-    if np.max(np.abs(residual)) > _CONSISTENCY_TOL * scale:
+    tol = consistency_tol(f.dtype) * (1.0 + np.max(np.abs(f)))
+    if np.max(np.abs(residual)) > tol:
         zero_rows = np.flatnonzero(~np.any(mass != 0, axis=1))
-        rows = [int(i) for i in zero_rows if abs(f[i]) > _CONSISTENCY_TOL * scale]
+        rows = [int(i) for i in zero_rows if abs(f[i]) > tol]
         where = f"; algebraic rows of f violated: {rows}" if rows else ""
         raise ValueError(
             "inconsistent initial conditions: the algebraic equations of M u' = f(t, u) are "

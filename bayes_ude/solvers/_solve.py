@@ -64,6 +64,7 @@ from ._inputs import (
     check_precision,
     default_dtype,
     flatten_state,
+    inconsistent,
     is_array_like,
     unravel,
     validate,
@@ -411,7 +412,8 @@ def _num_inexact(tree) -> int:
 
 
 @eqx.filter_jit
-def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, sensitivity):
+def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, sensitivity,
+               algebraic=None):
     dtype = u0.dtype
     saveat = jnp.asarray(saveat, dtype)
     t0 = saveat[0] if t0 is None else jnp.asarray(t0, dtype)
@@ -457,6 +459,12 @@ def _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts: _Opts, s
     else:
         ys, status, nsteps = _run_plain(problem, diff, const, opts,
                                         dfx.RecursiveCheckpointAdjoint())
+    if algebraic is not None:
+        # A DAE whose u0 could not be checked before tracing: an inconsistent start fails
+        # the solve (the root cause, so it replaces any later status).
+        bad = inconsistent(vector_field, u0, args, t0, algebraic)
+        status = jnp.where(bad, Status.INCONSISTENT, status).astype(status.dtype)
+        ys = jax.tree.map(lambda v: _nan_where_failed(v, ~bad), ys)
     return Solution(ts=saveat, ys=ys, status=status, num_steps=nsteps)
 
 
@@ -516,7 +524,9 @@ def solve(
     mass_matrix : ``M`` of ``M u' = f(t, u, args)`` (1-D ``u``), possibly singular for an
         index-1 DAE; needs a Rosenbrock solver (:class:`Rodas5P`, :class:`Rosenbrock23`).
         The initial state must be consistent (algebraic equations satisfied) and the system
-        of index 1; both are checked before solving when the inputs are concrete.
+        of index 1; both are checked before solving when the inputs are concrete
+        (``ValueError``). Under ``jit``/``vmap``/``grad`` an inconsistent ``u0`` fails the
+        solve with ``Status.INCONSISTENT`` (one evaluation of ``f`` at ``t0``).
 
     Returns
     -------
@@ -569,12 +579,15 @@ def solve(
         )
     if not adaptive and (dt0 is None or not dt0 > 0):
         raise ValueError(f"adaptive=False needs a positive step dt0, got dt0={dt0!r}")
+    algebraic = None
     if mass_matrix is not None:
         mass_matrix = jnp.asarray(mass_matrix, u0.dtype)
-        solver = with_mass_matrix(vector_field, u0, args, t0, saveat, solver, mass_matrix)
+        solver, algebraic = with_mass_matrix(vector_field, u0, args, t0, saveat, solver,
+                                             mass_matrix)
     opts = _Opts(solver=solver, rtol=float(rtol), atol=float(atol), max_steps=max_steps,
                  dt0=None if dt0 is None else float(dt0), adaptive=bool(adaptive))
-    sol = _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts, sensitivity)
+    sol = _solve_jit(vector_field, u0, saveat, args, t0, tstops, doses, opts, sensitivity,
+                     algebraic)
     if structure is not None:
         sol = dataclasses.replace(sol, ys=unravel(sol.ys, *structure))
     return sol

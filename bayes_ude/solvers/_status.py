@@ -17,6 +17,7 @@ class Status(enum.IntEnum):
     STEP_SIZE_COLLAPSE = 2
     NONFINITE = 3
     SOLVER_FAILURE = 4
+    INCONSISTENT = 5
 
 
 _MESSAGES = {
@@ -30,6 +31,9 @@ _MESSAGES = {
     "the parameters and where the vector field is defined",
     Status.SOLVER_FAILURE: "the solver failed (e.g. a nonlinear solve in an implicit method "
     "did not converge)",
+    Status.INCONSISTENT: "the initial state does not satisfy the algebraic equations of "
+    "M u' = f(t, u) at t0 (inconsistent initial conditions): choose u0 so that they hold "
+    "(a solve from it would not be a solution of the DAE)",
 }
 
 

@@ -101,9 +101,13 @@ def test_gradient_through_the_dae_matches_finite_differences():
     ({"t0": 1.0}, "t0"),
     ({"solver": solvers.Tsit5()}, "solver"),
     ({"scale": -1.0}, "scale"),
+    # The first data point is the state at ts[0] = 1e-5, not at t0 = 0: it used to be
+    # taken as u0 at t0.
+    ({"u0": None}, "u0 is needed"),
 ])
 def test_bad_input(kwargs, match):
-    call = {"ts": TS, "ys": np.ones((40, 3)), "mass_matrix": MASS, "t0": 0.0, **kwargs}
+    call = {"ts": TS, "ys": np.ones((40, 3)), "mass_matrix": MASS, "t0": 0.0,
+            "u0": TRAIN_U0[0], **kwargs}
     with pytest.raises(ValueError, match=match):
         pde.MassMatrixShooting(**call)
 

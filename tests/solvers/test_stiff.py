@@ -187,6 +187,27 @@ def test_dae_bad_input(kwargs, match):
         solvers.solve(robertson_dae, call.pop("u0"), ROB_TS, K_ROBERTSON, **call)
 
 
+def test_traced_inconsistent_start_fails_the_solve():
+    """Under vmap (and with a traced mass matrix) u0 cannot be checked before the solve.
+    The Rosenbrock step used to project an inconsistent start onto the constraint and
+    report success (y1 + y2 + y3 = 1.5 came out as a trajectory summing to 1); now that
+    member fails with INCONSISTENT and NaN values, and its neighbour is untouched."""
+    ts = jnp.array([0.0, 1e-3, 1e-2])
+    u0s = jnp.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.5]])
+
+    def run(u0, mass):
+        return solvers.solve(robertson_dae, u0, ts, K_ROBERTSON, solver=solvers.Rodas5P(),
+                             mass_matrix=mass)
+
+    sols = jax.vmap(run, in_axes=(0, None))(u0s, ROB_MASS)
+    assert np.asarray(sols.status).tolist() == [solvers.Status.SUCCESS, solvers.Status.INCONSISTENT]
+    assert np.all(np.isnan(np.asarray(sols.ys[1])))
+    np.testing.assert_allclose(np.asarray(sols.ys[0]).sum(axis=1), 1.0, atol=1e-12)
+    traced_mass = jax.jit(run)(u0s[1], jnp.asarray(ROB_MASS))
+    assert int(traced_mass.status) == solvers.Status.INCONSISTENT
+    assert "inconsistent" in solvers.status_message(int(traced_mass.status))
+
+
 def test_index_two_system_is_rejected():
     # y1' = y2, 0 = y1 - sin t: y2 does not appear in the constraint (index 2).
     with pytest.raises(ValueError, match="not of index 1"):
