@@ -125,6 +125,11 @@ class MLP(eqx.Module):
 
     def __call__(self, x: Array) -> Array:
         """Evaluate on one input vector of shape ``(in_size,)`` (``vmap`` for batches)."""
+        if jnp.shape(x) != (self.in_size,):
+            # A batch (B, in_size) would meet the weights as W @ x: an error for most B,
+            # and for B == in_size a silently wrong column-wise evaluation.
+            raise ValueError(f"MLP takes one input vector of shape ({self.in_size},), got "
+                             f"shape {jnp.shape(x)}; use jax.vmap(net)(xs) for a batch")
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         return self.final_activation(self.layers[-1](x))

@@ -24,6 +24,15 @@ def test_mlp_shapes_and_activation():
     assert batch.shape == (7, 3)
 
 
+def test_mlp_refuses_a_batch_it_would_evaluate_column_wise():
+    # (2, 2) into a 2-2-2 network used to run as W @ x: each column a sample, no error.
+    square = nn.MLP(2, 2, widths=(2,), key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"shape \(2,\).*vmap"):
+        square(jnp.array([[1.0, 2.0], [3.0, 4.0]]))
+    with pytest.raises(ValueError, match="vmap"):
+        square(jnp.float64(1.0))
+
+
 def test_small_init_starts_near_zero_and_zero_last_at_zero():
     key = jax.random.key(1)
     small = nn.MLP(2, 2, (5, 5, 5), "tanh", key=key, init="small", small_scale=1e-4)
