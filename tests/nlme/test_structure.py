@@ -5,6 +5,7 @@ the package's modules, and no function-level import but the two documented lazy 
 the Bayesian layer."""
 
 import ast
+import functools
 from pathlib import Path
 
 import bayes_ude
@@ -19,7 +20,9 @@ LAZY_IMPORTS = {("_fit.py", "fit"), ("_command_run.py", "_run"),
                 ("_command_data.py", "_build_model"), ("_figure_worker.py", "wait")}
 
 
+@functools.cache
 def _modules():
+    # parsed once: the cycle test used to parse the whole package once per module (35 s)
     return {p.name: ast.parse(p.read_text()) for p in sorted(NLME.glob("*.py"))}
 
 
