@@ -147,6 +147,24 @@ def _copies_bwd(n, _, ct):
 _copies.defvjp(_copies_fwd, _copies_bwd)
 
 
+def _check_leading_sizes(xs) -> None:
+    """Every leaf of ``xs`` must have the same leading size: padding repeats a shorter
+    leaf's last member and the result is cut to the first leaf's size, so 4 initial states
+    with 3 rates used to solve the 4th with the 3rd rate, where ``vmap`` raises."""
+    paths = jax.tree_util.tree_flatten_with_path(xs)[0]
+    sizes = {}
+    for path, leaf in paths:
+        shape = jnp.shape(leaf)
+        if not shape:
+            raise ValueError(f"batch_map: every array of the batch needs a leading batch "
+                             f"axis; {jax.tree_util.keystr(path) or 'xs'} is a scalar")
+        sizes.setdefault(int(shape[0]), jax.tree_util.keystr(path) or "xs")
+    if len(sizes) > 1:
+        found = ", ".join(f"{where}: {size}" for size, where in sizes.items())
+        raise ValueError(f"the batched inputs must all have the same leading (batch) size, "
+                         f"got {found}")
+
+
 def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str = "auto",
               devices: int | str | Sequence | None = None, copy_args: bool = True,
               isolate: bool = False) -> Any:
@@ -185,6 +203,7 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
     leaves = jax.tree.leaves(xs)
     if not leaves:
         raise ValueError("batch_map: xs has no arrays")
+    _check_leading_sizes(xs)
     n = int(jnp.shape(leaves[0])[0])
     if block == "auto":
         block = default_block(devices)

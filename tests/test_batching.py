@@ -56,6 +56,22 @@ def test_bad_devices_are_clear_errors():
     assert resolve_devices(None) == jax.local_devices()[:1]  # one device on a CPU
 
 
+def test_batched_inputs_of_different_sizes_are_refused():
+    # Padding repeated the shorter input's last member and the result was cut to the first
+    # input's size: on several devices, 4 initial states with 3 rates solved the 4th with
+    # the 3rd rate (one device: vmap's "inconsistent sizes"); batch_map in blocks did it
+    # on one device too.
+    with pytest.raises(ValueError, match="same leading"):
+        batch_map(lambda x, a: x[0] + x[1], (jnp.arange(10.0), jnp.arange(7.0)), block=5)
+    with pytest.raises(ValueError, match="leading batch axis.*scalar"):
+        batch_map(lambda x, a: x[0] + x[1], (jnp.arange(10.0), jnp.float64(1.0)))
+    from bayes_ude.solvers import solve_ensemble
+
+    with pytest.raises(ValueError, match=r"args has 3, u0 has 4 \(use batch_u0=False"):
+        solve_ensemble(lambda t, u, k: -k * u, jnp.ones((4, 1)), jnp.array([0.0, 1.0]),
+                       jnp.array([1.0, 2.0, 3.0]))
+
+
 _MULTI = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, pandas as pd
     jax.config.update("jax_enable_x64", True)
