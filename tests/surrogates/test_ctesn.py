@@ -153,6 +153,33 @@ def test_outside_the_box(robertson_surrogate):
         assert np.all(np.isnan(warn(outside)))
     allow = sur.__class__(**{**vars(sur), "extrapolate": "allow"})
     assert np.all(np.isfinite(allow(outside)))
+    # weights(p) is held to the same box (it used to extrapolate without a word)
+    with pytest.raises(ValueError, match="lies outside the training box"):
+        sur.weights(outside)
+    assert np.all(np.isnan(jax.jit(lambda q: sur.weights(q))(outside)))
+
+
+def test_held_out_error_starts_where_training_did_and_wide_gaps_warn():
+    """u' = -k u from u0 = 1 at t0 = 0, saved on [1, 5]: the surrogate against exp(-k t).
+    held_out_error used to solve from u0 at ts[0] = 1 unless told t0 again (median error
+    63 % for a surrogate accurate to 1e-6). Six save times are 4 reservoir time units
+    apart, where between them the error was 13 %: at() warns there."""
+    def decay(t, u, k):
+        return -k * u
+
+    ts = np.linspace(1.0, 5.0, 6)
+    sur = surrogates.fit_ctesn(decay, jnp.array([1.0]), ts, [0.5], [2.0], t0=0.0, n_train=16,
+                               reservoir_size=20, time="linear", progress=False)
+    k = np.array([0.6, 1.3, 1.9])
+    exact = np.exp(-k[:, None] * ts)
+    assert np.max(np.abs(np.asarray(sur(jnp.asarray(k[:, None])))[..., 0] - exact)) < 1e-4
+    assert sur.training.t0 == 0.0
+    assert surrogates.held_out_error(sur, decay, [1.0], n=8).median[0] < 1e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sur.at(ts[1:4])  # save times of the training grid: no warning
+    with pytest.warns(UserWarning, match="between training save times 4 reservoir time"):
+        sur.at(np.linspace(1.0, 5.0, 41))
 
 
 def _tiny(vector_field, **kw):
