@@ -74,14 +74,18 @@ class UniversalPDE(eqx.Module):
     def effective_diffusion(self) -> Array:
         """The ``D`` of ``D u_xx`` that the learned 3-point operator stands for.
 
-        ``D u_xx ~ (D / dx^2) conv([1, -2, 1])``, so ``diffusion * [w_1, -2 w_1, w_1]``
-        is ``D u_xx`` with ``D = diffusion * w_1 * dx^2``; computed from the centre weight
-        as ``-diffusion * w_centre * dx^2 / 2`` (1-D grids, 3-point stencils)."""
+        A 3-point stencil ``[w_0, w_1, w_2]`` is ``(w_0 + w_2) / 2 [1, -2, 1]`` (a second
+        difference) plus ``(w_2 - w_0) / 2 [-1, 0, 1]`` (a first difference) plus
+        ``(w_0 + w_1 + w_2) [0, 1, 0]`` (a multiple of ``u``, which trades with the
+        pointwise network). So ``D = diffusion * (w_0 + w_2) / 2 * dx^2``, from the side
+        weights: the centre weight alone (``-diffusion * w_1 * dx^2 / 2``, the same for a
+        zero-sum symmetric stencil) gave 0.015 for ``[1, -3, 1]`` at ``D = 0.01``, the
+        extra ``-u`` counted as diffusion (1-D grids, 3-point stencils)."""
         weights = getattr(self.stencil, "weights", None)
         if weights is None or weights.shape != (3,) or self.grid.ndim != 1:
             raise ValueError("effective_diffusion needs a 3-point LearnableStencil on a "
                              "1-D grid")
-        return -self.diffusion * weights[1] * self.grid.spacing[0] ** 2 / 2
+        return self.diffusion * (weights[0] + weights[2]) / 2 * self.grid.spacing[0] ** 2
 
 
 class _Fixed(eqx.Module):

@@ -161,6 +161,16 @@ def test_normalised_stencil_and_effective_diffusion():
     model = pde.UniversalPDE(grid, None, pde.LearnableStencil(3, init=w), diffusion=2.0)
     # 2 * 3 * [1, -2, 1] = D / dx^2 [1, -2, 1]  =>  D = 6 dx^2.
     assert np.isclose(float(model.effective_diffusion), 6 * 0.04**2)
+    # [1, -3, 1] is [1, -2, 1] plus -u, which is not diffusion: D = 0.01 whatever the
+    # split with the pointwise term (the centre weight gave 0.015). Checked against the
+    # right-hand side: D u_xx - diffusion u.
+    diffusion = 0.01 / 0.04**2
+    model = pde.UniversalPDE(grid, None, pde.LearnableStencil(3, init=[1.0, -3.0, 1.0]),
+                             diffusion=diffusion)
+    assert np.isclose(float(model.effective_diffusion), 0.01)
+    u = jnp.sin(2 * np.pi * grid.x / (26 * 0.04))
+    np.testing.assert_allclose(model(0.0, u), 0.01 * pde.laplacian(u, grid) - diffusion * u,
+                               atol=1e-12)
 
 
 # --- the method of lines through solvers.solve -----------------------------------------
