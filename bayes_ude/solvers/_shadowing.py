@@ -111,15 +111,14 @@ def _linearisation(f, objective, us, p_flat, unravel, dt):
     return phi, phi_p, fs, j, j_u, j_p
 
 
-def _leading_lyapunov(phi, fs, dt):
+def _leading_lyapunov(phi, fs, dt, f_min):
     """The leading Lyapunov exponent orthogonal to ``f`` (the neutral time-shift direction
     of an autonomous system left out, as in NILSS): growth of a normalised tangent."""
     n = phi.shape[-1]
-    f_scale = jnp.max(jnp.linalg.norm(fs, axis=1))
 
     def step(v, inputs):
         phi_k, f_next = inputs
-        w = _project((phi_k @ v)[:, None], f_next, f_scale)[0][:, 0]
+        w = _project((phi_k @ v)[:, None], f_next, f_min)[0][:, 0]
         norm = jnp.linalg.norm(w)
         return w / norm, jnp.log(norm)
 
@@ -163,11 +162,13 @@ def _block_tridiagonal_solve(diag, lower, rhs):
     return w
 
 
-def _lss(phi, phi_p, fs, dt, alpha):
-    """The LSS tangent ``v`` (m + 1, n, P) and time dilation ``eta`` (m, P)."""
+def _lss(phi, phi_p, fs, dt, alpha, f_min):
+    """The LSS tangent ``v`` (m + 1, n, P) and time dilation ``eta`` (m, P). No dilation
+    where ``|f| <= f_min`` (:func:`_time_shift_floor`)."""
     m, n, _ = phi.shape
     eye = jnp.eye(n)
-    F = dt * fs[1:]  # (m, n): the dilation's column in constraint row k
+    moving = jnp.linalg.norm(fs[1:], axis=1) > f_min
+    F = jnp.where(moving[:, None], dt * fs[1:], 0.0)  # (m, n): the dilation's column in row k
     diag = (jnp.einsum("kij,klj->kil", phi, phi) + eye
             + jnp.einsum("ki,kj->kij", F, F) / alpha**2)
     lower = -phi[1:]  # S[k+1, k] = -Phi_{k+1}
@@ -191,18 +192,29 @@ def _place(mat, rows, cols, blocks):
     return mat.at[rr, cc].set(blocks)
 
 
-def _project(x, f, f_scale):
+def _time_shift_floor(us, fs, dt):
+    """The ``|f|`` at or below which the flow is no time-shift direction: ``1e-2`` of the
+    window's largest ``|f|``, and at least what moves the state by ``sqrt(eps)`` of its
+    size in one step. Near a fixed point there is no time-shift direction worth the name,
+    and the shift ``xi = f.x / |f|^2`` that would stand for the removed part grows without
+    bound. The absolute floor matters when the whole window sits at a fixed point: its
+    ``|f|`` is round-off, and relative to its own largest value the projections ran along
+    that noise (``u' = -u + p``: d<u>/dp 0.37 and -1.37 by NILSS, NaN by LSS, for 1)."""
+    eps = jnp.finfo(us.dtype).eps
+    largest = jnp.max(jnp.linalg.norm(fs, axis=1))
+    return jnp.maximum(1e-2 * largest, jnp.sqrt(eps) * jnp.max(jnp.abs(us)) / dt)
+
+
+def _project(x, f, f_min):
     """``x`` without its component along ``f`` (columns of ``x``), and that component.
-    Nothing is removed where ``|f|`` is below ``1e-2 f_scale`` (the largest ``|f|`` of the
-    window): near a fixed point there is no time-shift direction worth the name, and the
-    shift ``xi = f.x / |f|^2`` that would stand for the removed part grows without bound."""
+    Nothing is removed where ``|f| <= f_min`` (:func:`_time_shift_floor`)."""
     ff = f @ f
-    safe = ff > (1e-2 * f_scale) ** 2
+    safe = ff > f_min ** 2
     coef = jnp.where(safe, (f @ x) / jnp.where(safe, ff, 1.0), 0.0)
     return x - jnp.outer(f, coef), coef
 
 
-def _nilss(phi, phi_p, fs, j_u, dt, n_segments, n_tangents, key):
+def _nilss(phi, phi_p, fs, j_u, dt, n_segments, n_tangents, key, f_min):
     """``(d<J_u v>, xi, R)``: the shadow direction's ``sum_k J_u v`` per parameter and
     objective component, the removed time-shift coefficients ``xi`` (segments - 1, P) at
     the interfaces, and the ``R`` factors (segments - 1, M, M)."""
@@ -226,8 +238,8 @@ def _nilss(phi, phi_p, fs, j_u, dt, n_segments, n_tangents, key):
             return (phi_k @ v + phi_p_k, phi_k @ w), out
 
         (v1, w1), (d, c, jv, jw) = jax.lax.scan(step, (v0, w0), (phi_i, phi_p_i, j_u_i))
-        v_proj, xi_v = _project(v1, f_i, f_scale)
-        w_proj, xi_w = _project(w1, f_i, f_scale)
+        v_proj, xi_v = _project(v1, f_i, f_min)
+        w_proj, xi_w = _project(w1, f_i, f_min)
         q, r = jnp.linalg.qr(w_proj)
         sign = jnp.sign(jnp.diagonal(r))
         sign = jnp.where(sign == 0, 1.0, sign)
@@ -237,9 +249,8 @@ def _nilss(phi, phi_p, fs, j_u, dt, n_segments, n_tangents, key):
         out = (d.sum(0), c.sum(0), jv.sum(0), jw.sum(0), xi_v, xi_w, r, b)
         return (v_next, q), out
 
-    f_scale = jnp.max(jnp.linalg.norm(fs, axis=1))
     w_init, _ = jnp.linalg.qr(_project(jax.random.normal(key, (n, n_tangents)), fs[0],
-                                       f_scale)[0])
+                                       f_min)[0])
     carry = (jnp.zeros((n, n_p)), w_init)
     _, (d, c, jv, jw, xi_v, xi_w, r, b) = jax.lax.scan(segment, carry,
                                                         (phi_s, phi_p_s, j_u_s, f_end))
@@ -373,7 +384,7 @@ def shadowing(
     if objective_ndim == 0:
         gradient = jax.tree.map(lambda x: x[0], gradient)
         average = average[0]
-    _check(lyapunov, window, method, excess, spinup)
+    _check(lyapunov, window, method, excess, spinup, grad)
     return Shadowing(gradient, average, lyapunov, window)
 
 
@@ -388,17 +399,19 @@ def _shadow(vector_field, objective, u0, p, dt, n_spinup, n_steps, method, segme
     phi, phi_p, fs, j, j_u, j_p = _linearisation(f, objective, us, p_flat, unravel, dt)
     j_steps = j[:-1]  # J at the start of each step: the window's rectangle rule
     average = jnp.mean(j_steps, axis=0)
+    f_min = _time_shift_floor(us, fs, dt)
     if method == "lss":
         if alpha is None:
             alpha = jnp.sqrt(jnp.mean(jnp.sum((us - us.mean(0)) ** 2, axis=1)))
-        v, eta = _lss(phi, phi_p, fs, dt, alpha)
+            alpha = jnp.where(alpha > 0, alpha, 1.0)  # a window at a fixed point: no dilation
+        v, eta = _lss(phi, phi_p, fs, dt, alpha, f_min)
         grad = (jnp.einsum("kqn,knp->qp", j_u[:-1], v[:-1]) / n_steps
                 + jnp.mean(j_p[:-1], axis=0)
                 + jnp.einsum("kp,kq->qp", eta, j_steps - average) / n_steps)
-        lyapunov = _leading_lyapunov(phi, fs, dt)[None]
+        lyapunov = _leading_lyapunov(phi, fs, dt, f_min)[None]
     else:
         window = n_steps * dt
-        jv, xi, r = _nilss(phi, phi_p, fs, j_u, dt, segments, n_unstable, key)
+        jv, xi, r = _nilss(phi, phi_p, fs, j_u, dt, segments, n_unstable, key, f_min)
         k_seg = n_steps // segments
         j_interfaces = j[k_seg:n_steps:k_seg]  # (segments - 1, q)
         grad = (jv / window + jnp.mean(j_p[:-1], axis=0)
@@ -422,12 +435,18 @@ def shadowing_gradient(vector_field: Callable, u0, p, objective: Callable,
     return shadowing(vector_field, u0, p, objective, t_span, **kwargs).gradient
 
 
-def _check(lyapunov, window, method, excess, spinup):
+def _check(lyapunov, window, method, excess, spinup, grad):
     """The spin-up, the window and NILSS's tangent count against the trajectory and the
-    estimated exponents (concrete values only: under jit the caller reads
-    ``Shadowing.lyapunov``)."""
+    estimated exponents, and a gradient or exponent that is not finite (concrete values
+    only: under jit the caller reads ``Shadowing.lyapunov``)."""
     if isinstance(lyapunov, jax.core.Tracer):
         return
+    if not (np.all(np.isfinite(np.asarray(grad))) and np.all(np.isfinite(np.asarray(lyapunov)))):
+        warnings.warn(
+            "shadowing: the gradient or the Lyapunov exponents are not finite (a trajectory "
+            "that left the region where vector_field is finite, or a singular shadowing "
+            f"system); exponents {np.array2string(np.asarray(lyapunov), precision=3)}",
+            stacklevel=3)
     if float(excess) > 0.5:
         warnings.warn(
             f"shadowing: after a spin-up of {spinup:g} the window starts outside the region "
