@@ -316,7 +316,18 @@ def run_psgld(
 
 def posterior_models(idata, model: CRNN) -> CRNN:
     """The :func:`run_psgld` draws as one CRNN whose arrays have leading ``(chain, draw)``
-    axes (``jax.vmap`` twice to simulate every draw)."""
+    axes (``jax.vmap`` twice to simulate every draw). ``model`` must be the one sampled
+    (its pruning mask is not in the draws): another mask, e.g. the unpruned model, would
+    bring back pruned entries at their prior draws; that is refused."""
+    if "stoichiometry" in idata.posterior:
+        sampled = np.any(np.asarray(idata.posterior["stoichiometry"]) != 0, axis=(0, 1))
+        if sampled.shape == model.mask.shape and np.any(sampled != np.asarray(model.mask)):
+            j, i = (int(x[0]) for x in np.nonzero(sampled != np.asarray(model.mask)))
+            raise ValueError(
+                f"model's pruning mask differs from the sampled model's (reaction {j}, species "
+                f"{i}: {'kept' if model.mask[j, i] else 'pruned'} in model, "
+                f"{'kept' if sampled[j, i] else 'pruned'} in the draws); pass the model given "
+                "to the sampler")
     arrays, static = eqx.partition(model, eqx.is_inexact_array)
     template = {"crnn": arrays, "log_sigma": jnp.zeros(())}
     draws = inference.posterior_pytree(idata, template, name="theta")

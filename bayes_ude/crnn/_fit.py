@@ -10,6 +10,8 @@ when a solve fails).
 
 from __future__ import annotations
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -105,6 +107,13 @@ class Experiments(eqx.Module):
 
     def subset(self, index: ArrayLike) -> Experiments:
         """The experiments at ``index`` (keeping this data set's ``scale``)."""
+        if not isinstance(index, jax.core.Tracer):  # JAX would clamp one out of range
+            idx = np.asarray(index)
+            n = self.n_experiments
+            if idx.dtype.kind not in "iub" or (idx.dtype.kind != "b" and idx.size and (
+                    idx.min() < -n or idx.max() >= n)):
+                raise ValueError(f"index must hold experiment indices in [0, {n}), got "
+                                 f"{idx.tolist()}")
         index = jnp.asarray(index)
         return eqx.tree_at(
             lambda d: (d.ys, d.u0, d.temperature), self,
@@ -122,6 +131,12 @@ def check_model_data(model: CRNN, data: Experiments) -> None:
                          f"n_species={model.n_species}")
     if model.arrhenius and data.temperature is None:
         raise ValueError("an Arrhenius CRNN needs the temperature of every experiment")
+    if not model.arrhenius and data.temperature is not None:
+        warnings.warn("the experiments have temperatures but the CRNN has no Arrhenius "
+                      "kinetics: the temperatures are not used, and one rate constant per "
+                      "reaction is fitted to all of them (build it with arrhenius=True, or "
+                      "CRNN.from_mechanism(..., activation_energy=...))", UserWarning,
+                      stacklevel=3)
 
 
 #: How each experiment is solved unless told otherwise (the ``options`` of every function
@@ -151,6 +166,9 @@ def simulate(model: CRNN, ts: ArrayLike, u0: ArrayLike, temperature: ArrayLike |
         raise ValueError(f"u0 must have shape (B, n_species) with n_species={model.n_species}, "
                          f"got {u0.shape}")
     if u0.ndim == 1:
+        if temperature is not None and np.ndim(temperature) != 0:
+            raise ValueError(f"one experiment (u0 of shape (n_species,)) takes one "
+                             f"temperature, got shape {np.shape(temperature)}")
         return simulate_one(model, ts, u0, temperature, options)
     temp_axis = None if temperature is None else 0
     return jax.vmap(lambda u, T: simulate_one(model, ts, u, T, options),
@@ -182,6 +200,8 @@ class TrajectoryLoss(eqx.Module):
 
 def _penalised_error(pred, data: Experiments, kind: str, l1: float, model: CRNN):
     """Mean absolute or squared scaled error of ``pred`` plus ``l1 * sum |nu|``."""
+    if kind not in LOSSES:
+        raise ValueError(f"kind must be one of {LOSSES}, got {kind!r}")
     resid = (pred - data.ys) / data.scale
     value = jnp.mean(jnp.abs(resid)) if kind == "mae" else jnp.mean(resid**2)
     return value + l1 * jnp.sum(jnp.abs(model.nu))

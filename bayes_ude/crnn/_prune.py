@@ -106,7 +106,10 @@ class Reaction(NamedTuple):
 
 def mechanism(model: CRNN, temperature: ArrayLike | None = None) -> list[Reaction]:
     """The reactions of ``model`` (the active ones, in candidate order), with rate
-    constants at ``temperature`` for an Arrhenius model."""
+    constants at ``temperature`` (one, in kelvin) for an Arrhenius model."""
+    if temperature is not None and np.ndim(temperature) != 0:
+        raise ValueError(f"temperature must be one number (kelvin), got shape "
+                         f"{np.shape(temperature)}")
     nu = np.asarray(model.nu)
     orders = np.asarray(model.reaction_orders)
     k = np.asarray(model.rate_constants(temperature))

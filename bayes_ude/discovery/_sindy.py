@@ -177,6 +177,16 @@ def _check_design(theta: Array, terms: Sequence[str]) -> None:
         "the redundant terms", RuntimeWarning, stacklevel=3)
 
 
+def _first_draw(theta: Array) -> Array:
+    """The library matrix :func:`_check_design` sees for a batch: the shared one, or the
+    first draw's (the collinearity of a constant state is in every draw)."""
+    return theta if theta.ndim == 2 else theta[0]
+
+
+def _column_names(theta: Array) -> list[str]:
+    return [f"column {i}" for i in range(theta.shape[-1])]
+
+
 def _warn_empty(coef, target_names, threshold) -> None:
     """Warn for each target whose every term was thresholded away."""
     empty = [name for name, row in zip(target_names, np.asarray(coef), strict=True)
@@ -375,6 +385,7 @@ def stlsq(theta: ArrayLike, dX: ArrayLike, *, threshold: float = 0.1, alpha: flo
     _check_samples(theta, "theta", dX, "dX")
     _check_scalar(threshold, "threshold")
     rcond = _check_options(alpha, max_iter, unbias, rcond)
+    _check_design(theta, _column_names(theta))
     out = stlsq_grid(theta, dX[None], jnp.reshape(threshold, (1,)).astype(dX.dtype), alpha,
                      max_iter, bool(unbias), rcond, False)
     return out[0][0, 0]
@@ -408,6 +419,7 @@ def stlsq_batched(theta: ArrayLike, dX: ArrayLike, *, threshold: float = 0.1,
                          f"{theta.shape[0]} and {dX.shape[0]}")
     _check_scalar(threshold, "threshold")
     rcond = _check_options(alpha, max_iter, unbias, rcond)
+    _check_design(_first_draw(theta), _column_names(theta))
     out = stlsq_grid(theta, dX, jnp.reshape(threshold, (1,)).astype(dX.dtype), alpha, max_iter,
                      bool(unbias), rcond, theta.ndim == 3)
     return out[0][0]
@@ -600,7 +612,11 @@ class BatchedSweep(eqx.Module):
     def inclusion(self, index: int) -> pd.DataFrame:
         """Fraction of draws in which each term is active, at threshold number ``index``:
         one row per target, one column per term."""
-        active = np.asarray(self.coefficients[index]) != 0
+        n = len(self.thresholds)
+        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+            raise ValueError(f"index must be an integer in [0, {n}) (a threshold's position "
+                             f"in thresholds), got {index!r}")
+        active = np.asarray(self.coefficients)[index] != 0
         return pd.DataFrame(active.mean(axis=0),
                             index=pd.Index(self.target_names, name="target"),
                             columns=list(self.term_names))
@@ -669,6 +685,7 @@ def sweep_batched(X: ArrayLike, dX: ArrayLike, library: AbstractLibrary | None =
                                             batched=True)
     thresholds = _check_thresholds(thresholds).astype(dX.dtype)
     rcond = _check_options(alpha, max_iter, unbias, rcond)
+    _check_design(_first_draw(theta), names[2])
     coef, converged, k, error, aicc, bic = stlsq_grid(theta, dX, thresholds, alpha, max_iter,
                                                       bool(unbias), rcond, theta.ndim == 3)
     feature_names_, target_names_, terms = names

@@ -85,11 +85,27 @@ def test_concentration_clip_keeps_the_log_finite():
     c = jnp.array([0.5, -1e-3, 0.0, 0.2, 0.0])  # a negative round-off value and zeros
     r = model.rates(c)
     assert bool(jnp.all(jnp.isfinite(r)))
-    # B + D -> E with B clipped to conc_min: k * conc_min * D.
-    np.testing.assert_allclose(r[3], 0.3 * model.conc_min * 0.2, rtol=1e-12)
+    # B + D -> E with B gone: stopped (the clip alone ran it at k * conc_min * D)
+    assert float(r[3]) == 0.0
     g = eqx.filter_grad(lambda m: jnp.sum(m(0.0, c)))(model)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(
         eqx.filter(g, eqx.is_inexact_array)))
+    # B below conc_min: clipped to conc_min inside the log, and the rate ramped down
+    # linearly to 0 at B = 0: k * conc_min * D * (B / conc_min)
+    r = model.rates(c.at[1].set(0.25 * model.conc_min))
+    np.testing.assert_allclose(r[3], 0.3 * model.conc_min * 0.2 * 0.25, rtol=1e-12)
+
+
+def test_an_exhausted_reactant_is_no_longer_consumed():
+    """Half-order A -> B (k = 1) from A = 1: A = (1 - t/2)^2 until t = 2, then 0. The
+    clipped rate kept consuming A at k * conc_min ** 0.5 = 1e-3 per time unit after it was
+    gone: A = -0.098 at t = 100, and B = 1.098."""
+    model = crnn.CRNN.from_mechanism([[-1.0, 1.0]], [1.0], orders=[[0.5, 0.0]])
+    ts = np.linspace(0.0, 100.0, 11)
+    ys = np.asarray(crnn.simulate(model, ts, np.array([1.0, 0.0])).ys)
+    exact = np.where(ts < 2.0, (1 - ts / 2) ** 2, 0.0)
+    np.testing.assert_allclose(ys[:, 0], exact, atol=1e-5)
+    np.testing.assert_allclose(ys[:, 1], 1.0 - exact, atol=1e-5)
 
 
 def test_arrhenius_rate_constants():
@@ -106,6 +122,15 @@ def test_arrhenius_rate_constants():
                                 expected[0] * 0.3 - expected[1] * 0.6], rtol=1e-12)
     with pytest.raises(ValueError, match="temperature"):
         model.rate_constants(None)
+    # several temperatures: each against every reaction (as many temperatures as reactions
+    # used to pair them up, reaction j at T[j])
+    temps = np.array([300.0, 320.0])
+    table = a_pre * temps[:, None] ** b * np.exp(-ea / (gas_constant * temps[:, None]))
+    np.testing.assert_allclose(model.rate_constants(temps), table, rtol=1e-12)
+    with pytest.raises(ValueError, match="one number"):
+        crnn.format_mechanism(model, temps)
+    with pytest.raises(ValueError, match="takes one temperature"):
+        crnn.simulate(model, np.linspace(0, 1, 3), np.array([1.0, 0.0]), temps)
 
 
 def test_simulate_matches_scipy_for_tsit5_and_rodas5p():
@@ -152,6 +177,22 @@ def test_bad_input_is_a_clear_value_error(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         crnn.Experiments(args["ts"], args["ys"], args["u0"], args["temperature"], n_species=5)
+
+
+def test_bad_subsets_kinds_orders_and_unused_temperatures():
+    ts, u0, ys, _ = classic_data(3, 10, noise=0.0)
+    data = crnn.Experiments(ts, ys, u0)
+    with pytest.raises(ValueError, match=r"indices in \[0, 3\)"):
+        data.subset([5])  # JAX clamped it to experiment 2
+    assert data.subset([0, 2]).n_experiments == 2
+    truth = crnn.CRNN.from_mechanism(NU_TRUE, K_TRUE)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        crnn.TrajectoryLoss(data, "MAE", crnn.DEFAULT_SOLVE)(truth)  # was the MSE
+    with pytest.raises(ValueError, match="orders must be finite and >= 0"):
+        crnn.CRNN.from_mechanism([[-1.0, 1.0]], [1.0], orders=[[1.0, -1.0]])
+    warm = crnn.Experiments(ts, ys, u0, temperature=[300.0, 320.0, 340.0])
+    with pytest.warns(UserWarning, match="temperatures are not used"):
+        crnn.fit(truth, warm, steps=1, progress=False)
 
 
 def test_bad_model_arguments():
@@ -361,3 +402,16 @@ def test_reaction_probability_is_indexed_by_candidate_after_pruning():
         dims={"stoichiometry": ["reaction", "species"], "rate_constant": ["reaction"]},
         coords={"reaction": np.array([1, 3])}, attrs={"n_reactions": 4})
     np.testing.assert_array_equal(crnn.reaction_probability(idata), [0.0, 0.0, 0.0, 1.0])
+
+
+def test_posterior_models_refuses_another_mask_than_the_sampled_one():
+    """The mask is not in the draws: the unpruned model would bring back the pruned
+    entries at their prior draws as active coefficients."""
+    from bayes_ude import inference
+
+    sampled = crnn.CRNN.from_mechanism(NU_TRUE, K_TRUE)  # pruned where NU_TRUE is 0
+    nu = np.broadcast_to(np.asarray(sampled.nu), (1, 3) + NU_TRUE.shape)
+    idata = inference.to_inference_data({"stoichiometry": nu},
+                                        dims={"stoichiometry": ["reaction", "species"]})
+    with pytest.raises(ValueError, match="pruning mask differs from the sampled model"):
+        crnn.posterior_models(idata, crnn.unprune(sampled))

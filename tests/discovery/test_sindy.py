@@ -361,6 +361,16 @@ def test_fits_that_the_data_cannot_determine_are_said(lv):
     with pytest.warns(RuntimeWarning, match=r"rank 3 for 6 terms.*1 ~ u2"):
         discovery.sindy(np.stack([x1, np.ones_like(x1)], 1), (0.25 + x1)[:, None],
                         discovery.PolynomialLibrary(2), threshold=0.1)
+    # ...and over draws, where every draw agreeing on the wrong model looked like evidence
+    constant = np.stack([x1, np.ones_like(x1)], 1)
+    draws = np.stack([(0.25 + x1)[:, None]] * 3)
+    with pytest.warns(RuntimeWarning, match=r"rank 3 for 6 terms.*1 ~ u2"):
+        fits = discovery.sweep_batched(constant, draws, discovery.PolynomialLibrary(2),
+                                       thresholds=[0.1, 0.3])
+    with pytest.warns(RuntimeWarning, match=r"rank 3 for 6 terms.*column 0 ~ column 2"):
+        discovery.stlsq_batched(discovery.PolynomialLibrary(2)(constant), draws)
+    with pytest.raises(ValueError, match=r"index must be an integer in \[0, 2\)"):
+        fits.inclusion(2)  # JAX clamped it to the last threshold's table
     with pytest.warns(RuntimeWarning, match="4 samples for 10 library terms"):
         discovery.sindy(X[:4], dX[:4], discovery.PolynomialLibrary(3), threshold=0.01)
     with pytest.warns(RuntimeWarning, match="removed every term of du1/dt, du2/dt"):
