@@ -169,10 +169,42 @@ def simulate(model: CRNN, ts: ArrayLike, u0: ArrayLike, temperature: ArrayLike |
         if temperature is not None and np.ndim(temperature) != 0:
             raise ValueError(f"one experiment (u0 of shape (n_species,)) takes one "
                              f"temperature, got shape {np.shape(temperature)}")
-        return simulate_one(model, ts, u0, temperature, options)
-    temp_axis = None if temperature is None else 0
-    return jax.vmap(lambda u, T: simulate_one(model, ts, u, T, options),
-                    in_axes=(0, temp_axis))(u0, temperature)
+        sol = simulate_one(model, ts, u0, temperature, options)
+    else:
+        temp_axis = None if temperature is None else 0
+        sol = jax.vmap(lambda u, T: simulate_one(model, ts, u, T, options),
+                       in_axes=(0, temp_axis))(u0, temperature)
+    _warn_if_negative(sol.ys, model)
+    return sol
+
+
+#: How far below zero, relative to the largest concentration of the result, a simulated
+#: concentration may go before :func:`simulate` warns (round-off and the solver's error
+#: stay far below it).
+NEGATIVE_TOL = 1e-3
+
+
+def _warn_if_negative(ys, model: CRNN) -> None:
+    """Warn when a concrete result has concentrations clearly below zero: the clip of
+    the rate law keeps consuming an exhausted reactant (see the module notes of
+    ``crnn._model``)."""
+    if isinstance(ys, jax.core.Tracer):
+        return
+    values = np.asarray(ys)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return
+    lowest = float(finite.min())
+    if lowest < -NEGATIVE_TOL * max(float(np.abs(finite).max()), model.conc_min):
+        species = model.species[int(np.nanargmin(values.reshape(-1, values.shape[-1]))
+                                    % values.shape[-1])]
+        warnings.warn(
+            f"the simulated concentrations go negative ({species} down to {lowest:.3g}): a "
+            f"reactant that is used up keeps being consumed at k * conc_min ** order "
+            f"(conc_min = {model.conc_min:g}), which a fractional order or a fast reaction "
+            f"makes visible; the species that use it up are overestimated by as much. A "
+            f"smaller conc_min (with a stiff solver for weak orders) reduces it",
+            UserWarning, stacklevel=3)
 
 
 class TrajectoryLoss(eqx.Module):

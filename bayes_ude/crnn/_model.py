@@ -16,16 +16,20 @@ For candidate reaction ``j`` and species ``i``:
 
 Then ``r_j = exp(sum_i order[j, i] ln c_i + ln k_j)`` and ``dc/dt = nu^T r``.
 
-The concentration inside the logarithm is clipped to ``[conc_min, conc_max]``, so that a
-scarce species gives ``ln conc_min`` instead of ``-inf``/NaN. Below ``conc_min`` the rate
-of a reaction that consumes the species (``nu < 0``) or depends on it (positive order)
-falls linearly to 0 at ``c = 0`` (a factor ``clip(c / conc_min, 0, 1)``) and stays 0
-below: the clip alone kept an exhausted reactant consumed at ``k conc_min ** order``,
-which is not negligible for a fractional order or a fast reaction (half order, ``k = 1``:
-1e-3 per time unit, A at -0.098 after 100 time units against 0; ``A -> B`` at
-``k = 1e3``: A at -0.1, the products 0.1 too high). The ramp is continuous, so explicit
-solvers keep their steps: a hard stop at ``c = 0`` made training solves chatter there
-(the classic 4-reaction case: 142 s and failed solves against 38 s; with the ramp 27 s).
+The concentration inside the logarithm is clipped to ``[conc_min, conc_max]``: a species
+that is absent (``c = 0``, or a tiny negative value from the integrator's round-off) gives
+``ln conc_min`` instead of ``-inf``/NaN, so a reaction that needs it runs at the rate
+``k conc_min ** order`` instead of poisoning the solve. That rate is small but not zero:
+an exhausted reactant keeps being consumed, and for a fractional order or a fast reaction
+it shows (half order, ``k = 1``: 1e-3 per time unit, A at -0.098 after 100 time units;
+``A -> B`` at ``k = 1e3``: A at -0.1, the products 0.1 too high). :func:`simulate` warns
+when its concentrations go negative. The clip stays, as in Ji & Deng: training needs it.
+A trained network carries small spurious coefficients on species that are absent at the
+start, and any rule that stops a reaction when such a species is gone (a hard stop at
+``c <= 0``, or the rate ramped to 0 below ``conc_min``) switched those reactions off,
+and with them their gradients: on the classic 4-reaction case the ramp trained to
+``1.59A -> 0.58B`` instead of ``2A -> B``, and the hard stop made the solves chatter
+(142 s and failed solves against 38 s).
 
 A pruning ``mask`` (boolean, not a trained parameter) marks the weights that are kept;
 pruned weights are exactly zero in every use.
@@ -274,14 +278,9 @@ class CRNN(eqx.Module):
 
     def rates(self, c: Float[Array, " n_species"],
               temperature: ArrayLike | None = None) -> Float[Array, " n_reactions"]:
-        """Reaction rates ``r_j = exp(sum_i order[j, i] ln clip(c_i) + ln k_j)``, zero where
-        a species the reaction consumes or depends on is gone (module notes)."""
-        orders = self.reaction_orders
+        """Reaction rates ``r_j = exp(sum_i order[j, i] ln clip(c_i) + ln k_j)``."""
         log_c = jnp.log(jnp.clip(c, self.conc_min, self.conc_max))
-        rate = jnp.exp(orders @ log_c + self.log_rate_constants(temperature))
-        needs = (self.nu < 0) | (orders > 0)
-        ramp = jnp.clip(c / self.conc_min, 0.0, 1.0)
-        return rate * jnp.prod(jnp.where(needs, ramp, 1.0), axis=-1)
+        return jnp.exp(self.reaction_orders @ log_c + self.log_rate_constants(temperature))
 
     def __call__(self, t, c: Float[Array, " n_species"], args=None) -> Float[Array, " n_species"]:
         """The vector field ``dc/dt = nu^T r(c)``; ``args`` is the temperature (Arrhenius)
