@@ -41,7 +41,8 @@ def network_prior(
         shapes and structure are used.
     scale : prior standard deviation: a number for all weights; a mapping from a
         substring of the site name to a scale (per layer, e.g. ``{"layers.0": 2.0,
-        "bias": 0.5}``; the first matching key wins, the rest get 1.0); or a function
+        "bias": 0.5}``; the first matching key wins, the rest get 1.0; a key that matches
+        no site is an error, naming the sites); or a function
         ``(site_name, shape) -> scale`` (e.g. ``1 / sqrt(fan_in)``).
     learned_scale : if True, the scale is itself sampled, ``name.scale ~ HalfNormal(s)``
         with ``s`` the given (numeric) scale, shared by all weights (a hierarchical prior
@@ -55,6 +56,12 @@ def network_prior(
         if not isinstance(scale, (int, float)):
             raise ValueError("learned_scale=True needs a numeric scale (the HalfNormal's scale)")
         shared = numpyro.sample(f"{name}.scale", dist.HalfNormal(float(scale)))
+    if isinstance(scale, Mapping) and not learned_scale:
+        sites = [_site_name(name, path) for path, _ in leaves]
+        unused = [k for k in scale if not any(k in site for site in sites)]
+        if unused:  # a typo ("layer.0", "Bias") left every weight at the default 1.0
+            raise ValueError(f"network_prior({name!r}): scale keys {unused} match no site; "
+                             f"the sites are {sites}")
     new = []
     for path, leaf in leaves:
         site = _site_name(name, path)

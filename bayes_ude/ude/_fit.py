@@ -23,6 +23,7 @@ from ._losses import (
     SingleShooting,
     loss_params,
 )
+from ._model import UDE
 
 # Adam steps run in chunks of this many inside one jitted lax.scan: one dispatch and one
 # progress-bar update per chunk instead of per step.
@@ -36,11 +37,13 @@ class FitResult:
     Attributes
     ----------
     params : the fitted parameters (same structure as the input).
-    history : loss after every Adam step, then every L-BFGS iteration.
+    history : loss after every Adam step, then after every L-BFGS iteration.
     adam_steps, lbfgs_steps : iterations run in each phase.
     stopped_early : True when early stopping ended the Adam phase.
     seconds : wall time, including compilation.
     stages : for curricula, one ``(label, start index in history)`` per stage.
+    params_loss : the loss of ``params`` (what :attr:`final_loss` reports; ``None`` where
+        not recorded, then the history's last usable entry).
     """
 
     params: PyTree
@@ -50,10 +53,21 @@ class FitResult:
     stopped_early: bool
     seconds: float
     stages: list = field(default_factory=list)
+    params_loss: float | None = None
 
     @property
     def final_loss(self) -> float:
-        return float(self.history[-1]) if len(self.history) else float("nan")
+        """The loss of the returned parameters: :attr:`params_loss`, or the history's last
+        entry, or, where that is a failed solve (:func:`fit` then returns the last
+        parameters that solved), the last entry that is not."""
+        if self.params_loss is not None:
+            return self.params_loss
+        if not len(self.history):
+            return float("nan")
+        failed = _failed(self.history)
+        if failed[-1] and not failed.all():
+            return float(self.history[~failed][-1])
+        return float(self.history[-1])
 
 
 def _check_positive_int(name, value, allow_zero=True):
@@ -84,8 +98,10 @@ def fit(
     Parameters
     ----------
     loss : a loss from :mod:`bayes_ude.ude` (or any ``loss(params[, batch]) -> scalar``).
-    params : initial parameters: any pytree / equinox module (non-float leaves are
-        kept fixed). For :class:`MultipleShooting` pass ``loss.init(model)``.
+    params : initial parameters: any pytree / equinox module (non-float leaves, Python
+        floats included, are kept fixed: pass ``jnp.asarray(1.0)`` for a trainable
+        scalar; a :class:`UDE` converts the floats of its ``theta``). For
+        :class:`MultipleShooting` pass ``loss.init(model)``.
     steps : Adam steps (0 to skip).
     optimizer : an optax optimiser; default ``optax.adam(learning_rate)``. Steps whose
         loss is not finite or at least :data:`FAILED_LOSS` (a solve that failed), or whose
@@ -100,7 +116,9 @@ def fit(
     key : PRNG key for minibatches (default ``jax.random.key(0)``).
     l2 : weight of an L2 penalty ``l2 * sum(w^2)`` on the fitted parameters (a Gaussian
         prior, i.e. MAP; smooths networks); for :class:`MultipleShooting` on the model
-        only, not the nodes. The history holds the penalised loss.
+        only, not the nodes; for a :class:`UDE` on its network only, not on ``theta``
+        (which it pulled towards 0: ``l2=1e-2`` fitted a rate of 2 as 1.06, the network
+        making up the rest). The history holds the penalised loss.
     penalty : ``penalty(params) -> scalar`` added to the loss, e.g. :class:`StateBounds`
         (states that must stay non-negative over the prediction horizon); for
         :class:`MultipleShooting` it gets the model (``params["model"]``). Not subject
@@ -126,6 +144,10 @@ def fit(
         _check_positive_int("patience", patience, allow_zero=False)
     if not l2 >= 0:
         raise ValueError(f"l2 must be >= 0, got {l2!r}")
+    if optimizer is None and not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a finite positive number, got "
+                         f"{learning_rate!r} (0 leaves the parameters where they are, a "
+                         f"negative one climbs the loss)")
     if penalty is not None and not callable(penalty):
         raise TypeError(f"penalty must be callable as penalty(params), got {penalty!r}")
     if l2 or penalty is not None:
@@ -142,31 +164,33 @@ def fit(
         if steps:
             opt = (_default_adam(learning_rate) if optimizer is None
                    else optax.apply_if_finite(optimizer, 10_000))
-            arrays, adam_done, stopped = _adam(loss, arrays, static, opt, steps, batch_size,
-                                               n_traj, key, patience, min_delta, history, bar)
+            arrays, params_loss, adam_done, stopped = _adam(
+                loss, arrays, static, opt, steps, batch_size, n_traj, key, patience,
+                min_delta, history, bar)
         if lbfgs_steps:
-            arrays, lbfgs_done = _lbfgs(loss, arrays, static, lbfgs_steps, history, bar)
+            arrays, params_loss, lbfgs_done = _lbfgs(loss, arrays, static, lbfgs_steps,
+                                                     history, bar)
     finally:
         bar.close()
     hist = np.concatenate(history) if history else np.zeros(0)
-    _warn_if_failed(hist, desc)
+    _warn_if_failed(hist, desc, params_loss)
     return FitResult(params=eqx.combine(arrays, static), history=hist, adam_steps=adam_done,
                      lbfgs_steps=lbfgs_done, stopped_early=stopped,
-                     seconds=time.perf_counter() - start)
+                     seconds=time.perf_counter() - start, params_loss=params_loss)
 
 
-def _warn_if_failed(history: np.ndarray, desc: str) -> None:
+def _warn_if_failed(history: np.ndarray, desc: str, params_loss: float) -> None:
     """Say when no loss was usable (every solve failed, or NaN: the parameters are those
-    given) or when the last one was not (the parameters are then the last that solved)."""
-    failed = _failed(history)
-    if not history.size or not failed[-1]:
+    given) or when the last one was not (the parameters are then the last that solved,
+    whose loss is ``params_loss``)."""
+    if not history.size or not _failed(history[-1]):
         return
     what = (f"the loss was a failed solve (>= FAILED_LOSS = {FAILED_LOSS:g}) or not finite "
             f"at every step of {desc!r}, so the parameters are unchanged"
-            if failed.all() else
+            if _failed(params_loss) else
             f"the last loss of {desc!r} is a failed solve (>= FAILED_LOSS = "
             f"{FAILED_LOSS:g}) or not finite; the parameters returned are the last whose "
-            f"loss was not ({history[~failed][-1]:.4g}, step {np.flatnonzero(~failed)[-1]})")
+            f"loss was not ({params_loss:.4g})")
     warnings.warn(f"{what}: check the initial parameters and u0 (a solve that fails there "
                   "fails for every nearby step), the solver and max_steps", RuntimeWarning,
                   stacklevel=3)
@@ -188,7 +212,8 @@ class _Penalised(eqx.Module):
         value = self.loss(params) if batch is None else self.loss(params, batch)
         model = params["model"] if isinstance(self.loss, MultipleShooting) else params
         if self.l2:
-            arrays = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+            weights = model.network if isinstance(model, UDE) else model
+            arrays = jax.tree.leaves(eqx.filter(weights, eqx.is_inexact_array))
             value = value + self.l2 * sum(jnp.sum(x**2) for x in arrays)
         if self.penalty is not None:
             value = value + self.penalty(model)
@@ -262,15 +287,25 @@ def _adam(loss, arrays, static, opt, steps, batch_size, n_traj, key, patience, m
             else:
                 since_best += n
                 if since_best >= patience:
-                    return _last_solved(arrays, good, history), done, True
-    return _last_solved(arrays, good, history), done, False
+                    return *_last_solved(loss, arrays, static, good, history), done, True
+    return *_last_solved(loss, arrays, static, good, history), done, False
 
 
-def _last_solved(arrays, good, history):
+def _last_solved(loss, arrays, static, good, history):
     """The parameters reached, or, when their loss is a failed solve (the steps from
-    there were skipped: they stay failed), the last ones whose loss was not."""
-    failed = _failed(np.concatenate(history))
-    return good if failed[-1] and not failed.all() else arrays
+    there were skipped: they stay failed), the last ones whose loss was not.
+
+    The steps record the loss before each step; the loss of the parameters reached is
+    evaluated here, and the history shifted to the loss after each step. (Without it, a
+    last step into a failing region returned those parameters with the loss before it as
+    ``final_loss``, and no warning.)"""
+    final = float(_loss_value(loss, arrays, static))
+    losses = np.append(np.concatenate(history), final)  # the start, ..., the end
+    history[:] = [losses[1:]]
+    failed = _failed(losses)
+    if failed[-1] and not failed.all():
+        return good, float(losses[~failed][-1])
+    return arrays, final
 
 
 _LBFGS = optax.lbfgs()
@@ -296,10 +331,13 @@ def _lbfgs(loss, arrays, static, steps, history, bar):
     state = _LBFGS.init(arrays)
     losses: list[float] = []
     done = 0
+    good = None  # the last parameters whose loss was usable (not a failed solve), and it
     for _ in range(steps):
         new, state, loss_value = _lbfgs_step(loss, arrays, static, state)
         if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new)):
             break
+        if not _failed(float(loss_value)):
+            good = arrays, float(loss_value)
         arrays = new
         losses.append(float(loss_value))
         done += 1
@@ -312,7 +350,9 @@ def _lbfgs(loss, arrays, static, steps, history, bar):
     final = float(_loss_value(loss, arrays, static))
     history.append(np.asarray(losses[1:] + [final]))
     bar.update(steps - done)
-    return arrays, done
+    if _failed(final) and good is not None:
+        return *good, done  # what the warning of fit then names: the last that solved
+    return arrays, final, done
 
 
 def fit_growing_windows(
@@ -365,7 +405,8 @@ def _run_stages(stages, params, steps, progress, penalty=None) -> FitResult:
         n_total += len(result.history)
     return FitResult(params=params, history=np.concatenate(histories),
                      adam_steps=steps * len(stages), lbfgs_steps=result.lbfgs_steps,
-                     stopped_early=False, seconds=time.perf_counter() - start, stages=marks)
+                     stopped_early=False, seconds=time.perf_counter() - start, stages=marks,
+                     params_loss=result.params_loss)
 
 
 def fit_pem(

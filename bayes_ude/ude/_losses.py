@@ -466,7 +466,10 @@ class StateBounds(eqx.Module):
     Parameters
     ----------
     ts : times to check (1-D, increasing), e.g. the whole horizon you will predict on.
-    u0 : initial state(s), ``(n,)`` or ``(B, n)`` (e.g. the first data point).
+    u0 : initial state(s), ``(n,)`` or ``(B, n)`` (e.g. the first data point), at ``t0``.
+    t0 : the time of ``u0`` (default ``ts[0]``; at most ``ts[0]``). Checking only after
+        the data (``ts`` from 5 on, ``u0`` the state at 0) needs it: without it ``u0``
+        was placed at ``ts[0]``.
     lower, upper : a number or one per state (``None`` in the list for a state without
         it); ``None`` or ``-inf``/``inf`` for no bound (default: ``lower=0``, no upper).
     scale : per-state scale of the violation (default 1; e.g. the data's SD).
@@ -477,6 +480,7 @@ class StateBounds(eqx.Module):
 
     ts: Array
     u0: Array
+    t0: Array
     lower: Array
     upper: Array
     scale: Array
@@ -484,9 +488,9 @@ class StateBounds(eqx.Module):
     vector_field: Callable = eqx.field(static=True)
     options: solvers.SolveOptions
 
-    def __init__(self, ts, u0, *, lower=0.0, upper=None, scale=1.0, weight: float = 10.0,
-                 vector_field: Callable = call_model, solver=None, rtol=1e-6, atol=1e-8,
-                 max_steps=10_000, sensitivity="auto"):
+    def __init__(self, ts, u0, *, t0: float | None = None, lower=0.0, upper=None, scale=1.0,
+                 weight: float = 10.0, vector_field: Callable = call_model, solver=None,
+                 rtol=1e-6, atol=1e-8, max_steps=10_000, sensitivity="auto"):
         u0 = np.asarray(u0, dtype=float)
         if u0.ndim == 1:
             u0 = u0[None]
@@ -495,6 +499,9 @@ class StateBounds(eqx.Module):
         if not np.all(np.isfinite(u0)):
             raise ValueError("u0 contains NaN or inf")
         ts = _as_times(ts)
+        t_start = float(ts[0]) if t0 is None else float(t0)
+        if not t_start <= ts[0]:
+            raise ValueError(f"t0={t0!r} must be a number at most ts[0]={ts[0]}")
         n = u0.shape[1]
         lo, hi = _bound(lower, n, "lower", -np.inf), _bound(upper, n, "upper", np.inf)
         if np.any(lo >= hi):
@@ -504,7 +511,7 @@ class StateBounds(eqx.Module):
             raise ValueError("no bound given: set lower and/or upper")
         if not (np.isfinite(weight) and weight > 0):
             raise ValueError(f"weight must be positive, got {weight!r}")
-        self.ts, self.u0 = jnp.asarray(ts), jnp.asarray(u0)
+        self.ts, self.u0, self.t0 = jnp.asarray(ts), jnp.asarray(u0), jnp.asarray(t_start)
         self.lower, self.upper = jnp.asarray(lo), jnp.asarray(hi)
         self.scale = jnp.asarray(_scale(u0[:, None], scale))
         self.weight = float(weight)
@@ -514,7 +521,8 @@ class StateBounds(eqx.Module):
 
     def __call__(self, params, batch=None):
         del batch  # the bounds hold for every trajectory, not a minibatch of the data
-        sols = _solve_batch(self.options, self.vector_field, self.u0, self.ts, params)
+        sols = _solve_batch(self.options, self.vector_field, self.u0, self.ts, params,
+                            t0=self.t0)
         ok = sols.success[:, None, None]
         u = jnp.where(ok, sols.ys, 0.0)
         below = jax.nn.relu((self.lower - u) / self.scale)

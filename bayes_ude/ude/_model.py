@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
@@ -28,8 +29,14 @@ class UDE(eqx.Module):
         ODE).
     network : any callable module mapping ``inputs(t, u)`` to an array of ``u``'s shape.
     theta : physical parameters passed to ``physics`` (trainable unless frozen with
-        ``equinox.partition`` by the caller).
+        ``equinox.partition`` by the caller). Python floats in it become float arrays:
+        :func:`bayes_ude.ude.fit` trains float arrays only, and ``theta=1.0`` stayed 1.0
+        while the network absorbed the missing physics.
     inputs : ``inputs(t, u)`` -> the network's input (default: the state ``u``).
+
+    Called as ``model(t, u)``. It is its own parameters, so it takes no ``args``: as the
+    vector field of ``solvers.solve(model, u0, ts, other)`` it would have solved with its
+    own weights and ignored ``other``; use ``solve(lambda t, u, m: m(t, u), u0, ts, m)``.
     """
 
     physics: Callable | None = eqx.field(static=True)
@@ -37,8 +44,16 @@ class UDE(eqx.Module):
     theta: PyTree = None
     inputs: Callable = eqx.field(static=True, default=_state)
 
+    def __post_init__(self):
+        self.theta = jax.tree.map(
+            lambda x: jnp.asarray(x, float) if isinstance(x, float) else x, self.theta)
+
     def __call__(self, t, u, args=None) -> Array:
-        del args
+        if args is not None:
+            raise TypeError(
+                "a UDE is its own parameters: call it as model(t, u); as a vector field "
+                "pass solve(lambda t, u, m: m(t, u), u0, ts, model), not solve(model, u0, "
+                "ts, args), whose args it would ignore")
         learned = self.network_term(t, u)
         if self.physics is None:
             return learned

@@ -149,6 +149,11 @@ def test_network_prior_names_shapes_and_scales():
     assert "nn.scale" in draws and draws["out"].shape == (10, 1)
     with pytest.raises(ValueError, match="no floating-point"):
         inference.network_prior("x", eqx.nn.Lambda(jnp.tanh))
+    # a key that matches no site (a typo) left every weight at the default scale 1.0
+    with pytest.raises(ValueError, match=r"scale keys \['layer.0', 'Bias'\] match no site"):
+        Predictive(lambda: inference.network_prior("nn", net, scale={"layer.0": 0.01,
+                                                                     "Bias": 0.1}),
+                   num_samples=1)(jax.random.key(3))
 
 
 N_REPLICATES = 20

@@ -207,6 +207,40 @@ def test_fit_skips_failed_solves_and_returns_parameters_that_solve():
     assert float(result.params.k) == 1.0
     with pytest.warns(RuntimeWarning, match="at every step"):
         ude.fit(loss, Decay(jnp.asarray(2.0)), steps=5, progress=False)
+    # The last step into the failing region: the loss before it was recorded, not the
+    # one after, and fit returned k = 2 (failing) with final_loss that of k = 1, and no
+    # warning; L-BFGS after it started from k = 2 and could not move (a constant loss).
+    # Now the parameters that solve are returned, with their loss, and a warning; and
+    # L-BFGS starts from them.
+    with pytest.warns(RuntimeWarning, match="the parameters returned are the last"):
+        result = ude.fit(loss, Decay(jnp.asarray(1.0)), steps=1, learning_rate=1.0,
+                         progress=False)
+    assert float(result.params.k) == 1.0
+    assert result.final_loss == pytest.approx(value(1.0))
+    result = ude.fit(loss, Decay(jnp.asarray(1.0)), steps=1, learning_rate=1.0,
+                     lbfgs_steps=3, progress=False)
+    assert result.final_loss == pytest.approx(float(loss(result.params)))
+    assert result.final_loss < value(1.0)
+    with pytest.raises(ValueError, match="learning_rate must be a finite positive"):
+        ude.fit(loss, Decay(jnp.asarray(1.0)), steps=5, learning_rate=-0.05, progress=False)
+
+
+def test_theta_as_a_python_float_is_fitted_and_l2_spares_it():
+    """theta=1.0 (a Python float) was held fixed by fit, and l2 pulled theta to 0; the
+    network then made up the difference. Physics -theta * u with a linear network
+    (no hidden layer, started at 0): on noise-free data from theta = 0.7 both are
+    recovered."""
+    from bayes_ude import nn
+
+    ys = exact(K_TRUE)
+    loss = ude.SingleShooting(TS, ys, u0=U0, rtol=1e-10, atol=1e-12)
+    net = nn.MLP(2, 2, (), key=jax.random.key(0), init="zero_last")
+    model = ude.UDE(lambda t, u, th: -th * u, net, theta=0.3)
+    assert isinstance(model.theta, jax.Array)
+    fitted = ude.fit(loss, model, steps=0, lbfgs_steps=200, l2=1e-3, progress=False).params
+    assert float(fitted.theta) == pytest.approx(K_TRUE, abs=1e-3)
+    with pytest.raises(TypeError, match="its own parameters"):
+        fitted(0.0, jnp.asarray(U0), fitted)  # solve(model, u0, ts, args) ignored args
 
 
 def test_l2_penalty_spares_multiple_shooting_nodes():
@@ -217,6 +251,20 @@ def test_l2_penalty_spares_multiple_shooting_nodes():
     p = ms.init(Decay(jnp.asarray(K_TRUE)))
     penalised = _Penalised(ms, 0.5)
     np.testing.assert_allclose(float(penalised(p)), float(ms(p)) + 0.5 * K_TRUE**2, rtol=1e-9)
+
+
+def test_state_bounds_from_an_earlier_t0():
+    """Bounds checked after the data only (t in [2, 3]) for u0 given at t = 0: u0 used
+    to be placed at ts[0] = 2."""
+    ts = np.linspace(2.0, 3.0, 11)
+    bounds = ude.StateBounds(ts, U0[:1], t0=0.0, lower=0.5, rtol=1e-10, atol=1e-12,
+                             weight=1.0)
+    u = 2.0 * np.exp(-K_TRUE * ts)
+    expected = np.mean(np.maximum(0.5 - u, 0.0) ** 2)
+    model = Decay(jnp.asarray(K_TRUE))
+    np.testing.assert_allclose(float(bounds(model)), expected, rtol=1e-7)
+    with pytest.raises(ValueError, match="t0=2.5 must be a number at most ts"):
+        ude.StateBounds(ts, U0[:1], t0=2.5)
 
 
 def test_state_bounds_is_the_squared_violation_of_the_closed_form():
@@ -259,8 +307,9 @@ def test_state_bounds_penalty_in_fit_and_its_failures():
         kw = {"windows": (1.0,)} if curriculum is ude.fit_growing_windows else {"gains": (0.0,)}
         res = curriculum(start, TS, ys, steps=1, final_lbfgs_steps=0, penalty=bounds,
                          progress=False, u0=U0, rtol=1e-10, atol=1e-12, **kw)
-        np.testing.assert_allclose(res.history[0],
-                                   float(loss(start)) + float(bounds(start)), rtol=1e-6)
+        # (one step: the history holds the loss after it, at the parameters returned)
+        np.testing.assert_allclose(res.history[0], float(loss(res.params))
+                                   + float(bounds(res.params)), rtol=1e-6)
     # the penalty pulls the rate below the data's (u stays above 1 longer)
     fitted = ude.fit(loss, start, steps=0, lbfgs_steps=50, penalty=bounds, progress=False)
     plain = ude.fit(loss, start, steps=0, lbfgs_steps=50, progress=False)
