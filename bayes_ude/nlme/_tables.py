@@ -110,17 +110,25 @@ class _Entry:
     converged: bool
     data: str | None = None  # the data as ``pk fit`` was given it (folders)
     observations: tuple | None = None  # the observed arrays (FitResult objects)
+    # What is not estimated and must match for the parameter names to tell nesting
+    # (_pairs): the structural model and the covariate columns used without a parameter
+    # of their own (allometric scaling) for fits; the model options for folders, with
+    # their covariate terms (each of the reduced model's must be in the full one's).
+    fixed: tuple = ()
+    terms: frozenset | None = None
 
 
 def _from_result(name: str, fit: FitResult) -> _Entry:
     pop = fit.population
     mask = np.asarray(pop.obs_mask)
+    params = frozenset(n for n in fit.model.parameter_names() if n not in fit.fixed)
+    unnamed = frozenset(c for c in fit.model.covariates
+                        if not any(p.endswith(f"_{c}") or f"_{c}_" in p for p in params))
     return _Entry(name, fit.method, fit.minus2ll, fit.ofv, fit.aic, fit.bic, fit.n_obs,
-                  pop.n_subjects, fit.n_parameters,
-                  frozenset(n for n in fit.model.parameter_names() if n not in fit.fixed),
-                  bool(fit.converged),
+                  pop.n_subjects, fit.n_parameters, params, bool(fit.converged),
                   observations=(tuple(pop.ids), np.asarray(pop.obs_time)[mask],
-                                np.asarray(pop.obs_dv)[mask]))
+                                np.asarray(pop.obs_dv)[mask]),
+                  fixed=("fit", type(fit.model.structural).__name__, unnamed))
 
 
 def _from_folder(name: str, path: Path) -> _Entry:
@@ -136,11 +144,17 @@ def _from_folder(name: str, path: Path) -> _Entry:
     params = set(s["theta"]) | {k if k.startswith("omega_") else f"omega_{k}"
                                 for k in s["omega"]} | set(s["sigma"])
     data = s.get("data")
+    options = s.get("options") or {}
+    terms = options.get("covariate") or ""  # the --covariate terms (covariates: columns)
     return _Entry(name, s["method"], float(s["minus2ll"]), float(s["ofv"]), float(s["aic"]),
                   float(s["bic"]), int(s["n_obs"]), int(s["n_subjects"]),
                   int(s["n_parameters"]), frozenset(params),
                   bool(s.get("converged")) and s.get("status", "complete") == "complete",
-                  data=None if data is None else os.path.normpath(str(data)))
+                  data=None if data is None else os.path.normpath(str(data)),
+                  fixed=("folder", options.get("model", s.get("model")),
+                         options.get("allometric")),
+                  terms=frozenset(t.strip().replace(" ", "") for t in str(terms).split(",")
+                                  if t.strip()))
 
 
 def _check_same_data(entries: list[_Entry]) -> None:
@@ -212,9 +226,23 @@ def _pairs(entries, nested) -> list[tuple[_Entry, _Entry, bool]]:
                                  f"{full.n_parameters}, {reduced.name!r} {reduced.n_parameters}")
             out.append((reduced, full, False))
         return out
-    return [(a, b, True) for a in entries for b in entries
-            if a.method == b.method and a.parameters < b.parameters
-            and a.n_parameters < b.n_parameters]
+    out = []
+    for a in entries:
+        for b in entries:
+            if not (a.method == b.method and a.parameters < b.parameters
+                    and a.n_parameters < b.n_parameters):
+                continue
+            if a.fixed == b.fixed and (a.terms is None or b.terms is None
+                                       or a.terms <= b.terms):
+                out.append((a, b, True))
+            else:  # e.g. allometric scaling added with a covariate: not nested
+                warnings.warn(
+                    f"compare_fits: {a.name!r} and {b.name!r} have nested parameter names but "
+                    f"differ in what is not estimated (the structural model, allometric "
+                    f"scaling, a covariate's form or column): no likelihood-ratio test "
+                    f"inferred; name the pair with nested=[({a.name!r}, {b.name!r})] if "
+                    f"the one is the other with parameters fixed", UserWarning, stacklevel=3)
+    return out
 
 
 def compare_fits(fits, names: Sequence[str] | None = None,
@@ -231,7 +259,14 @@ def compare_fits(fits, names: Sequence[str] | None = None,
     nested : ``(reduced, full)`` name pairs to test. Default: every pair with the same
         method where the reduced model's estimated parameter names are a proper subset of
         the full model's (e.g. random effects on ``cl, v`` within ``ka, cl, v``; an
-        additive error within a combined one).
+        additive error within a combined one), and where what is not estimated is the
+        same: the structural model, and no covariate column used without a parameter of
+        its own (allometric scaling) in one but not the other (for ``--out`` folders: the
+        same model and allometric options, and the reduced model's ``--covariate`` terms
+        among the full one's). A pair with nested names that fails this warns
+        instead of being tested: ``oral1cmt`` against the same with allometric weight
+        scaling and ``v~DOSE:power`` gave p = 0.036 "for" the DOSE effect. A covariate
+        whose form changes under the same parameter name is not seen in fit objects.
     reference : the fit the deltas are taken against (default: the lowest OFV).
 
     Returns

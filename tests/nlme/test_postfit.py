@@ -115,6 +115,33 @@ def test_compare_nested_fits_lrt_is_scipys(nested_fits, tmp_path):
         nlme.compare_fits([folders[0], fewer])
 
 
+def test_nested_names_of_models_that_are_not_nested_are_not_tested(nested_fits, theoph,
+                                                                   tmp_path):
+    """Allometric scaling on one side only: fixing the full model's extra parameters does
+    not give the reduced model, whatever the names say. The test was inferred (p = 0.036
+    for an added v~DOSE with allometric weight scaling beside it)."""
+    import copy
+
+    full, reduced = nested_fits
+    scaled = copy.copy(reduced)
+    scaled.model = nlme.builtin_model("oral1cmt", theoph, "combined", eta=["ka", "cl"],
+                                      allometric="WT")
+    assert scaled.model.parameter_names() == reduced.model.parameter_names()
+    with pytest.warns(UserWarning, match="nested parameter names but differ"):
+        comp = nlme.compare_fits([full, scaled], names=["full", "scaled"])
+    assert comp.tests.empty
+    # the same from folders: the options say it (and a covariate term's form)
+    opts = {"model": "oral1cmt", "allometric": None, "covariate": "cl~WT:power"}
+    folders = [_folder(tmp_path, "full", full, options=opts),
+               _folder(tmp_path, "reduced", reduced, options={**opts, "allometric": "WT"}),
+               _folder(tmp_path, "other_form", reduced,
+                       options={**opts, "covariate": "cl~WT:exponential"}),
+               _folder(tmp_path, "same", reduced, options=opts)]
+    with pytest.warns(UserWarning, match="nested parameter names but differ"):
+        comp = nlme.compare_fits(folders)
+    assert [tuple(r) for r in comp.tests[["reduced", "full"]].values] == [("same", "full")]
+
+
 # -------------------------------------------------------------------------- bootstrap
 
 class Level(nlme.StructuralModel):
