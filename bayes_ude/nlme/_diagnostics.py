@@ -326,8 +326,22 @@ def vpc_mask(pop, dvid):
 
 
 def _edges(t, bins):
-    return (np.unique(np.quantile(t, np.linspace(0, 1, bins + 1))) if np.isscalar(bins)
-            else np.asarray(bins, float))
+    """Bin edges: ``bins`` quantiles of ``t``, or the edges given, which must cover every
+    observation time (one outside used to be counted in the nearest end bin, whose
+    quantiles then pooled times the table's ``t_lo``/``t_hi`` did not show)."""
+    if np.isscalar(bins):
+        return np.unique(np.quantile(t, np.linspace(0, 1, bins + 1)))
+    edges = np.asarray(bins, float)
+    if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0):
+        raise ValueError(f"bins must be a number of bins or at least two increasing edges, "
+                         f"got {bins!r}")
+    outside = (t < edges[0]) | (t > edges[-1])
+    if outside.any():
+        raise ValueError(f"bins: {int(outside.sum())} observation times lie outside the edges "
+                         f"[{edges[0]:g}, {edges[-1]:g}] (the times span [{t.min():g}, "
+                         f"{t.max():g}]); add edges that cover them, or give a number of "
+                         f"bins")
+    return edges
 
 
 def vpc_observations(fit, bins: int | np.ndarray = 8, dvid: int | None = None,

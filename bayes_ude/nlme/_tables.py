@@ -66,8 +66,13 @@ def sdtab(fit, n_sim: int = 1000, key=None, devices=None,
     columns += ["PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES"]
     columns += ["NPDE"] if "NPDE" in diag else []
     table = diag[columns].copy()
-    # each observation's subject: diagnostics() lists subjects in the population's order
-    sub, _ = np.nonzero(np.asarray(pop.obs_mask))
+    # each row's subject, found by its ID (the rows of eta are the population's subjects):
+    # placed by position, a diagnostics table the caller had sorted got other subjects' ETAs
+    sub = pd.Index(list(pop.ids)).get_indexer(list(diag["ID"]))
+    if np.any(sub < 0):
+        missing = sorted({str(i) for i, k in zip(diag["ID"], sub, strict=True) if k < 0})
+        raise ValueError(f"sdtab: diagnostics has IDs that are not this fit's subjects: "
+                         f"{missing[:5]}")
     values = eta.to_numpy()[sub]
     for k, name in enumerate(eta.columns):
         upper = str(name).upper()

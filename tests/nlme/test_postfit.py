@@ -60,11 +60,33 @@ def test_sdtab_is_the_diagnostics_and_ebes_in_data_order(nested_fits):
     np.testing.assert_array_equal(tab["CMT"], obs["CMT"])
     pd.testing.assert_frame_equal(nlme.sdtab(fit, diagnostics=fit.diagnostics(n_sim=200)),
                                   tab)  # a table already computed is used as it is
+    # ...in any order (sorted by TIME, 119 of 132 rows had another subject's ETAs)
+    by_time = fit.diagnostics(n_sim=200).sort_values("TIME", kind="stable")
+    pd.testing.assert_frame_equal(nlme.sdtab(fit, diagnostics=by_time), tab)
     eta = fit.eta.loc[tab["ID"]].to_numpy()  # each subject's EBE on each of its rows
     np.testing.assert_array_equal(tab[["ETA_KA", "ETA_CL", "ETA_V"]].to_numpy(), eta)
     # no random effects (an SG-MCMC result): said, not guessed
     with pytest.raises(TypeError, match="random effects"):
         nlme.sdtab(dataclasses.replace(fit, eta=None), n_sim=0)
+
+
+def test_vpc_bin_edges_must_cover_the_observations(nested_fits):
+    """Edges [0, 2, 6, 12] for times up to 24.65 h: the 20 observations after 12 h were
+    counted in the 6-12 h bin (its median DV 4.215 where the 26 in [6, 12) give 5.075)."""
+    fit = nested_fits[0]
+    with pytest.raises(ValueError, match=r"20 observation times lie outside the edges "
+                                         r"\[0, 12\]"):
+        nlme.vpc(fit, n_sim=2, bins=np.array([0.0, 2.0, 6.0, 12.0]))
+    with pytest.raises(ValueError, match="increasing edges"):
+        nlme.vpc(fit, n_sim=2, bins=np.array([0.0, 12.0, 6.0, 25.0]))
+    table = nlme.vpc(fit, n_sim=20, bins=np.array([0.0, 2.0, 6.0, 12.0, 25.0]),
+                     prediction_corrected=False)
+    t = np.asarray(fit.population.obs_time)[np.asarray(fit.population.obs_mask)]
+    dv = np.asarray(fit.population.obs_dv)[np.asarray(fit.population.obs_mask)]
+    in_bin = (t >= 6.0) & (t < 12.0)
+    row = table.iloc[2]
+    assert row["n"] == in_bin.sum() == 26
+    assert row["obs_q0.5"] == pytest.approx(np.median(dv[in_bin]))
 
 
 # ------------------------------------------------------------------------- comparison
