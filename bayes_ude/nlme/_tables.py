@@ -35,7 +35,10 @@ def sdtab(fit, n_sim: int = 1000, key=None, devices=None,
           diagnostics: pd.DataFrame | None = None) -> pd.DataFrame:
     """NONMEM-style ``sdtab``: one row per observation, in the data's row order, with
     ``ID, TIME, DV``, ``CMT`` (when the data have a ``CMT`` column), ``DVID`` (when there
-    are several observation types), ``PRED, IPRED, RES, WRES, IWRES, CWRES``, ``NPDE``
+    are several observation types), ``CENS`` (when some observations are below the limit
+    of quantification: 1 there, where ``DV`` is the limit and the residuals are NaN;
+    without it such a row read as an observation at the limit),
+    ``PRED, IPRED, RES, WRES, IWRES, CWRES``, ``NPDE``
     (``n_sim`` simulations per subject; 0 leaves it out) and one column per random effect
     (``ETA_KA`` for ``eta_ka``: the name upper-cased, ``ETA_`` put in front where it does
     not start so), each subject's estimate repeated on its rows.
@@ -63,6 +66,8 @@ def sdtab(fit, n_sim: int = 1000, key=None, devices=None,
         columns.append("CMT")
     if len(fit.model.error_models) > 1 or np.any(diag["DVID"].to_numpy() != 1):
         columns.append("DVID")
+    if "CENS" in diag and np.any(diag["CENS"].to_numpy() == 1):
+        columns.append("CENS")
     columns += ["PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES"]
     columns += ["NPDE"] if "NPDE" in diag else []
     table = diag[columns].copy()

@@ -309,6 +309,11 @@ def test_diagnostics_leave_censored_values_out_of_the_residuals(blq_fits):
         assert diag.loc[~cens, column].notna().all(), column
     assert diag.loc[cens, "DV"].eq(LLOQ).all() and diag["IPRED"].notna().all()
     assert abs(diag["CWRES"].mean()) < 0.3 and 0.7 < diag["CWRES"].std() < 1.3
+    # the sdtab says which rows are censored (without CENS they read as observations at
+    # the limit, with NaN residuals)
+    tab = nlme.sdtab(m3, diagnostics=diag)
+    assert tab["CENS"].sum() == df.BLQ.sum()
+    assert tab.loc[tab["CENS"] == 1, "DV"].eq(LLOQ).all()
 
 
 def test_vpc_censors_the_simulations_as_the_data_are(blq_fits):
