@@ -176,6 +176,16 @@ class BootstrapResult:
                     f"{' (interrupted)' if self.interrupted else ''}\n{self.ci()}")
 
 
+def _same_data(a, b) -> bool:
+    """The same subjects and the same observations (times and values)."""
+    if tuple(a.ids) != tuple(b.ids):
+        return False
+    obs = [(np.asarray(p.obs_time)[np.asarray(p.obs_mask)],
+            np.asarray(p.obs_dv)[np.asarray(p.obs_mask)]) for p in (a, b)]
+    return all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
+               for x, y in zip(obs[0], obs[1], strict=True))
+
+
 def bootstrap(model: PopulationModel, population, method: str = "focei", n: int = 200,
               key: jax.Array | None = None, *, start=None,
               fixed: Sequence[str] | Mapping[str, float] = (),
@@ -224,6 +234,11 @@ def bootstrap(model: PopulationModel, population, method: str = "focei", n: int 
     eta0 = np.zeros((n_subjects, model.n_eta))
     u0 = None
     if start is not None:
+        if not _same_data(start.population, population):
+            raise ValueError(
+                "bootstrap: start is a fit of other data (its subjects differ from "
+                "population's); its estimates would be shown as the original ones and its "
+                "EBEs used as this data's starting values: pass a fit of population")
         u0, eta0 = np.asarray(start.u, float), np.asarray(start.eta.to_numpy(), float)
         fixed = fixed or start.fixed
     problem, names, _ = setup_problem(model, population, method, fixed=fixed, init=init,

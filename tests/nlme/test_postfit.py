@@ -207,6 +207,10 @@ def test_bootstrap_se_of_a_sample_mean():
     np.testing.assert_allclose(boot.replicates["mu"], means[boot.indices].mean(axis=1),
                                rtol=1e-6)
     json.dumps(boot.summary())
+    # a start fitted to other data was taken as this data's original estimates and EBEs
+    for other in (_level_data(seed=2)[0], _level_data(n=21)[0]):  # same IDs; other IDs
+        with pytest.raises(ValueError, match="start is a fit of other data"):
+            nlme.bootstrap(model, other, n=2, start=fit, progress=False)
 
 
 def test_batched_replicates_equal_standalone_fits(theoph, nested_fits):
