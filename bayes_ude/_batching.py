@@ -147,22 +147,28 @@ def _copies_bwd(n, _, ct):
 _copies.defvjp(_copies_fwd, _copies_bwd)
 
 
-def _check_leading_sizes(xs) -> None:
-    """Every leaf of ``xs`` must have the same leading size: padding repeats a shorter
-    leaf's last member and the result is cut to the first leaf's size, so 4 initial states
-    with 3 rates used to solve the 4th with the 3rd rate, where ``vmap`` raises."""
-    paths = jax.tree_util.tree_flatten_with_path(xs)[0]
+def check_batch_sizes(xs, caller: str = "batch_map", hint: str = "") -> int:
+    """The one leading (batch) size of every leaf of ``xs``, or ``ValueError`` naming
+    the leaves (a mapping's keys read as names: ``{"u0": ..., "args": ...}``). Padding
+    repeats a shorter leaf's last member and the result is cut to the first leaf's size,
+    so 4 initial states with 3 rates used to solve the 4th with the 3rd rate, where
+    ``vmap`` raises."""
     sizes = {}
-    for path, leaf in paths:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(xs)[0]:
+        head = path[:1]
+        where = (str(head[0].key) + jax.tree_util.keystr(path[1:])
+                 if head and isinstance(head[0], jax.tree_util.DictKey)
+                 else jax.tree_util.keystr(path) or "xs")
         shape = jnp.shape(leaf)
         if not shape:
-            raise ValueError(f"batch_map: every array of the batch needs a leading batch "
-                             f"axis; {jax.tree_util.keystr(path) or 'xs'} is a scalar")
-        sizes.setdefault(int(shape[0]), jax.tree_util.keystr(path) or "xs")
+            raise ValueError(f"{caller}: every batched array needs a leading batch axis; "
+                             f"{where} is a scalar")
+        sizes.setdefault(int(shape[0]), where)
     if len(sizes) > 1:
-        found = ", ".join(f"{where}: {size}" for size, where in sizes.items())
-        raise ValueError(f"the batched inputs must all have the same leading (batch) size, "
-                         f"got {found}")
+        found = ", ".join(f"{where} has {size}" for size, where in sizes.items())
+        raise ValueError(f"{caller}: the batched inputs must all have the same leading "
+                         f"(batch) size; {found}{hint}")
+    return next(iter(sizes), 0)  # 0: no batched leaf
 
 
 def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str = "auto",
@@ -200,11 +206,9 @@ def batch_map(fn: Callable, xs: Any, args: Any = (), *, block: int | None | str 
     if isolate and (block is None or not copy_args):
         raise ValueError("batch_map: isolate needs a block size (not None) and copy_args")
     devices = resolve_devices(devices)
-    leaves = jax.tree.leaves(xs)
-    if not leaves:
+    if not jax.tree.leaves(xs):
         raise ValueError("batch_map: xs has no arrays")
-    _check_leading_sizes(xs)
-    n = int(jnp.shape(leaves[0])[0])
+    n = check_batch_sizes(xs)
     if block == "auto":
         block = default_block(devices)
     n_dev = len(devices)

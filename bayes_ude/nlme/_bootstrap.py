@@ -35,6 +35,7 @@ from ._estimate import setup_problem
 from ._likelihood import LOG_2PI
 from ._model import PopulationModel
 from ._optimise import Problem, bfgs_init, run_chunk
+from ._tables import observed, same_observations
 
 __all__ = ["BootstrapResult", "bootstrap"]
 
@@ -176,16 +177,6 @@ class BootstrapResult:
                     f"{' (interrupted)' if self.interrupted else ''}\n{self.ci()}")
 
 
-def _same_data(a, b) -> bool:
-    """The same subjects and the same observations (times and values)."""
-    if tuple(a.ids) != tuple(b.ids):
-        return False
-    obs = [(np.asarray(p.obs_time)[np.asarray(p.obs_mask)],
-            np.asarray(p.obs_dv)[np.asarray(p.obs_mask)]) for p in (a, b)]
-    return all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
-               for x, y in zip(obs[0], obs[1], strict=True))
-
-
 def bootstrap(model: PopulationModel, population, method: str = "focei", n: int = 200,
               key: jax.Array | None = None, *, start=None,
               fixed: Sequence[str] | Mapping[str, float] = (),
@@ -234,7 +225,7 @@ def bootstrap(model: PopulationModel, population, method: str = "focei", n: int 
     eta0 = np.zeros((n_subjects, model.n_eta))
     u0 = None
     if start is not None:
-        if not _same_data(start.population, population):
+        if not same_observations(observed(start.population), observed(population)):
             raise ValueError(
                 "bootstrap: start is a fit of other data (its subjects differ from "
                 "population's); its estimates would be shown as the original ones and its "

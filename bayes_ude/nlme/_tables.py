@@ -130,14 +130,12 @@ class _Entry:
 
 def _from_result(name: str, fit: FitResult) -> _Entry:
     pop = fit.population
-    mask = np.asarray(pop.obs_mask)
     params = frozenset(n for n in fit.model.parameter_names() if n not in fit.fixed)
     unnamed = frozenset(c for c in fit.model.covariates
                         if not any(p.endswith(f"_{c}") or f"_{c}_" in p for p in params))
     return _Entry(name, fit.method, fit.minus2ll, fit.ofv, fit.aic, fit.bic, fit.n_obs,
                   pop.n_subjects, fit.n_parameters, params, bool(fit.converged),
-                  observations=(tuple(pop.ids), np.asarray(pop.obs_time)[mask],
-                                np.asarray(pop.obs_dv)[mask]),
+                  observations=observed(pop),
                   fixed=("fit", type(fit.model.structural).__name__, unnamed))
 
 
@@ -167,6 +165,20 @@ def _from_folder(name: str, path: Path) -> _Entry:
                                   if t.strip()))
 
 
+def observed(population) -> tuple:
+    """``(ids, times, values)`` of the observation records: what makes two populations
+    the same data (:func:`same_observations`)."""
+    mask = np.asarray(population.obs_mask)
+    return (tuple(population.ids), np.asarray(population.obs_time)[mask],
+            np.asarray(population.obs_dv)[mask])
+
+
+def same_observations(a: tuple, b: tuple) -> bool:
+    """Whether two :func:`observed` tuples are the same subjects, times and values."""
+    return a[0] == b[0] and all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
+                                for x, y in zip(a[1:], b[1:], strict=True))
+
+
 def _check_same_data(entries: list[_Entry]) -> None:
     first = entries[0]
     for e in entries[1:]:
@@ -177,10 +189,7 @@ def _check_same_data(entries: list[_Entry]) -> None:
         if e.data is not None and first.data is not None and e.data != first.data:
             why.append(f"data {e.data!r} against {first.data!r}")
         if e.observations is not None and first.observations is not None and not why:
-            ids, t, dv = e.observations
-            if ids != first.observations[0] or not (
-                    np.array_equal(t, first.observations[1])
-                    and np.array_equal(dv, first.observations[2])):
+            if not same_observations(e.observations, first.observations):
                 why.append("other subjects, times or DV values")
         if why:
             raise ValueError(f"compare_fits: {e.name!r} and {first.name!r} are fits of "

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jaxtyping import ArrayLike, PyTree
 
-from .._batching import batch_map, resolve_devices
+from .._batching import batch_map, check_batch_sizes, resolve_devices
 from ._solve import Solution, solve
 
 
@@ -41,7 +40,9 @@ def solve_ensemble(
     if not (batch_u0 or batch_args):
         raise ValueError("solve_ensemble needs batch_u0 or batch_args (or both) to be True")
 
-    _check_members(u0 if batch_u0 else None, args if batch_args else None)
+    check_batch_sizes({"u0": u0 if batch_u0 else None, "args": args if batch_args else None},
+                      "solve_ensemble", " (use batch_u0=False or batch_args=False for an "
+                      "input shared by every member)")
 
     def one(u, a):
         return solve(vector_field, u, saveat, a, **kwargs)
@@ -59,21 +60,3 @@ def solve_ensemble(
                      # no copy of the shared input per member (it may be a network's
                      # weights, shared by 100,000 members)
                      copy_args=False)
-
-
-def _check_members(u0, args) -> None:
-    """One member count for the batched inputs, named in the error (on several devices
-    the shorter input's last member used to be repeated, silently)."""
-    sizes = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path({"u0": u0, "args": args})[0]:
-        where = path[0].key + jax.tree_util.keystr(path[1:])
-        shape = jnp.shape(leaf)
-        if not shape:
-            raise ValueError(f"solve_ensemble: {where} is batched (batch_{path[0].key}=True) "
-                             f"but has no leading member axis (a scalar)")
-        sizes.setdefault(int(shape[0]), where)
-    if len(sizes) > 1:
-        found = ", ".join(f"{where} has {size}" for size, where in sizes.items())
-        raise ValueError(f"solve_ensemble: the batched inputs need one member count along "
-                         f"their leading axis; {found} (use batch_u0=False or "
-                         f"batch_args=False for an input shared by every member)")
