@@ -25,32 +25,11 @@ from collections.abc import Callable, Mapping
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 
 from .. import solvers
-from ._structural import StructuralModel, observe_states, observe_types
+from ._structural import StructuralModel, check_dose_kinds, observe_states, observe_types
 
-__all__ = ["FixedStepODEModel", "check_bolus_only"]
-
-
-def check_bolus_only(population, what: str, compartments=None) -> None:
-    """Raise ``ValueError`` unless every dose is a bolus (no infusion, steady state or
-    reset), into one of ``compartments`` (1-based) when given."""
-    mask = np.asarray(population.dose_mask)
-    problems = []
-    if np.any(np.asarray(population.dose_rate)[mask] > 0):
-        problems.append("infusions (RATE > 0)")
-    if np.any(np.asarray(population.dose_ss)[mask]):
-        problems.append("steady-state doses (SS = 1)")
-    if np.any(np.asarray(population.reset_mask)):
-        problems.append("resets (EVID 3/4)")
-    if compartments is not None:
-        cmt = sorted(set(np.asarray(population.dose_cmt)[mask].tolist()) - set(compartments))
-        if cmt:
-            problems.append(f"doses into CMT {cmt} (expected CMT {list(compartments)})")
-    if problems:
-        raise ValueError(f"{what} supports bolus doses only; the data have "
-                         f"{', '.join(problems)}")
+__all__ = ["FixedStepODEModel"]
 
 
 class FixedStepODEModel(StructuralModel):
@@ -96,7 +75,7 @@ class FixedStepODEModel(StructuralModel):
 
     def specialise(self, population) -> FixedStepODEModel:
         """Checks the data: bolus doses only (no infusions, steady state or resets)."""
-        check_bolus_only(population, "FixedStepODEModel")
+        check_dose_kinds(population, "FixedStepODEModel")
         return self
 
     def solve(self, params, subject):

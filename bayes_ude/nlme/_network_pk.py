@@ -35,9 +35,8 @@ import numpy as np
 from .. import nn, solvers
 from ._builtin import nca_initial_estimates
 from ._error import Combined
-from ._fixed_step import check_bolus_only
 from ._model import PopulationModel, typical_individual
-from ._structural import NETWORK_CONC_SCALE, StructuralModel, dose_table
+from ._structural import NETWORK_CONC_SCALE, StructuralModel, check_dose_kinds, dose_table
 
 __all__ = [
     "NetworkEliminationPK",
@@ -60,7 +59,7 @@ class NetworkEliminationPK(StructuralModel):
     grid: tuple = eqx.field(static=True, default=())
 
     def specialise(self, population):
-        check_bolus_only(population, "network_elimination_model", compartments=(1,))
+        check_dose_kinds(population, "network_elimination_model", compartments=(1,))
         return self
 
     @property
@@ -127,7 +126,7 @@ def network_elimination_model(
     -------
     PopulationModel with theta ``tka, tcl, tv, w`` and the L2 penalty ``l2`` on ``w``.
     """
-    check_bolus_only(population, "network_elimination_model", compartments=(1,))
+    check_dose_kinds(population, "network_elimination_model", compartments=(1,))
     values = nca_initial_estimates(population)
     if init:
         values.update({k: float(v) for k, v in init.items()})

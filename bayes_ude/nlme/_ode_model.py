@@ -16,7 +16,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .. import solvers
-from ._structural import StructuralModel, observe_states, observe_types
+from ._structural import StructuralModel, check_dose_kinds, observe_states, observe_types
 
 __all__ = ["ODEModel"]
 
@@ -97,6 +97,13 @@ class ODEModel(StructuralModel):
     @property
     def observation_types(self) -> tuple[int, ...]:
         return observe_types(self.observe)
+
+    def check_population(self, population) -> None:
+        """The compartments (:meth:`StructuralModel.check_population`), and no
+        steady-state dose or reset: the solve starts from the first record, so it would
+        leave them out without a word."""
+        super().check_population(population)
+        check_dose_kinds(population, "ODEModel", infusions=True)
 
     def predict(self, params, subject):
         times = subject.obs_time

@@ -9,12 +9,15 @@ solve:
 * zero-order infusion at rate ``r`` for ``T = a / r``: the kernel integrated over the
   infusion, ``r * sum_k coef_k / lam_k * (exp(-lam_k * max(tau - T, 0)) - exp(-lam_k * tau))``;
 * steady state (``SS = 1``, dosing interval ``II``): the dose and all its predecessors
-  ``td - n II`` summed as a geometric series, ``exp(-lam tau) / (1 - exp(-lam II))``;
+  ``td - n II`` summed as a geometric series, ``exp(-lam tau) / (1 - exp(-lam II))``
+  (for infusions longer than ``II``, the ones still running counted apart); ``AMT 0,
+  RATE > 0, II 0`` is a constant infusion at steady state, ``RATE / lam`` per exponent;
 * a reset (EVID 3/4, or an SS dose, which resets the system in NONMEM) cuts off the
   contributions of all earlier doses from the reset time on.
 
 An observation at the time of a dose sees the state just before that dose (as
-:func:`bayes_ude.solvers.solve` does), so e.g. a pre-dose sample at time 0 is 0.
+:func:`bayes_ude.solvers.solve` does), so e.g. a pre-dose sample at time 0 is 0; at the
+time of an SS dose it sees the steady state's trough (after the reset, before the dose).
 
 Compartments are numbered from 1, NONMEM style: oral models have 1 = depot, 2 = central
 (3 = peripheral); IV models have 1 = central (2 = peripheral).
@@ -156,7 +159,7 @@ class ClosedFormModel(StructuralModel):
         which :meth:`superpose` contracts with the coefficients of the dose's
         compartment."""
         tau = times[:, None] - arrival[None, :]  # (n_obs, n_dose)
-        active = (tau > 0) & dose_mask[None, :]
+        live = dose_mask[None, :]
         if self.steady_state or (self.resets and reset_time is not None):
             # Each dose stops counting at the first reset after it (EVID 3/4 or a later SS
             # dose).
@@ -166,31 +169,54 @@ class ClosedFormModel(StructuralModel):
             resets = jnp.concatenate(resets)
             later = resets[None, :] > dose_time[:, None]
             until = jnp.min(jnp.where(later, resets[None, :], jnp.inf), axis=1)
-            active = active & (times[:, None] < until[None, :])
-        tau = jnp.where(active, tau, 0.0)
+            live = live & (times[:, None] < until[None, :])
         lam_ = lam[None, None, :]
-        decay = jnp.exp(-lam_ * tau[..., None])  # (n_obs, n_dose, K)
-        if self.steady_state:
-            is_ss = dose_ss[None, :, None]
-            ii = jnp.where(dose_ss, dose_ii, 1.0)[None, :, None]
-            # geometric series over the steady-state predecessors (1 when not at steady state)
-            ss_factor = jnp.where(is_ss, 1.0 / -jnp.expm1(-lam_ * ii), 1.0)
-        else:
-            ss_factor = 1.0
-        per_dose = amt[None, :, None] * decay * ss_factor
         if self.infusions:
-            is_inf = dose_rate > 0
-            rate = jnp.where(is_inf, dose_rate, 1.0)
-            duration = jnp.where(is_inf, amt / rate, 0.0)[None, :, None]
+            is_inf = (dose_rate > 0)[None, :, None]
+            rate = jnp.where(is_inf, dose_rate[None, :, None], 1.0)
+            duration = jnp.where(is_inf, amt[None, :, None] / rate, 0.0)
+        # the dose itself, from its arrival on
+        active = live & (tau > 0)
+        now = jnp.where(active, tau, 0.0)[..., None]
+        decay = jnp.exp(-lam_ * now)  # (n_obs, n_dose, K)
+        terms = amt[None, :, None] * decay
+        if self.infusions:
             # during, exp(-lam*0) - exp(-lam tau); after, exp(-lam (tau-T)) - exp(-lam tau)
-            during = jnp.exp(-lam_ * jnp.maximum(tau[..., None] - duration, 0.0))
-            infusion = (during - decay) / lam_
-            if self.steady_state:
-                # earlier steady-state infusions have all ended (T <= II): each contributes
-                # (exp(lam T) - 1) exp(-lam (tau + n II)) / lam
-                infusion = infusion + jnp.expm1(lam_ * duration) * decay / lam_ * (ss_factor - 1)
-            per_dose = jnp.where(is_inf[None, :, None], rate[None, :, None] * infusion, per_dose)
-        return jnp.where(active[..., None], per_dose, 0.0)
+            infusion = (jnp.exp(-lam_ * jnp.maximum(now - duration, 0.0)) - decay) / lam_
+            terms = jnp.where(is_inf, rate * infusion, terms)
+        terms = jnp.where(active[..., None], terms, 0.0)
+        if self.steady_state:
+            terms = terms + self._predecessors(lam_, tau, times, live, amt, dose_time,
+                                               dose_ss, dose_ii, *(
+                                                   (is_inf, rate, duration)
+                                                   if self.infusions else (None,) * 3))
+        return terms
+
+    @staticmethod
+    def _predecessors(lam_, tau, times, live, amt, dose_time, dose_ss, dose_ii, is_inf, rate,
+                      duration):
+        """The steady state an SS dose stands for: its predecessors at ``tau + n II``,
+        ``n >= 1``, summed in closed form. They count from the dose's record time on (an
+        observation at that time sees the trough), up to the next reset."""
+        past = live & dose_ss[None, :] & (times[:, None] >= dose_time[None, :])
+        tau = jnp.where(past, tau, 0.0)[..., None]
+        # AMT 0, RATE > 0, II 0: a constant infusion at steady state, RATE / lam per
+        # exponent from the record on
+        constant = (dose_ss & (dose_ii <= 0))[None, :, None]
+        ii = jnp.where(dose_ss & (dose_ii > 0), dose_ii, 1.0)[None, :, None]
+        geometric = 1.0 / -jnp.expm1(-lam_ * ii)  # sum over n >= 0 of exp(-lam n II)
+        decay = jnp.exp(-lam_ * tau)
+        terms = amt[None, :, None] * decay * (geometric - 1.0)
+        if is_inf is not None:
+            # predecessor n has run for tau_n = tau + n II; the first m - 1 still run
+            # (tau_n < T) and give (1 - exp(-lam tau_n)) / lam, the others
+            # (exp(lam T) - 1) exp(-lam tau_n) / lam: T > II (overlapping infusions) too
+            m = jnp.maximum(jnp.ceil((duration - tau) / ii), 1.0)
+            ended = jnp.exp(-lam_ * (tau + m * ii - duration)) * geometric
+            infusion = (m - 1.0 + ended - decay * (geometric - 1.0)) / lam_
+            infusion = jnp.where(constant, 1.0 / lam_, infusion)
+            terms = jnp.where(is_inf, rate * infusion, terms)
+        return jnp.where(past[..., None], terms, 0.0)
 
     def specialise(self, population) -> ClosedFormModel:
         """A copy that leaves out the infusion, steady-state and reset terms the data do not

@@ -169,6 +169,30 @@ def check_observation_types(model: StructuralModel, population, one_error_model:
             f"out (population.select_dvid, or MDV = 1)")
 
 
+def check_dose_kinds(population, what: str, *, infusions: bool = False,
+                     compartments: Sequence[int] | None = None) -> None:
+    """Raise ``ValueError`` unless every dose is a bolus (or an infusion, with
+    ``infusions``): no steady state or reset, which models solved forward from the first
+    record cannot honour, into one of ``compartments`` (1-based) when given."""
+    mask = np.asarray(population.dose_mask)
+    problems = []
+    if not infusions and np.any(np.asarray(population.dose_rate)[mask] > 0):
+        problems.append("infusions (RATE > 0)")
+    if np.any(np.asarray(population.dose_ss)[mask]):
+        problems.append("steady-state doses (SS = 1)")
+    if np.any(np.asarray(population.reset_mask)):
+        problems.append("resets (EVID 3/4)")
+    if compartments is not None:
+        cmt = sorted(set(np.asarray(population.dose_cmt)[mask].tolist()) - set(compartments))
+        if cmt:
+            problems.append(f"doses into CMT {cmt} (expected CMT {list(compartments)})")
+    if problems:
+        kinds = "bolus doses and infusions" if infusions else "bolus doses"
+        raise ValueError(f"{what} supports {kinds} only; the data have "
+                         f"{_and(problems)} (a closed-form model handles them; or give "
+                         "the doses explicitly, with ADDL)")
+
+
 def check_compartments(model: StructuralModel, population) -> None:
     """:meth:`StructuralModel.check_population` for any model (see there)."""
     label = _model_label(model)

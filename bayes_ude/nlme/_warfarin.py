@@ -45,9 +45,14 @@ import numpy as np
 
 from .. import nn, solvers
 from ._error import Additive, Combined
-from ._fixed_step import check_bolus_only
 from ._model import PopulationModel, typical_individual
-from ._structural import NETWORK_CONC_SCALE, StructuralModel, dose_table, select_by_dvid
+from ._structural import (
+    NETWORK_CONC_SCALE,
+    StructuralModel,
+    check_dose_kinds,
+    dose_table,
+    select_by_dvid,
+)
 
 __all__ = [
     "TransitTurnoverPKPD",
@@ -147,7 +152,7 @@ class TransitTurnoverPKPD(StructuralModel):
     grid: tuple = eqx.field(static=True, default=tuple(WARFARIN_GRID.items()))
 
     def specialise(self, population):
-        check_bolus_only(population, "the warfarin PK/PD model", compartments=(1,))
+        check_dose_kinds(population, "the warfarin PK/PD model", compartments=(1,))
         return self
 
     @property
@@ -206,7 +211,7 @@ def _warfarin_arguments(population, drug_effect: str, pk_dvid: int, pd_dvid: int
     if drug_effect not in ("emax", "network"):
         raise ValueError(f"drug_effect must be 'emax' or 'network', got {drug_effect!r}")
     _check_dvids(population, pk_dvid, pd_dvid)
-    check_bolus_only(population, "the warfarin PK/PD model", compartments=(1,))
+    check_dose_kinds(population, "the warfarin PK/PD model", compartments=(1,))
     eta = tuple(str(e).lower() for e in eta)
     allowed = [p for p in WARFARIN_PARAMETERS if p != "imax"]
     if any(e not in allowed for e in eta) or len(set(eta)) != len(eta):

@@ -99,19 +99,54 @@ def test_one_compartment_iv_infusion_closed_form():
     np.testing.assert_allclose(conc, ref, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("rate", [0.0, 100.0])
+@pytest.mark.parametrize("rate", [0.0, 100.0, 10.0])
 def test_steady_state_dose_equals_many_explicit_doses(rate):
     """SS=1 (every 12 h) against 200 explicit earlier doses (the slowest exponential has
-    decayed by e^-40 over them): the geometric series."""
+    decayed by e^-40 over them): the geometric series. Oral with a lag time; infusions of
+    2 h and of 20 h (longer than II: they overlap). At the SS dose's own time, and before
+    the lagged dose arrives, an observation sees the steady state's trough."""
     p = dict(ka=1.1, cl=2.0, v=25.0, q=1.0, vp=30.0)
-    model = nlme.TwoCompartmentOral() if rate == 0 else nlme.TwoCompartmentIV()
+    if rate == 0:
+        model, p = nlme.TwoCompartmentOral(), p | {"tlag": 0.3}
+    else:
+        model = nlme.TwoCompartmentIV()
     cmt = 1
-    obs = np.array([0.5, 1.0, 3.0, 6.0, 11.9, 14.0, 20.0])
+    obs = np.array([0.0, 0.2, 0.5, 1.0, 3.0, 6.0, 11.9, 14.0, 20.0, 25.0])
     ss = _table([(0.0, 200.0, cmt, rate, 1, 12.0)], obs, cmt_obs=2)
     many = _table([(-12.0 * n, 200.0, cmt, rate, 0, 0.0) for n in range(200, -1, -1)], obs,
                   cmt_obs=2)
-    np.testing.assert_allclose(np.asarray(model.predict(p, _subject(ss))),
-                               np.asarray(model.predict(p, _subject(many))), rtol=1e-9)
+    explicit = np.asarray(model.predict(p, _subject(many)))
+    assert explicit[0] > 0.1  # the trough
+    np.testing.assert_allclose(np.asarray(model.predict(p, _subject(ss))), explicit,
+                               rtol=1e-9)
+
+
+def test_steady_state_constant_infusion_is_rate_over_clearance():
+    """AMT 0, RATE 10, SS 1, II 0: a constant infusion at steady state, C = RATE / CL from
+    the record on (2-compartment: the peripheral compartment is at equilibrium)."""
+    p = dict(cl=2.0, v=25.0, q=1.0, vp=30.0)
+    obs = np.array([0.0, 1.0, 30.0])
+    pop = _table([(0.0, 0.0, 1, 10.0, 1, 0.0)], obs, cmt_obs=1)
+    conc = np.asarray(nlme.TwoCompartmentIV().predict(p, _subject(pop)))
+    np.testing.assert_allclose(conc, 10.0 / p["cl"], rtol=1e-12)
+
+
+def test_ode_model_refuses_steady_state_and_resets():
+    """An ODE model solves forward from the first record: it cannot stand for an SS dose's
+    predecessors or forget doses at a reset, and used to leave both out without a word
+    (SS=1 every 12 h gave the single dose's curve)."""
+    ode = nlme.ODEModel(lambda t, a, p: -p["cl"] / p["v"] * a, 1, lambda a, p: a[0] / p["v"])
+    ss = _table([(0.0, 100.0, 1, 0.0, 1, 12.0)], [1.0, 5.0], cmt_obs=1)
+    with pytest.raises(ValueError, match=r"ODEModel supports bolus doses and infusions only.*"
+                                         r"steady-state doses \(SS = 1\)"):
+        ode.check_population(ss)
+    reset = nlme.read_nonmem(pd.DataFrame([
+        dict(ID=1, TIME=0.0, DV=".", AMT=100.0, EVID=1),
+        dict(ID=1, TIME=10.0, DV=".", AMT=50.0, EVID=4),
+        dict(ID=1, TIME=13.0, DV=1.0, AMT=".", EVID=0)]))
+    with pytest.raises(ValueError, match=r"resets \(EVID 3/4\)"):
+        ode.check_population(reset)
+    ode.check_population(_table([(0.0, 100.0, 1, 50.0, 0, 0.0)], [1.0, 5.0], cmt_obs=1))
 
 
 def test_reset_forgets_earlier_doses():
