@@ -251,6 +251,9 @@ def _check_simulate_args(args: argparse.Namespace) -> None:
     elif args.subjects is not None:
         fail("--subjects sizes a new regimen (--doses, --times); without one the fitted "
               "data's subjects are simulated")
+    if _same_folder(args.out, args.fit_dir):
+        fail(f"--out {str(args.out)!r} is the fit folder FIT_DIR: --out is replaced as a "
+             "whole, which would delete the fit; name another folder")
     _check_out(args.out, None)
 
 

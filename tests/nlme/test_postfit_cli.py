@@ -91,6 +91,8 @@ def test_post_fit_commands_check_their_options(fits, tmp_path):
             (["simulate", str(tmp_path)], "is not the --out folder of a `bayes-ude pk fit`"),
             (["simulate", str(full), "--doses", "0:100"], "--doses and --times go together"),
             (["simulate", str(full), "--doses", "0:-1", "--times", "1"], "AMT > 0"),
+            # --out replaces its folder: naming the fit's own deleted the fit
+            (["simulate", str(full), "--out", str(full)], "is the fit folder FIT_DIR"),
             (["compare", str(full)], "two or more FIT_DIR"),
             (["compare", str(full), str(full), "--nested", "a:b"], "--nested names"),
             (["fit", "theophylline", "--method", "nuts", "--bootstrap", "10"],
