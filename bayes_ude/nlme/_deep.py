@@ -113,7 +113,7 @@ def covariate_model(
     parameters : the parameters whose random effects are shifted, by parameter
         (``"cl"`` for ``eta_cl``) or random-effect name; one output each.
     name : the theta entry of the weights (default ``w_<form>``, e.g. ``w_network``).
-    l2 : L2 penalty on the weights (OFV scale; a ``N(0, 1/(2 l2))`` prior). Default
+    l2 : L2 penalty on the weights (OFV scale; a ``N(0, 1/l2)`` prior). Default
         :data:`DEFAULT_NETWORK_L2` (2) for a network, none for linear and power models.
     widths, activation, key, log : of the network (``form="network"``; see
         :class:`CovariateNetwork`).

@@ -61,7 +61,7 @@ class PopulationModel:
         :meth:`specialised` (every fit does that).
     l2 : L2 penalties ``{theta name: lambda}``: ``sum_k lambda_k ||theta_k||^2`` is added
         to the maximum-likelihood objective (OFV, −2LL scale), which is the −2 log density
-        of a ``N(0, 1/(2 lambda_k))`` prior on every entry of ``theta_k`` (so the fit is a
+        of a ``N(0, 1/lambda_k)`` prior on every entry of ``theta_k`` (so the fit is a
         MAP estimate for those entries). The Bayesian fits use exactly that prior for them
         by default. Typical use: the weights of a covariate network.
     """

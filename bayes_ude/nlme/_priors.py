@@ -49,7 +49,8 @@ class Priors:
     Parameters
     ----------
     theta : ``{name: distribution}``. Defaults: for a name with an ``l2`` penalty in the
-        model, ``Normal(0, 1/sqrt(2 l2))`` on every entry (the penalty's prior); otherwise
+        model, ``Normal(0, 1/sqrt(l2))`` on every entry (the penalty's prior: ``l2 w^2`` on
+        the OFV is its −2 log density); otherwise
         ``Normal(initial value, theta_scale)`` (with the usual log-scale typical values,
         ``theta_scale = 2`` allows a factor of ``e^4`` either way at two SDs).
     omega_sd : distribution of each random effect's standard deviation, or
@@ -88,7 +89,7 @@ class Priors:
         if name in self.theta:
             d = self.theta[name]
         elif name in model.l2:
-            d = dist.Normal(0.0, 1.0 / math.sqrt(2.0 * model.l2[name]))
+            d = dist.Normal(0.0, 1.0 / math.sqrt(model.l2[name]))
         else:
             d = dist.Normal(jnp.asarray(init), self.theta_scale)
         if init.ndim and d.event_shape != init.shape:

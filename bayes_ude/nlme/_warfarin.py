@@ -259,7 +259,7 @@ def warfarin_pkpd_model(
         ``logit_imax``). On these data the likelihood keeps rising towards ``Imax = 1``
         (FOCEI drives ``logit_imax`` past 14 without converging), so it is fixed.
     width, depth : the network's hidden layers (``depth`` tanh layers of ``width``).
-    l2 : L2 penalty on the network weights (OFV scale: a ``N(0, 1/(2 l2))`` prior).
+    l2 : L2 penalty on the network weights (OFV scale: a ``N(0, 1/l2)`` prior).
     key : PRNG key of the network's hidden layers (default ``jax.random.key(0)``); its
         last layer starts at zero, so the untrained network is Emax with ``Imax = 1``,
         ``IC50 = init["ic50"]``.

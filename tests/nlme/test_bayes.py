@@ -138,10 +138,14 @@ def test_l2_penalty_is_a_gaussian_prior_on_theta():
     pen = _line_model(extra_theta={"w": w}, l2={"w": 0.7})
     diff = float(nlme.objective(pen, pop)) - float(nlme.objective(plain, pop))
     assert diff == pytest.approx(0.7 * np.sum(w**2), rel=1e-12)
-    # ... whose Bayesian default is N(0, 1/(2 lambda)): the same density up to a constant
+    # ... whose Bayesian default is the prior that penalty is the -2 log density of, so
+    # that FOCEI-with-L2 is the MAP: N(0, 1/lambda) (it was N(0, 1/(2 lambda)), twice as
+    # tight). Checked as a difference of -2 log densities between two points, against
+    # the OFV's.
     prior = nlme.Priors().theta_dist(pen, "w")
     lp = float(prior.log_prob(jnp.asarray(w)))
-    assert lp == pytest.approx(stats.norm(0, np.sqrt(1 / 1.4)).logpdf(w).sum(), rel=1e-12)
+    assert lp == pytest.approx(stats.norm(0, np.sqrt(1 / 0.7)).logpdf(w).sum(), rel=1e-12)
+    assert -2 * (lp - float(prior.log_prob(jnp.zeros(3)))) == pytest.approx(diff, rel=1e-12)
     res = nlme.fit(pen, pop, "focei", progress=False, covariance=False)
     est_w = np.asarray(res.theta["w"])
     assert np.all(np.abs(est_w) < 1e-4)  # w does not enter the likelihood: the prior wins
