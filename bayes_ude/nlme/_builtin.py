@@ -10,10 +10,17 @@ so a fit starts close to the answer whatever the drug.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
-from ._covariate_terms import CovariateTerm, parse_covariate_terms, resolve_covariate_terms
+from ._covariate_terms import (
+    CovariateTerm,
+    parse_covariate_terms,
+    positive_problems,
+    resolve_covariate_terms,
+)
 from ._data_text import describe_dvids
 from ._error import Additive, Combined, Exponential, Proportional
 from ._model import Omega, PopulationModel
@@ -21,7 +28,13 @@ from ._model_checks import check_data
 from ._pk import OneCompartmentIV, OneCompartmentOral, TwoCompartmentIV, TwoCompartmentOral
 from ._structural import check_one_quantity
 
-__all__ = ["BUILTIN_MODELS", "ERROR_MODELS", "builtin_model", "nca_initial_estimates"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "ERROR_MODELS",
+    "BuiltinIndividual",
+    "builtin_model",
+    "nca_initial_estimates",
+]
 
 BUILTIN_MODELS = {
     "iv1cmt": (OneCompartmentIV, ("cl", "v")),
@@ -160,24 +173,52 @@ def builtin_model(name: str, population, error: str = "additive",
     sd0 = {"add_sd": max(0.1 * float(np.std(y)), 1e-3), "prop_sd": 0.1, "exp_sd": 0.1}
     sigma = {k: sd0[k] for k in sigma_names}
 
-    def individual(theta, eta, cov):
+    individual = BuiltinIndividual(tuple(params), tuple(with_eta), tuple(with_iov),
+                                   allometric, float(reference_weight), tuple(terms))
+    columns = ([allometric] if allometric else []) + [t.column for t in terms]
+    return PopulationModel(structural, individual, theta=theta, omega=omega_init,
+                           sigma=sigma, error=error_cls(), covariates=tuple(dict.fromkeys(columns)),
+                           iov=tuple(f"iov_{p}" for p in with_iov), occasion=occasion)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinIndividual:
+    """``individual(theta, eta, cov)`` of a built-in model: ``p = exp(t<p> + eta_<p> +
+    iov_<p> + allometric and covariate-term shifts)``. :meth:`covariate_problems` holds new
+    data to the covariate values these shifts are defined for."""
+
+    params: tuple[str, ...]
+    with_eta: tuple[str, ...]
+    with_iov: tuple[str, ...]
+    allometric: str | None
+    reference_weight: float
+    terms: tuple[CovariateTerm, ...]
+
+    def __call__(self, theta, eta, cov):
         out = {}
-        for p in params:
-            value = theta[f"t{p}"] + (eta[f"eta_{p}"] if p in with_eta else 0.0)
-            if p in with_iov:
+        for p in self.params:
+            value = theta[f"t{p}"] + (eta[f"eta_{p}"] if p in self.with_eta else 0.0)
+            if p in self.with_iov:
                 value = value + eta[f"iov_{p}"]
-            if allometric is not None and p in _ALLOMETRIC:
-                value = value + _ALLOMETRIC[p] * jnp.log(cov[allometric] / reference_weight)
-            for t in terms:
+            if self.allometric is not None and p in _ALLOMETRIC:
+                value = value + _ALLOMETRIC[p] * jnp.log(cov[self.allometric]
+                                                         / self.reference_weight)
+            for t in self.terms:
                 if t.parameter == p:
                     value = value + t.shift(theta, cov)
             out[p] = jnp.exp(value)
         return out
 
-    columns = ([allometric] if allometric else []) + [t.column for t in terms]
-    return PopulationModel(structural, individual, theta=theta, omega=omega_init,
-                           sigma=sigma, error=error_cls(), covariates=tuple(dict.fromkeys(columns)),
-                           iov=tuple(f"iov_{p}" for p in with_iov), occasion=occasion)
+    def covariate_problems(self, population) -> list[str]:
+        """What in ``population``'s covariates the model is not defined for (one line
+        each): allometric weights <= 0, and each term's :meth:`CovariateTerm.problems`."""
+        problems = []
+        if self.allometric is not None:
+            problems += positive_problems(population, self.allometric,
+                                          "the allometric model (WT/70)^0.75")
+        for t in self.terms:
+            problems += t.problems(population)
+        return problems
 
 
 def _omega(with_eta: list[str], structure, with_iov: list[str] = ()) -> Omega:

@@ -28,7 +28,13 @@ from collections.abc import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["FORMS", "CovariateTerm", "parse_covariate_terms", "resolve_covariate_terms"]
+__all__ = [
+    "FORMS",
+    "CovariateTerm",
+    "parse_covariate_terms",
+    "positive_problems",
+    "resolve_covariate_terms",
+]
 
 FORMS = ("power", "linear", "exponential", "categorical")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -65,6 +71,46 @@ class CovariateTerm:
         # subject, otherwise: the optimiser steps back)
         factor = 1.0 + b * (x - self.reference)
         return jnp.where(factor > 0, jnp.log(jnp.where(factor > 0, factor, 1.0)), jnp.nan)
+
+    def problems(self, population) -> list[str]:
+        """What in ``population`` (new data, e.g. a design to simulate) this term is not
+        defined for, one line each: a categorical level it was not built with (it would
+        get the reference level's effect), a power form's value <= 0 (log), a value that
+        changes within a subject (the term reads the baseline)."""
+        label = f"{self.parameter}~{self.column}"
+        if self.column not in population.covariate_names:
+            return []  # said by the model's own check of its covariate columns
+        out = _changes(label, self.column, population)
+        x = np.asarray(population.cov_baseline)[:, population.covariate_names.index(
+            self.column)]
+        if self.form == "categorical":
+            known = {self.reference, *self.levels}
+            new = sorted({float(v) for v in x} - known)
+            if new:
+                out.append(f"{label}: level(s) {', '.join(f'{v:g}' for v in new)} of "
+                           f"{self.column} were not in the data the model was built on "
+                           f"(levels {', '.join(f'{v:g}' for v in sorted(known))}); they "
+                           "would get the reference level's effect")
+        elif self.form == "power":
+            out += positive_problems(population, self.column, f"{label} (power form)")
+        return out
+
+
+def _changes(label: str, column: str, population) -> list[str]:
+    varying = population.covariate_changes(column)[:10]
+    return [f"{label}: {column} changes within subject(s) {varying}; the built-in models "
+            "need covariates constant within a subject"] if varying else []
+
+
+def positive_problems(population, column: str, what: str) -> list[str]:
+    """One line naming the subjects whose baseline ``column`` is not > 0 (empty if none):
+    ``what`` takes its log."""
+    x = np.asarray(population.cov_baseline)[:, population.covariate_names.index(column)]
+    bad = [population.ids[i] for i in np.nonzero(~(x > 0))[0]]
+    if not bad:
+        return []
+    shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    return [f"{what} needs {column} > 0; subject(s) {shown} have {column} <= 0 or missing"]
 
 
 def _level_text(k: float) -> str:
@@ -124,10 +170,9 @@ def resolve_covariate_terms(terms: Sequence[CovariateTerm], population,
                             f"(covariates there: {', '.join(names) or 'none'})")
             continue
         c = names.index(t.column)
-        varying = population.covariate_changes(t.column)[:10]
+        varying = _changes(label, t.column, population)
         if varying:
-            problems.append(f"{label}: {t.column} changes within subject(s) {varying}; the "
-                            "built-in models need covariates constant within a subject")
+            problems += varying
             continue
         x = np.asarray(population.cov_baseline)[:, c]
         out.append(_with_reference(t, x, label, problems))

@@ -38,6 +38,7 @@ import pandas as pd
 from jaxtyping import Array
 
 from ..nn import MLP, flatten
+from ._covariate_terms import positive_problems
 from ._data import Population
 
 __all__ = [
@@ -50,9 +51,10 @@ __all__ = [
 
 
 # The default L2 penalty of a covariate network's weights on the OFV (−2LL) scale:
-# lambda ||w||^2 is a N(0, 1/(2 lambda)) prior, so 2 puts a N(0, 0.5^2) prior on each
-# weight. Inputs are standardised, so a weight of 0.5 already moves a hidden unit across
-# the data's range; the penalty pulls unused weights (an irrelevant covariate's) to zero.
+# lambda ||w||^2 is the -2 log density of a N(0, 1/lambda) prior, so 2 puts a N(0, 0.71^2)
+# prior on each weight. Inputs are standardised, so a weight of 0.5 already moves a hidden
+# unit across the data's range; the penalty pulls unused weights (an irrelevant
+# covariate's) to zero.
 # With the default 4 hidden units this was the best of the settings tried on the simulated
 # population of benchmarks/deepnlme_study.py (widths 4-16, l2 0.5-10; docs/deepnlme.md).
 DEFAULT_NETWORK_L2 = 2.0
@@ -125,6 +127,17 @@ class CovariateEffect(eqx.Module):
             x = jnp.where(mask, jnp.log(jnp.where(mask, x, 1.0)), x)
         return (x - self.centre) / self.scale
 
+    def logged(self) -> tuple[str, ...]:
+        """The covariates that enter as ``log x`` (so must be > 0)."""
+        return tuple(c for c, flag in zip(self.covariates, self.log, strict=False) if flag)
+
+    def covariate_problems(self, population) -> list[str]:
+        """What in ``population`` (new data) the effect is not defined for: a logged
+        covariate <= 0 (a network would saturate at ``log 0 = -inf`` without a word)."""
+        return [line for c in self.logged() if c in population.covariate_names
+                for line in positive_problems(population, c,
+                                              f"{type(self).__name__} (log {c})")]
+
     def __call__(self, w: Array, covariates: Mapping[str, Array]) -> Array:
         """Shifts ``(n_outputs,)`` for one subject's covariates (mapping name -> value)."""
         x = jnp.stack([jnp.asarray(covariates[n], float) for n in self.covariates])
@@ -133,9 +146,16 @@ class CovariateEffect(eqx.Module):
     def evaluate(self, w: Array, data) -> np.ndarray:
         """Shifts ``(rows, n_outputs)`` for every row of ``data`` (Population baselines,
         DataFrame or mapping of columns)."""
-        x = jnp.asarray(_covariate_matrix(data, self.covariates))
-        z = self.transform(x)
+        z = self._checked_inputs(_covariate_matrix(data, self.covariates))
         return np.asarray(jax.vmap(lambda zi: self.apply(jnp.asarray(w), zi))(z))
+
+    def _checked_inputs(self, x: np.ndarray) -> Array:
+        """:meth:`transform` of raw covariates ``(..., C)``, refusing a logged one <= 0."""
+        bad = [c for c in self.logged() if not np.all(x[..., self.covariates.index(c)] > 0)]
+        if bad:
+            raise ValueError(f"covariates {bad} enter as log x, so must be > 0; the data "
+                             "(or grid) have values <= 0 or missing")
+        return self.transform(jnp.asarray(x))
 
     def partial_dependence(self, w: Array, data, name: str, grid, output: int = 0
                            ) -> np.ndarray:
@@ -152,7 +172,7 @@ class CovariateEffect(eqx.Module):
         grid = np.atleast_1d(np.asarray(grid, float))
         xs = np.repeat(x[None], grid.size, axis=0)
         xs[:, :, j] = grid[:, None]
-        z = self.transform(jnp.asarray(xs))
+        z = self._checked_inputs(xs)
         w = jnp.asarray(w)
         out = jax.vmap(jax.vmap(lambda zi: self.apply(w, zi)))(z)
         return np.asarray(jnp.mean(out[..., output], axis=1))
@@ -305,6 +325,9 @@ class PowerCovariates(CovariateEffect):
     def transform(self, x):
         return jnp.log(x) - self.centre
 
+    def logged(self) -> tuple[str, ...]:
+        return self.covariates
+
     def init_vector(self) -> np.ndarray:
         return np.zeros(self.n_outputs * len(self.covariates))
 
@@ -321,6 +344,12 @@ class CovariateIndividual(eqx.Module):
     effect: CovariateEffect
     name: str = eqx.field(static=True)
     etas: tuple[str, ...] = eqx.field(static=True)
+
+    def covariate_problems(self, population) -> list[str]:
+        """The effect's and the base model's (see ``check_model_data``)."""
+        base = getattr(self.base, "covariate_problems", None)
+        return (self.effect.covariate_problems(population)
+                + (base(population) if base is not None else []))
 
     def __call__(self, theta, eta, cov):
         shift = self.effect(theta[self.name], cov)

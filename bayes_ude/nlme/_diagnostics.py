@@ -40,6 +40,7 @@ from .._batching import batch_map, resolve_devices
 from .._compile import ONE_OFF, filter_jit
 from ._likelihood import censored
 from ._model import unpacked
+from ._model_checks import check_model_data
 
 __all__ = ["diagnostics", "simulate", "vpc", "individual_parameters"]
 
@@ -88,7 +89,7 @@ def _sample_obs(model, f, sigma, subject, key):
     models = model.error_models
     if 0 in models:
         return models[0].sample(key, f, sigma)
-    y = jnp.zeros_like(f)
+    y = jnp.full_like(f, jnp.nan)  # a type without an error model stays NaN, not 0
     keys = jax.random.split(key, len(models))
     for k, (dvid, em) in zip(keys, models.items(), strict=True):
         y = jnp.where(subject.obs_dvid == dvid, em.sample(k, f, sigma), y)
@@ -116,7 +117,10 @@ def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None,
     residual errors) on ``population``'s design (default: the fitted data's); each
     replicate's subjects over ``devices`` (default: the fit's)."""
     key = jax.random.key(0) if key is None else key
-    population = fit.population if population is None else population
+    if population is None:
+        population = fit.population
+    else:  # new data: held to the model as a fit's are (its DV is not used)
+        check_model_data(fit.model, population, design=True)
     devices = tuple(resolve_devices(getattr(fit, "devices", None) if devices is None
                                     else devices))
     # the model specialised to the design, not to the fitted data: a design may have dose

@@ -36,7 +36,7 @@ def check_data(structural: StructuralModel, population) -> None:
     structural.check_population(population)
 
 
-def check_model_data(model, population) -> None:
+def check_model_data(model, population, *, design: bool = False) -> None:
     """Raise a clear error if the data cannot be used with ``model`` (a
     :class:`PopulationModel`): covariates it reads that the data lack, no observations,
     records in compartments the structural model does not have
@@ -44,14 +44,22 @@ def check_model_data(model, population) -> None:
     does not predict apart (:func:`check_observation_types`: several types under one error
     model for a model of one quantity, or a type missing from its ``observe`` mapping),
     observation types without an error model, ``DV <= 0`` under the exponential error
-    model. Warns (``NonmemDataWarning``) when a covariate it reads changes within a
-    subject: ``individual`` sees the baseline only."""
+    model (not for a ``design``, whose DV is a placeholder), covariate values the
+    ``individual`` function says it is not defined for (its ``covariate_problems``, which
+    the built-in and covariate models have: a categorical level they were not built with,
+    log of a value <= 0). Warns (``NonmemDataWarning``) when a covariate it reads changes
+    within a subject: ``individual`` sees the baseline only."""
     if model.iov:
         count_occasions(population, model.occasion)  # names the occasion column
     missing = [c for c in model.covariates if c not in population.covariate_names]
     if missing:
         raise ValueError(f"the model uses covariates {missing} that are not columns of the "
                          f"data (covariates there: {list(population.covariate_names)})")
+    domain = getattr(model.individual, "covariate_problems", None)
+    problems = domain(population) if domain is not None else []
+    if problems:
+        raise ValueError("the data's covariates do not fit the model:\n  "
+                         + "\n  ".join(problems))
     for name in model.covariates:
         if model.iov and name == model.occasion:
             continue  # it numbers the occasions: it is meant to change
@@ -76,7 +84,7 @@ def check_model_data(model, population) -> None:
             raise ValueError(f"observations with DVID {unknown} have no error model "
                              f"(error models for DVID {sorted(models)})")
     for key, em in models.items():
-        if isinstance(em, Exponential):
+        if isinstance(em, Exponential) and not design:
             sel = mask & ((dvid == key) | (key == 0))
             dv = np.asarray(population.obs_dv)
             bad = sel & ~(dv > 0)

@@ -24,7 +24,7 @@ import pandas as pd
 from .._compile import ONE_OFF, filter_jit
 from . import _diagnostics
 from ._model import PopulationModel
-from ._model_checks import check_data
+from ._model_checks import check_model_data
 
 __all__ = ["PointEstimates", "point_estimates", "simtab"]
 
@@ -119,11 +119,7 @@ def simtab(fit, population=None, n: int = 100, key: jax.Array | None = None) -> 
     steady state) that the fitted data did not.
     """
     population = fit.population if population is None else population
-    missing = [c for c in fit.model.covariates if c not in population.covariate_names]
-    if missing:
-        raise ValueError(f"the model reads covariates {missing} that the design lacks "
-                         f"(it has {list(population.covariate_names)})")
-    check_data(fit.model.structural, population)  # not model.check: a design's DV is 0
+    check_model_data(fit.model, population, design=True)  # a design's DV is a placeholder
     view = dataclasses.replace(fit, model=fit.model.specialised(population))
     key = jax.random.key(0) if key is None else key
     sims = np.asarray(view.simulate(n, key, population))

@@ -272,3 +272,52 @@ def test_simulated_new_regimen_is_the_closed_form(theoph, nested_fits):
     sims = nlme.simulate(full, 50, jax.random.key(1), nlme.design(
         5, [(t, a, 1) for t, a in doses], times, covariates={"WT": 70.0}, obs_cmt=2))
     assert sims.shape == (50, 5, len(times)) and np.isfinite(sims).all()
+
+
+def test_new_data_are_held_to_the_model():
+    """simtab, simulate and the predictions on new data run the fit's checks of the data:
+    each case below gave numbers without a word (an unseen level got the reference level's
+    effect; a changing weight its baseline; DVID 2 rows the DVID 1 prediction, or DV 0
+    without an error model; log 0 a saturated network)."""
+    cl, v = 2.0, 20.0
+    fitted = nlme.design(4, [(0.0, 100.0)], [1, 2, 4, 8, 12],
+                         covariates={"SEX": [0, 0, 1, 1], "WT": [50, 60, 70, 80]})
+    model = nlme.builtin_model("iv1cmt", fitted, "additive",
+                               covariates="cl~SEX:categorical,cl~WT:power:70")
+    values = {"tcl": np.log(cl), "tv": np.log(v), "cl_SEX_1": np.log(3.0), "cl_WT": 0.75,
+              "omega_eta_cl": 0.01, "omega_eta_v": 0.01, "add_sd": 0.1}
+    typical = nlme.point_estimates(model, values)
+    ok = nlme.design(2, [(0.0, 100.0)], [4.0], covariates={"SEX": [0, 1], "WT": 70.0})
+    pred = nlme.simtab(typical, ok, n=1)["PRED"].to_numpy()
+    np.testing.assert_allclose(pred, 100 / v * np.exp(-np.array([1.0, 3.0]) * cl / v * 4),
+                               rtol=1e-10)
+
+    def table(**columns):
+        base = {"ID": [1] * 3, "TIME": [0.0, 4.0, 6.0], "AMT": [100.0, 0, 0],
+                "EVID": [1, 0, 0], "DV": [0.0, 1.0, 1.0], "SEX": [0] * 3, "WT": [70.0] * 3}
+        return nlme.read_nonmem(pd.DataFrame(base | columns))
+
+    for data, match in (
+            (nlme.design(3, [(0.0, 100.0)], [4.0], covariates={"SEX": [0, 1, 2], "WT": 70.0}),
+             r"cl~SEX: level\(s\) 2 of SEX were not in the data"),
+            (nlme.design(1, [(0.0, 100.0)], [4.0], covariates={"SEX": 0, "WT": 0.0}),
+             r"\(power form\) needs WT > 0"),
+            (table(WT=[50.0, 50.0, 100.0]), r"cl~WT: WT changes within subject"),
+            (table(DVID=[1, 1, 2]), r"predicts one quantity")):
+        for run in (lambda d: nlme.simtab(typical, d, n=1),
+                    lambda d: nlme.simulate(typical, 1, jax.random.key(0), d)):
+            with pytest.raises(ValueError, match=match):
+                run(data)
+    # a covariate network's log input: log 0 saturated the network
+    train = nlme.design(6, [(0.0, 100.0)], [1, 4, 8],
+                        covariates={"EGFR": [30.0, 45, 60, 75, 90, 105]})
+    deep = nlme.covariate_model(nlme.builtin_model("iv1cmt", train, "additive"), train,
+                                ["EGFR"], log=["EGFR"], key=jax.random.key(0))
+    w = np.asarray(deep.theta["w_network"])
+    for data in (nlme.design(1, [(0.0, 100.0)], [4.0], covariates={"EGFR": 0.0}),
+                 {"EGFR": [60.0, 0.0]}):
+        with pytest.raises(ValueError, match="EGFR"):
+            if isinstance(data, dict):
+                deep.individual.effect.evaluate(w, data)
+            else:
+                nlme.population_predictions((deep, deep.theta), data)
