@@ -15,6 +15,10 @@ from collections.abc import Callable
 
 __all__ = ["SAMPLERS", "SamplerOptions"]
 
+_NUTS_FIELDS = ("num_warmup", "num_samples", "target_accept", "max_tree_depth", "dense_mass",
+                "metric", "backend")
+_SGMCMC_FIELDS = ("batch_size", "num_steps", "burn_in", "step_size", "thin")
+
 #: The samplers a model-level Bayesian fit offers.
 SAMPLERS = ("nuts", "sgld", "psgld", "sghmc")
 METRICS = ("adapt", "laplace")
@@ -96,6 +100,18 @@ class SamplerOptions:
                 and not float(self.step_size) > 0:
             raise ValueError(f"SamplerOptions.step_size must be > 0 or a schedule, got "
                              f"{self.step_size!r}")
+
+    def check_for(self, method: str) -> None:
+        """Raise ``ValueError`` if a setting of the other family of samplers (NUTS's for
+        an SG-MCMC ``method``, or the reverse) differs from its default: it would be
+        ignored."""
+        other = _SGMCMC_FIELDS if method == "nuts" else _NUTS_FIELDS
+        default = SamplerOptions()
+        changed = [name for name in other if getattr(self, name) != getattr(default, name)]
+        if changed:
+            family = "SG-MCMC" if method == "nuts" else "NUTS"
+            raise ValueError(f"sampler options {changed} are {family} settings, which "
+                             f"method {method!r} does not use; leave them out")
 
     def replace(self, **changes) -> SamplerOptions:
         known = [f.name for f in dataclasses.fields(self)]

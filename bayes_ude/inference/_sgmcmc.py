@@ -22,6 +22,7 @@ dynamics for deep neural networks") preconditions with RMSprop:
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -378,6 +379,7 @@ def run_sgmcmc(
         draws = jax.tree.map(lambda *xs: np.swapaxes(np.concatenate(xs, axis=0), 0, 1),
                              *[k[0] for k in kept])
         n_failed = np.swapaxes(np.concatenate([k[1] for k in kept], axis=0), 0, 1)
+        _warn_rejected(failed_total[0], done)
         posterior = {k: np.asarray(v) for k, v in _position_dict(draws, name).items()}
         return to_inference_data(posterior, sample_stats={"solver_failed": n_failed},
                                  attrs={"sampler": _kernel_name(kernel),
@@ -386,6 +388,25 @@ def run_sgmcmc(
                                         "batch_size": batch_size,
                                         "num_failed_steps": int(failed_total[0].sum()),
                                         "seconds": time.perf_counter() - start})
+
+
+#: Above this share of rejected steps in a chain, run_sgmcmc warns: its draws are mostly
+#: repeats of a few positions, not a sample.
+REJECTED_SHARE_WARNING = 0.1
+
+
+def _warn_rejected(failed: np.ndarray, steps: int) -> None:
+    """Warn when a chain rejected more than :data:`REJECTED_SHARE_WARNING` of its steps."""
+    share = failed / max(steps, 1)
+    bad = np.flatnonzero(share > REJECTED_SHARE_WARNING)
+    if bad.size:
+        shown = ", ".join(f"chain {c}: {failed[c]} of {steps}" for c in bad[:4])
+        warnings.warn(
+            f"SG-MCMC rejected many steps ({shown}{', ...' if bad.size > 4 else ''}): the "
+            "log density or its gradient was not finite there (failed solves, or a position "
+            "outside a prior's support), and a rejected step repeats the last position, so "
+            "these draws are not a sample; see sample_stats['solver_failed']",
+            RuntimeWarning, stacklevel=3)
 
 
 def _all_finite(tree):

@@ -94,6 +94,12 @@ def fit(
         if fixed:
             raise ValueError("fixed parameters are not supported by the Bayesian methods; "
                              "give them a tight prior instead (Priors)")
+        ml_only = [name for name, value, default in (
+            ("max_iter", max_iter, 500), ("tol", tol, 1e-6), ("covariance", covariance, True),
+            ("chunk", chunk, 25)) if value != default]
+        if ml_only:
+            raise TypeError(f"fit() options {ml_only} are maximum-likelihood settings, "
+                            f"which method {method!r} does not use; leave them out")
         from . import _bayes  # the deferred import (NumPyro): see the module docstring
 
         return _bayes.fit_bayes(model, population, method, progress=progress, init=init,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 from numpyro.infer import MCMC, NUTS
 
 from bayes_ude import inference, solvers
@@ -154,3 +155,18 @@ def test_failed_solves_are_rejected_and_counted_by_sgmcmc():
     np.testing.assert_array_equal(stood_still, (failed[:, 1:] > 0) | (failed[:, :-1] > 0))
     # Every draw is a position where the sampler's solve succeeds.
     assert not np.any(needs_more_than_max_steps(np.exp(draws)))
+
+
+def test_sgmcmc_warns_when_most_steps_are_rejected():
+    """A chain started outside its prior's support rejects every step and stands still:
+    its draws are one position repeated, which the counts alone left for the user to
+    find."""
+    def logprior(theta):
+        return jnp.sum(dist.Uniform(5.0, 6.0).log_prob(theta))
+
+    grad = inference.grad_estimator(logprior, lambda theta, item: -0.5 * jnp.sum(item), 1)
+    with pytest.warns(RuntimeWarning, match=r"rejected many steps \(chain 0: 30 of 30\)"):
+        idata = inference.run_sgmcmc(inference.sgld(grad), jnp.array([0.0]), jnp.zeros((1, 1)),
+                                     num_steps=30, batch_size=1, step_size=0.01,
+                                     num_chains=1, progress=False)
+    assert idata.attrs["num_failed_steps"] == 30

@@ -9,6 +9,7 @@ from pathlib import Path
 import arviz as az
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import pandas as pd
 import pytest
 from numpyro.infer.util import log_density
@@ -176,6 +177,16 @@ def test_bad_bayesian_inputs_are_clear_errors():
         nlme.fit(model, pop, "sgld", target_accept=1.5)
     with pytest.raises(ValueError, match="metric='laplace' is a NUTS metric"):
         nlme.fit(model, pop, "sgld", metric="laplace")
+    # the other family's settings, and maximum-likelihood ones, were ignored without a word
+    with pytest.raises(ValueError, match=r"\['num_samples', 'target_accept'\] are NUTS settings"):
+        nlme.fit(model, pop, "sgld", num_samples=40, target_accept=0.99)
+    with pytest.raises(ValueError, match=r"\['num_steps', 'thin'\] are SG-MCMC settings"):
+        nlme.fit(model, pop, "nuts", thin=5, num_steps=7)
+    with pytest.raises(TypeError, match=r"\['max_iter', 'chunk'\] are maximum-likelihood"):
+        nlme.fit(model, pop, "nuts", max_iter=1, chunk=3)
+    # SG-MCMC moves theta on the real line: a bounded prior stopped every chain
+    with pytest.raises(ValueError, match=r"the priors of \['tb'\] have a narrower support"):
+        nlme.fit(model, pop, "sgld", priors=nlme.Priors(theta={"tb": dist.Uniform(0.0, 1.0)}))
     with pytest.raises(ValueError, match="diagonal omega"):
         nlme.fit(_line_model(omega="full"), pop, "sgld")
     with pytest.raises(ValueError, match="l2 names"):
