@@ -50,8 +50,10 @@ class BayesianFitResult(PopulationFit):
         :meth:`PopulationModel.parameter_names` (theta, ``omega_*`` (co)variances,
         sigma).
     estimates : posterior medians of ``draws`` (a Series, like ``FitResult.estimates``).
-    u : a central unconstrained parameter vector (posterior medians of theta and sigma,
-        posterior mean of omega) for population predictions and the VPC's correction.
+    u : a central unconstrained parameter vector (posterior medians of theta's scalars and
+        of sigma, posterior mean of omega; array entries of theta, a network's weights,
+        from the one draw whose typical predictions are closest to their posterior
+        median) for diagnostics, sdtab and the VPC's correction.
     u_draws : every draw as an unconstrained vector ``(chain, draw, p)``.
     """
 
@@ -72,9 +74,8 @@ class BayesianFitResult(PopulationFit):
 
     @property
     def theta(self) -> dict:
-        return self.model._theta_from_vector(
-            jnp.asarray([float(np.median(self.draws[n])) for n in
-                         self.model.parameter_names()[:self.model.n_theta]]))
+        """The plug-in theta of :attr:`u` (medians; a network's weights from one draw)."""
+        return self.model._theta_from_vector(jnp.asarray(self.u[:self.model.n_theta]))
 
     @property
     def sigma(self) -> dict:

@@ -15,6 +15,7 @@ better than the linear and power covariate models.
 import types
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +36,7 @@ from bayes_ude.nlme._deep import (
     partial_dependence,
     population_predictions,
 )
+from bayes_ude.nn import flatten
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,37 @@ def test_network_standardises_with_training_constants_and_starts_at_zero(small):
     z = np.asarray(net.transform(jnp.asarray(other[names].to_numpy())))
     np.testing.assert_allclose(z[:, 0], (other["WT"] - table["WT"].mean())
                                / table["WT"].std(ddof=0))
+
+
+def test_bayesian_plug_in_network_is_a_draw_not_weight_medians(small):
+    """Two chains in mirrored modes of one network (every hidden unit's sign flipped: tanh
+    is odd, so the same function). Weight by weight medians sit near 0 and the covariate
+    effect vanished from the plug-in point (diagnostics, sdtab); the plug-in network is now
+    one of the draws, and its shifts are every draw's."""
+    from bayes_ude.nlme._bayes import _central_u
+
+    pop, _, table = small
+    deep = covariate_model(_base_model(pop), pop, ["WT", "EGFR"], "network", widths=(2,),
+                           log=True)
+    effect = deep.individual.effect
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0.0, 1.0, effect.n_weights)
+    net = effect.network(jnp.asarray(w1))
+    twin = eqx.tree_at(lambda n: (n.layers[0].weight, n.layers[0].bias, n.layers[1].weight),
+                       net, (-net.layers[0].weight, -net.layers[0].bias,
+                             -net.layers[1].weight))
+    w2 = np.asarray(flatten(twin)[0])
+    shifts = effect.evaluate(w1, table)[:, 0]
+    np.testing.assert_allclose(effect.evaluate(w2, table)[:, 0], shifts, atol=1e-12)
+    start = sum(np.size(v) for k, v in deep.theta.items() if k != "w_network")
+    assert list(deep.theta)[-1] == "w_network"
+    draws = np.repeat(deep.initial_vector()[None, None], 2, 0).repeat(20, 1)
+    noise = 1e-3 * rng.normal(size=(2, 20, effect.n_weights))
+    draws[0, :, start:start + effect.n_weights] = w1 + noise[0]
+    draws[1, :, start:start + effect.n_weights] = w2 + noise[1]
+    weights = _central_u(deep, draws, pop)[start:start + effect.n_weights]
+    assert np.ptp(shifts) > 1.0  # a real covariate effect
+    np.testing.assert_allclose(effect.evaluate(weights, table)[:, 0], shifts, atol=0.02)
 
 
 def test_linear_network_is_its_formula(small):
