@@ -23,7 +23,7 @@ from ._command import EXIT_INTERRUPTED, command_name, fail, parse_doses, parse_n
 from ._command_data import build_model, load_data
 from ._command_plots import units
 from ._design import design
-from ._output import Output
+from ._output import Output, write_atomically
 from ._plots import label
 from ._simulation import point_estimates, simtab
 from ._tables import compare_fits
@@ -136,8 +136,8 @@ def run_pk_compare(args: argparse.Namespace) -> int:
                            "display.float_format", "{:.4g}".format):
         print(cmp)
     if args.csv is not None:
-        cmp.table.to_csv(args.csv)
         tests = args.csv.with_name(args.csv.stem + "_tests" + args.csv.suffix)
-        cmp.tests.to_csv(tests, index=False)
+        write_atomically(args.csv, cmp.table.to_csv())
+        write_atomically(tests, cmp.tests.to_csv(index=False))
         print(f"wrote {args.csv} and {tests}")
     return 0
