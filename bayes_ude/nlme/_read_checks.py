@@ -211,6 +211,12 @@ def _dose_items(rec: _Records, events: _Events) -> tuple[_DoseItems, list[str]]:
             f"{where(r)}, column {upper.get('II', 'II')}: a steady-state dose (SS 1) needs "
             "II > 0 (or AMT 0 with RATE > 0 for a constant infusion)"
         )
+    for r in np.nonzero(is_dose & (ss == 1) & (ii > 0) & (amt == 0) & (rate > 0))[0]:
+        problems.append(
+            f"{where(r)}, column {upper.get('II', 'II')}: AMT 0 with RATE > 0 and SS 1 is a "
+            f"constant infusion at steady state, which has no interdose interval: II must "
+            f"be 0, got {_fmt(ii[r])} (as it was, the record gave no drug)"
+        )
     cmt = rec.col("CMT", 1.0)
     for r in np.nonzero(rec.ok("CMT") & ((cmt < 0) | (cmt != np.round(cmt))))[0]:
         problems.append(

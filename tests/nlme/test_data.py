@@ -166,6 +166,16 @@ def test_unsupported_ss(tmp_path):
     _assert_problem(info.value, 1, 1, "SS", "not supported")
 
 
+def test_constant_ss_infusion_with_an_interval(tmp_path):
+    """AMT 0, RATE 10, SS 1 is a constant infusion at steady state; with II 12 it gave no
+    drug at all, without a word."""
+    lines = GOOD.copy()
+    lines[0] = "1,0,.,0,1,1,1,10,12,0,1,70"
+    with pytest.raises(NonmemDataError) as info:
+        read_nonmem(_csv(tmp_path, lines))
+    _assert_problem(info.value, 1, 1, "II", "II must be 0, got 12")
+
+
 def test_covariate_missing_for_whole_subject(tmp_path):
     lines = _with(4, "WT", ".")
     lines = [line if k < 3 else line.rsplit(",", 1)[0] + ",." for k, line in enumerate(lines)]
