@@ -20,7 +20,9 @@ infusion, or a dose still in its lag time -- enters in the next piece. Conventio
 (NONMEM's differ only between the last record of an occasion and the first of the next,
 usually a washout):
 
-* an occasion's parameters hold from the time of its first record;
+* an occasion's parameters hold from the time of its first record (records of the earlier
+  occasion at that same time, such as a trough listed after the dose, do not hold it back);
+  two records at one time make a piece of no length, which changes nothing;
 * a dose takes its bioavailability and lag time from the occasion of its record;
 * an observation is the amount at its time over the volume of its own occasion (one at
   the very time a new occasion starts sees the amounts just before it, as an observation
@@ -54,14 +56,33 @@ def propagator(rate_matrix, lam):
     return jnp.stack(parts, axis=-1)
 
 
-def occasion_rank(values, mask, x):
-    """For each entry of ``x``, the number of distinct ``values[mask]`` below it: the
-    0-based occasion index of an ``OCC`` value among one subject's values."""
+def _first_records(values, mask):
+    """Whether each (unmasked) record is the first with its value."""
     n = values.shape[0]
     earlier = jnp.tril(jnp.ones((n, n), bool), -1)
     repeat = jnp.any((values[:, None] == values[None, :]) & mask[None, :] & earlier, axis=1)
-    first = mask & ~repeat
+    return mask & ~repeat
+
+
+def occasion_rank(values, mask, x):
+    """For each entry of ``x``, the number of distinct ``values[mask]`` below it: the
+    0-based occasion index of an ``OCC`` value among one subject's values."""
+    first = _first_records(values, mask)
     return jnp.sum(first[None, :] & (values[None, :] < x[:, None]), axis=1)
+
+
+def _occasion_from(times, values, mask):
+    """The occasion value in force from each record's time on: its own, unless a record at
+    the same time (up to it) opens an occasion (is the first with its value), whose value
+    then holds (a trough of occasion 1 listed after the dose that opens occasion 2 does
+    not hold occasion 2 back)."""
+    n = values.shape[0]
+    idx = jnp.arange(n)
+    opens = _first_records(values, mask)
+    same = ((times[None, :] == times[:, None]) & (idx[None, :] <= idx[:, None])
+            & opens[None, :])
+    j = jnp.max(jnp.where(same, idx[None, :], -1), axis=1)
+    return jnp.where(j >= 0, values[jnp.maximum(j, 0)], values)
 
 
 def count_occasions(population, column: str) -> int:
@@ -104,8 +125,16 @@ def predict_by_occasion(model, params, subject, column: str, reset_time=None):
     seg_time, seg_mask = subject.cov_time, subject.cov_mask
     seg_value = subject.cov_value[:, c]
     n_occ = jax.tree.leaves(params)[0].shape[0]
-    seg_occ = jnp.minimum(occasion_rank(seg_value, seg_mask, seg_value), n_occ - 1)
+    seg_occ = jnp.minimum(occasion_rank(seg_value, seg_mask,
+                                        _occasion_from(seg_time, seg_value, seg_mask)),
+                          n_occ - 1)
     obs_occ = jnp.minimum(occasion_rank(seg_value, seg_mask, subject.obs_cov[:, c]), n_occ - 1)
+    # a dose's bioavailability and lag time are those of its own record's occasion (records
+    # at one time may belong to two occasions)
+    dose_occ = jnp.minimum(occasion_rank(seg_value, seg_mask, subject.dose_cov[:, c]),
+                           n_occ - 1)
+    dose_f = params["f"][dose_occ] if "f" in params else 1.0
+    dose_lag = params["tlag"][dose_occ] if "tlag" in params else 0.0
     n_seg, nd = seg_time.shape[0], subject.dose_time.shape[0]
     first = jnp.arange(n_seg) == 0
     lo = jnp.where(first, -jnp.inf, seg_time)
@@ -130,8 +159,8 @@ def predict_by_occasion(model, params, subject, column: str, reset_time=None):
         P = propagator(model.rate_matrix(p), lam)  # (n, n, K)
         into = dose_cmt == model.dosing_compartment
         member = subject.dose_mask & (dose_time >= lo_j) & (dose_time < hi_j)
-        amt = subject.dose_amt * jnp.where(into, p.get("f", 1.0), 1.0)
-        arrival = dose_time + jnp.where(into, p.get("tlag", 0.0), 0.0)
+        amt = subject.dose_amt * jnp.where(into, dose_f, 1.0)
+        arrival = dose_time + jnp.where(into, dose_lag, 0.0)
         # the doses of this piece (their F and lag applied) and what earlier ones still owe
         inputs = (arrival, amt, dose_time, subject.dose_rate, subject.dose_ss,
                   subject.dose_ii, member)
@@ -161,7 +190,11 @@ def predict_by_occasion(model, params, subject, column: str, reset_time=None):
             pend_amt = rest[:nd] + rest[nd:2 * nd]
             pend_time = jnp.where(rest[:nd] > 0, start[:nd], start[nd:2 * nd])
         new = (amounts[:, -1], pend_time, pend_amt, acc)
-        return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, carry), None
+        # a piece of zero length (two records at one time, a covariate changing at each)
+        # changes nothing: its boluses of the carried amounts would count 0 at their own
+        # arrival time, and the state would be lost
+        keep = valid & (hi_j > lo_j)
+        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry), None
 
     init = (jnp.zeros(n), jnp.zeros(nd), jnp.zeros(nd), jnp.zeros_like(subject.obs_time))
     (_, _, _, amount), _ = jax.lax.scan(step, init, (lo, hi, seg_occ, seg_mask, first))
