@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import _sigint
 from .._batching import resolve_devices
-from ._likelihood import LOG_2PI, check_censoring, check_method
+from ._likelihood import LOG_2PI, check_censoring, check_method, population_ebes
 from ._model import PopulationModel
 from ._model_checks import check_parameters_informed
 from ._optimise import (
@@ -164,6 +164,11 @@ def _finish(method: str, problem: Problem, state, *, names, free, fixed_names, i
         warnings.warn(f"NLME fit: {message}", stacklevel=3)
 
     u, natural, penalty, jac = jax.tree.map(np.asarray, natural_summary(problem, x))
+    if method == "fo" and not interrupted:
+        # FO's objective needs no EBEs (its eta are 0): POSTHOC, the conditional modes at
+        # the estimates, as NONMEM and nlmixr2 report (shrinkage, IPRED, CWRES use them)
+        eta = population_ebes(model, jnp.asarray(u), population, jnp.asarray(eta),
+                              problem.devices)
     n_obs = population.n_obs
     ofv = float(f)
     # the objective includes the l2 penalty; the likelihood does not

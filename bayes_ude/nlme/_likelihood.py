@@ -57,7 +57,7 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 
 from .._batching import batch_map, resolve_devices
-from .._compile import ITERATIVE, filter_jit
+from .._compile import ITERATIVE, ONE_OFF, filter_jit
 from ._model import PopulationModel
 
 __all__ = ["METHODS", "check_censoring", "objective", "subject_log_density"]
@@ -294,6 +294,20 @@ def population_objective(model, method, u, population, eta_start, devices=None):
 
     values, etas = batch_map(one, (population, eta_start), u, devices=devices)
     return jnp.sum(values) + model.penalty(model.unpack(u)[0]), etas
+
+
+@filter_jit(quick_below=ONE_OFF)
+def population_ebes(model, u, population, eta_start, devices=None):
+    """Every subject's EBE at ``u``: the mode of its conditional density (with the
+    interaction), as NONMEM's POSTHOC step gives after an FO fit, whose objective needs
+    none."""
+
+    def one(item, u):
+        subject, e0 = item
+        theta, omega, sigma = model.unpack(u)
+        return SubjectLikelihood(model, "focei", theta, omega, sigma, subject).ebe(e0)
+
+    return batch_map(one, (population, eta_start), u, devices=devices)
 
 
 def objective(model: PopulationModel, population, method: str = "focei", u=None, *,

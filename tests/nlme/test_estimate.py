@@ -139,6 +139,28 @@ def test_linear_mixed_model_likelihood_is_exact(method):
     assert ofv + pop.n_obs * np.log(2 * np.pi) == pytest.approx(-2 * ref, rel=1e-10)
 
 
+def test_fo_fit_reports_posthoc_ebes():
+    """FO's objective needs no EBEs; its fit reported eta = 0 (100 % shrinkage, IPRED =
+    PRED). Now the conditional modes at the estimates, as NONMEM's POSTHOC: for a linear
+    mixed model the BLUP ``Omega Z' V^-1 (y - Z beta)``, written out in numpy."""
+    pop, df = _linear_population()
+    model = nlme.PopulationModel(
+        Line(), lambda th, eta, cov: {"a": th["ta"] + eta["eta_a"], "b": th["tb"] + eta["eta_b"]},
+        theta={"ta": 1.7, "tb": -0.4}, omega=nlme.Omega(("eta_a", "eta_b"),
+                                                        np.array([0.5, 0.2]), "diagonal"),
+        sigma={"add_sd": 0.5}, error=nlme.Additive())
+    fit = nlme.fit(model, pop, "fo", progress=False, covariance=False)
+    est = fit.estimates
+    beta = np.array([est["ta"], est["tb"]])
+    omega = np.diag([est["omega_eta_a"], est["omega_eta_b"]])
+    for i, g in df.groupby("ID"):
+        z = np.column_stack([np.ones(len(g)), g["TIME"]])
+        v = z @ omega @ z.T + est["add_sd"] ** 2 * np.eye(len(g))
+        blup = omega @ z.T @ np.linalg.solve(v, g["DV"].to_numpy() - z @ beta)
+        np.testing.assert_allclose(fit.eta.loc[i].to_numpy(), blup, rtol=1e-6, atol=1e-9)
+    assert all(0.0 < s < 1.0 for s in fit.shrinkage.values)
+
+
 def _simulate_oral(n, seed, theta, omega_sd, add_sd, prop_sd,
                    times=(0.5, 1, 2, 4, 6, 8, 12, 24)):
     """One-compartment oral data from known truth, computed with numpy."""
