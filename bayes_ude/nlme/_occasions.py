@@ -37,7 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["count_occasions", "occasion_rank", "predict_by_occasion", "propagator"]
+__all__ = [
+    "count_occasions",
+    "occasion_rank",
+    "occasions_per_subject",
+    "predict_by_occasion",
+    "propagator",
+]
 
 
 def propagator(rate_matrix, lam):
@@ -100,8 +106,15 @@ def count_occasions(population, column: str) -> int:
         s = int(np.nonzero(bad.any(axis=1))[0][0])
         raise ValueError(f"column {column} (the occasion) must be a number on every record; "
                          f"subject {population.ids[s]} has a missing or non-finite one")
-    counts = [np.unique(values[s][mask[s]]).size for s in range(values.shape[0])]
-    return max([1, *counts])
+    return max([1, *occasions_per_subject(population, column).tolist()])
+
+
+def occasions_per_subject(population, column: str) -> np.ndarray:
+    """Each subject's number of distinct ``column`` values (its occasions)."""
+    c = population.covariate_names.index(column)
+    values = np.asarray(population.cov_value)[..., c]
+    mask = np.asarray(population.cov_mask, bool)
+    return np.asarray([np.unique(values[s][mask[s]]).size for s in range(values.shape[0])])
 
 
 def _remaining(arrival, amt, rate, mask, ss, h):

@@ -24,6 +24,7 @@ from . import _diagnostics
 from ._error import Combined, Exponential, Proportional
 from ._likelihood import subject_log_density
 from ._model import PopulationModel, unpacked
+from ._occasions import occasions_per_subject
 
 __all__ = ["FitResult", "PopulationFit"]
 
@@ -200,9 +201,23 @@ class FitResult(PopulationFit):
                                   if additive else ")"))
         return reasons
 
+    def _existing_eta(self) -> pd.DataFrame:
+        """:attr:`eta` with NaN where a subject has no such occasion (its kappa there is a
+        structural 0, not an estimate)."""
+        eta = self.eta.copy()
+        if self.model.iov:
+            n_occ = occasions_per_subject(self.population, self.model.occasion)
+            for name in self.model.iov:
+                for k, column in enumerate(self.model.occasion_eta_names(name)):
+                    eta.loc[n_occ <= k, column] = np.nan
+        return eta
+
     @property
     def shrinkage(self) -> pd.Series:
-        sd = self.eta.std(ddof=1)  # NONMEM's eta-shrinkage uses the sample SD of the EBEs
+        """Eta-shrinkage ``1 - SD(EBE) / omega_sd`` per random effect (with IOV, per
+        occasion, over the subjects that have it)."""
+        # NONMEM's eta-shrinkage uses the sample SD of the EBEs
+        sd = self._existing_eta().std(ddof=1)
         # per random effect of a subject (with IOV, each occasion's)
         variance = np.diag(np.asarray(unpacked(self.model, jnp.asarray(self.u))[1]))
         return 1.0 - sd / np.sqrt(variance)
@@ -211,7 +226,8 @@ class FitResult(PopulationFit):
         """Shrinkage of a random effect; an occasion one (IOV) pooled over occasions."""
         if name not in self.model.iov:
             return float(self.shrinkage[name])
-        sd = np.std(self.eta[self.model.occasion_eta_names(name)].to_numpy().ravel(), ddof=1)
+        kappas = self._existing_eta()[self.model.occasion_eta_names(name)].to_numpy().ravel()
+        sd = np.nanstd(kappas, ddof=1)
         return float(1.0 - sd / np.sqrt(self.omega.loc[name, name]))
 
     def table(self, ci: float = 0.95) -> pd.DataFrame:
