@@ -20,6 +20,12 @@ def _site_name(prefix: str, path) -> str:
     return prefix + (key if key.startswith(".") else "." + key)
 
 
+def _part_of(key: str, site: str) -> bool:
+    """Whether ``key``'s dot-separated components run contiguously in ``site``'s."""
+    k, s = key.split("."), site.split(".")
+    return any(s[i:i + len(k)] == k for i in range(len(s) - len(k) + 1))
+
+
 def network_prior(
     name: str,
     network: PyTree,
@@ -39,10 +45,11 @@ def network_prior(
     name : prefix of the site names.
     network : an equinox module (or any pytree); its array values are ignored, only
         shapes and structure are used.
-    scale : prior standard deviation: a number for all weights; a mapping from a
-        substring of the site name to a scale (per layer, e.g. ``{"layers.0": 2.0,
-        "bias": 0.5}``; the first matching key wins, the rest get 1.0; a key that matches
-        no site is an error, naming the sites); or a function
+    scale : prior standard deviation: a number for all weights; a mapping from a part
+        of the site name, whole dot-separated components, to a scale (per layer, e.g.
+        ``{"layers.0": 2.0, "bias": 0.5}``; ``"layers.1"`` does not match
+        ``"layers.10"``; the first matching key wins, the rest get 1.0; a key that
+        matches no site is an error, naming the sites); or a function
         ``(site_name, shape) -> scale`` (e.g. ``1 / sqrt(fan_in)``).
     learned_scale : if True, the scale is itself sampled, ``name.scale ~ HalfNormal(s)``
         with ``s`` the given (numeric) scale, shared by all weights (a hierarchical prior
@@ -58,7 +65,7 @@ def network_prior(
         shared = numpyro.sample(f"{name}.scale", dist.HalfNormal(float(scale)))
     if isinstance(scale, Mapping) and not learned_scale:
         sites = [_site_name(name, path) for path, _ in leaves]
-        unused = [k for k in scale if not any(k in site for site in sites)]
+        unused = [k for k in scale if not any(_part_of(k, site) for site in sites)]
         if unused:  # a typo ("layer.0", "Bias") left every weight at the default 1.0
             raise ValueError(f"network_prior({name!r}): scale keys {unused} match no site; "
                              f"the sites are {sites}")
@@ -70,7 +77,7 @@ def network_prior(
         elif callable(scale):
             s = scale(site, leaf.shape)
         elif isinstance(scale, Mapping):
-            s = next((v for k, v in scale.items() if k in site), 1.0)
+            s = next((v for k, v in scale.items() if _part_of(k, site)), 1.0)
         else:
             s = scale
         prior = dist.Normal(0.0, s).expand(leaf.shape).to_event(leaf.ndim)

@@ -154,6 +154,13 @@ def test_network_prior_names_shapes_and_scales():
         Predictive(lambda: inference.network_prior("nn", net, scale={"layer.0": 0.01,
                                                                      "Bias": 0.1}),
                    num_samples=1)(jax.random.key(3))
+    # keys match whole name components: "layers.1" is not "layers.10" or "layers.11"
+    deep = nn.MLP(1, 1, (2,) * 11, "tanh", key=jax.random.key(0))
+    draws = Predictive(lambda: inference.network_prior("nn", deep, scale={"layers.1": 0.01}),
+                       num_samples=2000)(jax.random.key(4))
+    assert np.std(draws["nn.layers.1.weight"]) < 0.02
+    for k in (10, 11):
+        np.testing.assert_allclose(np.std(draws[f"nn.layers.{k}.weight"]), 1.0, rtol=0.1)
 
 
 N_REPLICATES = 20
