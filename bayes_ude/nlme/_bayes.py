@@ -25,17 +25,16 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 
 from .. import inference
 from .._batching import batch_map, resolve_devices
 from .._compile import ONE_OFF, compiler_options, filter_jit
 from ..inference._interrupt import interrupt_guard
 from . import _diagnostics
-from ._bayes_results import BayesianFitResult
+from ._bayes_results import BayesianFitResult, central_u
 from ._estimate import fit_ml
 from ._likelihood import LOG_2PI, SubjectLikelihood
-from ._model import PopulationModel, _chol_to_vector
+from ._model import PopulationModel
 from ._model_checks import check_parameters_informed
 from ._parameterisation import eta_columns, omega_blocks, resolve_centred
 from ._priors import Priors, init_near, initial_values, numpyro_model
@@ -65,57 +64,6 @@ def _u_from_sites(model: PopulationModel, samples: Mapping[str, np.ndarray]) -> 
     om = np.where(rows == cols, np.log(np.maximum(om, 1e-300)), om)
     sg = np.log(np.stack([np.asarray(samples[k]) for k in model.sigma_names], axis=-1))
     return np.concatenate([th, om, sg], axis=-1)
-
-
-def _central_u(model: PopulationModel, u_draws: np.ndarray, population=None) -> np.ndarray:
-    """The plug-in point of a posterior (diagnostics, sdtab, the VPC's prediction
-    correction): posterior medians of the scalar theta entries and of sigma, posterior mean
-    of omega (positive definite), and the array entries of theta (a network's weights)
-    from one draw, :func:`_representative_draw`: weight by weight medians can describe a
-    network no draw supports (two chains in mirrored modes of the same function give
-    median weights near 0, and the covariate effect vanishes)."""
-    flat = np.reshape(u_draws, (-1, u_draws.shape[-1]))
-    n_th = model.n_theta
-    n_om = len(model.omega.element_names())
-    omegas = np.asarray(jax.jit(jax.vmap(lambda u: model.unpack_estimates(u)[1]),
-                                compiler_options=compiler_options())(jnp.asarray(flat)))
-    om = _chol_to_vector(model.omega, omegas.mean(axis=0))
-    med = np.median(flat, axis=0)
-    arrays = [k for k, v in model.theta.items() if np.ndim(v) > 0]
-    if arrays and population is not None:
-        draw = flat[_representative_draw(model, flat, population)]
-        start = 0
-        for k, v in model.theta.items():
-            size = int(np.size(v))
-            if k in arrays:
-                med[start:start + size] = draw[start:start + size]
-            start += size
-    return np.concatenate([med[:n_th], om, med[n_th + n_om:]])
-
-
-def _representative_draw(model, flat: np.ndarray, population, max_draws: int = 200) -> int:
-    """The draw (row of ``flat``) whose typical predictions (random effects 0) are closest,
-    in summed squared relative difference over the observations, to their pointwise
-    posterior median; among up to ``max_draws`` evenly spaced draws."""
-    idx = np.unique(np.linspace(0, flat.shape[0] - 1, min(max_draws, flat.shape[0])
-                                ).astype(int))
-    distance = np.asarray(_distance_to_median(model.specialised(population),
-                                              jnp.asarray(flat[idx]), population))
-    return int(idx[np.argmin(np.where(np.isfinite(distance), distance, np.inf))])
-
-
-@filter_jit(quick_below=ONE_OFF)
-def _distance_to_median(model, us, population):
-    eta0 = jnp.zeros(model.n_eta)
-
-    def typical(u):
-        theta = model.unpack(u)[0]
-        return jax.vmap(lambda s: model.predict(theta, eta0, s))(population)
-
-    preds = jax.lax.map(typical, us)  # (draws, subjects, records)
-    median = jnp.nanmedian(preds, axis=0)
-    rel = (preds - median) / (jnp.abs(median) + 1e-12)
-    return jnp.sum(jnp.where(population.obs_mask, rel**2, 0.0), axis=(1, 2))
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -207,7 +155,7 @@ def fit_bayes(model: PopulationModel, population, method: str = "nuts", *,
                                          devices)
         result = BayesianFitResult(method=method, model=model, population=population,
                                    idata=idata, draws=_natural_draws(model, u_draws),
-                                   u=_central_u(model, u_draws, population), u_draws=u_draws,
+                                   u=central_u(model, u_draws, population), u_draws=u_draws,
                                    seconds=time.perf_counter() - start, priors=priors)
     return result
 
@@ -323,7 +271,7 @@ def _fit_sgmcmc(model, population, priors, init, key, progress, method, options,
                          "variability (iov); use method='nuts'")
     if marginal not in ("focei", "laplace"):
         raise ValueError(f"marginal must be 'focei' or 'laplace', got {marginal!r}")
-    _check_sgmcmc_supports(model, priors)
+    priors.check_sgmcmc(model)
     n = population.n_subjects
     # minibatches split over the devices when they are given (the same draws on 1, 2 or 4)
     # or several by default (GPUs); on one CPU device by default, BlackJAX's estimator
@@ -392,28 +340,6 @@ def _ml_preconditioner(model, population, init, marginal, progress, devices) -> 
                            "preconditioner, and the covariance step failed (see the "
                            "warning); check the model, or use method='nuts'")
     return ml
-
-
-def _check_sgmcmc_supports(model, priors) -> None:
-    """SG-MCMC moves theta on the whole real line and the SDs on their log scale; a prior
-    with a narrower support gives -inf outside it, every step there is rejected and the
-    chains stand still (Uniform(0, 1) on a theta the data put at -0.5: 3000 of 3000 steps
-    rejected, each chain at one value). Such priors are refused."""
-    def covers(d, values) -> bool:  # the support holds values far out on both sides
-        c = d.support
-        while isinstance(c, dist.constraints.independent):
-            c = c.base_constraint
-        return bool(np.all(np.asarray(c(jnp.asarray(values)))))
-
-    line, half = [-1e8, -1.0, 0.0, 1.0, 1e8], [1e-8, 1.0, 1e8]
-    narrow = [k for k in model.theta if not covers(priors.theta_dist(model, k), line)]
-    narrow += [n for n in model.omega.names if not covers(priors.omega_sd_dist(model, n), half)]
-    narrow += [k for k in model.sigma_names if not covers(priors.sigma_dist(model, k), half)]
-    if narrow:
-        raise ValueError(f"SG-MCMC needs priors on the whole real line for theta and on "
-                         f"(0, inf) for the SDs; the priors of {narrow} have a narrower "
-                         "support, outside which every step would be rejected; use "
-                         "method='nuts' (which samples within any support) or wider priors")
 
 
 def _whitened_densities(model, priors, marginal, center, chol):

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._compile import ONE_OFF, filter_jit
+from .._compile import ONE_OFF, compiler_options, filter_jit
 from . import _diagnostics, _plots
 from ._likelihood import subject_log_densities
-from ._model import PopulationModel
+from ._model import PopulationModel, _chol_to_vector
 from ._model_checks import check_model_data
 from ._results import PopulationFit
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     # annotation only: the result never builds priors, and _priors imports NumPyro
     from ._priors import Priors
 
-__all__ = ["BayesianFitResult"]
+__all__ = ["BayesianFitResult", "central_u"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -202,3 +202,54 @@ def _simulate_draws(model, us, population, key):
             model, theta, omega, sigma, s, k))(population, ks)
 
     return jax.lax.map(lambda a: one(*a), (us, keys))
+
+
+def central_u(model: PopulationModel, u_draws: np.ndarray, population=None) -> np.ndarray:
+    """The plug-in point of a posterior (diagnostics, sdtab, the VPC's prediction
+    correction): posterior medians of the scalar theta entries and of sigma, posterior mean
+    of omega (positive definite), and the array entries of theta (a network's weights)
+    from one draw, :func:`_representative_draw`: weight by weight medians can describe a
+    network no draw supports (two chains in mirrored modes of the same function give
+    median weights near 0, and the covariate effect vanishes)."""
+    flat = np.reshape(u_draws, (-1, u_draws.shape[-1]))
+    n_th = model.n_theta
+    n_om = len(model.omega.element_names())
+    omegas = np.asarray(jax.jit(jax.vmap(lambda u: model.unpack_estimates(u)[1]),
+                                compiler_options=compiler_options())(jnp.asarray(flat)))
+    om = _chol_to_vector(model.omega, omegas.mean(axis=0))
+    med = np.median(flat, axis=0)
+    arrays = [k for k, v in model.theta.items() if np.ndim(v) > 0]
+    if arrays and population is not None:
+        draw = flat[_representative_draw(model, flat, population)]
+        start = 0
+        for k, v in model.theta.items():
+            size = int(np.size(v))
+            if k in arrays:
+                med[start:start + size] = draw[start:start + size]
+            start += size
+    return np.concatenate([med[:n_th], om, med[n_th + n_om:]])
+
+
+def _representative_draw(model, flat: np.ndarray, population, max_draws: int = 200) -> int:
+    """The draw (row of ``flat``) whose typical predictions (random effects 0) are closest,
+    in summed squared relative difference over the observations, to their pointwise
+    posterior median; among up to ``max_draws`` evenly spaced draws."""
+    idx = np.unique(np.linspace(0, flat.shape[0] - 1, min(max_draws, flat.shape[0])
+                                ).astype(int))
+    distance = np.asarray(_distance_to_median(model.specialised(population),
+                                              jnp.asarray(flat[idx]), population))
+    return int(idx[np.argmin(np.where(np.isfinite(distance), distance, np.inf))])
+
+
+@filter_jit(quick_below=ONE_OFF)
+def _distance_to_median(model, us, population):
+    eta0 = jnp.zeros(model.n_eta)
+
+    def typical(u):
+        theta = model.unpack(u)[0]
+        return jax.vmap(lambda s: model.predict(theta, eta0, s))(population)
+
+    preds = jax.lax.map(typical, us)  # (draws, subjects, records)
+    median = jnp.nanmedian(preds, axis=0)
+    rel = (preds - median) / (jnp.abs(median) + 1e-12)
+    return jnp.sum(jnp.where(population.obs_mask, rel**2, 0.0), axis=(1, 2))

@@ -84,6 +84,29 @@ class Priors:
             raise ValueError(f"omega_corr (LKJ concentration) must be > 0, got "
                              f"{self.omega_corr}")
 
+    def check_sgmcmc(self, model: PopulationModel) -> None:
+        """SG-MCMC moves theta on the whole real line and the SDs on their log scale; a prior
+        with a narrower support gives -inf outside it, every step there is rejected and the
+        chains stand still (Uniform(0, 1) on a theta the data put at -0.5: 3000 of 3000 steps
+        rejected, each chain at one value). Such priors are refused."""
+
+        def covers(d, values) -> bool:  # the support holds values far out on both sides
+            c = d.support
+            while isinstance(c, dist.constraints.independent):
+                c = c.base_constraint
+            return bool(np.all(np.asarray(c(jnp.asarray(values)))))
+
+        line, half = [-1e8, -1.0, 0.0, 1.0, 1e8], [1e-8, 1.0, 1e8]
+        narrow = [k for k in model.theta if not covers(self.theta_dist(model, k), line)]
+        narrow += [n for n in model.omega.names
+                   if not covers(self.omega_sd_dist(model, n), half)]
+        narrow += [k for k in model.sigma_names if not covers(self.sigma_dist(model, k), half)]
+        if narrow:
+            raise ValueError(f"SG-MCMC needs priors on the whole real line for theta and on "
+                             f"(0, inf) for the SDs; the priors of {narrow} have a narrower "
+                             "support, outside which every step would be rejected; use "
+                             "method='nuts' (which samples within any support) or wider priors")
+
     def theta_dist(self, model: PopulationModel, name: str) -> dist.Distribution:
         init = np.asarray(model.theta[name], float)
         if name in self.theta:

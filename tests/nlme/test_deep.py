@@ -97,7 +97,7 @@ def test_bayesian_plug_in_network_is_a_draw_not_weight_medians(small):
     is odd, so the same function). Weight by weight medians sit near 0 and the covariate
     effect vanished from the plug-in point (diagnostics, sdtab); the plug-in network is now
     one of the draws, and its shifts are every draw's."""
-    from bayes_ude.nlme._bayes import _central_u
+    from bayes_ude.nlme._bayes_results import central_u
 
     pop, _, table = small
     deep = covariate_model(_base_model(pop), pop, ["WT", "EGFR"], "network", widths=(2,),
@@ -118,7 +118,7 @@ def test_bayesian_plug_in_network_is_a_draw_not_weight_medians(small):
     noise = 1e-3 * rng.normal(size=(2, 20, effect.n_weights))
     draws[0, :, start:start + effect.n_weights] = w1 + noise[0]
     draws[1, :, start:start + effect.n_weights] = w2 + noise[1]
-    weights = _central_u(deep, draws, pop)[start:start + effect.n_weights]
+    weights = central_u(deep, draws, pop)[start:start + effect.n_weights]
     assert np.ptp(shifts) > 1.0  # a real covariate effect
     np.testing.assert_allclose(effect.evaluate(weights, table)[:, 0], shifts, atol=0.02)
 
