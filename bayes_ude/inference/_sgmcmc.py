@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,21 +178,48 @@ def psgld(grad_fn: Callable, alpha: float = 0.99, eps: float = 1e-5) -> SGMCMCKe
 
 def sghmc(grad_fn: Callable, num_integration_steps: int = 10, alpha: float = 0.01,
           beta: float = 0.0) -> SGMCMCKernel:
-    """Stochastic gradient HMC (Chen, Fox & Guestrin 2014): BlackJAX's kernel (friction
-    ``alpha``, gradient-noise estimate ``beta``, momentum resampled every step)."""
+    """Stochastic gradient HMC (Chen, Fox & Guestrin 2014, Alg. 2, in BlackJAX's
+    parameterisation: friction ``alpha``, gradient-noise estimate ``beta``).
+
+    Each step draws a momentum ``p ~ N(0, T)`` (``T`` the temperature), then takes
+    ``num_integration_steps`` of ``x <- x + eps p``; ``p <- (1 - alpha eps) p + eps
+    grad(x) + sqrt(eps T (2 alpha - eps T beta)) n``, the gradient at the *new*
+    position as in Chen et al. BlackJAX's kernel took it at the old one (a non-symplectic
+    Euler step) and drew ``p ~ N(0, 1)`` whatever the temperature: on a conjugate Gaussian
+    its posterior sd came out 1.40 times the true one, and unchanged at ``T = 4``
+    (expected 2)."""
     if (not isinstance(num_integration_steps, (int, np.integer))
             or isinstance(num_integration_steps, bool) or num_integration_steps < 1):
         raise ValueError(f"num_integration_steps must be an integer >= 1, got "
                          f"{num_integration_steps!r}")
     if not 0 <= alpha < np.inf:
         raise ValueError(f"alpha (friction) must be a finite number >= 0, got {alpha!r}")
-    inner = blackjax.sghmc(grad_fn, num_integration_steps, alpha, beta)
 
     def init(position):
         return SGLDState(position)
 
     def step(key, state, minibatch, step_size, temperature=1.0):
-        return SGLDState(inner.step(key, state.position, minibatch, step_size, temperature))
+        k_momentum, k_steps = jax.random.split(key)
+        momentum = jax.tree.map(lambda n: jnp.sqrt(temperature) * n,
+                                _normal_like(k_momentum, state.position))
+        noise_sd = jnp.sqrt(step_size * temperature * (2 * alpha - step_size * temperature
+                                                       * beta))
+
+        def leap(carry, k):
+            x, p = carry
+            x = jax.tree.map(lambda xi, pi: xi + step_size * pi, x, p)
+            g = grad_fn(x, minibatch)
+            n = _normal_like(k, x)
+            p = jax.tree.map(lambda pi, gi, ni: (1.0 - alpha * step_size) * pi
+                             + step_size * gi + noise_sd * ni, p, g, n)
+            return (x, p), None
+
+        (x, p), _ = jax.lax.scan(leap, (state.position, momentum),
+                                 jax.random.split(k_steps, num_integration_steps))
+        # a non-finite gradient at the last position (a failed solve there) shows in the
+        # momentum only: the move is rejected as run_sgmcmc rejects any non-finite one
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(pi)) for pi in jax.tree.leaves(p)]))
+        return SGLDState(jax.tree.map(lambda xi: jnp.where(finite, xi, jnp.nan), x))
 
     return SGMCMCKernel(init, step, getattr(grad_fn, "data_size", None))
 
