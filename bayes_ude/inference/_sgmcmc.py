@@ -147,16 +147,16 @@ def sgld(grad_fn: Callable) -> SGMCMCKernel:
 def psgld(grad_fn: Callable, alpha: float = 0.99, eps: float = 1e-5) -> SGMCMCKernel:
     """Preconditioned SGLD (RMSprop preconditioner; see the module notes).
 
-    Parameters
-    ----------
-    alpha : decay of the running average of squared gradients (0 < alpha < 1).
-    eps : the ``lambda`` of the paper, keeping ``G`` bounded.
-
     ``V`` starts at 0 and is built from the whole (N-scaled) posterior gradient, so a chain
     started at a mode with full-batch gradients sees ``g ~ 0``, ``G ~ 1 / eps``, and its
     first steps throw it far out (a conjugate Gaussian, 50 items, step 1e-3, started at
     the posterior mean: sd 64 times the posterior's). Minibatches, or ``run_sgmcmc``'s
     ``init_spread``, keep ``V`` off 0 (started 1e-4 away: sd ratio 1.4).
+
+    Parameters
+    ----------
+    alpha : decay of the running average of squared gradients (0 < alpha < 1).
+    eps : the ``lambda`` of the paper, keeping ``G`` bounded.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")

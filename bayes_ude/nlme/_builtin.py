@@ -214,8 +214,9 @@ class BuiltinIndividual:
         each): allometric weights <= 0, and each term's :meth:`CovariateTerm.problems`."""
         problems = []
         if self.allometric is not None:
-            problems += positive_problems(population, self.allometric,
-                                          "the allometric model (WT/70)^0.75")
+            problems += positive_problems(
+                population, self.allometric,
+                f"the allometric model ({self.allometric}/{self.reference_weight:g})^0.75")
         for t in self.terms:
             problems += t.problems(population)
         return problems
