@@ -10,6 +10,7 @@ concerned.
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from collections.abc import Sequence
 
@@ -24,7 +25,13 @@ from ._error import Exponential
 from ._occasions import count_occasions
 from ._structural import StructuralModel, check_observation_types
 
-__all__ = ["check_data", "check_model_data", "check_parameters_informed", "unused_inputs"]
+__all__ = [
+    "check_data",
+    "check_individual_outputs",
+    "check_model_data",
+    "check_parameters_informed",
+    "unused_inputs",
+]
 
 
 def check_data(structural: StructuralModel, population) -> None:
@@ -74,6 +81,7 @@ def check_model_data(model, population, *, design: bool = False) -> None:
                 f"them over time with nlme.covariates_at(subject.cov_time, "
                 f"subject.cov_value, subject.cov_mask, t).", NonmemDataWarning, stacklevel=4)
     check_data(model.structural, population)
+    check_individual_outputs(model, population.covariate_names)
     models = model.error_models
     check_observation_types(model.structural, population, one_error_model=0 in models)
     mask = np.asarray(population.obs_mask)
@@ -94,6 +102,38 @@ def check_model_data(model, population, *, design: bool = False) -> None:
                 raise ValueError(
                     f"the exponential error model needs DV > 0; subject "
                     f"{population.ids[s]}, row {row}, column DV is {dv[s, j]}")
+
+
+def check_individual_outputs(model, covariate_names: Sequence[str]) -> None:
+    """The keys ``model.individual`` returns against the structural model's
+    ``accepted_parameters`` (when it has a closed list): a key it does not read but that
+    is close to one it does and that is missing (``lag`` for ``tlag``, ``F1`` for ``f``) is
+    a misspelling, an error: the parameter behind it would be reported at its starting
+    value. Other unread keys (a derived quantity kept for the tables) are warned about."""
+    accepted = model.structural.accepted_parameters
+    if accepted is None:
+        return
+    dtype = jnp.result_type(float)
+    theta = {k: jax.ShapeDtypeStruct(np.shape(v), dtype) for k, v in model.theta.items()}
+    etas = {n: jax.ShapeDtypeStruct((), dtype) for n in model.omega.names}
+    cov = {c: jax.ShapeDtypeStruct((), dtype) for c in covariate_names}
+    returned = list(jax.eval_shape(model.individual, theta, etas, cov))
+    unread = [k for k in returned if k not in accepted]
+    if not unread:
+        return
+    missing = [k for k in accepted if k not in returned]
+    lower = {k.lower(): k for k in missing}
+    typos = {k: lower[m[0]] for k in unread
+             if (m := difflib.get_close_matches(k.lower(), list(lower), n=1, cutoff=0.6))}
+    label = type(model.structural).__name__
+    if typos:
+        shown = ", ".join(f"{k!r} (did you mean {v!r}?)" for k, v in typos.items())
+        raise ValueError(f"individual() returns {shown}, which {label} does not read (it "
+                         f"reads {', '.join(accepted)}): the parameters behind them would "
+                         "stay at their starting values")
+    warnings.warn(f"individual() returns {unread}, which {label} does not read (it reads "
+                  f"{', '.join(accepted)}); they are kept in the individual parameters only",
+                  NonmemDataWarning, stacklevel=4)
 
 
 def check_parameters_informed(model, population, fixed: Sequence[str] = (),

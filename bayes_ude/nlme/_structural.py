@@ -106,6 +106,10 @@ class StructuralModel(eqx.Module):
 
     #: individual-parameter names the model reads (for error messages)
     parameter_names: ClassVar[tuple[str, ...]] = ()
+    #: every individual-parameter name the model can read, when that is a closed list
+    #: (``None``: any, e.g. an ODE model's vector field); ``check_model_data`` holds the
+    #: keys ``individual`` returns to it, so that a misspelt one is not silently unused
+    accepted_parameters: ClassVar[tuple[str, ...] | None] = None
     #: how the outer (population-parameter) gradient of FOCE/FOCEI/Laplace is taken:
     #: ``"reverse"``, or ``"forward"`` (one directional derivative per parameter) for
     #: models that JAX cannot differentiate in reverse mode to third order

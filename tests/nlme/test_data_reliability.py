@@ -389,3 +389,31 @@ def test_padding_efficiency_counts_real_over_padded_observations(tmp_path):
     pop = _read(tmp_path, [*ORAL, "2,4,6.0,.,0,2"])
     assert pop.padding_efficiency == pytest.approx(5 / 6)
     assert _read(tmp_path, ORAL).padding_efficiency == 1.0
+
+
+def test_a_misspelt_individual_parameter_is_an_error(tmp_path):
+    """individual() returning "lag" for "tlag" (or "F1" for "f"): the closed-form model never
+    read it, the fit converged and reported tlag at its starting value. A key close to a
+    parameter the model reads but is not given is an error now; any other key it does not
+    read (a derived quantity) a warning."""
+    import jax.numpy as jnp
+
+    pop = _read(tmp_path, ORAL)
+
+    def model(extra):
+        def individual(th, eta, cov):
+            return {"ka": jnp.exp(th["tka"]), "cl": jnp.exp(th["tcl"] + eta["eta_cl"]),
+                    "v": jnp.exp(th["tv"]), **{k: jnp.exp(th["tx"]) for k in extra}}
+
+        return nlme.PopulationModel(nlme.OneCompartmentOral(), individual,
+                                    theta={"tka": 0.0, "tcl": 0.0, "tv": 2.0, "tx": -1.0},
+                                    omega={"eta_cl": 0.1}, sigma={"add_sd": 0.5},
+                                    error=nlme.Additive())
+
+    for key, meant in (("lag", "tlag"), ("F1", "f")):
+        with pytest.raises(ValueError, match=rf"returns '{key}' \(did you mean '{meant}'\?\)"):
+            model([key]).check(pop)
+    with pytest.warns(NonmemDataWarning, match=r"returns \['thalf'\], which "
+                                               "OneCompartmentOral does not read"):
+        model(["thalf"]).check(pop)
+    model(["tlag"]).check(pop)
