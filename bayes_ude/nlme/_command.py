@@ -161,6 +161,14 @@ def _check_fit_args(args: argparse.Namespace) -> None:
         if args.method in ("lb", "nuts", "sgld"):
             fail(f"--bootstrap refits by maximum likelihood (fo, foce, focei, laplace); "
                   f"--method {args.method} is not one of them")
+    # options the method would ignore (checked against the parser's defaults)
+    ignored = {"nuts": [], "sgld": [("warmup", 1000), ("max_iter", 500)]}.get(
+        args.method, [("chains", 4), ("warmup", 1000), ("samples", 1000)])
+    given = [f"--{name.replace('_', '-')}" for name, default in ignored
+             if getattr(args, name) != default]
+    if given:
+        fail(f"{', '.join(given)}: --method {args.method} does not use "
+             f"{'it' if len(given) == 1 else 'them'}")
     devices = getattr(args, "devices", None)
     if devices is not None:
         if devices != "all" and not (devices.isdigit() and int(devices) >= 1):

@@ -32,6 +32,29 @@ def omega_prior(text: str):
     return (dist.HalfNormal if name == "halfnormal" else dist.HalfCauchy)(value)
 
 
+#: Below these the draws' summaries are not to be trusted (Vehtari et al. 2021: R-hat
+#: < 1.01, bulk ESS > 100 per chain for 4 chains); summary.json says so.
+MAX_R_HAT, MIN_ESS_BULK = 1.01, 400
+
+
+def sampling_warnings(result, summary: dict) -> list[str]:
+    """What summary.json's ``warnings`` must say about the draws: chains that disagree,
+    too few effective draws, divergent transitions."""
+    out = []
+    r_hat, ess = summary["max_r_hat"], summary["min_ess_bulk"]
+    if r_hat == r_hat and r_hat > MAX_R_HAT:  # NaN (a single draw) is named elsewhere
+        out.append(f"max R-hat {r_hat:.3f} > {MAX_R_HAT}: the chains disagree; run longer "
+                   "(--warmup, --samples)")
+    if ess == ess and ess < MIN_ESS_BULK:
+        out.append(f"min bulk ESS {ess:.0f} < {MIN_ESS_BULK}: too few effective draws for "
+                   "stable intervals; run longer (--samples)")
+    divergent = summary.get("num_divergent", 0)
+    if divergent:
+        out.append(f"{divergent} divergent transitions: the sampler missed part of the "
+                   "posterior (docs/bayes_nlme.md)")
+    return out
+
+
 def _random_effects_line(summary: dict) -> str:
     centred = summary["random_effects_centred"]
     metric = "dense" if summary["dense_mass"] else "diagonal"
@@ -72,6 +95,7 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str],
                        error_model=args.error, data=str(args.data), omega_prior=prior_text,
                        warnings=list(notes), options=fit_options(args),
                        n_censored=n_censored(pop))
+        summary["warnings"] += sampling_warnings(result, summary)
         table.index.name = "parameter"
         output.save("estimates.csv", table.to_csv)
         eta = result.eta
@@ -100,7 +124,7 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str],
 
     def residuals():
         # at the posterior medians of the parameters and random effects (plug-in)
-        state["diag"] = diag = diagnostics(result, n_sim=500)
+        state["diag"] = diag = diagnostics(result, n_sim=500, key=jax.random.key(args.seed))
         output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
         output.save("sdtab.csv", lambda path: sdtab(result, diagnostics=diag).to_csv(
             path, index=False))

@@ -140,7 +140,9 @@ def _bayes_options(group) -> None:
     group.add_argument("--samples", type=int, default=1000,
                        help="NUTS: draws per chain (default 1000); SGLD: steps per chain are "
                             "4x this")
-    group.add_argument("--seed", type=int, default=0, help="Bayesian: random seed (default 0)")
+    group.add_argument("--seed", type=int, default=0,
+                       help="random seed of the sampler, the bootstrap and the VPC and NPDE "
+                            "simulations (default 0)")
     group.add_argument("--random-effects", default="auto",
                        choices=("auto", "centred", "noncentred"),
                        help="NUTS: sample the random effects centred (informative data, "

@@ -8,6 +8,7 @@ runs)."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pandas as pd
 
@@ -31,8 +32,11 @@ def plot_types(args, population) -> list:
 
 
 def vpc_tables(result, args, n_sim: int = 500) -> dict:
-    """One VPC table per observation type (key: its DVID, or ``None``)."""
-    return {d: result.vpc(dvid=d, n_sim=n_sim) for d in plot_types(args, result.population)}
+    """One VPC table per observation type (key: its DVID, or ``None``), simulated with
+    ``--seed``."""
+    key = jax.random.key(args.seed)
+    return {d: result.vpc(dvid=d, n_sim=n_sim, key=key)
+            for d in plot_types(args, result.population)}
 
 
 def save_vpc(output: Output, tables: dict) -> None:

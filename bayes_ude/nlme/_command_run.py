@@ -190,6 +190,19 @@ def _compile_ahead(args, model, pop, devices) -> threading.Thread | None:
     return thread
 
 
+def fit_warnings(result) -> list[str]:
+    """What summary.json's ``warnings`` must say about a maximum-likelihood fit besides a
+    degenerate solution: no convergence, and parameters left without standard errors."""
+    if result.interrupted:
+        return []
+    out = [] if result.converged else [f"not converged: {result.message}"]
+    no_se = [k for k, v in result.se.items() if not np.isfinite(v) and k not in result.fixed]
+    if no_se:
+        out.append(f"no standard errors for {', '.join(no_se)}: the covariance step failed "
+                   "(a flat or indefinite objective there; see the message on stderr)")
+    return out
+
+
 def _run_ml(args, pop, model, start, output: Output, notes: list[str],
             figures: Figures) -> int:
     """The maximum-likelihood branch: estimates, diagnostics, EBEs, VPC, plots."""
@@ -212,6 +225,7 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str],
         if reasons:
             summary["warnings"].append(f"{verb} a degenerate solution: "
                                        + "; ".join(reasons))
+        summary["warnings"] += fit_warnings(result)
         table = result.table()
         output.save("estimates.csv", table.to_csv)
         if not args.quiet:
@@ -242,7 +256,7 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str],
     plots = not args.no_plots
 
     def diagnostics():
-        diag = result.diagnostics(n_sim=500)
+        diag = result.diagnostics(n_sim=500, key=jax.random.key(args.seed))
         if plots:
             tickets.update(start_gof(figures, output, args, result, diag))
         output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))

@@ -36,6 +36,9 @@ MARKER_TIMEOUT_S = 180  # generous: the machine running the tests may be loaded
     (["--max-iter", "0"], "--max-iter must be >= 1"),
     (["--chains", "0"], "--chains must be >= 1"),
     (["--samples", "-1"], "--samples must be >= 1"),
+    # options the method would ignore
+    (["--chains", "2", "--samples", "10"], "--chains, --samples: --method focei does not use"),
+    (["--method", "sgld", "--warmup", "5"], "--warmup: --method sgld does not use it"),
     (["--out", "{file}"], "--out .* is an existing file"),
     (["--out", "{file}/sub"], "--out .* is a file, not a folder"),
     (["--out", "{foreign}"], r"--out .* holds files bayes-ude does not write \(notes.txt\)"),

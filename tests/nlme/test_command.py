@@ -11,6 +11,18 @@ from bayes_ude import cli
 REF = Path(__file__).resolve().parents[1] / "reference" / "theoph_nlmixr2.csv"
 
 
+def test_a_fit_that_did_not_converge_says_so_in_summary_json(tmp_path):
+    """Not converged: summary.json's warnings said nothing (only "converged": false), with
+    the status "complete" and exit code 0."""
+    out = tmp_path / "out"
+    assert cli.main(["pk", "fit", "theophylline", "--max-iter", "3", "--no-plots", "--quiet",
+                     "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["converged"]
+    assert any(w.startswith("not converged: did not converge in 3 iterations")
+               for w in summary["warnings"]), summary["warnings"]
+
+
 @pytest.mark.slow
 def test_theophylline_main_job_matches_nlmixr2(tmp_path, capsys):
     out = tmp_path / "out"
@@ -28,6 +40,7 @@ def test_theophylline_main_job_matches_nlmixr2(tmp_path, capsys):
                 "seconds"):
         assert key in summary
     assert summary["method"] == "focei" and summary["converged"]
+    assert summary["warnings"] == []  # converged, with standard errors
     assert set(summary["theta"]) == {"tka", "tcl", "tv"}
     assert set(summary["omega"]) == {"eta_ka", "eta_cl", "eta_v"}
     table = pd.read_csv(out / "estimates.csv", index_col="parameter")
