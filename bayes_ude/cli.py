@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (("theophylline", datasets.load_theophylline),
                          ("theophylline (NONMEM)", datasets.load_theophylline_nonmem),
                          ("warfarin", datasets.load_warfarin),
+                         ("phenobarbital", datasets.load_phenobarbital),
                          ("lynx_hare", datasets.load_lynx_hare)):
             df = fn()
             print(f"{name:<22}{len(df):>5} rows  columns: {', '.join(df.columns)}")

@@ -29,6 +29,7 @@ def test_datasets_command(capsys):
     assert cli.main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "theophylline (NONMEM)" in out and "144 rows" in out
+    assert "phenobarbital           744 rows" in out  # `pk fit phenobarbital` takes it
 
 
 def test_console_script_help():
