@@ -196,7 +196,7 @@ def simulate_covariate_population(n_subjects: int, key: jax.Array | None = None,
     age = np.asarray(jax.random.uniform(k_age, (n,), minval=20.0, maxval=85.0))
     # a renal marker spread evenly on the log scale from severe impairment to normal (as
     # when studies in renal impairment are pooled; the sigmoid is seen along its whole
-    # range), lower with age (correlation about -0.3)
+    # range), lower with age (correlation of log EGFR with age about -0.19)
     log_egfr = np.asarray(jax.random.uniform(k_egfr, (n,), minval=np.log(15.0),
                                              maxval=np.log(150.0)))
     egfr = np.clip(np.exp(log_egfr - 0.007 * (age - 52.5)), 10.0, 200.0)

@@ -17,7 +17,7 @@ Numerics. The PCA ODE is integrated on a fixed grid (:func:`bayes_ude.solvers.li
 an exact linear solve), which FOCEI can differentiate to the third order it needs. Only the
 slow state is integrated: the linear absorption chain, the fast part, is in closed form
 (sums of exponentials, superposed over doses), so the grid need not resolve ``ka`` for
-stability and stays small (~90 points per subject). ``tests/nlme/test_pkpd.py`` checks the
+stability and stays small (~58 points per subject). ``tests/nlme/test_pkpd.py`` checks the
 model against scipy's Radau on the full ODE system.
 
 A network in the dynamics. The network's weights are one fixed effect (``theta["w"]``, a
