@@ -81,6 +81,9 @@ def subject_grid(obs_time: ArrayLike, dose_time: ArrayLike, dose_mask: ArrayLike
     """
     obs_time, dose_time = jnp.asarray(obs_time), jnp.asarray(dose_time)
     t0 = jnp.minimum(jnp.min(jnp.where(dose_mask, dose_time, jnp.inf)), obs_time[0])
+    # padding sits at t0 (steps of zero length): anywhere before it, the scan stepped back
+    # to it and forward again, one huge Dormand-Prince step each way
+    dose_time = jnp.where(dose_mask, dose_time, t0)
     t_end = jnp.maximum(jnp.max(obs_time), t0)
     uniform = t0 + (t_end - t0) * jnp.arange(1, n_uniform + 1) / n_uniform
     parts = [obs_time, uniform]

@@ -200,9 +200,18 @@ def _integrate(field, y0, args, table: EventTable | None, t0, saveat, opts, adjo
     # Event times that are not finite (traced, so not seen by the input checks) fail the
     # solve instead of ending its segments nowhere.
     status0 = jnp.where(jnp.all(jnp.isfinite(table.ends)), Status.SUCCESS, Status.NONFINITE)
-    init = (y0, jnp.asarray(t0, saveat.dtype), ys0, status0.astype(jnp.int32), jnp.int32(0))
+    # So do doses before t0 (traced): segment 0 would integrate backward to them and apply
+    # them before the start. Padding (no jump, no change of rate) there moves to t0.
+    t_start = jnp.asarray(t0, saveat.dtype)
+    early = table.ends[:-1] < t_start  # the last end is the solve's, not an event
+    acts = (jnp.any(table.jumps[:-1] != 0, axis=1)
+            | jnp.any(table.rates[1:] != table.rates[:-1], axis=1))
+    status0 = jnp.where((status0 == Status.SUCCESS) & jnp.any(early & acts),
+                        Status.DOSE_BEFORE_START, status0)
+    ends = jnp.maximum(table.ends, t_start)
+    init = (y0, t_start, ys0, status0.astype(jnp.int32), jnp.int32(0))
     (_, _, ys, status, nsteps), _ = jax.lax.scan(
-        segment, init, (k, table.ends, table.rates, table.jumps)
+        segment, init, (k, ends, table.rates, table.jumps)
     )
     return ys, status, nsteps
 

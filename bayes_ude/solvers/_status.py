@@ -18,6 +18,7 @@ class Status(enum.IntEnum):
     NONFINITE = 3
     SOLVER_FAILURE = 4
     INCONSISTENT = 5
+    DOSE_BEFORE_START = 6
 
 
 _MESSAGES = {
@@ -34,6 +35,10 @@ _MESSAGES = {
     Status.INCONSISTENT: "the initial state does not satisfy the algebraic equations of "
     "M u' = f(t, u) at t0 (inconsistent initial conditions): choose u0 so that they hold "
     "(a solve from it would not be a solution of the DAE)",
+    Status.DOSE_BEFORE_START: "a dose (a bolus, or an infusion's start or end) with a "
+    "non-zero amount or rate lies before the start t0 (traced, so not refused up front): "
+    "start the solve at or before the first dose; padding doses of amount 0 may lie "
+    "anywhere",
 }
 
 

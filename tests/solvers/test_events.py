@@ -169,6 +169,29 @@ def test_doses_batch_over_subjects():
         np.testing.assert_allclose(out[i], exact, rtol=1e-8, atol=1e-12)
 
 
+def test_traced_doses_before_the_start():
+    """Under jit a dose before t0 is not refused up front: the solve integrated backward to
+    it and applied it (y(t0) = 1 + 7 e^-0.5 for u0 = 1), or overflowed for a fast rate.
+    Now such a dose fails the solve (DOSE_BEFORE_START, NaN), and padding of amount 0
+    before t0 is a no-op (k = 20 from t0 = 50 with pads at 0 failed before)."""
+    ts = jnp.array([0.0, 1.0, 2.0])
+
+    @jax.jit
+    def run(t, a, k, t0):
+        return solvers.solve(one_compartment, jnp.ones(1), ts + t0, k, t0=t0,
+                             doses=[solvers.Bolus(t, a, 0)], **TIGHT)
+
+    sol = run(jnp.array([-1.0]), jnp.array([7.0]), 0.5, 0.0)
+    assert int(sol.status) == solvers.Status.DOSE_BEFORE_START
+    assert np.all(np.isnan(sol.ys))
+    for k in (0.5, 20.0):
+        sol = run(jnp.array([0.0, 51.0]), jnp.array([0.0, 3.0]), k, 50.0)
+        assert int(sol.status) == solvers.Status.SUCCESS
+        t = np.asarray(ts) + 50.0
+        exact = np.exp(-k * (t - 50.0)) + np.where(t > 51.0, 3 * np.exp(-k * (t - 51.0)), 0.0)
+        np.testing.assert_allclose(np.asarray(sol.ys[:, 0]), exact, rtol=1e-8, atol=1e-12)
+
+
 @pytest.mark.parametrize("sensitivity", ["forward", "reverse"])
 def test_dose_gradients_against_closed_form(sensitivity):
     """d/d(amount) and d/dk of a bolus PK curve against the analytic derivatives."""

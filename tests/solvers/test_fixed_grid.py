@@ -133,3 +133,18 @@ def test_subject_grid_orders_observations_before_doses():
     at_two = np.flatnonzero(times == 2.0)
     assert kind[at_two[0]] == 0 and kind[at_two[-1]] == 2
     assert times.shape[0] == 3 + 4 + 2 * 3 + 2
+
+
+def test_padding_doses_before_the_start_change_nothing():
+    """A padded dose (mask False) at t = 0 for a trajectory that starts at t = 10 (the
+    population arrays pad dose times with zeros): the scan stepped back from 10 to 0 and
+    forward again, and a non-zero start came out 1e5 times too large. Closed form:
+    5 e^-(t-10) + 3 e^-(t-11) after the dose at 11."""
+    obs = jnp.array([10.0, 11.0, 12.0, 14.0])
+    opts = {"n_uniform": 40, "n_post_dose": 6, "first_step": 0.02, "post_dose_span": 2.0}
+    grid = solvers.subject_grid(obs, jnp.array([11.0, 0.0]), jnp.array([True, False]), **opts)
+    ys = solvers.integrate_on_grid(lambda t, y, u: -y, jnp.array([5.0]), grid, 4,
+                                   jumps=jnp.array([[3.0], [0.0]]))
+    t = np.asarray(obs)
+    ref = 5 * np.exp(-(t - 10)) + np.where(t > 11, 3 * np.exp(-(t - 11)), 0.0)
+    np.testing.assert_allclose(np.asarray(ys[:, 0]), ref, rtol=1e-7)
