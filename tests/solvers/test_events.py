@@ -108,7 +108,7 @@ def test_iv_bolus_multiple_doses():
     sol = solvers.solve(one_compartment, jnp.zeros(1), ts, k,
                         doses=[solvers.Bolus(times, amounts, 0)], **TIGHT)
     # Left limits at dose times: the dose at 6 is not yet in the value saved at 6.
-    exact = sum(a * np.exp(-k * (ts - t)) * (ts > t) for t, a in zip(times, amounts))
+    exact = sum(a * np.exp(-k * (ts - t)) * (ts > t) for t, a in zip(times, amounts, strict=True))
     exact[0] = 0.0
     np.testing.assert_allclose(sol.ys[:, 0], exact, rtol=1e-8, atol=1e-12)
 
@@ -165,7 +165,7 @@ def test_doses_batch_over_subjects():
     tsn = np.asarray(ts)
     for i in range(3):
         exact = sum(float(a) * np.exp(-float(k[i]) * (tsn - float(t))) * (tsn > float(t))
-                    for t, a in zip(times[i], amounts[i]))
+                    for t, a in zip(times[i], amounts[i], strict=True))
         np.testing.assert_allclose(out[i], exact, rtol=1e-8, atol=1e-12)
 
 
