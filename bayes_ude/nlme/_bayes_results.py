@@ -21,7 +21,7 @@ from .._compile import ONE_OFF, compiler_options, filter_jit
 from . import _diagnostics, _plots
 from ._likelihood import subject_log_densities
 from ._model import PopulationModel, _chol_to_vector
-from ._model_checks import check_model_data
+from ._model_checks import data_or_design
 from ._results import PopulationFit
 
 if TYPE_CHECKING:
@@ -133,10 +133,7 @@ class BayesianFitResult(PopulationFit):
         design (default: the fitted data's), each replicate from a different posterior
         draw of (theta, omega, sigma): the posterior predictive for a VPC."""
         key = jax.random.key(0) if key is None else key
-        if population is None:
-            population = self.population
-        else:  # new data: held to the model as a fit's are (its DV is not used)
-            check_model_data(self.model, population, design=True)
+        population = data_or_design(self, population)
         us = _draw_vectors(self, n, jax.random.fold_in(key, 1))
         # specialised to the design (its dose types), not to the fitted data
         return np.asarray(_simulate_draws(self.model.specialised(population), us, population,

@@ -31,6 +31,9 @@ __all__ = ["check_pk_args", "command_name", "devices_checked", "fail", "parse_om
 
 OMEGA_PRIORS = ("halfnormal", "halfcauchy")
 DEFAULT_OMEGA_PRIOR = "halfnormal:1"  # Priors' default
+#: `pk fit`'s defaults of the options some methods do not use (the parser's, and what
+#: _check_fit_args compares with to refuse an option the method would ignore)
+FIT_DEFAULTS = {"max_iter": 500, "chains": 4, "warmup": 1000, "samples": 1000}
 SHIPPED = {"theophylline": "theophylline.csv", "warfarin": "warfarin_pkpd.csv",
            "phenobarbital": "phenobarbital.csv"}
 #: The shipped data sets' units of TIME and DV (axis labels).
@@ -162,10 +165,10 @@ def _check_fit_args(args: argparse.Namespace) -> None:
             fail(f"--bootstrap refits by maximum likelihood (fo, foce, focei, laplace); "
                   f"--method {args.method} is not one of them")
     # options the method would ignore (checked against the parser's defaults)
-    ignored = {"nuts": [], "sgld": [("warmup", 1000), ("max_iter", 500)]}.get(
-        args.method, [("chains", 4), ("warmup", 1000), ("samples", 1000)])
-    given = [f"--{name.replace('_', '-')}" for name, default in ignored
-             if getattr(args, name) != default]
+    ignored = {"nuts": (), "sgld": ("warmup", "max_iter")}.get(
+        args.method, ("chains", "warmup", "samples"))
+    given = [f"--{name.replace('_', '-')}" for name in ignored
+             if getattr(args, name) != FIT_DEFAULTS[name]]
     if given:
         fail(f"{', '.join(given)}: --method {args.method} does not use "
              f"{'it' if len(given) == 1 else 'them'}")

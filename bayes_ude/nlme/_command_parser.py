@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._builtin import BUILTIN_MODELS, ERROR_MODELS
-from ._command import DEFAULT_OMEGA_PRIOR, SHIPPED
+from ._command import DEFAULT_OMEGA_PRIOR, FIT_DEFAULTS, SHIPPED
 
 __all__ = ["add_pk_parser"]
 
@@ -121,8 +121,8 @@ def _estimation_options(group) -> None:
                        help="estimation method: maximum likelihood (fo, foce, focei, laplace; "
                             "lb: Lindstrom-Bates, as R's nlme) or Bayesian (nuts; sgld: "
                             "minibatches of subjects) (default: %(default)s)")
-    group.add_argument("--max-iter", type=int, default=500,
-                       help="outer iterations, >= 1 (default 500)")
+    group.add_argument("--max-iter", type=int, default=FIT_DEFAULTS["max_iter"],
+                       help="outer iterations, >= 1 (default %(default)s)")
     group.add_argument("--bootstrap", type=int, default=None, metavar="N",
                        help="maximum likelihood: a nonparametric bootstrap of N replicates "
                             "(subjects resampled, refitted together; percentile 95 %% "
@@ -134,12 +134,13 @@ def _estimation_options(group) -> None:
 
 
 def _bayes_options(group) -> None:
-    group.add_argument("--chains", type=int, default=4, help="Bayesian: chains (default 4)")
-    group.add_argument("--warmup", type=int, default=1000,
-                       help="NUTS: warmup draws per chain (default 1000)")
-    group.add_argument("--samples", type=int, default=1000,
-                       help="NUTS: draws per chain (default 1000); SGLD: steps per chain are "
-                            "4x this")
+    group.add_argument("--chains", type=int, default=FIT_DEFAULTS["chains"],
+                       help="Bayesian: chains (default %(default)s)")
+    group.add_argument("--warmup", type=int, default=FIT_DEFAULTS["warmup"],
+                       help="NUTS: warmup draws per chain (default %(default)s)")
+    group.add_argument("--samples", type=int, default=FIT_DEFAULTS["samples"],
+                       help="NUTS: draws per chain (default %(default)s); SGLD: steps per "
+                            "chain are 4x this")
     group.add_argument("--seed", type=int, default=0,
                        help="random seed of the sampler, the bootstrap and the VPC and NPDE "
                             "simulations (default 0)")

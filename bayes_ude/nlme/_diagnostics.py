@@ -40,7 +40,7 @@ from .._batching import batch_map, resolve_devices
 from .._compile import ONE_OFF, filter_jit
 from ._likelihood import censored
 from ._model import unpacked
-from ._model_checks import check_model_data
+from ._model_checks import data_or_design
 
 __all__ = ["diagnostics", "simulate", "vpc", "individual_parameters"]
 
@@ -117,10 +117,7 @@ def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None,
     residual errors) on ``population``'s design (default: the fitted data's); each
     replicate's subjects over ``devices`` (default: the fit's)."""
     key = jax.random.key(0) if key is None else key
-    if population is None:
-        population = fit.population
-    else:  # new data: held to the model as a fit's are (its DV is not used)
-        check_model_data(fit.model, population, design=True)
+    population = data_or_design(fit, population)
     devices = tuple(resolve_devices(getattr(fit, "devices", None) if devices is None
                                     else devices))
     # the model specialised to the design, not to the fitted data: a design may have dose

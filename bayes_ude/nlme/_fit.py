@@ -9,6 +9,7 @@ deferred import is the one function-level import of the estimation layers.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 
 from .._sampler_options import SAMPLERS
@@ -94,9 +95,9 @@ def fit(
         if fixed:
             raise ValueError("fixed parameters are not supported by the Bayesian methods; "
                              "give them a tight prior instead (Priors)")
-        ml_only = [name for name, value, default in (
-            ("max_iter", max_iter, 500), ("tol", tol, 1e-6), ("covariance", covariance, True),
-            ("chunk", chunk, 25)) if value != default]
+        given = {"max_iter": max_iter, "tol": tol, "covariance": covariance, "chunk": chunk}
+        defaults = inspect.signature(fit).parameters
+        ml_only = [k for k, v in given.items() if v != defaults[k].default]
         if ml_only:
             raise TypeError(f"fit() options {ml_only} are maximum-likelihood settings, "
                             f"which method {method!r} does not use; leave them out")

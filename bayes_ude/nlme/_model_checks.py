@@ -30,6 +30,7 @@ __all__ = [
     "check_individual_outputs",
     "check_model_data",
     "check_parameters_informed",
+    "data_or_design",
     "unused_inputs",
 ]
 
@@ -104,6 +105,16 @@ def check_model_data(model, population, *, design: bool = False) -> None:
                     f"{population.ids[s]}, row {row}, column DV is {dv[s, j]}")
 
 
+def data_or_design(fit, population):
+    """``fit``'s own data when ``population`` is None; otherwise ``population``, held to
+    ``fit.model`` as a design (every check of a fit's data but DV > 0) before anything is
+    simulated on it."""
+    if population is None:
+        return fit.population
+    check_model_data(fit.model, population, design=True)
+    return population
+
+
 def check_individual_outputs(model, covariate_names: Sequence[str]) -> None:
     """The keys ``model.individual`` returns against the structural model's
     ``accepted_parameters`` (when it has a closed list): a key it does not read but that
@@ -113,11 +124,8 @@ def check_individual_outputs(model, covariate_names: Sequence[str]) -> None:
     accepted = model.structural.accepted_parameters
     if accepted is None:
         return
-    dtype = jnp.result_type(float)
-    theta = {k: jax.ShapeDtypeStruct(np.shape(v), dtype) for k, v in model.theta.items()}
-    etas = {n: jax.ShapeDtypeStruct((), dtype) for n in model.omega.names}
-    cov = {c: jax.ShapeDtypeStruct((), dtype) for c in covariate_names}
-    returned = list(jax.eval_shape(model.individual, theta, etas, cov))
+    returned = list(jax.eval_shape(model.individual, *_abstract_inputs(model,
+                                                                        covariate_names)))
     unread = [k for k in returned if k not in accepted]
     if not unread:
         return
@@ -195,10 +203,7 @@ def unused_inputs(model, covariate_names: Sequence[str]) -> tuple[list[str], lis
     run). Conservative: every operation counts as taking each of its inputs to each of
     its outputs, so an input multiplied by zero, or selected away by a ``where``, counts
     as used."""
-    dtype = jnp.result_type(float)
-    theta = {k: jax.ShapeDtypeStruct(np.shape(v), dtype) for k, v in model.theta.items()}
-    etas = {n: jax.ShapeDtypeStruct((), dtype) for n in model.omega.names}
-    cov = {c: jax.ShapeDtypeStruct((), dtype) for c in covariate_names}
+    theta, etas, cov = _abstract_inputs(model, covariate_names)
     jaxpr = jax.make_jaxpr(model.individual)(theta, etas, cov).jaxpr
     reach = {v: {i} for i, v in enumerate(jaxpr.invars)}
     for eqn in jaxpr.eqns:
@@ -211,3 +216,12 @@ def unused_inputs(model, covariate_names: Sequence[str]) -> tuple[list[str], lis
     names = [("theta", k) for k in sorted(theta)] + [("eta", n) for n in sorted(etas)]
     unused = [names[i] for i in range(len(names)) if i not in used]
     return [n for kind, n in unused if kind == "theta"], [n for kind, n in unused if kind == "eta"]
+
+
+def _abstract_inputs(model, covariate_names: Sequence[str]) -> tuple[dict, dict, dict]:
+    """Shapes of ``individual(theta, eta, cov)``'s inputs, to trace it without running."""
+    dtype = jnp.result_type(float)
+    theta = {k: jax.ShapeDtypeStruct(np.shape(v), dtype) for k, v in model.theta.items()}
+    etas = {n: jax.ShapeDtypeStruct((), dtype) for n in model.omega.names}
+    cov = {c: jax.ShapeDtypeStruct((), dtype) for c in covariate_names}
+    return theta, etas, cov

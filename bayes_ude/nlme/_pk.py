@@ -83,16 +83,15 @@ class ClosedFormModel(StructuralModel):
     #: the compartments ``{CMT: name}`` and what a dose into each is (subclasses); the
     #: defaults number ``1..n_compartments``
     compartment_table: ClassVar[Mapping[int, str] | None] = None
+    dose_table: ClassVar[Mapping[int, str] | None] = None
+    #: the compartment whose concentration the model predicts (``None``: not stated, the
+    #: observations' CMT is not checked)
+    central_compartment: ClassVar[int | None] = None
 
     @property
     def accepted_parameters(self) -> tuple[str, ...]:
         """Its own parameters, and bioavailability ``f`` and lag time ``tlag``."""
         return (*self.parameter_names, "f", "tlag")
-
-    dose_table: ClassVar[Mapping[int, str] | None] = None
-    #: the compartment whose concentration the model predicts (``None``: not stated, the
-    #: observations' CMT is not checked)
-    central_compartment: ClassVar[int | None] = None
 
     @property
     def compartment_names(self) -> Mapping[int, str]:

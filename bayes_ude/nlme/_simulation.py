@@ -24,7 +24,6 @@ import pandas as pd
 from .._compile import ONE_OFF, filter_jit
 from . import _diagnostics
 from ._model import PopulationModel
-from ._model_checks import check_model_data
 
 __all__ = ["PointEstimates", "point_estimates", "simtab"]
 
@@ -118,11 +117,12 @@ def simtab(fit, population=None, n: int = 100, key: jax.Array | None = None) -> 
     The model is specialised to ``population``, so a design may have dose types (infusions,
     steady state) that the fitted data did not.
     """
+    design = population
     population = fit.population if population is None else population
-    check_model_data(fit.model, population, design=True)  # a design's DV is a placeholder
     view = dataclasses.replace(fit, model=fit.model.specialised(population))
     key = jax.random.key(0) if key is None else key
-    sims = np.asarray(view.simulate(n, key, population))
+    # the simulation holds a design to the model (data_or_design), once
+    sims = np.asarray(view.simulate(n, key, design))
     pred = np.asarray(_typical(view.model, jnp.asarray(fit.u), population))
     mask = np.asarray(population.obs_mask)
     sub, _ = np.nonzero(mask)
