@@ -179,7 +179,7 @@ class BootstrapResult:
 
 def bootstrap(model: PopulationModel, population, method: str = "focei", n: int = 200,
               key: jax.Array | None = None, *, start=None,
-              fixed: Sequence[str] | Mapping[str, float] = (),
+              fixed: Sequence[str] | Mapping[str, float] | None = None,
               init: Mapping[str, float] | None = None, max_iter: int = 500,
               tol: float = 1e-6, level: float = 0.95, group: int | None = None,
               chunk: int = 100, progress: bool = True, devices=None) -> BootstrapResult:
@@ -195,7 +195,8 @@ def bootstrap(model: PopulationModel, population, method: str = "focei", n: int 
     start : a :class:`FitResult` of these data: every replicate starts at its estimates
         (and its subjects' EBEs), with its fixed parameters held; recommended (fewer
         iterations). Default: the model's initial values, with ``init``.
-    fixed, init, max_iter, tol : as for :func:`fit`.
+    fixed, init, max_iter, tol : as for :func:`fit`. ``fixed`` defaults to ``start``'s
+        fixed parameters (none without ``start``); ``fixed=()`` frees them.
     chunk : BFGS iterations per compiled call (between calls the host counts the
         replicates that finished). Each call starts BFGS's curvature again from a scaled
         identity (:func:`._optimise.run_chunk`), so long chunks converge in fewer
@@ -231,7 +232,8 @@ def bootstrap(model: PopulationModel, population, method: str = "focei", n: int 
                 "population's); its estimates would be shown as the original ones and its "
                 "EBEs used as this data's starting values: pass a fit of population")
         u0, eta0 = np.asarray(start.u, float), np.asarray(start.eta.to_numpy(), float)
-        fixed = fixed or start.fixed
+        fixed = start.fixed if fixed is None else fixed
+    fixed = () if fixed is None else fixed
     problem, names, _ = setup_problem(model, population, method, fixed=fixed, init=init,
                                       u0=u0, devices=devs[:1])
     x0 = np.asarray(problem.u_fixed)[np.asarray(problem.free, int)]

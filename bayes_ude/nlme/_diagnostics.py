@@ -255,6 +255,11 @@ def vpc(fit, n_sim: int = 500, bins: int | np.ndarray = 8, quantiles=(0.05, 0.5,
     mask = vpc_mask(fit.population, dvid)
     if sims is None:
         sims = simulate(fit, n_sim, key)
+    sims = np.asarray(sims)
+    if sims.ndim != 3 or sims.shape[1:] != mask.shape:
+        raise ValueError(f"sims: expected replicates of shape (n, {mask.shape[0]}, "
+                         f"{mask.shape[1]}) (the fit's subjects and padded records, as "
+                         f"simulate(fit, ...) returns them), got {sims.shape}")
     t, dv, which, factor = vpc_observations(fit, bins, dvid, prediction_corrected)
     sim = sims[:, mask] * factor[None, :]
     limit = _vpc_limits(fit.population, mask) * factor

@@ -11,7 +11,8 @@ solve:
 * steady state (``SS = 1``, dosing interval ``II``): the dose and all its predecessors
   ``td - n II`` summed as a geometric series, ``exp(-lam tau) / (1 - exp(-lam II))``
   (for infusions longer than ``II``, the ones still running counted apart); ``AMT 0,
-  RATE > 0, II 0`` is a constant infusion at steady state, ``RATE / lam`` per exponent;
+  RATE > 0, II 0`` is a constant infusion at steady state, ``RATE / lam`` per exponent
+  (bioavailability does not scale it: PREDPP applies ``F`` to every dose but this one);
 * a reset (EVID 3/4, or an SS dose, which resets the system in NONMEM) cuts off the
   contributions of all earlier doses from the reset time on.
 

@@ -80,6 +80,10 @@ def test_vpc_bin_edges_must_cover_the_observations(nested_fits):
         nlme.vpc(fit, n_sim=2, bins=np.array([0.0, 2.0, 6.0, 12.0]))
     with pytest.raises(ValueError, match="increasing edges"):
         nlme.vpc(fit, n_sim=2, bins=np.array([0.0, 12.0, 6.0, 25.0]))
+    # replicates of another design: an IndexError from numpy before
+    shape = np.asarray(fit.population.obs_mask).shape
+    with pytest.raises(ValueError, match=r"sims: expected replicates of shape \(n, 12, "):
+        nlme.vpc(fit, sims=np.zeros((2, shape[0] - 1, shape[1])))
     table = nlme.vpc(fit, n_sim=20, bins=np.array([0.0, 2.0, 6.0, 12.0, 25.0]),
                      prediction_corrected=False)
     t = np.asarray(fit.population.obs_time)[np.asarray(fit.population.obs_mask)]
@@ -212,6 +216,11 @@ def test_bootstrap_se_of_a_sample_mean():
     for other in (_level_data(seed=2)[0], _level_data(n=21)[0]):  # same IDs; other IDs
         with pytest.raises(ValueError, match="start is a fit of other data"):
             nlme.bootstrap(model, other, n=2, start=fit, progress=False)
+    # start's fixed parameters are held unless fixed=() frees them (it could not before)
+    held = _quiet_fit(model, pop, fixed=("add_sd",))
+    for fixed, varies in ((None, False), ((), True)):
+        boot = nlme.bootstrap(model, pop, n=2, start=held, fixed=fixed, progress=False)
+        assert (boot.replicates["add_sd"] != 0.3).all() == varies
 
 
 def test_batched_replicates_equal_standalone_fits(theoph, nested_fits):
