@@ -26,7 +26,6 @@ from ._diagnostics import diagnostics as diagnostics
 from ._diagnostics import epsilon_shrinkage as epsilon_shrinkage
 from ._diagnostics import individual_parameters as individual_parameters
 from ._diagnostics import simulate as simulate
-from ._diagnostics import vpc as vpc
 from ._error import Additive as Additive
 from ._error import Combined as Combined
 from ._error import ErrorModel as ErrorModel
@@ -55,6 +54,7 @@ from ._structural import StructuralModel as StructuralModel
 from ._tables import FitComparison as FitComparison
 from ._tables import compare_fits as compare_fits
 from ._tables import sdtab as sdtab
+from ._vpc import vpc as vpc
 
 # Load on first use, so that a closed-form maximum-likelihood fit does not pay for importing
 # them: the Bayesian layer (NumPyro, ArviZ), the ODE models (diffrax, ~0.3 s), the figures

@@ -238,6 +238,7 @@ def _empty_arrays(n_sub: int, n_o: int, n_d: int, n_r: int, n_c: int, n_cov: int
         obs_dvid=np.ones((n_sub, n_o), dtype=np.int64),
         obs_row=np.full((n_sub, n_o), -1, dtype=np.int64),
         obs_lloq=np.full((n_sub, n_o), np.nan),
+        obs_limit=np.full((n_sub, n_o), np.nan),
         obs_cov=np.zeros((n_sub, n_o, n_cov)),
         dose_time=np.zeros((n_sub, n_d)),
         dose_amt=np.zeros((n_sub, n_d)),
@@ -258,11 +259,12 @@ def _empty_arrays(n_sub: int, n_o: int, n_d: int, n_r: int, n_c: int, n_cov: int
 
 
 def _assemble(
-    rec: _Records, events: _Events, items: _DoseItems, subjects: _Subjects, lloq: np.ndarray
+    rec: _Records, events: _Events, items: _DoseItems, subjects: _Subjects, lloq: np.ndarray,
+    limit: np.ndarray
 ) -> Population:
     """The :class:`Population`: every subject's records padded to the largest subject
     (``lloq``: each record's limit where it is censored, NaN elsewhere; the ``DV`` of a
-    censored observation is its limit)."""
+    censored observation is its limit; ``limit``: each record's limit where known)."""
     time, rows, cov_filled = rec.cols["TIME"], rec.rows, subjects.cov_filled
     dv = np.where(np.isfinite(lloq), lloq, rec.cols["DV"])
     per_subject = _subject_records(rec, events, items, subjects)
@@ -282,6 +284,7 @@ def _assemble(
         out["obs_time"][s, :k] = time[obs]
         out["obs_dv"][s, :k] = dv[obs]
         out["obs_lloq"][s, :k] = lloq[obs]
+        out["obs_limit"][s, :k] = limit[obs]
         out["obs_mask"][s, :k] = True
         out["obs_cmt"][s, :k] = items.cmt[obs].astype(np.int64)
         out["obs_dvid"][s, :k] = items.dvid[obs].astype(np.int64)

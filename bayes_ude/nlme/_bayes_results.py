@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .._compile import ONE_OFF, compiler_options, filter_jit
-from . import _diagnostics, _plots
+from . import _diagnostics, _plots, _vpc
 from ._likelihood import subject_log_densities
 from ._model import PopulationModel, _chol_to_vector
 from ._model_checks import data_or_design
@@ -146,7 +146,7 @@ class BayesianFitResult(PopulationFit):
     def vpc(self, n_sim: int = 500, key=None, **kwargs) -> pd.DataFrame:
         """Visual predictive check from the posterior predictive (new subjects from
         posterior draws; see :func:`bayes_ude.nlme.vpc` for the options)."""
-        return _diagnostics.vpc(self, sims=self.posterior_simulations(n_sim, key), **kwargs)
+        return _vpc.vpc(self, sims=self.posterior_simulations(n_sim, key), **kwargs)
 
     def plot_vpc(self, n_sim: int = 500, key=None, ax=None, **kwargs):
         table = self.vpc(n_sim, key, **kwargs)

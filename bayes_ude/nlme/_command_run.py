@@ -260,7 +260,10 @@ def _run_ml(args, pop, model, start, output: Output, notes: list[str],
         if plots:
             tickets.update(start_gof(figures, output, args, result, diag))
         output.save("diagnostics.csv", lambda path: diag.to_csv(path, index=False))
-        summary["epsilon_shrinkage"] = epsilon_shrinkage(diag)
+        kinds = sorted(diag["DVID"].unique().tolist())
+        summary["epsilon_shrinkage"] = (  # one per observation type when there are several
+            epsilon_shrinkage(diag) if len(kinds) == 1 else
+            {f"DVID {d}": epsilon_shrinkage(diag, d) for d in kinds})
         output.save("sdtab.csv", lambda path: sdtab(result, diagnostics=diag).to_csv(
             path, index=False))
 

@@ -20,6 +20,7 @@ messages share are in ``_data_text.py``. It imports nothing from the reader.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 
@@ -126,9 +127,11 @@ class Population(eqx.Module):
     obs_row : (S, No) int64
         The observation's 1-based data row in the table (-1 for padding), for
         diagnostics.
-    obs_lloq : (S, No) float64
-        NaN for a measured observation (and padding); for one below the limit of
-        quantification, the limit: all that is known is ``DV < obs_lloq`` (Beal's M3).
+    obs_lloq, obs_limit : (S, No) float64
+        ``obs_lloq``: NaN for a measured observation (and padding); for one below the limit
+        of quantification, the limit: all that is known is ``DV < obs_lloq`` (Beal's M3).
+        ``obs_limit``: each observation's limit where the data give one (its ``LLOQ``
+        cell, or the limit it is censored at; NaN else), what the censored VPC censors at.
     obs_cov : (S, No, C) float64
         Covariates at each observation record (last observation carried forward).
     dose_time, dose_amt, dose_rate, dose_ii : (S, Nd) float64
@@ -182,6 +185,7 @@ class Population(eqx.Module):
     obs_dvid: ArrayLike
     obs_row: ArrayLike
     obs_lloq: ArrayLike
+    obs_limit: ArrayLike
     obs_cov: ArrayLike
     dose_time: ArrayLike
     dose_amt: ArrayLike
@@ -276,7 +280,8 @@ class Population(eqx.Module):
             raise ValueError(f"no observations with DVID {dvid} (the data hold DVID "
                              f"{describe_dvids(kinds)})")
         keep = np.asarray(self.obs_mask) & (np.asarray(self.obs_dvid) == int(dvid))
-        return eqx.tree_at(lambda p: p.obs_mask, self, keep)
+        censored = bool((keep & np.isfinite(np.asarray(self.obs_lloq))).any())
+        return dataclasses.replace(self, obs_mask=keep, has_censored=censored)
 
     def subject(self, i: int) -> Population:
         """A one-subject population: the subject at position ``i`` (0-based)."""
@@ -314,8 +319,8 @@ class Population(eqx.Module):
             }
         )
         if self.has_censored:
-            lloq = np.asarray(self.obs_lloq)[mask]
-            frame["BLQ"], frame["LLOQ"] = np.isfinite(lloq).astype(np.int64), lloq
+            frame["BLQ"] = np.isfinite(np.asarray(self.obs_lloq)[mask]).astype(np.int64)
+            frame["LLOQ"] = np.asarray(self.obs_limit)[mask]
         cov = np.asarray(self.obs_cov)[mask]
         for c, name in enumerate(self.covariate_names):
             frame[name] = cov[:, c]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .._compile import ONE_OFF, filter_jit
-from ._diagnostics import vpc_censored, vpc_observations
+from ._vpc import vpc_censored, vpc_observations
 
 __all__ = ["individual_page_specs", "individual_panels", "precompile_curves", "vpc_observed"]
 
@@ -43,13 +43,13 @@ def _dense_design(population, n_points: int, dvid: int | None = None):
     s = grid.shape[0]
     return eqx.tree_at(
         lambda p: (p.obs_time, p.obs_dv, p.obs_mask, p.obs_cmt, p.obs_dvid, p.obs_row,
-                   p.obs_lloq, p.obs_cov),
+                   p.obs_lloq, p.obs_limit, p.obs_cov),
         population,
         (grid, np.zeros_like(grid), np.ones_like(grid, bool),
          np.broadcast_to(_pick(population.obs_cmt, first), grid.shape).copy(),
          (np.broadcast_to(_pick(population.obs_dvid, first), grid.shape).copy()
           if dvid is None else np.full(grid.shape, dvid)),
-         -np.ones(grid.shape, int), np.full(grid.shape, np.nan),
+         -np.ones(grid.shape, int), np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
          _covariates_on(population, grid)
          if np.asarray(population.obs_cov).ndim == 3 else population.obs_cov),
     ), s

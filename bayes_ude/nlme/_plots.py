@@ -9,9 +9,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ._diagnostics import vpc
 from ._draw import draw_gof, draw_individual, draw_vpc, label
 from ._plot_data import individual_page_specs, individual_panels, vpc_observed
+from ._vpc import vpc
 
 __all__ = ["individual_pages", "label", "plot_gof", "plot_individual", "plot_vpc"]
 

@@ -131,8 +131,10 @@ def read_nonmem(
       NONMEM M3 data are coded: ``DV = LLOQ``); with a limit column, its ``DV`` may be
       missing. With a limit column and no flag column, every observation with ``DV <
       LLOQ`` is censored. A censored observation's ``DV`` becomes its limit. An
-      observation with flag 0 but ``DV < LLOQ`` is fitted as measured, with a warning.
-      ``drop=[column]`` fits the flagged values as measured instead.
+      observation with flag 0 but ``DV < LLOQ`` is fitted as measured, one flagged with
+      ``DV > LLOQ`` as censored, each with a warning. ``drop=`` of the flag and the limit
+      columns fits the values as measured instead (the limit column alone censors ``DV <
+      LLOQ``).
     * **CMT** is kept as given; whether it fits a model is the model's question
       (``StructuralModel.check_population``, called by every fit).
     """
@@ -152,7 +154,7 @@ def read_nonmem(
     items, found = _dose_items(records, events)
     problems += found
     problems += _check_fittable(records, events)
-    lloq, found, censoring_notes = censoring_limits(records, events.is_obs)
+    lloq, limit, found, censoring_notes = censoring_limits(records, events.is_obs)
     problems += found
     subjects, found = _subjects(records)
     problems += found
@@ -161,7 +163,7 @@ def read_nonmem(
 
     for note in notes + censoring_notes + _warnings(records, events, items, subjects):
         warnings.warn(note, NonmemDataWarning, stacklevel=2)
-    return _assemble(records, events, items, subjects, lloq)
+    return _assemble(records, events, items, subjects, lloq, limit)
 
 
 # --------------------------------------------------------------------------------------

@@ -83,13 +83,15 @@ def _flag_problems(rec: _Records, flags: list[str], is_obs: np.ndarray) -> list[
 
 
 def censoring_limits(rec: _Records, is_obs: np.ndarray
-                     ) -> tuple[np.ndarray, list[str], list[str]]:
-    """Each record's limit where its observation is censored (NaN elsewhere), the problems
-    and the warnings (see the module docstring for the rules)."""
+                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Each record's limit where its observation is censored (NaN elsewhere), each
+    observation's limit where the data give one (the limit column's positive values, and
+    the censored ones'; NaN elsewhere), the problems and the warnings (see the module
+    docstring for the rules)."""
     lloq = np.full(rec.n_rows, np.nan)
     flags, limit = _flag_and_limit(rec)
     if not flags and limit is None:
-        return lloq, [], []
+        return lloq, lloq.copy(), [], []
     problems: list[str] = []
     notes: list[str] = []
     names = rec.columns.censoring
@@ -122,6 +124,13 @@ def censoring_limits(rec: _Records, is_obs: np.ndarray
                     f"{limit} but not flagged ({flag_text} 0; {_rows_text(rec.rows[below])}) "
                     f"are fitted as measured values; set {flag_text} to 1 to fit them as "
                     "censored")
+            above = censored & np.isfinite(lim) & np.isfinite(dv) & (dv > lim)
+            if above.any():
+                notes.append(
+                    f"column {limit}: {int(above.sum())} observation(s) flagged as censored "
+                    f"({flag_text} 1; {_rows_text(rec.rows[above])}) have a DV above "
+                    f"{limit}; they are fitted as below {limit} (their DV is not used): "
+                    f"set {flag_text} to 0 to fit them as measured values")
         # without a limit column, a missing DV is reported by _read_checks._events
         missing = censored & ~np.isfinite(value) & (limit is not None)
         problems += _each(rec, np.nonzero(missing)[0], column, lambda r: (
@@ -135,4 +144,6 @@ def censoring_limits(rec: _Records, is_obs: np.ndarray
     else:
         censored = is_obs & np.isfinite(lim) & np.isfinite(dv) & (dv < lim) & (lim > 0)
         lloq = np.where(censored, lim, np.nan)
-    return lloq, problems, notes
+    known = np.full(rec.n_rows, np.nan) if limit is None else np.where(
+        is_obs & np.isfinite(lim) & (lim > 0), lim, np.nan)
+    return lloq, np.where(np.isfinite(lloq), lloq, known), problems, notes

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .._json import json_safe
-from . import _diagnostics
+from . import _diagnostics, _vpc
 from ._error import Combined, Exponential, Proportional
 from ._likelihood import subject_log_density
 from ._model import PopulationModel, unpacked
@@ -318,7 +318,7 @@ class FitResult(PopulationFit):
 
     def vpc(self, **kwargs) -> pd.DataFrame:
         """Visual predictive check table (see :func:`bayes_ude.nlme.vpc`)."""
-        return _diagnostics.vpc(self, **kwargs)
+        return _vpc.vpc(self, **kwargs)
 
     def __repr__(self) -> str:
         with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):

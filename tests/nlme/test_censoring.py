@@ -5,6 +5,7 @@ biases it, FO/FOCE refusing censored data, the NumPyro model and the diagnostics
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import equinox as eqx
@@ -18,7 +19,7 @@ from scipy import integrate, optimize, stats
 
 from bayes_ude import nlme
 from bayes_ude.nlme._data import NonmemDataError, NonmemDataWarning
-from bayes_ude.nlme._likelihood import SubjectLikelihood
+from bayes_ude.nlme._likelihood import SubjectLikelihood, check_censoring
 from bayes_ude.nlme._priors import CensoredNormal, initial_values, numpyro_model
 
 # ---- (c) the reader ------------------------------------------------------------------
@@ -59,6 +60,7 @@ def test_flag_with_a_limit_column():
     assert pop.has_censored and pop.n_obs == 4
     np.testing.assert_array_equal(pop.obs_lloq, [[np.nan, 0.5], [np.nan, 0.5]])
     np.testing.assert_array_equal(pop.obs_dv, [[5.0, 0.5], [9.0, 0.5]])  # DV := the limit
+    np.testing.assert_array_equal(pop.obs_limit, [[0.5, 0.5], [0.5, 0.5]])  # measured too
     assert pop.covariate_names == ()  # censoring columns are never covariates
     frame = pop.to_frame()
     assert frame.BLQ.tolist() == [0, 1, 0, 1] and frame.LLOQ.iloc[1] == 0.5
@@ -75,6 +77,7 @@ def test_flag_with_a_limit_column():
 def test_flag_alone_takes_the_limit_from_dv_and_a_limit_alone_censors_below_it():
     pop = _read(_table(BQL=[0, 0, 1, 0, 0, 0]))
     np.testing.assert_array_equal(pop.obs_lloq, [[np.nan, 0.1], [np.nan, np.nan]])
+    np.testing.assert_array_equal(pop.obs_limit, pop.obs_lloq)  # known where flagged only
     pop = _read(_table(LOQ=[0.15] * 6))  # DV 0.1 (row 3) < 0.15 <= 0.2 (row 6)
     np.testing.assert_array_equal(pop.obs_lloq, [[np.nan, 0.15], [np.nan, np.nan]])
     assert pop.obs_dv[0, 1] == 0.15
@@ -86,6 +89,21 @@ def test_flag_alone_takes_the_limit_from_dv_and_a_limit_alone_censors_below_it()
 def test_a_dropped_censoring_column_fits_the_values_as_measured():
     pop = _read(_table(BLQ=[0, 0, 1, 0, 0, 1]), drop=["BLQ"])
     assert not pop.has_censored and pop.obs_dv[0, 1] == 0.1
+    # with a limit column, dropping the flag leaves the limit's own rule (DV < LLOQ)
+    table = _table(BLQ=[0, 0, 1, 0, 0, 1], LLOQ=[0.5] * 6)
+    assert _read(table, drop=["BLQ"]).obs_dv[0, 1] == 0.5
+    assert not _read(table, drop=["BLQ", "LLOQ"]).has_censored
+
+
+def test_one_observation_type_without_censored_values_is_not_censored_data():
+    """Censored values only in DVID 2: DVID 1 alone is uncensored data, which FO and FOCE
+    fit (they refused it: the static flag was the whole table's)."""
+    pop = _read(_table(BLQ=[0, 0, 1, 0, 0, 0], DVID=[1, 1, 2, 1, 1, 2]))
+    assert pop.has_censored and pop.select_dvid(2).has_censored
+    assert not pop.select_dvid(1).has_censored
+    check_censoring("foce", pop.select_dvid(1))
+    with pytest.raises(ValueError, match="M3"):
+        check_censoring("foce", pop.select_dvid(2))
 
 
 def test_reader_errors_name_the_row_the_column_and_what_was_expected():
@@ -118,6 +136,11 @@ def test_reader_errors_name_the_row_the_column_and_what_was_expected():
     with pytest.warns(NonmemDataWarning, match=r"column LLOQ: 1 observation\(s\) with DV "
                                                r"below LLOQ but not flagged \(BLQ 0; row 6\)"):
         nlme.read_nonmem(_table(BLQ=[0, 0, 1, 0, 0, 0], LLOQ=[0.5] * 6))
+    # flagged but above the limit (DV 5 > 0.05): censored as flagged, no longer silently
+    with pytest.warns(NonmemDataWarning, match=r"column LLOQ: 1 observation\(s\) flagged as "
+                                               r"censored \(BLQ 1; row 2\) have a DV above"):
+        nlme.read_nonmem(_table(BLQ=[0, 1, 0, 0, 0, 0], LLOQ=[0.05] * 6))
+    _read(_table(BLQ=[0, 0, 1, 0, 0, 0], LLOQ=[0.1] * 6))  # DV = LLOQ: no warning
 
 
 # ---- (a) the censored likelihood against scipy ----------------------------------------
@@ -341,6 +364,30 @@ def test_vpc_censors_the_simulations_as_the_data_are(blq_fits):
     assert late["sim_q0.5_median"].isna().all()
     early = table[table.obs_blq_frac == 0]
     assert early["obs_q0.05"].notna().all() and early["sim_q0.05_median"].notna().all()
+
+
+def test_vpc_censors_each_record_at_its_own_limit(blq_fits):
+    """Two assays: subjects 1-20 with LLOQ 1.4 (their values below it flagged), 21-40 with
+    LLOQ 0.5 and nothing below it. Each simulated value is censored at its record's limit
+    (counted here with numpy); the measured records used to take the median of the
+    censored ones' limits (1.4 for all): 0.125 simulated below the limit in the first bin
+    where 0.05 are."""
+    df, m3, _ = blq_fits
+    second = df.ID > 20
+    df = df.assign(LLOQ=np.where(second, 0.5, LLOQ), BLQ=np.where(second, 0, df.BLQ))
+    pop = nlme.read_nonmem(df)
+    np.testing.assert_array_equal(pop.obs_dv, m3.population.obs_dv)
+    assert np.isfinite(pop.obs_lloq[:20]).any() and np.isnan(pop.obs_lloq[20:]).all()
+    fit = dataclasses.replace(m3, population=pop)
+    sims = np.asarray(nlme.simulate(m3, 40))
+    table = nlme.vpc(fit, sims=sims, prediction_corrected=False)
+    mask = np.asarray(pop.obs_mask)
+    limit = np.where(np.nonzero(mask)[0] >= 20, 0.5, LLOQ)  # subjects 21-40: 0.5
+    t, below = np.asarray(pop.obs_time)[mask], sims[:, mask] < limit
+    for row in table.itertuples():
+        last = row.Index == len(table) - 1
+        sel = (t >= row.t_lo) & ((t <= row.t_hi) if last else (t < row.t_hi))
+        assert row.sim_blq_frac_median == pytest.approx(np.median(below[:, sel].mean(1)))
 
 
 # ---- (d) the NumPyro model -------------------------------------------------------------

@@ -52,6 +52,15 @@ def test_sdtab_is_the_diagnostics_and_ebes_in_data_order(nested_fits):
     diag = diag.sort_values("ROW", kind="stable").reset_index(drop=True)
     for col in ("PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES", "NPDE"):
         np.testing.assert_array_equal(tab[col], diag[col])
+        assert diag[col].dtype == np.float64, col  # NPDE was float32 (a mean of booleans)
+    # epsilon shrinkage, 1 - SD(IWRES); per observation type when there are several
+    assert nlme.epsilon_shrinkage(diag) == pytest.approx(1 - np.std(diag.IWRES, ddof=1))
+    two = pd.concat([diag, diag.assign(DVID=2, IWRES=diag.IWRES * 0.5)])
+    with pytest.raises(ValueError, match=r"DVID \[1, 2\], each with its own error model"):
+        nlme.epsilon_shrinkage(two)
+    assert nlme.epsilon_shrinkage(two, 2) == pytest.approx(1 - np.std(diag.IWRES, ddof=1) / 2)
+    with pytest.raises(ValueError, match="no observations with DVID 3"):
+        nlme.epsilon_shrinkage(two, 3)
     # the observation records of the file itself, in its order
     raw = datasets.load_theophylline_nonmem()
     obs = raw[raw["EVID"] == 0].reset_index(drop=True)
