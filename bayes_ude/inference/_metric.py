@@ -56,17 +56,18 @@ def is_latent(site) -> bool:
             and not site["fn"].support.is_discrete)
 
 
-def latent_sites(model, args, kwargs) -> dict:
-    """The model's continuous latent sites: ``{name: unconstrained shape}`` (one abstract
-    trace: nothing is computed or compiled; run eagerly, a population model's trace
-    compiled ~100 single operations, ~1.5 s)."""
-    def unconstrained():
+def latent_sites(model, args, kwargs, constrained: bool = False) -> dict:
+    """The model's continuous latent sites: ``{name: unconstrained shape}`` (the shape of
+    their values with ``constrained``; one abstract trace: nothing is computed or
+    compiled; run eagerly, a population model's trace compiled ~100 single operations,
+    ~1.5 s)."""
+    def values():
         trace = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace(*args,
                                                                                   **kwargs)
-        return {k: biject_to(v["fn"].support).inv(v["value"])
+        return {k: v["value"] if constrained else biject_to(v["fn"].support).inv(v["value"])
                 for k, v in trace.items() if is_latent(v)}
 
-    return {k: v.shape for k, v in jax.eval_shape(unconstrained).items()}
+    return {k: v.shape for k, v in jax.eval_shape(values).items()}
 
 
 def auto_dense_mass(model, args, kwargs, num_warmup: int) -> bool:

@@ -80,6 +80,30 @@ def _init_strategy(init):
     return _INITS[init]()
 
 
+def _checked_init(init: dict, shapes: dict) -> dict:
+    """``init``'s values at their sites' shapes (a number fills a whole site). A value of
+    another shape became the site's shape: ``{"mu": 0.5}`` for three ``mu`` sampled one
+    ``mu`` with its prior counted three times, with no error."""
+    unknown = sorted(set(init) - set(shapes))
+    if unknown:
+        raise ValueError(f"init names {unknown}, not latent sites of the model (its latent "
+                         f"sites: {sorted(shapes)})")
+    out = {}
+    for name, value in init.items():
+        shape = tuple(shapes[name])
+        value = jnp.asarray(value)
+        try:
+            fits = np.broadcast_shapes(value.shape, shape) == shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"init[{name!r}] has shape {value.shape}; the site {name!r} has "
+                             f"shape {shape} (one start for every chain: a value of that "
+                             "shape, or a number for all of it)")
+        out[name] = jnp.broadcast_to(value, shape)
+    return out
+
+
 def run_nuts(
     model: Callable,
     *model_args,
@@ -236,10 +260,7 @@ def run_nuts(
         raise ValueError("keep_failed_states needs backend='blackjax' (NumPyro's NUTS does "
                          "not keep the state where a trajectory diverged)")
     if isinstance(init, dict):
-        latent = set(latent_sites(model, model_args, model_kwargs))
-        if set(init) - latent:
-            raise ValueError(f"init names {sorted(set(init) - latent)}, not latent sites of "
-                             f"the model (its latent sites: {sorted(latent)})")
+        init = _checked_init(init, latent_sites(model, model_args, model_kwargs, True))
     init_strategy = _init_strategy(init)
     chain_devices = _chain_devices(num_chains) if spread_chains else 1
     with interrupt_guard() as guard:

@@ -172,6 +172,10 @@ def _integrate(field, y0, args, table: EventTable | None, t0, saveat, opts, adjo
     def segment(carry, xs):
         y, t_start, ys_acc, status, nsteps = carry
         k, t_end, rate, jump = xs
+        # After a failure the solve is NaN whatever follows (`_finalise`): the later
+        # segments start from y0, not from the failed state, whose non-finite Jacobians
+        # times their zero cotangents made reverse-mode gradients NaN.
+        y = jax.tree.map(lambda a, b: jnp.where(status == Status.SUCCESS, a, b), y, y0)
         # The segment starts one ulp after the event, so that a vector field that changes
         # at the event is evaluated on its new piece (as diffrax does for `jump_ts`).
         t_a, t_b = jax.lax.stop_gradient((t_start, t_end))

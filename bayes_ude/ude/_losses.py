@@ -261,9 +261,12 @@ class MultipleShooting(eqx.Module):
         nodes = nodes.at[:, 0].set(u0)
         idx, valid = self._segments()
         # Padded save times repeat the segment's end: make them strictly increasing by
-        # tiny offsets; their values are masked out of the loss.
-        pad = np.cumsum(~valid, axis=1) * 1e-9
-        ts_seg = self.ts[idx] + jnp.asarray(pad) * (1.0 + jnp.max(jnp.abs(self.ts)))
+        # tiny offsets (a millionth of the last interval, or 8 ulps of the times where
+        # that is more; relative to the times, 1e-9 x 1.7e9 s of Unix time ran the solve
+        # 34 s past the data); their values are masked out of the loss.
+        step = jnp.maximum(1e-6 * (self.ts[-1] - self.ts[-2]) / self.segment_length,
+                           8 * jnp.finfo(self.ts.dtype).eps * jnp.max(jnp.abs(self.ts)))
+        ts_seg = self.ts[idx] + jnp.asarray(np.cumsum(~valid, axis=1)) * step
 
         def one(u, t):
             sol = self.options.solve(self.vector_field, u, t, params)
@@ -274,7 +277,10 @@ class MultipleShooting(eqx.Module):
         mask = jnp.asarray(valid).at[:, 0].set(True)
         mask = mask.at[1:, 0].set(False)  # a segment's first point is the previous one's last
         target = ys[:, idx]
-        resid = jnp.where(ok[..., None, None], pred, 0.0) - target
+        # a failed segment's NaNs masked before any use (a NaN in the continuity term made
+        # the gradient NaN, whatever the FAILED_LOSS returned)
+        pred = jnp.where(ok[..., None, None], pred, 0.0)
+        resid = pred - target
         weight = mask[None, :, :, None] / self.scale**2
         fit = jnp.sum(weight * resid**2) / (jnp.sum(mask) * ys.shape[0] * ys.shape[2])
         # Continuity: the end of segment k (its last valid point) against node k+1.
@@ -423,7 +429,10 @@ class PredictionError(eqx.Module):
                 y_t = jax.vmap(lambda col: jnp.interp(t, ts, col), in_axes=1)(y)
                 return field(t, x, p) + gain * (y_t - x)
 
-            sol = self.options.solve(nudged, u, ts, params)
+            # the interpolated data have a kink at every data time: steps stop there
+            # (stepping across them cost 1-2 orders of accuracy at the same rtol)
+            sol = self.options.solve(nudged, u, ts, params,
+                                     tstops=ts[1:-1] if ts.shape[0] > 2 else None)
             return sol.ys, sol.success
 
         pred, ok = jax.vmap(one)(u0, ys)
@@ -513,7 +522,8 @@ class StateBounds(eqx.Module):
             raise ValueError(f"weight must be positive, got {weight!r}")
         self.ts, self.u0, self.t0 = jnp.asarray(ts), jnp.asarray(u0), jnp.asarray(t_start)
         self.lower, self.upper = jnp.asarray(lo), jnp.asarray(hi)
-        self.scale = jnp.asarray(_scale(u0[:, None], scale))
+        # (None would be the SD of u0 over trajectories, meaningless here: the default)
+        self.scale = jnp.asarray(_scale(u0[:, None], 1.0 if scale is None else scale))
         self.weight = float(weight)
         self.vector_field = vector_field
         self.options = solvers.SolveOptions(solver=solver, rtol=rtol, atol=atol,

@@ -29,9 +29,10 @@ class UDE(eqx.Module):
         ODE).
     network : any callable module mapping ``inputs(t, u)`` to an array of ``u``'s shape.
     theta : physical parameters passed to ``physics`` (trainable unless frozen with
-        ``equinox.partition`` by the caller). Python floats in it become float arrays:
-        :func:`bayes_ude.ude.fit` trains float arrays only, and ``theta=1.0`` stayed 1.0
-        while the network absorbed the missing physics.
+        ``equinox.partition`` by the caller). Numbers in it, floats and integers (Python,
+        numpy or JAX), become float arrays: :func:`bayes_ude.ude.fit` trains float arrays
+        only, and ``theta=1.0`` or ``{"k": 1}`` stayed 1 while the network absorbed the
+        missing physics.
     inputs : ``inputs(t, u)`` -> the network's input (default: the state ``u``).
 
     Called as ``model(t, u)``. It is its own parameters, so it takes no ``args``: as the
@@ -45,8 +46,7 @@ class UDE(eqx.Module):
     inputs: Callable = eqx.field(static=True, default=_state)
 
     def __post_init__(self):
-        self.theta = jax.tree.map(
-            lambda x: jnp.asarray(x, float) if isinstance(x, float) else x, self.theta)
+        self.theta = jax.tree.map(_trainable, self.theta)
 
     def __call__(self, t, u, args=None) -> Array:
         if args is not None:
@@ -64,6 +64,16 @@ class UDE(eqx.Module):
         """The learned part alone (what SINDy is fitted to)."""
         return _of_state_shape(jnp.asarray(self.network(self.inputs(t, u))), u,
                                "the network")
+
+
+def _trainable(x):
+    """A number of ``theta`` as a float array (``fit`` trains float arrays only); booleans
+    and everything else as they are."""
+    if isinstance(x, bool) or jnp.issubdtype(getattr(x, "dtype", object), jnp.bool_):
+        return x
+    if isinstance(x, int | float) or jnp.issubdtype(getattr(x, "dtype", object), jnp.integer):
+        return jnp.asarray(x, float)
+    return x
 
 
 def _of_state_shape(term, u, what: str) -> Array:

@@ -93,6 +93,29 @@ def test_bad_arguments(data):
         inference.run_nuts(normal_mean, data, init={"muu": 1.0})
 
 
+def three_means(y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0).expand([3]))
+    numpyro.sample("y", dist.Normal(mu, 0.1), obs=y)
+
+
+def test_init_values_take_their_sites_shapes():
+    """A number fills its site; a value of another shape is refused. {"mu": 0.5} for a
+    site of three made a site of one: one mu with its prior counted three times (posterior
+    mean 0.52 for all three, where each has its own: y / 1.01)."""
+    y = jnp.array([0.2, 0.5, 0.9])
+    idata = inference.run_nuts(three_means, y, init={"mu": 0.5}, num_warmup=200,
+                               num_samples=200, num_chains=1, progress=False,
+                               posterior_predictive=False)
+    mu = idata.posterior["mu"].values
+    assert mu.shape == (1, 200, 3)
+    np.testing.assert_allclose(mu.mean(axis=(0, 1)), y / 1.01, atol=0.03)  # sd 0.0995
+    with pytest.raises(ValueError, match=r"init\['mu'\] has shape \(2, 3\); the site 'mu' "
+                                         r"has shape \(3,\)"):
+        inference.run_nuts(three_means, y, init={"mu": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match=r"init\['mu'\] has shape \(2,\)"):
+        inference.run_nuts(three_means, y, init={"mu": np.zeros(2)})
+
+
 def scale_model(y=None):
     s = numpyro.sample("s", dist.HalfNormal(1.0))
     numpyro.sample("y", dist.Normal(0.0, s).expand([4]), obs=y)
