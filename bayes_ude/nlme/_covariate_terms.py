@@ -176,6 +176,15 @@ def resolve_covariate_terms(terms: Sequence[CovariateTerm], population,
             continue
         x = np.asarray(population.cov_baseline)[:, c]
         out.append(_with_reference(t, x, label, problems))
+    # e.g. cl~SEX:categorical (level 2: cl_SEX_2) and cl~SEX_2:power (cl_SEX_2): one fixed
+    # effect would have served both terms
+    owner: dict[str, str] = {}
+    for t in out:
+        for name in t.theta_names():
+            if name in owner:
+                problems.append(f"{owner[name]} and {t.parameter}~{t.column} both name the "
+                                f"fixed effect {name!r}; rename a column")
+            owner.setdefault(name, f"{t.parameter}~{t.column}")
     if problems:
         raise ValueError("covariate terms do not fit the data:\n  " + "\n  ".join(problems))
     return out
@@ -183,6 +192,10 @@ def resolve_covariate_terms(terms: Sequence[CovariateTerm], population,
 
 def _with_reference(t: CovariateTerm, x: np.ndarray, label: str,
                     problems: list[str]) -> CovariateTerm:
+    if t.reference is not None and not np.isfinite(t.reference):
+        problems.append(f"{label}: the reference must be a finite number, got "
+                        f"{t.reference:g}")
+        return t
     if t.form == "categorical":
         values, counts = np.unique(x, return_counts=True)
         ref = float(values[np.argmax(counts)]) if t.reference is None else t.reference

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import equinox as eqx
 import jax
@@ -280,6 +281,25 @@ def _fit_result_parts(fit, max_draws: int = 200):
     return model, thetas, population
 
 
+def _check_grid(model, names, baseline, j, grid) -> None:
+    """Grid values of covariate ``j`` that ``model.individual`` is not defined for (its
+    ``covariate_problems``: ``log 0`` of a network input, a power form of 0, a categorical
+    level it was not built with) are an error, as in :meth:`CovariateEffect.
+    partial_dependence`; they gave a saturated or infinite parameter without a word."""
+    domain = getattr(model.individual, "covariate_problems", None)
+    if domain is None:
+        return
+    rows = np.repeat(baseline[None], grid.size, axis=0)
+    rows[:, j] = grid
+    probe = SimpleNamespace(covariate_names=tuple(names), cov_baseline=rows,
+                            ids=tuple(f"grid value {g:g}" for g in grid),
+                            covariate_changes=lambda name: [])
+    problems = domain(probe)
+    if problems:
+        raise ValueError(f"partial_dependence: the grid of {names[j]} leaves what the model "
+                         "is defined for:\n  " + "\n  ".join(problems))
+
+
 def partial_dependence(fit, covariate: str, grid=None, *, population=None,
                        parameter: str = "cl") -> pd.Series:
     """Partial dependence of a typical individual parameter on one covariate.
@@ -317,6 +337,7 @@ def partial_dependence(fit, covariate: str, grid=None, *, population=None,
     if grid is None:
         grid = np.linspace(*np.percentile(x[:, j], [5, 95]), 25)
     grid = np.atleast_1d(np.asarray(grid, float))
+    _check_grid(model, names, x[0], j, grid)
     xs = np.repeat(x[None], grid.size, axis=0)
     xs[:, :, j] = grid[:, None]
     values = _pd_values(model, thetas, jnp.asarray(xs), tuple(names), parameter)

@@ -107,9 +107,11 @@ class PopulationModel:
         bad = [(k, v) for k, v in self.l2.items() if not v > 0]
         if bad:
             raise ValueError(f"l2 penalties must be > 0, got {bad}")
-        clash = set(self.theta) & (set(self.sigma) | set(self.omega.element_names()))
+        names = self.parameter_names()  # theta arrays as name[i]: {"b": [0, 0], "b[0]": 0}
+        clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
-            raise ValueError(f"parameter names used twice (theta and sigma/omega): {sorted(clash)}")
+            raise ValueError(f"parameter names used twice (theta, its array entries name[i], "
+                             f"sigma and omega): {clash}")
         object.__setattr__(self, "iov", tuple(self.iov))
         if self.iov:
             self._check_iov()

@@ -68,7 +68,8 @@ def check_model_data(model, population, *, design: bool = False) -> None:
     if problems:
         raise ValueError("the data's covariates do not fit the model:\n  "
                          + "\n  ".join(problems))
-    for name in model.covariates:
+    read = covariates_read(model, population.covariate_names)  # declared or not
+    for name in dict.fromkeys([*model.covariates, *read]):
         if model.iov and name == model.occasion:
             continue  # it numbers the occasions: it is meant to change
         varying = population.covariate_changes(name)
@@ -120,15 +121,15 @@ def check_individual_outputs(model, covariate_names: Sequence[str]) -> None:
     ``accepted_parameters`` (when it has a closed list): a key it does not read but that
     is close to one it does and that is missing (``lag`` for ``tlag``, ``F1`` for ``f``) is
     a misspelling, an error: the parameter behind it would be reported at its starting
-    value. Other unread keys (a derived quantity kept for the tables) are warned about."""
+    value. So is a parameter the structural model needs (its ``parameter_names``) that is
+    not returned (it failed inside the fit, a ``KeyError``). Other unread keys (a derived
+    quantity kept for the tables) are warned about."""
     accepted = model.structural.accepted_parameters
     if accepted is None:
         return
-    returned = list(jax.eval_shape(model.individual, *_abstract_inputs(model,
-                                                                        covariate_names)))
+    returned = list(_traced(lambda f: lambda *a: jax.eval_shape(f, *a), model,
+                            *_abstract_inputs(model, covariate_names)))
     unread = [k for k in returned if k not in accepted]
-    if not unread:
-        return
     missing = [k for k in accepted if k not in returned]
     lower = {k.lower(): k for k in missing}
     typos = {k: lower[m[0]] for k in unread
@@ -139,6 +140,13 @@ def check_individual_outputs(model, covariate_names: Sequence[str]) -> None:
         raise ValueError(f"individual() returns {shown}, which {label} does not read (it "
                          f"reads {', '.join(accepted)}): the parameters behind them would "
                          "stay at their starting values")
+    needed = [k for k in model.structural.parameter_names if k not in returned]
+    if needed:
+        raise ValueError(f"individual() does not return {', '.join(map(repr, needed))}, "
+                         f"which {label} needs (it reads {', '.join(accepted)}; individual() "
+                         f"returns {', '.join(returned) or 'nothing'})")
+    if not unread:
+        return
     warnings.warn(f"individual() returns {unread}, which {label} does not read (it reads "
                   f"{', '.join(accepted)}); they are kept in the individual parameters only",
                   NonmemDataWarning, stacklevel=4)
@@ -199,12 +207,28 @@ def check_parameters_informed(model, population, fixed: Sequence[str] = (),
 
 def unused_inputs(model, covariate_names: Sequence[str]) -> tuple[list[str], list[str]]:
     """The ``theta`` entries and random effects that no output of ``model.individual``
-    depends on, read from its traced program (``jax.make_jaxpr``: nothing is compiled or
-    run). Conservative: every operation counts as taking each of its inputs to each of
-    its outputs, so an input multiplied by zero, or selected away by a ``where``, counts
-    as used."""
+    depends on (see :func:`_used_inputs`)."""
+    theta, etas, _ = _abstract_inputs(model, covariate_names)
+    used = _used_inputs(model, covariate_names)
+    return ([k for k in sorted(theta) if ("theta", k) not in used],
+            [n for n in sorted(etas) if ("eta", n) not in used])
+
+
+def covariates_read(model, covariate_names: Sequence[str]) -> list[str]:
+    """The covariates (of ``covariate_names``, the data's) that an output of
+    ``model.individual`` depends on, declared in ``model.covariates`` or not."""
+    used = _used_inputs(model, covariate_names)
+    return [c for c in sorted(covariate_names) if ("cov", c) in used]
+
+
+def _used_inputs(model, covariate_names: Sequence[str]) -> set[tuple[str, str]]:
+    """``(kind, name)`` of the inputs (``theta``, ``eta``, ``cov``) that an output of
+    ``model.individual`` depends on, read from its traced program (``jax.make_jaxpr``:
+    nothing is compiled or run). Conservative: every operation counts as taking each of
+    its inputs to each of its outputs, so an input multiplied by zero, or selected away by
+    a ``where``, counts as used."""
     theta, etas, cov = _abstract_inputs(model, covariate_names)
-    jaxpr = jax.make_jaxpr(model.individual)(theta, etas, cov).jaxpr
+    jaxpr = _traced(jax.make_jaxpr, model, theta, etas, cov).jaxpr
     reach = {v: {i} for i, v in enumerate(jaxpr.invars)}
     for eqn in jaxpr.eqns:
         sources = set().union(*(reach.get(v, set()) for v in eqn.invars
@@ -213,9 +237,23 @@ def unused_inputs(model, covariate_names: Sequence[str]) -> tuple[list[str], lis
             reach.update({v: sources for v in eqn.outvars})
     used = set().union(*(reach.get(v, set()) for v in jaxpr.outvars
                          if not isinstance(v, Literal)))
-    names = [("theta", k) for k in sorted(theta)] + [("eta", n) for n in sorted(etas)]
-    unused = [names[i] for i in range(len(names)) if i not in used]
-    return [n for kind, n in unused if kind == "theta"], [n for kind, n in unused if kind == "eta"]
+    names = ([("theta", k) for k in sorted(theta)] + [("eta", n) for n in sorted(etas)]
+             + [("cov", c) for c in sorted(cov)])  # jax flattens dicts in sorted order
+    return {names[i] for i in used}
+
+
+def _traced(transform, model, theta, etas, cov):
+    """``transform(model.individual)(theta, etas, cov)``; a key it reads that its inputs
+    lack (``theta["TCL"]``, a covariate the data do not have) is a ``ValueError`` naming
+    the inputs there are, not a ``KeyError`` from inside the trace."""
+    try:
+        return transform(model.individual)(theta, etas, cov)
+    except KeyError as error:
+        key = error.args[0] if error.args else "?"
+        raise ValueError(
+            f"individual(theta, eta, cov) reads {key!r}, which none of its inputs has: theta "
+            f"{sorted(theta)}, eta {sorted(etas)}, cov (the data's covariates) "
+            f"{sorted(cov)}") from None
 
 
 def _abstract_inputs(model, covariate_names: Sequence[str]) -> tuple[dict, dict, dict]:

@@ -37,7 +37,10 @@ def load_model_file(path, population=None) -> PopulationModel:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            raise _where(path, err) from err
         found = getattr(module, "model", None)
         if found is None:
             defined = sorted(k for k in vars(module) if not k.startswith("_"))
@@ -48,20 +51,26 @@ def load_model_file(path, population=None) -> PopulationModel:
             if population is None:
                 raise ValueError(f"model file {str(path)!r}: `model` is a function of the "
                                  "data; pass the population")
-            found = found(population)
+            try:
+                found = found(population)
+            except Exception as err:
+                raise _where(path, err) from err
     except ValueError:
         sys.modules.pop(name, None)
         raise
-    except Exception as err:  # the user's code: say where it failed
-        sys.modules.pop(name, None)
-        frames = [f for f in traceback.extract_tb(err.__traceback__)
-                  if Path(f.filename).resolve() == path.resolve()]
-        line = err.lineno if isinstance(err, SyntaxError) else (
-            frames[-1].lineno if frames else None)
-        where = f", line {line}" if line else ""
-        raise ValueError(f"model file {str(path)!r}{where}: {type(err).__name__}: "
-                         f"{err}") from err
     if not isinstance(found, PopulationModel):
         raise ValueError(f"model file {str(path)!r}: `model` must be a "
                          f"bayes_ude.nlme.PopulationModel, got {type(found).__name__}")
     return found
+
+
+def _where(path: Path, err: Exception) -> ValueError:
+    """An exception raised by the file's code (a ``ValueError`` of the package's too, e.g.
+    a sigma name its error model does not have) as a ``ValueError`` naming the file and
+    the line."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if Path(f.filename).resolve() == path.resolve()]
+    line = err.lineno if isinstance(err, SyntaxError) else (
+        frames[-1].lineno if frames else None)
+    where = f", line {line}" if line else ""
+    return ValueError(f"model file {str(path)!r}{where}: {type(err).__name__}: {err}")

@@ -134,6 +134,15 @@ def test_covariate_terms_text_and_errors(phenobarbital, tmp_path, capsys):
     table.to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"cl~WT: WT changes within subject\(s\) \[3\]"):
         nlme.builtin_model("iv1cmt", nlme.read_nonmem(path), covariates="cl~WT")
+    # two terms naming one fixed effect (APGAR's level 2 and a column APGAR_2: cl_APGAR_2)
+    # shared it without a word; a reference that is not finite gave a NaN objective
+    both = nlme.read_nonmem(datasets.load_phenobarbital().assign(APGAR_2=lambda d: d.WT))
+    with pytest.raises(ValueError, match=r"cl~APGAR and cl~APGAR_2 both name the fixed "
+                                         r"effect 'cl_APGAR_2'"):
+        nlme.builtin_model("iv1cmt", both, covariates="cl~APGAR:categorical,cl~APGAR_2")
+    for reference in ("nan", "inf"):
+        with pytest.raises(ValueError, match="cl~WT: the reference must be a finite number"):
+            nlme.builtin_model("iv1cmt", phenobarbital, covariates=f"cl~WT:linear:{reference}")
     # the command says it before any compilation, naming the option
     for args, match in ((["--covariate", "cl~WT:cubic"], "--covariate: covariate term"),
                         (["--omega", "cl;"], "--omega must be diagonal, block or blocks"),

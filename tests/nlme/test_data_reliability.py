@@ -6,6 +6,7 @@ warning naming the rows, or the correct reading. No fits: the checks run before 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 
 import equinox as eqx
@@ -319,14 +320,20 @@ def test_a_covariate_that_changes_within_a_subject_warns_that_the_baseline_is_us
             theta={"tka": 1.0, "tcl": 1.0, "tv": 10.0}, omega={"eta_cl": 0.1},
             sigma={"add_sd": 0.5}, error=nlme.Additive(), covariates=covariates)
 
-    with pytest.warns(NonmemDataWarning, match=r"covariate WT changes within 1 of 2 subjects "
-                                               r"\(2\); the model's `individual` function "
-                                               r"receives each subject's first value"):
-        model(["WT"]).check(pop)
+    # declared, or read without being declared (that was silent)
+    for declared in (["WT"], []):
+        with pytest.warns(NonmemDataWarning, match=r"covariate WT changes within 1 of 2 "
+                                                   r"subjects \(2\); the model's `individual` "
+                                                   r"function receives each subject's first"):
+            model(declared).check(pop)
     with warnings.catch_warnings():
         warnings.simplefilter("error", NonmemDataWarning)
-        model([]).check(pop)  # a covariate the model does not read: not its concern
         model(["WT"]).check(_read(tmp_path, [x + ",70" for x in ORAL], header))
+    # a design without the column it reads: said, not a KeyError from inside the trace
+    with pytest.raises(ValueError, match=r"individual\(theta, eta, cov\) reads 'WT', which "
+                                         r"none of its inputs has: .* cov \(the data's "
+                                         r"covariates\) \[\]"):
+        model([]).check(_read(tmp_path, ORAL))
     # the command says it in its own words, and keeps it for summary.json
     path = tmp_path / "model.py"
     path.write_text("from bayes_ude import nlme\n\n"
@@ -417,3 +424,13 @@ def test_a_misspelt_individual_parameter_is_an_error(tmp_path):
                                                "OneCompartmentOral does not read"):
         model(["thalf"]).check(pop)
     model(["tlag"]).check(pop)
+    # a parameter the model needs, not returned: a KeyError inside the fit before
+    no_cl = dataclasses.replace(model([]), individual=lambda th, eta, cov: {
+        "ka": jnp.exp(th["tka"] + eta["eta_cl"]), "v": jnp.exp(th["tv"] + th["tx"])})
+    with pytest.raises(ValueError, match=r"individual\(\) does not return 'cl', which "
+                                         r"OneCompartmentOral needs"):
+        no_cl.check(pop)
+    # so are theta names that collide with an array's entries ("b[0]" twice)
+    with pytest.raises(ValueError, match=r"parameter names used twice .*\['b\[0\]'\]"):
+        dataclasses.replace(model([]), theta={**model([]).theta, "b": [0.0, 0.0],
+                                              "b[0]": 0.0})

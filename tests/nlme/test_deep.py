@@ -248,6 +248,12 @@ def test_clear_errors(small):
         model.individual.effect.partial_dependence(model.theta["w_network"], pop, "AGE", [1.0])
     with pytest.raises(ValueError, match="unknown individual parameter 'clearance'"):
         partial_dependence((model, model.theta), "WT", population=pop, parameter="clearance")
+    # a grid outside the model's domain (log 0 of an input gave a saturated, finite curve)
+    logged = covariate_model(base, pop, ["WT"], CovariateNetwork(["WT"], pop, log=True))
+    with pytest.raises(ValueError, match=r"the grid of WT leaves what the model is defined "
+                                         r"for:\n  CovariateNetwork \(log WT\) needs WT > 0; "
+                                         r"subject\(s\) grid value 0 have"):
+        partial_dependence((logged, logged.theta), "WT", [0.0, 70.0], population=pop)
     with pytest.raises(TypeError, match="maximum-likelihood FitResult"):
         augment(object(), ["WT"])
     # the data must carry the covariates the model reads

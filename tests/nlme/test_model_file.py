@@ -87,6 +87,32 @@ def test_a_broken_model_file_is_a_clear_error(tmp_path):
                              pop)
     with pytest.raises(ValueError, match="expected a Python file ending in .py"):
         nlme.load_model_file(tmp_path / "m.txt", pop)
+    # the package's own ValueError from the file's code names the file and line too
+    with pytest.raises(ValueError, match=r"m.py', line 2: ValueError: sigma must give "
+                                         r"exactly"):
+        nlme.load_model_file(write("""\
+            from bayes_ude import nlme
+            model = nlme.PopulationModel(
+                nlme.OneCompartmentOral(), lambda th, eta, cov: {}, theta={"tka": 0.0},
+                omega={"eta_cl": 0.1}, sigma={"sd": 0.5}, error=nlme.Additive())
+            """), pop)
+    # a key individual() reads that its inputs lack: a KeyError from inside the trace
+    # before; a parameter it does not return: a KeyError inside the fit
+    base = """\
+        from bayes_ude import nlme
+        model = nlme.PopulationModel(
+            nlme.OneCompartmentOral(), lambda th, eta, cov: {BODY},
+            theta={"tka": 0.0, "tcl": 1.0, "tv": 3.0}, omega={"eta_cl": 0.1},
+            sigma={"add_sd": 0.5}, error=nlme.Additive())
+        """
+    for body, match in (
+            ('"ka": th["tka"], "cl": th["TCL"] + eta["eta_cl"], "v": th["tv"]',
+             r"individual\(theta, eta, cov\) reads 'TCL', which none of its inputs has"),
+            ('"ka": th["tka"] + th["tcl"] + eta["eta_cl"], "v": th["tv"]',
+             r"individual\(\) does not return 'cl', which OneCompartmentOral needs")):
+        with pytest.raises(SystemExit, match=match):
+            cli.main(["pk", "fit", "theophylline", "--model",
+                      str(write(base.replace("BODY", body))), "--out", str(tmp_path / "o")])
     path = write("model = 3\n")
     for args, match in ((["--error", "proportional"], "--error: options of the built-in"),
                         (["--covariate", "cl~WT"], "--covariate: options of the built-in")):
