@@ -109,9 +109,9 @@ class BayesianFitResult(PopulationFit):
                 "ess_tail": float(az.ess(x, method="tail"))}
         return pd.DataFrame.from_dict(rows, orient="index")
 
-    def summary(self) -> dict:
-        """JSON-ready summary: method, timings, the table, divergences."""
-        table = self.table()
+    def summary(self, ci: float = 0.9) -> dict:
+        """JSON-ready summary: method, timings, the table (``ci`` intervals), divergences."""
+        table = self.table(ci)
         attrs = self.idata.attrs
         return {"method": self.method, "n_subjects": self.population.n_subjects,
                 "n_obs": self.population.n_obs, "seconds": self.seconds,

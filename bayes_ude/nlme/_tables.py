@@ -121,11 +121,13 @@ class _Entry:
     data: str | None = None  # the data as ``pk fit`` was given it (folders)
     observations: tuple | None = None  # the observed arrays (FitResult objects)
     # What is not estimated and must match for the parameter names to tell nesting
-    # (_pairs): the structural model and the covariate columns used without a parameter
-    # of their own (allometric scaling) for fits; the model options for folders, with
+    # (_pairs): the structural model, allometric scaling and the covariate columns used
+    # without a parameter of their own for fits; the model options for folders, with
     # their covariate terms (each of the reduced model's must be in the full one's).
     fixed: tuple = ()
     terms: frozenset | None = None
+    held: dict = dataclasses.field(default_factory=dict)  # fixed parameters' values
+    n_censored: int | None = None  # observations fitted as below the LLOQ (M3)
 
 
 def _from_result(name: str, fit: FitResult) -> _Entry:
@@ -136,7 +138,10 @@ def _from_result(name: str, fit: FitResult) -> _Entry:
     return _Entry(name, fit.method, fit.minus2ll, fit.ofv, fit.aic, fit.bic, fit.n_obs,
                   pop.n_subjects, fit.n_parameters, params, bool(fit.converged),
                   observations=observed(pop),
-                  fixed=("fit", type(fit.model.structural).__name__, unnamed))
+                  fixed=("fit", type(fit.model.structural).__name__, unnamed,
+                         getattr(fit.model.individual, "allometric", None)),
+                  held={n: float(fit.estimates[n]) for n in fit.fixed},
+                  n_censored=int(np.sum(observed(pop)[3])))
 
 
 def _from_folder(name: str, path: Path) -> _Entry:
@@ -151,8 +156,8 @@ def _from_folder(name: str, path: Path) -> _Entry:
                          "fits have one")
     params = set(s["theta"]) | {k if k.startswith("omega_") else f"omega_{k}"
                                 for k in s["omega"]} | set(s["sigma"])
-    data = s.get("data")
     options = s.get("options") or {}
+    data = options.get("data") or s.get("data")  # the options' is the resolved path
     terms = options.get("covariate") or ""  # the --covariate terms (covariates: columns)
     return _Entry(name, s["method"], float(s["minus2ll"]), float(s["ofv"]), float(s["aic"]),
                   float(s["bic"]), int(s["n_obs"]), int(s["n_subjects"]),
@@ -162,15 +167,18 @@ def _from_folder(name: str, path: Path) -> _Entry:
                   fixed=("folder", options.get("model", s.get("model")),
                          options.get("allometric")),
                   terms=frozenset(t.strip().replace(" ", "") for t in str(terms).split(",")
-                                  if t.strip()))
+                                  if t.strip()),
+                  n_censored=s.get("n_censored"))
 
 
 def observed(population) -> tuple:
-    """``(ids, times, values)`` of the observation records: what makes two populations
-    the same data (:func:`same_observations`)."""
+    """``(ids, times, values, censored)`` of the observation records: what makes two
+    populations the same data (:func:`same_observations`); a value fitted as below the
+    limit (M3) is not the same datum as the value fitted as measured."""
     mask = np.asarray(population.obs_mask)
     return (tuple(population.ids), np.asarray(population.obs_time)[mask],
-            np.asarray(population.obs_dv)[mask])
+            np.asarray(population.obs_dv)[mask],
+            np.isfinite(np.asarray(population.obs_lloq))[mask])
 
 
 def same_observations(a: tuple, b: tuple) -> bool:
@@ -180,21 +188,32 @@ def same_observations(a: tuple, b: tuple) -> bool:
 
 
 def _check_same_data(entries: list[_Entry]) -> None:
-    first = entries[0]
-    for e in entries[1:]:
-        why = []
-        if (e.n_obs, e.n_subjects) != (first.n_obs, first.n_subjects):
-            why.append(f"{e.n_subjects} subjects and {e.n_obs} observations against "
-                       f"{first.n_subjects} and {first.n_obs}")
-        if e.data is not None and first.data is not None and e.data != first.data:
-            why.append(f"data {e.data!r} against {first.data!r}")
-        if e.observations is not None and first.observations is not None and not why:
-            if not same_observations(e.observations, first.observations):
-                why.append("other subjects, times or DV values")
-        if why:
-            raise ValueError(f"compare_fits: {e.name!r} and {first.name!r} are fits of "
-                             f"different data ({'; '.join(why)}); objective function values "
-                             "are comparable only on the same data")
+    """Every pair (a folder has no observations to compare: checked against the first
+    entry only, [folder, B, C] let B and C of different data through)."""
+    for i, first in enumerate(entries):
+        for e in entries[i + 1:]:
+            _check_pair(first, e)
+
+
+def _check_pair(first: _Entry, e: _Entry) -> None:
+    """Raise if ``first`` and ``e`` are fits of different data."""
+    why = []
+    if (e.n_obs, e.n_subjects) != (first.n_obs, first.n_subjects):
+        why.append(f"{e.n_subjects} subjects and {e.n_obs} observations against "
+                   f"{first.n_subjects} and {first.n_obs}")
+    if e.data is not None and first.data is not None and e.data != first.data:
+        why.append(f"data {e.data!r} against {first.data!r}")
+    if (e.n_censored is not None and first.n_censored is not None
+            and e.n_censored != first.n_censored):
+        why.append(f"{e.n_censored} observations fitted as below the LLOQ against "
+                   f"{first.n_censored}")
+    if e.observations is not None and first.observations is not None and not why:
+        if not same_observations(e.observations, first.observations):
+            why.append("other subjects, times, DV values or censoring")
+    if why:
+        raise ValueError(f"compare_fits: {e.name!r} and {first.name!r} are fits of "
+                         f"different data ({'; '.join(why)}); objective function values "
+                         "are comparable only on the same data")
 
 
 @dataclasses.dataclass
@@ -251,14 +270,16 @@ def _pairs(entries, nested) -> list[tuple[_Entry, _Entry, bool]]:
             if not (a.method == b.method and a.parameters < b.parameters
                     and a.n_parameters < b.n_parameters):
                 continue
-            if a.fixed == b.fixed and (a.terms is None or b.terms is None
-                                       or a.terms <= b.terms):
+            held = all(a.held[n] == b.held[n] for n in a.held.keys() & b.held.keys())
+            if a.fixed == b.fixed and held and (a.terms is None or b.terms is None
+                                                or a.terms <= b.terms):
                 out.append((a, b, True))
             else:  # e.g. allometric scaling added with a covariate: not nested
                 warnings.warn(
                     f"compare_fits: {a.name!r} and {b.name!r} have nested parameter names but "
                     f"differ in what is not estimated (the structural model, allometric "
-                    f"scaling, a covariate's form or column): no likelihood-ratio test "
+                    f"scaling, a covariate's form or column, a parameter both hold fixed "
+                    f"at different values): no likelihood-ratio test "
                     f"inferred; name the pair with nested=[({a.name!r}, {b.name!r})] if "
                     f"the one is the other with parameters fixed", UserWarning, stacklevel=3)
     return out

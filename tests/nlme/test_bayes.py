@@ -277,6 +277,8 @@ def test_theophylline_nuts_agrees_with_focei(theoph_nuts):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_divergent"] == 0
     assert summary["omega_prior"] == OMEGA_PRIOR
+    # the same intervals as estimates.csv (summary.json had 90 % ones, q5/q95)
+    assert summary["parameters"]["tcl"]["q2.5"] == pytest.approx(table.loc["tcl", "q2.5"])
     # omega^2 I = 25, 8, 8 at the FOCEI start: all centred, so a dense metric
     assert summary["random_effects_centred"] == ["eta_ka", "eta_cl", "eta_v"]
     assert summary["dense_mass"] is True

@@ -160,7 +160,8 @@ def test_degenerate_fit_exits_3_unless_allowed(theophylline, tmp_path, monkeypat
         "tka": -10.79, "tcl": -10.59, "tv": 1.486, "tq": -39.41, "tvp": 2.571,
         "omega_eta_ka": 1.291e11, "omega_eta_cl": 5.578e9, "omega_eta_v": 0.02874,
         "prop_sd": 2.595e17}, minus2ll=6.277e11)
-    result.diagnostics = lambda n_sim, key=None: pd.DataFrame({"IWRES": [0.1, -0.2, 0.3]})
+    result.diagnostics = lambda n_sim, key=None: pd.DataFrame({"IWRES": [0.1, -0.2, 0.3],
+                                                               "DVID": [1, 1, 1]})
     result.individual_parameters = lambda: pd.DataFrame({"ka": [1.0]})
     result.vpc = lambda **kwargs: pd.DataFrame({"bin": [0]})
     monkeypatch.setattr(_command_run, "fit", lambda *args, **kwargs: result)

@@ -10,6 +10,7 @@ import dataclasses
 import warnings
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -131,7 +132,7 @@ def test_observation_types_the_model_does_not_tell_apart_are_an_error(tmp_path):
         error = nlme.Proportional() if error is None else error
         return nlme.PopulationModel(
             nlme.ODEModel(lambda t, a, p: -p["k"] * a, 2, observe=observe),
-            lambda th, eta, cov: {"k": th["k"] * np.exp(eta["eta_k"])},
+            lambda th, eta, cov: {"k": th["k"] * jnp.exp(eta["eta_k"])},
             theta={"k": 1.0}, omega={"eta_k": 0.1}, error=error,
             sigma={n: 0.1 for em in (error.values() if isinstance(error, dict) else [error])
                    for n in em.sigma_names})
@@ -403,7 +404,6 @@ def test_a_misspelt_individual_parameter_is_an_error(tmp_path):
     read it, the fit converged and reported tlag at its starting value. A key close to a
     parameter the model reads but is not given is an error now; any other key it does not
     read (a derived quantity) a warning."""
-    import jax.numpy as jnp
 
     pop = _read(tmp_path, ORAL)
 

@@ -289,11 +289,15 @@ def test_bad_inputs_are_clear_errors():
         nlme.Omega(("a", "b"), np.array([[1.0, 2.0], [2.0, 1.0]]), "full")
     negative = eqx.tree_at(lambda p: p.obs_dv, pop, np.where(pop.obs_mask, -1.0, 0.0))
     with pytest.raises(ValueError, match=r"exponential error model needs DV > 0; subject 1, row"):
-        nlme.PopulationModel(nlme.OneCompartmentOral(), lambda t, e, c: {}, theta={"a": 0.0},
+        nlme.PopulationModel(nlme.OneCompartmentOral(),
+                             lambda t, e, c: {"ka": t["a"], "cl": t["a"], "v": t["a"]},
+                             theta={"a": 0.0},
                              omega={"eta": 0.1}, sigma={"exp_sd": 0.1},
                              error=nlme.Exponential()).check(negative)
     with pytest.raises(ValueError, match="no error model"):
-        nlme.PopulationModel(nlme.OneCompartmentOral(), lambda t, e, c: {}, theta={"a": 0.0},
+        nlme.PopulationModel(nlme.OneCompartmentOral(),
+                             lambda t, e, c: {"ka": t["a"], "cl": t["a"], "v": t["a"]},
+                             theta={"a": 0.0},
                              omega={"eta": 0.1}, sigma={"add_sd": 0.1},
                              error={2: nlme.Additive()}).check(pop)
     # an error model for a DVID the data lack: its SD would be "estimated" at its start
@@ -316,6 +320,18 @@ def test_bad_inputs_are_clear_errors():
                                              + advice):
             nlme.fit(unused, pop, method, progress=False)
     setup_problem(unused, pop, "focei", fixed=["tq", "omega_eta_q"])
+    # an element of an omega block held alone moved with the others (its Cholesky entry
+    # was held: omega_eta_v fixed at 0.1 was reported at 0.109); the whole block can be
+    block = dataclasses.replace(base, omega=nlme.Omega(
+        ("eta_ka", "eta_cl", "eta_v"), np.full(3, 0.1), [("eta_cl", "eta_v")]))
+    with pytest.raises(ValueError, match=r"omega_eta_v is an element of the omega block "
+                                         r"\['eta_cl', 'eta_v'\].*fix the whole block "
+                                         r"\['omega_eta_cl', 'omega_eta_cl_eta_v', "
+                                         r"'omega_eta_v'\]"):
+        setup_problem(block, pop, "focei", fixed=["omega_eta_v"])
+    setup_problem(block, pop, "focei", fixed=["omega_eta_ka"])
+    setup_problem(block, pop, "focei",
+                  fixed=["omega_eta_cl", "omega_eta_cl_eta_v", "omega_eta_v"])
     # start values: named as what they are, and finite
     with pytest.raises(ValueError, match=r"unknown parameter 'tkaa' in init"):
         nlme.fit(model, pop, init={"tkaa": 0.3}, progress=False)

@@ -9,6 +9,7 @@ import json
 import types
 import warnings
 
+import equinox as eqx
 import jax
 import numpy as np
 import pandas as pd
@@ -149,6 +150,25 @@ def test_compare_nested_fits_lrt_is_scipys(nested_fits, tmp_path):
     fewer = _folder(tmp_path, "fewer", reduced, n_obs=full.n_obs - 1)
     with pytest.raises(ValueError, match="different data"):
         nlme.compare_fits([folders[0], fewer])
+    # every pair is checked: a folder first (no observations to compare) let fits of
+    # other data through (DV x 1.5: an LRT with p = 5e-28)
+    import copy
+
+    scaled = copy.copy(reduced)
+    scaled.population = eqx.tree_at(lambda p: p.obs_dv, reduced.population,
+                                     reduced.population.obs_dv * 1.5)
+    with pytest.raises(ValueError, match="DV values or censoring"):
+        nlme.compare_fits([folders[0], full, scaled])
+    # folders: the resolved data path of the options, not the path as typed
+    a, b = (_folder(tmp_path, f"in_{k}", fit, data="data.csv",
+                    options={"data": f"/study/{k}/data.csv"})
+            for k, fit in (("a", full), ("b", reduced)))
+    with pytest.raises(ValueError, match="data '/study/b/data.csv' against '/study/a"):
+        nlme.compare_fits([a, b])
+    # the same values fitted as measured and as below the LLOQ (M3) are other data
+    censored = _folder(tmp_path, "m3", reduced, n_censored=5)
+    with pytest.raises(ValueError, match="5 observations fitted as below the LLOQ against 0"):
+        nlme.compare_fits([_folder(tmp_path, "measured", full, n_censored=0), censored])
 
 
 def test_nested_names_of_models_that_are_not_nested_are_not_tested(nested_fits, theoph,
@@ -176,6 +196,27 @@ def test_nested_names_of_models_that_are_not_nested_are_not_tested(nested_fits, 
     with pytest.warns(UserWarning, match="nested parameter names but differ"):
         comp = nlme.compare_fits(folders)
     assert [tuple(r) for r in comp.tests[["reduced", "full"]].values] == [("same", "full")]
+    # allometric scaling beside a term on its column (cl_WT names WT): the same, for fits
+    powered = copy.copy(reduced)
+    powered.model = nlme.builtin_model("oral1cmt", theoph, "combined", eta=["ka", "cl"],
+                                       covariates="cl~WT:power")
+    both = copy.copy(full)
+    both.model = nlme.builtin_model("oral1cmt", theoph, "combined", allometric="WT",
+                                    covariates="cl~WT:power,v~DOSE:power")
+    both.n_parameters = powered.n_parameters + 2
+    with pytest.warns(UserWarning, match="nested parameter names but differ"):
+        assert nlme.compare_fits([powered, both]).tests.empty
+    # a parameter both hold fixed, at different values: not nested (an LRT, p = 4e-11)
+    at = {}
+    for name, fit, value in (("reduced", reduced, 0.45), ("full", full, 1.5)):
+        at[name] = copy.copy(fit)
+        at[name].fixed = ("tka",)
+        at[name].estimates = fit.estimates.copy()
+        at[name].estimates["tka"] = value
+    with pytest.warns(UserWarning, match="a parameter both hold fixed at different values"):
+        assert nlme.compare_fits(at).tests.empty
+    at["full"].estimates["tka"] = 0.45
+    assert len(nlme.compare_fits(at).tests) == 1
 
 
 # -------------------------------------------------------------------------- bootstrap
