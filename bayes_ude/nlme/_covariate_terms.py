@@ -175,7 +175,7 @@ def resolve_covariate_terms(terms: Sequence[CovariateTerm], population,
             problems += varying
             continue
         x = np.asarray(population.cov_baseline)[:, c]
-        out.append(_with_reference(t, x, label, problems))
+        out.append(_with_reference(t, x, label, problems, population.ids))
     # e.g. cl~SEX:categorical (level 2: cl_SEX_2) and cl~SEX_2:power (cl_SEX_2): one fixed
     # effect would have served both terms
     owner: dict[str, str] = {}
@@ -191,7 +191,7 @@ def resolve_covariate_terms(terms: Sequence[CovariateTerm], population,
 
 
 def _with_reference(t: CovariateTerm, x: np.ndarray, label: str,
-                    problems: list[str]) -> CovariateTerm:
+                    problems: list[str], ids: Sequence = ()) -> CovariateTerm:
     if t.reference is not None and not np.isfinite(t.reference):
         problems.append(f"{label}: the reference must be a finite number, got "
                         f"{t.reference:g}")
@@ -210,8 +210,10 @@ def _with_reference(t: CovariateTerm, x: np.ndarray, label: str,
             problems.append(f"{label}: only one level ({ref:g}) in the data")
         return dataclasses.replace(t, reference=ref, levels=levels)
     if t.form == "power" and not np.all(x > 0):
+        bad = [str(ids[i]) for i in np.flatnonzero(~(x > 0))] if len(ids) else []
+        shown = f" ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''})" if bad else ""
         problems.append(f"{label}: the power form needs positive values; {t.column} has "
-                        f"{np.sum(~(x > 0))} subject(s) with values <= 0")
+                        f"{np.sum(~(x > 0))} subject(s) with values <= 0{shown}")
     ref = float(np.median(x)) if t.reference is None else t.reference
     if t.form == "power" and not ref > 0:
         problems.append(f"{label}: the power form needs a positive reference, got {ref:g}")

@@ -140,6 +140,11 @@ def test_covariate_terms_text_and_errors(phenobarbital, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"cl~APGAR and cl~APGAR_2 both name the fixed "
                                          r"effect 'cl_APGAR_2'"):
         nlme.builtin_model("iv1cmt", both, covariates="cl~APGAR:categorical,cl~APGAR_2")
+    zero = nlme.read_nonmem(datasets.load_phenobarbital().assign(
+        WT=lambda d: d.WT.where(d.ID != 3, 0.0)))
+    with pytest.raises(ValueError, match=r"cl~WT: the power form needs positive values; WT "
+                                         r"has 1 subject\(s\) with values <= 0 \(3\)"):
+        nlme.builtin_model("iv1cmt", zero, covariates="cl~WT")
     for reference in ("nan", "inf"):
         with pytest.raises(ValueError, match="cl~WT: the reference must be a finite number"):
             nlme.builtin_model("iv1cmt", phenobarbital, covariates=f"cl~WT:linear:{reference}")
