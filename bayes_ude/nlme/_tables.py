@@ -118,7 +118,7 @@ class _Entry:
     n_parameters: int
     parameters: frozenset
     converged: bool
-    data: str | None = None  # the data as ``pk fit`` was given it (folders)
+    data: str | None = None  # the data path ``pk fit`` resolved (folders)
     observations: tuple | None = None  # the observed arrays (FitResult objects)
     # What is not estimated and must match for the parameter names to tell nesting
     # (_pairs): the structural model, allometric scaling and the covariate columns used
