@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,15 +57,39 @@ def resolve_devices(devices: int | str | Sequence | None = None) -> list:
         if devices != "all":
             raise ValueError(f"devices must be None, 'all', a count or a list of devices, "
                              f"got {devices!r}")
-        return take(slice(None))
+        return _checked_cpu(take(slice(None)))
     if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(local):
             raise ValueError(f"devices={devices}: this process has {len(local)} local "
                              f"device(s) ({local[0].platform})")
-        return take(slice(int(devices)))
+        return _checked_cpu(take(slice(int(devices))))
     devices = list(devices)
     if not devices:
         raise ValueError("devices: an empty list")
+    return _checked_cpu(devices)
+
+
+_said_oversubscribed = False
+
+
+def _checked_cpu(devices: list) -> list:
+    """``devices``, with a warning (once) where this process would run more CPU devices
+    than it has cores: XLA runs each device's share on a thread of its own and gathers
+    the shares with a collective that waits for all of them, and with fewer cores than
+    devices that wait can last forever (4 devices on 2 cores: the diagnostics of a
+    population with a 200-observation subject never returned)."""
+    global _said_oversubscribed
+    mine = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if len(mine) > max(cores, 1) and not _said_oversubscribed:
+        _said_oversubscribed = True
+        warnings.warn(f"{len(mine)} CPU devices on {cores} core(s): XLA's gather of the "
+                      "devices' shares waits for all of them and can wait forever when "
+                      f"there are more devices than cores; use at most {cores}",
+                      RuntimeWarning, stacklevel=3)
     return devices
 
 
