@@ -231,6 +231,10 @@ def test_clear_errors(small):
         covariate_model(base, pop, ["WT"], "spline")
     with pytest.raises(ValueError, match="constant in the training data"):
         CovariateNetwork(["WT"], table.assign(WT=70.0))
+    # a table of records weighed each subject by its record count (statistics of records)
+    with pytest.raises(ValueError, match=r"PowerCovariates: the training data are a table "
+                                         r"of records \(ID repeated\)"):
+        PowerCovariates(["WT"], pop.to_frame())
     with pytest.raises(ValueError, match="needs positive covariates"):
         PowerCovariates(["WT"], table.assign(WT=table["WT"] - 80.0))
     with pytest.raises(ValueError, match="cannot be log-transformed"):
