@@ -109,9 +109,10 @@ class BayesianFitResult(PopulationFit):
                 "ess_tail": float(az.ess(x, method="tail"))}
         return pd.DataFrame.from_dict(rows, orient="index")
 
-    def summary(self, ci: float = 0.9) -> dict:
-        """JSON-ready summary: method, timings, the table (``ci`` intervals), divergences."""
-        table = self.table(ci)
+    def summary(self, table: pd.DataFrame | None = None) -> dict:
+        """JSON-ready summary: method, timings, the table (default :meth:`table`'s; one
+        already computed, e.g. with other intervals, is used as it is), divergences."""
+        table = self.table() if table is None else table
         attrs = self.idata.attrs
         return {"method": self.method, "n_subjects": self.population.n_subjects,
                 "n_obs": self.population.n_obs, "seconds": self.seconds,

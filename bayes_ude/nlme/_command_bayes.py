@@ -90,7 +90,7 @@ def run_bayes(args, pop, model, start, output: Output, notes: list[str],
         seconds = time.perf_counter() - start
         output.save("posterior.nc", result.to_netcdf)
         table = result.table(ci=0.95)
-        summary = result.summary(ci=0.95)  # the same intervals as estimates.csv
+        summary = result.summary(table)  # the same intervals as estimates.csv
         summary.update(seconds=seconds, fit_seconds=result.seconds, model=args.model,
                        error_model=args.error, data=str(args.data), omega_prior=prior_text,
                        warnings=list(notes), options=fit_options(args),

@@ -135,13 +135,14 @@ def _from_result(name: str, fit: FitResult) -> _Entry:
     params = frozenset(n for n in fit.model.parameter_names() if n not in fit.fixed)
     unnamed = frozenset(c for c in fit.model.covariates
                         if not any(p.endswith(f"_{c}") or f"_{c}_" in p for p in params))
+    data = observed(pop)
     return _Entry(name, fit.method, fit.minus2ll, fit.ofv, fit.aic, fit.bic, fit.n_obs,
                   pop.n_subjects, fit.n_parameters, params, bool(fit.converged),
-                  observations=observed(pop),
+                  observations=data,
                   fixed=("fit", type(fit.model.structural).__name__, unnamed,
                          getattr(fit.model.individual, "allometric", None)),
                   held={n: float(fit.estimates[n]) for n in fit.fixed},
-                  n_censored=int(np.sum(observed(pop)[3])))
+                  n_censored=int(np.sum(data[3])))
 
 
 def _from_folder(name: str, path: Path) -> _Entry:

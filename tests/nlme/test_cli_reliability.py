@@ -205,7 +205,7 @@ class _FakeDraws:
             time.sleep(0.1)
         return pd.DataFrame({"median": [2.7]}, index=pd.Index(["tcl"]))
 
-    def summary(self, ci=0.9):
+    def summary(self, table=None):
         return {"method": "sgld", "max_r_hat": float("nan"), "min_ess_bulk": 40.0}
 
     def vpc(self, **kwargs):
