@@ -56,8 +56,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr
 
-from .._batching import batch_map, resolve_devices
+from .._batching import resolve_devices
 from .._compile import ITERATIVE, ONE_OFF, filter_jit
+from ._buckets import map_subjects, subject_buckets
 from ._model import PopulationModel
 
 __all__ = ["METHODS", "check_censoring", "objective", "subject_log_density"]
@@ -78,19 +79,24 @@ def newton(fun, x0, max_iter: int = 100, tol: float = 1e-9):
     Returns the minimiser and the Hessian there. Stops when the largest gradient component
     is below ``tol`` (the objective is a −2 log density, so 1e-9 is far below any
     meaningful change), the line search finds no decrease, or after ``max_iter``
-    iterations. Each program piece (gradient, Hessian, objective) appears once in the
-    compiled loop: compile time is what users wait for.
+    iterations. A step that decreased ``fun`` by no more than rounding is followed by one
+    pass that only evaluates the gradient and Hessian at the new point, so that the
+    Hessian returned is the one at the point returned (the implicit derivative of the
+    EBEs uses it: a Hessian one step behind made the FOCEI gradient 1e-9 relative off,
+    and which one it was depended on the last bits of the step). Each program piece
+    (gradient, Hessian, objective) appears once in the compiled loop: compile time is
+    what users wait for.
     """
     grad = jax.grad(fun)
     hess = jax.hessian(fun)
     n = x0.size
 
     def cond(state):
-        i, _, _, _, done = state
+        i, _, _, _, done, _ = state
         return (i < max_iter) & ~done
 
     def body(state):
-        i, x, fx, _, _ = state
+        i, x, fx, _, _, last = state
         g = grad(x)
         h = hess(x)
         w, v = jnp.linalg.eigh(0.5 * (h + h.T))
@@ -99,13 +105,14 @@ def newton(fun, x0, max_iter: int = 100, tol: float = 1e-9):
         step = -v @ ((v.T @ g) / w)
         slope = g @ step
         small = jnp.max(jnp.abs(g)) < tol
+        search = ~small & ~last  # the final pass at a point takes no step
 
         def accept(t, f_new):
             return f_new <= fx + 1e-4 * t * slope
 
         def bcond(b):
             t, f_new, k = b
-            return (k == 0) | ((k < 40) & ~accept(t, f_new))
+            return search & ((k == 0) | ((k < 40) & ~accept(t, f_new)))
 
         def bbody(b):
             t, _, k = b
@@ -113,14 +120,15 @@ def newton(fun, x0, max_iter: int = 100, tol: float = 1e-9):
             return t, fun(x + t * step), k + 1
 
         t, f_new, _ = jax.lax.while_loop(bcond, bbody, (1.0, fx, 0))
-        ok = accept(t, f_new) & ~small
+        ok = search & accept(t, f_new)
         x_new = jnp.where(ok, x + t * step, x)
         f_new = jnp.where(ok, f_new, fx)
-        stalled = ~ok | (fx - f_new <= 1e-15 * (1.0 + jnp.abs(fx)))
-        return i + 1, x_new, f_new, h, small | stalled
+        negligible = ok & (fx - f_new <= 1e-15 * (1.0 + jnp.abs(fx)))
+        return i + 1, x_new, f_new, h, ~ok, negligible
 
-    state = (0, x0, fun(x0), jnp.zeros((n, n), x0.dtype), jnp.asarray(False))
-    _, x, _, h, _ = jax.lax.while_loop(cond, body, state)
+    false = jnp.asarray(False)
+    state = (0, x0, fun(x0), jnp.zeros((n, n), x0.dtype), false, false)
+    _, x, _, h, _, _ = jax.lax.while_loop(cond, body, state)
     return x, h
 
 
@@ -237,9 +245,9 @@ class SubjectLikelihood(eqx.Module):
         # One Newton step from the converged estimate, differentiable in the parameters
         # through the gradient only: its value is eta_star (g = 0 there) and its
         # derivative -H^-1 dg/dparams is exactly the implicit-function derivative. The
-        # Hessian (from the search's last iterate, which is eta_star when the search
-        # stopped on a small gradient) is a constant: its derivative would multiply g = 0,
-        # and leaving it out keeps third derivatives of the model out of the program.
+        # Hessian (the search's, at eta_star: see newton) is a constant: its derivative
+        # would multiply g = 0, and leaving it out keeps third derivatives of the model
+        # out of the program.
         g = jax.grad(fun)(eta_star)
         return eta_star - jnp.linalg.solve(h, g)
 
@@ -282,22 +290,25 @@ class SubjectLikelihood(eqx.Module):
         return base + logdet_info, eta
 
 
-def population_objective(model, method, u, population, eta_start, devices=None):
+def population_objective(model, method, u, population, eta_start, devices=None,
+                         buckets=None):
     """The OFV at ``u`` and every subject's EBE: subjects in blocks, over ``devices``
     (:func:`bayes_ude._batching.batch_map`: a vectorised inner Newton loop runs as long
-    as its slowest subject, so one loop over all subjects would cost more than linearly)."""
+    as its slowest subject, so one loop over all subjects would cost more than linearly),
+    one size group of ``buckets`` (:mod:`._buckets`) after another."""
 
     def one(item, u):
         subject, e0 = item
         theta, omega, sigma = model.unpack(u)
         return SubjectLikelihood(model, method, theta, omega, sigma, subject).minus2ll(e0)
 
-    values, etas = batch_map(one, (population, eta_start), u, devices=devices)
+    values, etas = map_subjects(one, population, eta_start, u, buckets=buckets,
+                                devices=devices)
     return jnp.sum(values) + model.penalty(model.unpack(u)[0]), etas
 
 
 @filter_jit(quick_below=ONE_OFF)
-def population_ebes(model, u, population, eta_start, devices=None):
+def population_ebes(model, u, population, eta_start, devices=None, buckets=None):
     """Every subject's EBE at ``u``: the mode of its conditional density (with the
     interaction), as NONMEM's POSTHOC step gives after an FO fit, whose objective needs
     none."""
@@ -307,7 +318,7 @@ def population_ebes(model, u, population, eta_start, devices=None):
         theta, omega, sigma = model.unpack(u)
         return SubjectLikelihood(model, "focei", theta, omega, sigma, subject).ebe(e0)
 
-    return batch_map(one, (population, eta_start), u, devices=devices)
+    return map_subjects(one, population, eta_start, u, buckets=buckets, devices=devices)
 
 
 def objective(model: PopulationModel, population, method: str = "focei", u=None, *,
@@ -322,12 +333,12 @@ def objective(model: PopulationModel, population, method: str = "focei", u=None,
     model = model.specialised(population)
     eta0 = jnp.zeros((population.n_subjects, model.n_eta))
     return _objective_jit(model, method, u, population, eta0,
-                          tuple(resolve_devices(devices)))
+                          tuple(resolve_devices(devices)), subject_buckets(population))
 
 
 @filter_jit(quick_below=ITERATIVE)
-def _objective_jit(model, method, u, population, eta0, devices):
-    return population_objective(model, method, u, population, eta0, devices)[0]
+def _objective_jit(model, method, u, population, eta0, devices, buckets):
+    return population_objective(model, method, u, population, eta0, devices, buckets)[0]
 
 
 @filter_jit

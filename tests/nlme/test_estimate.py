@@ -388,3 +388,22 @@ def test_focei_with_an_ode_model_matches_the_closed_form_fit():
     assert fit.ofv == pytest.approx(ref.ofv, abs=1e-5)
     np.testing.assert_allclose(fit.estimates.values, ref.estimates.values, atol=1e-6)
     np.testing.assert_allclose(fit.se.values, ref.se.values, rtol=1e-4)
+
+
+def test_newton_returns_the_hessian_at_the_point_it_returns():
+    """The EBE's implicit derivative uses the Hessian the inner search returns: it must
+    be the one at the returned point, also when the search stops on a step whose
+    decrease was below rounding (here forced by an offset: the second step's decrease is
+    under 1e-15 |f| while the step is not negligible). It was the previous iterate's:
+    1.7e-3 relative off here, and a FOCEI gradient 1e-9 relative off (which one
+    depended on the last bits of the step, so 1 and 2 devices differed)."""
+    from bayes_ude.nlme._likelihood import newton
+
+    a = jnp.array([0.3, -1.2, 0.7])
+
+    def fun(x):
+        return jnp.sum(jnp.cosh(x - a) + (x - a) ** 3) + 1e9
+
+    x, h = newton(fun, a + 0.01)
+    assert float(jnp.max(jnp.abs(x - a))) < 1e-6
+    np.testing.assert_allclose(h, jax.hessian(fun)(x), rtol=1e-12, atol=1e-12)
