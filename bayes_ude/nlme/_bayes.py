@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import inference
-from .._batching import batch_map, resolve_devices
+from .._batching import resolve_devices
 from .._compile import ONE_OFF, compiler_options, filter_jit
 from ..inference._interrupt import interrupt_guard
 from . import _diagnostics
 from ._bayes_results import BayesianFitResult, central_u
+from ._buckets import map_subjects, subject_buckets
 from ._estimate import fit_ml
 from ._likelihood import LOG_2PI, SubjectLikelihood
 from ._model import PopulationModel
@@ -244,14 +245,16 @@ def _replicate_impl(model, us, etas, population, key):
 
 # ---------------------------------------------------------------------------- SG-MCMC
 def _subject_gradients(loglik, p, population, devices):
-    return _subject_gradients_jit(loglik, p, population, tuple(resolve_devices(devices)))
+    return _subject_gradients_jit(loglik, p, population, tuple(resolve_devices(devices)),
+                                  subject_buckets(population))
 
 
 @filter_jit
-def _subject_gradients_jit(loglik, p, population, devices):
-    # in blocks on a CPU (each subject's inner Newton loop), over the devices
-    return batch_map(lambda s, _: jax.grad(loglik)(jnp.zeros(p), s), population,
-                     devices=devices)
+def _subject_gradients_jit(loglik, p, population, devices, buckets):
+    # in blocks on a CPU (each subject's inner Newton loop), over the devices, in size
+    # groups (the minibatches of the steps keep the padded widths: drawn while running)
+    return map_subjects(lambda s, _: jax.grad(loglik)(jnp.zeros(p), s), population,
+                        buckets=buckets, devices=devices)
 
 
 def _fit_sgmcmc(model, population, priors, init, key, progress, method, options, marginal,

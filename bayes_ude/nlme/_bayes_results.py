@@ -19,6 +19,7 @@ import pandas as pd
 
 from .._compile import ONE_OFF, compiler_options, filter_jit
 from . import _diagnostics, _plots, _vpc
+from ._buckets import padding_report
 from ._likelihood import subject_log_densities
 from ._model import PopulationModel, _chol_to_vector
 from ._model_checks import data_or_design
@@ -115,8 +116,8 @@ class BayesianFitResult(PopulationFit):
         table = self.table() if table is None else table
         attrs = self.idata.attrs
         return {"method": self.method, "n_subjects": self.population.n_subjects,
-                "n_obs": self.population.n_obs, "seconds": self.seconds,
-                "num_divergent": self.num_divergent,
+                "n_obs": self.population.n_obs, **padding_report(self.population),
+                "seconds": self.seconds, "num_divergent": self.num_divergent,
                 **({"random_effects_centred": [n for n in attrs["centred"].split(",") if n],
                     "dense_mass": bool(attrs["dense_mass"])} if "centred" in attrs else {}),
                 # R-hat needs two chains: NaN (null in JSON) with one

@@ -236,6 +236,9 @@ def bootstrap(model: PopulationModel, population, method: str = "focei", n: int 
     fixed = () if fixed is None else fixed
     problem, names, _ = setup_problem(model, population, method, fixed=fixed, init=init,
                                       u0=u0, devices=devs[:1])
+    # a replicate's subjects are drawn while running: the objective keeps the padded
+    # widths (size groups are made for the data's own subjects)
+    problem = dataclasses.replace(problem, buckets=None)
     x0 = np.asarray(problem.u_fixed)[np.asarray(problem.free, int)]
     index = np.asarray(jax.random.randint(key, (n, n_subjects), 0, n_subjects))
     if group is None:

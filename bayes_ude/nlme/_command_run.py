@@ -24,6 +24,7 @@ from .._batching import resolve_devices
 from .._distributed import is_main_process, start_command
 from .._programs import active_store, program_store, run_key
 from ._bootstrap import bootstrap as run_bootstrap
+from ._buckets import padding_report
 from ._command import (
     EXIT_DEGENERATE,
     EXIT_INTERRUPTED,
@@ -84,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{args.data}: {pop.n_subjects} subjects, {pop.n_obs} observations"
                   + (f" ({n_censored(pop)} below the LLOQ: M3)" if n_censored(pop) else "")
-                  + f" (padding efficiency {pop.padding_efficiency:.0%}), {pop.n_doses} doses; "
+                  + f" ({_padding_text(pop)}), {pop.n_doses} doses; "
                   f"model {args.model}{f', {args.error} error' if args.error else ''}, "
                   f"{args.method.upper()}")
         with warnings.catch_warnings():
@@ -111,6 +112,17 @@ def _run(args: argparse.Namespace) -> int:
 
 #: options that change no compiled program (what is printed or written, and where)
 _OUTPUT_ONLY = ("out", "json", "quiet", "no_plots", "log", "time_unit", "dv_unit")
+
+
+def _padding_text(pop) -> str:
+    """The padding efficiency, and where the subjects are computed in size groups, the
+    efficiency of those (``._buckets``)."""
+    report = padding_report(pop)
+    text = f"padding efficiency {report['padding_efficiency']:.0%}"
+    if report["size_groups"] > 1:
+        text += (f"; {report['computed_padding_efficiency']:.0%} in "
+                 f"{report['size_groups']} size groups")
+    return text
 
 
 def _store(args: argparse.Namespace, pop) -> tuple:

@@ -226,7 +226,7 @@ class Population(eqx.Module):
     def padding_efficiency(self) -> float:
         """Real observations over the padded observation slots (``S`` times the largest
         subject's count): 1 when every subject has as many observations, small when one
-        subject has many more than the rest (every subject is computed at that size)."""
+        subject has many more than the rest (the fits then use size groups, ``_buckets``)."""
         mask = np.asarray(self.obs_mask)
         return float(mask.sum() / max(mask.size, 1))
 

@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 from jax.scipy.special import ndtri
 
-from .._batching import batch_map, resolve_devices
+from .._batching import resolve_devices
 from .._compile import ONE_OFF, filter_jit
+from ._buckets import map_subjects, subject_buckets
 from ._likelihood import censored
 from ._model import unpacked
 from ._model_checks import data_or_design
@@ -53,7 +54,7 @@ def _decorrelate(v, e, mask):
 
 
 @filter_jit(quick_below=ONE_OFF)
-def _residuals(model, u, population, eta, devices):
+def _residuals(model, u, population, eta, devices, buckets=None):
     def one(item, u):
         subject, eta_hat = item
         theta, omega, sigma = model.unpack(u)
@@ -75,7 +76,8 @@ def _residuals(model, u, population, eta, devices):
         iwres = (y - fi_t) / jnp.sqrt(ri)
         return f0, fi, iwres, wres, cwres
 
-    return batch_map(one, (population, eta), u, devices=devices)
+    return map_subjects(one, population, eta, u, buckets=buckets, obs_outputs=True,
+                        devices=devices)
 
 
 def _sample_y(model, theta, omega, sigma, subject, key):
@@ -98,7 +100,7 @@ def _sample_obs(model, f, sigma, subject, key):
 
 
 @filter_jit(quick_below=ONE_OFF)
-def _simulate(model, u, population, key, n, devices=None):
+def _simulate(model, u, population, key, n, devices=None, buckets=None):
     keys = jax.random.split(key, (n, population.obs_time.shape[0]))
 
     def one(item, u):
@@ -107,7 +109,8 @@ def _simulate(model, u, population, key, n, devices=None):
         return _sample_y(model, theta, omega, sigma, subject, k)
 
     def rep(ks):  # one replicate: the subjects over the devices
-        return batch_map(one, (population, ks), u, block=None, devices=devices)
+        return map_subjects(one, population, ks, u, buckets=buckets, obs_outputs=True,
+                            block=None, devices=devices)
 
     return jax.lax.map(rep, keys)  # (n, S, No); a map keeps memory at one replicate
 
@@ -124,11 +127,12 @@ def simulate(fit, n: int = 100, key: jax.Array | None = None, population=None,
     # the model specialised to the design, not to the fitted data: a design may have dose
     # types (infusions, steady state) the data did not, which a specialised model drops
     model = fit.model.specialised(population)
-    return np.asarray(_simulate(model, jnp.asarray(fit.u), population, key, n, devices))
+    return np.asarray(_simulate(model, jnp.asarray(fit.u), population, key, n, devices,
+                                subject_buckets(population)))
 
 
 @filter_jit(quick_below=ONE_OFF)
-def _npde(model, u, population, key, n, devices):
+def _npde(model, u, population, key, n, devices, buckets=None):
     # each subject simulates its own n replicates (a key per subject): memory grows with
     # a block of subjects, not with all of them times n
 
@@ -151,7 +155,8 @@ def _npde(model, u, population, key, n, devices):
         return ndtri(pde)
 
     keys = jax.random.split(key, population.obs_time.shape[0])
-    return batch_map(one, (population, keys), u, devices=devices)
+    return map_subjects(one, population, keys, u, buckets=buckets, obs_outputs=True,
+                        devices=devices)
 
 
 def _transform(model, subject):
@@ -180,8 +185,9 @@ def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None,
                                     else devices))
     u = jnp.asarray(fit.u)
     eta = jnp.asarray(fit.eta.to_numpy())
-    pred, ipred, iwres, wres, cwres = (np.asarray(a) for a in _residuals(model, u, pop, eta,
-                                                                          devices))
+    buckets = subject_buckets(pop)
+    pred, ipred, iwres, wres, cwres = (np.asarray(a) for a in _residuals(
+        model, u, pop, eta, devices, buckets))
     mask = np.asarray(pop.obs_mask)
     sub, rec = np.nonzero(mask)
     dv = np.asarray(pop.obs_dv)[mask]
@@ -203,7 +209,7 @@ def diagnostics(fit, n_sim: int = 1000, key: jax.Array | None = None,
     })
     if n_sim:
         key = jax.random.key(0) if key is None else key
-        out["NPDE"] = np.asarray(_npde(model, u, pop, key, n_sim, devices))[mask]
+        out["NPDE"] = np.asarray(_npde(model, u, pop, key, n_sim, devices, buckets))[mask]
     residuals = [c for c in ("RES", "IRES", "IWRES", "WRES", "CWRES", "NPDE") if c in out]
     out.loc[out["CENS"] == 1, residuals] = np.nan
     return out
@@ -257,11 +263,13 @@ def precompile(model, population, devices: tuple, n_sim: int = 1000,
     u = jnp.asarray(model.initial_vector(), float)
     eta = jnp.zeros((population.n_subjects, len(model.eta_names)))
     key = jax.random.key(0)
-    _residuals.precompile(model, u, population, eta, devices)
+    buckets = subject_buckets(population)  # the same arguments as the calls
+    _residuals.precompile(model, u, population, eta, devices, buckets)
     if n_sim:
-        _npde.precompile(model, u, population, key, n_sim, devices)
+        _npde.precompile(model, u, population, key, n_sim, devices, buckets)
     _individual.precompile(model, u, population, eta)
-    _simulate.precompile(model.specialised(population), u, population, key, n_vpc, devices)
+    _simulate.precompile(model.specialised(population), u, population, key, n_vpc, devices,
+                         buckets)
     unpacked.precompile(model, u, True)  # the fit's table (omega as estimated)
     theta = unpacked(model, u)[0]
     _population_pred.precompile(model.specialised(population), theta, population)

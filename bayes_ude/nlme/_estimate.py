@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import _sigint
 from .._batching import resolve_devices
+from ._buckets import subject_buckets
 from ._likelihood import LOG_2PI, check_censoring, check_method, population_ebes
 from ._model import PopulationModel
 from ._model_checks import check_parameters_informed
@@ -73,7 +74,7 @@ def fit_ml(
         finally:
             bar.close()
         problem = Problem(model, "foce", problem.free, problem.u_fixed, population,
-                          problem.devices)
+                          problem.devices, problem.buckets)
         state = run_chunk(problem, bfgs_init(x, eta, problem.devices), jnp.asarray(1, int),
                           jnp.asarray(0.0, float))
         return _finish(method, problem, state, names=names, free=free,
@@ -139,7 +140,7 @@ def setup_problem(model: PopulationModel, population, method: str, *,
     free = tuple(i for i, n in enumerate(names) if n not in fixed_names)
     # device_put, not jnp.asarray: no eager (compiled) conversions at start-up
     problem = Problem(model, method, free, jax.device_put(np.asarray(u0, float)), population,
-                      tuple(resolve_devices(devices)))
+                      tuple(resolve_devices(devices)), subject_buckets(population))
     return problem, names, fixed_names
 
 
@@ -187,7 +188,7 @@ def _finish(method: str, problem: Problem, state, *, names, free, fixed_names, i
         # FO's objective needs no EBEs (its eta are 0): POSTHOC, the conditional modes at
         # the estimates, as NONMEM and nlmixr2 report (shrinkage, IPRED, CWRES use them)
         eta = population_ebes(model, jnp.asarray(u), population, jnp.asarray(eta),
-                              problem.devices)
+                              problem.devices, problem.buckets)
     n_obs = population.n_obs
     ofv = float(f)
     # the objective includes the l2 penalty; the likelihood does not

@@ -71,7 +71,11 @@ def fit(
         The Bayesian methods split the subjects the same way (NUTS: inside each chain's
         log density, the chains then all on the default device; SG-MCMC: each
         minibatch); given explicitly, the draws are the same on 1, 2 or 4 devices (see
-        :func:`bayes_ude.nlme.fit_bayes`).
+        :func:`bayes_ude.nlme.fit_bayes`). Where a few subjects have many more
+        observations than the rest (padding them all would waste more than half the
+        computed slots), the subjects are computed in a few size groups, each padded to
+        its own largest subject (``bayes_ude.nlme._buckets``; the summary's
+        ``padding_efficiency`` and ``computed_padding_efficiency``).
 
     Returns
     -------

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._batching import batch_map, replicated_sharding
+from .._batching import replicated_sharding
 from .._compile import ITERATIVE, ONE_OFF, filter_jit
+from ._buckets import map_subjects
 from ._error import Additive
 from ._likelihood import SubjectLikelihood, chol_logdet, newton, population_objective
 from ._model import PopulationModel
@@ -34,6 +35,8 @@ class Problem(eqx.Module):
     u_fixed: jax.Array
     population: object
     devices: tuple | None = eqx.field(static=True, default=None)
+    # the subjects' size groups (._buckets; None: padded to the largest subject)
+    buckets: object = eqx.field(static=True, default=None)
 
     @property
     def compile_quickly(self) -> bool:  # bayes_ude._compile
@@ -44,7 +47,7 @@ class Problem(eqx.Module):
 
     def value(self, x, eta_start):
         return population_objective(self.model, self.method, self.full(x), self.population,
-                                     eta_start, self.devices)
+                                     eta_start, self.devices, self.buckets)
 
 
 class _BFGS(NamedTuple):
@@ -175,6 +178,7 @@ class _PNLS(eqx.Module):
     u: jax.Array
     population: object
     devices: tuple | None = eqx.field(static=True, default=None)
+    buckets: object = eqx.field(static=True, default=None)
 
     def value(self, x, eta_start):
         u = self.u.at[np.asarray(self.free, int)].set(x)
@@ -188,7 +192,8 @@ class _PNLS(eqx.Module):
             eta = jax.lax.stop_gradient(eta)
             return subj.conditional(eta), eta
 
-        values, etas = batch_map(one, (self.population, eta_start), u, devices=self.devices)
+        values, etas = map_subjects(one, self.population, eta_start, u,
+                                    buckets=self.buckets, devices=self.devices)
         return jnp.sum(values), etas
 
 
@@ -265,7 +270,7 @@ def lindstrom_bates(problem: Problem, x, eta, max_iter, tol, bar):
     u = problem.full(x)
     iterations = 0
     for _ in range(max_iter):
-        pnls = _PNLS(model, theta_free, u, problem.population, problem.devices)
+        pnls = _PNLS(model, theta_free, u, problem.population, problem.devices, problem.buckets)
         st = _minimise(pnls, u[np.asarray(theta_free, int)], eta, tol)
         eta = st.eta
         u_pnls = u.at[np.asarray(theta_free, int)].set(st.x)
@@ -283,7 +288,7 @@ def lindstrom_bates(problem: Problem, x, eta, max_iter, tol, bar):
         if change < 1e-9:
             break
     # final PNLS at the converged omega and sigma
-    pnls = _PNLS(model, theta_free, u, problem.population, problem.devices)
+    pnls = _PNLS(model, theta_free, u, problem.population, problem.devices, problem.buckets)
     st = _minimise(pnls, u[np.asarray(theta_free, int)], eta, tol)
     u = u.at[np.asarray(theta_free, int)].set(st.x)
     return u[free], st.eta, iterations

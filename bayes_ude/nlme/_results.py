@@ -21,6 +21,7 @@ import pandas as pd
 
 from .._json import json_safe
 from . import _diagnostics, _vpc
+from ._buckets import padding_report
 from ._error import Combined, Exponential, Proportional
 from ._likelihood import subject_log_density
 from ._model import PopulationModel, unpacked
@@ -287,7 +288,7 @@ class FitResult(PopulationFit):
         return {
             "method": self.method, "minus2ll": self.minus2ll, "ofv": self.ofv, "aic": self.aic,
             "bic": self.bic, "n_obs": self.n_obs, "n_subjects": self.population.n_subjects,
-            "padding_efficiency": self.population.padding_efficiency,
+            **padding_report(self.population),
             "n_parameters": self.n_parameters, "theta": theta, "omega": omega,
             "sigma": self.sigma,
             "se": {k: (None if not np.isfinite(v) else float(v)) for k, v in self.se.items()},
