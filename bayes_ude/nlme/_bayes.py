@@ -224,21 +224,22 @@ def _individual_names(model, population):
 
 
 def _replicate(model, us, etas, population, key):
-    return _replicate_impl(model, us, etas, population, key)
+    return _replicate_impl(model, us, etas, population, key, subject_buckets(population))
 
 
 @filter_jit(quick_below=ONE_OFF)
-def _replicate_impl(model, us, etas, population, key):
+def _replicate_impl(model, us, etas, population, key, buckets=None):
     keys = jax.random.split(key, us.shape[0])
 
-    def one(u, eta, k):
+    def subj(item, u):
+        s, (e, kk) = item
         theta, _, sigma = model.unpack(u)
+        return _diagnostics._sample_obs(model, model.predict(theta, e, s), sigma, s, kk)
+
+    def one(u, eta, k):
         ks = jax.random.split(k, population.obs_time.shape[0])
-
-        def subj(s, e, kk):
-            return _diagnostics._sample_obs(model, model.predict(theta, e, s), sigma, s, kk)
-
-        return jax.vmap(subj)(population, eta, ks)
+        return map_subjects(subj, population, (eta, ks), u, buckets=buckets,
+                            obs_outputs=True, block=None)
 
     return jax.lax.map(lambda a: one(*a), (us, etas, keys))
 

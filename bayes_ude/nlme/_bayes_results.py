@@ -19,7 +19,7 @@ import pandas as pd
 
 from .._compile import ONE_OFF, compiler_options, filter_jit
 from . import _diagnostics, _plots, _vpc
-from ._buckets import padding_report
+from ._buckets import map_subjects, padding_report, subject_buckets
 from ._likelihood import subject_log_densities
 from ._model import PopulationModel, _chol_to_vector
 from ._model_checks import data_or_design
@@ -139,7 +139,7 @@ class BayesianFitResult(PopulationFit):
         us = _draw_vectors(self, n, jax.random.fold_in(key, 1))
         # specialised to the design (its dose types), not to the fitted data
         return np.asarray(_simulate_draws(self.model.specialised(population), us, population,
-                                          key))
+                                          key, subject_buckets(population)))
 
     def simulate(self, n: int = 100, key=None, population=None) -> np.ndarray:
         """As :meth:`posterior_simulations`: each replicate from its own posterior draw."""
@@ -167,7 +167,8 @@ class BayesianFitResult(PopulationFit):
         self.model.check(population)
         model = self.model.specialised(population)
         # (draws, subjects)
-        per = np.asarray(subject_log_densities(model, method, us, population))
+        per = np.asarray(subject_log_densities(model, method, us, population,
+                                               subject_buckets(population)))
         return np.asarray(jax.scipy.special.logsumexp(per, axis=0) - np.log(per.shape[0]))
 
     def __repr__(self) -> str:
@@ -192,13 +193,17 @@ def _draw_vectors(result: BayesianFitResult, n: int, key) -> jax.Array:
 
 
 @filter_jit(quick_below=ONE_OFF)
-def _simulate_draws(model, us, population, key):
+def _simulate_draws(model, us, population, key, buckets=None):
     keys = jax.random.split(key, (us.shape[0], population.obs_time.shape[0]))
 
-    def one(u, ks):
+    def subject(item, u):
+        s, k = item
         theta, omega, sigma = model.unpack(u)
-        return jax.vmap(lambda s, k: _diagnostics._sample_y(
-            model, theta, omega, sigma, s, k))(population, ks)
+        return _diagnostics._sample_y(model, theta, omega, sigma, s, k)
+
+    def one(u, ks):
+        return map_subjects(subject, population, ks, u, buckets=buckets, obs_outputs=True,
+                            block=None)
 
     return jax.lax.map(lambda a: one(*a), (us, keys))
 

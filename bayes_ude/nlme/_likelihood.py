@@ -342,15 +342,19 @@ def _objective_jit(model, method, u, population, eta0, devices, buckets):
 
 
 @filter_jit
-def subject_log_densities(model, method, us, population):
+def subject_log_densities(model, method, us, population, buckets=None):
     """``log p(y_i | u)`` per draw and subject ``(draws, subjects)``, each subject's random
-    effects integrated out by ``method``'s approximation (one draw after another)."""
+    effects integrated out by ``method``'s approximation (one draw after another; the
+    subjects in blocks and size groups, as the objective's)."""
     n_obs = jnp.sum(population.obs_mask, axis=1)
 
-    def one(u):
+    def subject(s, u):
         theta, omega, sigma = model.unpack(u)
-        m2 = jax.vmap(lambda s: SubjectLikelihood(model, method, theta, omega, sigma, s)
-                      .minus2ll(jnp.zeros(model.n_eta))[0])(population)
+        return SubjectLikelihood(model, method, theta, omega, sigma, s).minus2ll(
+            jnp.zeros(model.n_eta))[0]
+
+    def one(u):
+        m2 = map_subjects(subject, population, None, u, buckets=buckets)
         return -0.5 * (m2 + n_obs * LOG_2PI)
 
     return jax.lax.map(one, us)
@@ -362,4 +366,4 @@ def subject_log_density(model: PopulationModel, u, population, method: str = "la
     check_censoring(method, population)
     model = model.specialised(population)
     return np.asarray(subject_log_densities(model, method, jnp.asarray(u)[None],
-                                            population))[0]
+                                            population, subject_buckets(population)))[0]

@@ -96,11 +96,19 @@ def test_groups_keep_every_record_and_cut_the_waste(ragged):
     assert _buckets.subject_buckets(similar) is None
     taken = _buckets.subject_buckets(ragged.take([0, 1, 2, 4]))
     assert len(taken.groups) == 1 and taken.widths[0]["obs"] < BIG
+    # observations masked out later (a held-out split keeping the shapes, one DVID) keep
+    # their slots: the same plan, so the programs compiled for the full data serve
+    for seed in range(4):  # some seeds hold out a long subject
+        train, _ = nlme.split_subjects(ragged, 0.3, seed=seed, keep_shape=True)
+        assert _buckets.subject_buckets(train) == plan
+    # slots without a record in the table anywhere are cut (a hand-made population)
     mask = np.asarray(ragged.obs_mask).copy()
-    mask[:, 5:] = False
+    row = np.asarray(ragged.obs_row).copy()
+    mask[:, 5:], row[:, 5:] = False, -1
     short = _buckets.subject_buckets(ragged.__class__(**{
-        **{f: getattr(ragged, f) for f in ragged.__dataclass_fields__}, "obs_mask": mask}))
-    assert len(short.groups) == 1 and short.widths[0]["obs"] <= 5
+        **{f: getattr(ragged, f) for f in ragged.__dataclass_fields__}, "obs_mask": mask,
+        "obs_row": row}))
+    assert len(short.groups) == 1 and short.widths[0]["obs"] == 5
 
 
 def test_objective_equals_the_padded_one(ragged):
@@ -143,3 +151,28 @@ def test_nuts_log_density_equals_the_padded_one(ragged, monkeypatch):
     monkeypatch.setattr(_buckets, "MAX_WASTE", np.inf)
     padded = potential(nlme.numpyro_model(_model(), ragged))
     assert bucketed == pytest.approx(padded, rel=1e-12)
+
+
+def test_held_out_density_and_posterior_replicates_equal_the_padded_ones(fits, ragged):
+    """The per-draw work of a Bayesian result, grouped against padded at the same draws
+    and keys: held-out log densities (Laplace), new subjects' simulations, replicates of
+    the same subjects."""
+    from bayes_ude.nlme._bayes import _replicate_impl
+    from bayes_ude.nlme._bayes_results import _simulate_draws
+    from bayes_ude.nlme._likelihood import subject_log_densities
+
+    fit = fits[0]
+    model = fit.model.specialised(ragged)
+    plan = _buckets.subject_buckets(ragged)
+    us = jnp.stack([jnp.asarray(fit.u), jnp.asarray(fit.u) + 0.02])
+    etas = jnp.stack([jnp.asarray(fit.eta.to_numpy())] * 2)
+    key = jax.random.key(3)
+    mask = np.asarray(ragged.obs_mask)
+    for grouped, padded in (
+            (subject_log_densities(model, "laplace", us, ragged, plan),
+             subject_log_densities(model, "laplace", us, ragged, None)),
+            (np.asarray(_simulate_draws(model, us, ragged, key, plan))[:, mask],
+             np.asarray(_simulate_draws(model, us, ragged, key, None))[:, mask]),
+            (np.asarray(_replicate_impl(model, us, etas, ragged, key, plan))[:, mask],
+             np.asarray(_replicate_impl(model, us, etas, ragged, key, None))[:, mask])):
+        np.testing.assert_allclose(grouped, padded, rtol=1e-10)
