@@ -128,8 +128,7 @@ def _best_split(sizes: np.ndarray, counts: np.ndarray, k: int) -> tuple[int, lis
     cum = np.concatenate([[0], np.cumsum(counts)])
     # cost[j]: best slots for the sizes 0..j-1 in the groups so far; a group (i, j]
     # costs (subjects in it) x sizes[j - 1]
-    cost = np.where(np.arange(u + 1) == 0, 0, np.inf)
-    cost = np.asarray(cost, float)
+    cost = np.where(np.arange(u + 1) == 0, 0.0, np.inf)
     back = []
     for _ in range(k):
         new = np.full(u + 1, np.inf)
@@ -161,10 +160,8 @@ def subject_buckets(population, *, max_waste: float | None = None,
         return None
     try:
         extents = {kind: _extent(_present(population, kind)) for kind in _KINDS}
-    except jax.errors.ConcretizationTypeError:
-        return None
-    except jax.errors.TracerArrayConversionError:
-        return None
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None  # traced: no plan (the padded computation)
     obs = np.maximum(extents["obs"], 1)
     n = obs.size
     full = {kind: int(np.shape(getattr(population, f"{kind}_mask"))[1]) for kind in _KINDS}
@@ -172,8 +169,8 @@ def subject_buckets(population, *, max_waste: float | None = None,
     if n < 2 or n * full["obs"] <= max_waste * used:
         return None
     sizes, counts = np.unique(obs, return_counts=True)
-    # one bucket: every subject cut to the largest one's size (where masking left the
-    # last slots unused everywhere, as ``select_dvid`` can)
+    # k = 1: every subject cut to the largest one's size (subjects taken from a larger
+    # population, whose widths ``take`` keeps)
     for k in range(1, min(max_buckets, sizes.size) + 1):
         slots, ends = _best_split(sizes, counts, k)
         if slots <= max_waste * used:
