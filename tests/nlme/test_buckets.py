@@ -96,7 +96,7 @@ def test_groups_keep_every_record_and_cut_the_waste(ragged):
     assert _buckets.subject_buckets(similar) is None
     taken = _buckets.subject_buckets(ragged.take([0, 1, 2, 4]))
     assert len(taken.groups) == 1 and taken.widths[0]["obs"] < BIG
-    # observations masked out later (a held-out split keeping the shapes, one DVID) keep
+    # observations masked out later (here a held-out split keeping the shapes) keep
     # their slots: the same plan, so the programs compiled for the full data serve
     for seed in range(4):  # some seeds hold out a long subject
         train, _ = nlme.split_subjects(ragged, 0.3, seed=seed, keep_shape=True)
