@@ -165,9 +165,9 @@ _MULTI = textwrap.dedent("""
 
     # a ragged population (subject 5 sampled 47 times, the others 7): two size groups
     # (nlme._buckets), each split over the devices. The objective is the same; the
-    # estimates differ by ~1e-8 (7e-9 measured): the groups' gradient sums round
-    # differently on 1 device than on several (3e-14 on the gradient at the start), which
-    # BFGS carries; the equal-size population above stays exact
+    # estimates differ (3.7e-10 measured): the groups' gradient sums round differently on
+    # 1 device than on several (3e-14 on the gradient at the start), which BFGS carries;
+    # the equal-size population above stays exact
     from bayes_ude.nlme import _buckets
     rows = [r for r in rows if r["ID"] != 5]
     rows.append(dict(ID=5, TIME=0.0, DV=".", AMT=320.0, EVID=1, CMT=1))
