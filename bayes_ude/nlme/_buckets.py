@@ -30,6 +30,7 @@ running (SG-MCMC minibatches, bootstrap replicates) stays padded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -211,10 +212,9 @@ def take_bucket(population, members, widths) -> Population:
         a = jnp.asarray(getattr(population, name))[idx]
         kind = _FIELD_KIND[name]
         leaves[name] = a if kind is None else a[:, :widths[kind]]
-    return Population(ids=tuple(population.ids[int(i)] for i in idx),
-                      covariate_names=population.covariate_names,
-                      has_censored=population.has_censored,
-                      cmt_given=population.cmt_given, **leaves)
+    # the population's static fields carried as they are (has_censored, cmt_given, ...)
+    return dataclasses.replace(population, ids=tuple(population.ids[int(i)] for i in idx),
+                               **leaves)
 
 
 def _pad_obs(a, width: int):
@@ -237,9 +237,7 @@ def map_subjects(fn: Callable, population, extra: Any = None, args: Any = (), *,
     def items(pop, idx=None):
         if extra is None:
             return pop
-        if idx is not None:
-            return pop, jax.tree.map(lambda a: a[idx], extra)
-        return pop, extra
+        return pop, (extra if idx is None else jax.tree.map(lambda a: a[idx], extra))
 
     if buckets is None:
         return batch_map(fn, items(population), args, **batch)
