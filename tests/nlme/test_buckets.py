@@ -43,15 +43,8 @@ def _table(seed=2):
                                           kind="stable")
 
 
-def _model():
-    def individual(th, eta, cov):
-        return {p: jnp.exp(th[f"t{p}"] + eta[f"eta_{p}"]) for p in ("ka", "cl", "v")}
-
-    return nlme.PopulationModel(
-        nlme.OneCompartmentOral(), individual,
-        theta={"tka": 0.2, "tcl": 0.8, "tv": 3.2},
-        omega={"eta_ka": 0.1, "eta_cl": 0.1, "eta_v": 0.1},
-        sigma={"prop_sd": 0.2}, error=nlme.Proportional())
+def _model(population):
+    return nlme.builtin_model("oral1cmt", population, "proportional")
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +55,10 @@ def ragged():
 @pytest.fixture(scope="module")
 def fits(ragged):
     """The same FOCEI fit with size groups (the default here) and padded."""
-    bucketed = nlme.fit(_model(), ragged, covariance=False)
+    bucketed = nlme.fit(_model(ragged), ragged, covariance=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_buckets, "MAX_WASTE", np.inf)
-        padded = nlme.fit(_model(), ragged, covariance=False)
+        padded = nlme.fit(_model(ragged), ragged, covariance=False)
         padded_diag = nlme.diagnostics(padded, n_sim=50)
     return bucketed, padded, padded_diag
 
@@ -112,12 +105,13 @@ def test_groups_keep_every_record_and_cut_the_waste(ragged):
 
 
 def test_objective_equals_the_padded_one(ragged):
-    model = _model().specialised(ragged)
+    model = _model(ragged).specialised(ragged)
     u = jnp.asarray(model.initial_vector())
     eta0 = jnp.zeros((ragged.n_subjects, model.n_eta))
     dev = tuple(jax.local_devices()[:1])
     padded = _objective_jit(model, "focei", u, ragged, eta0, dev, None)
-    assert float(nlme.objective(_model(), ragged)) == pytest.approx(float(padded), rel=1e-12)
+    grouped = nlme.objective(_model(ragged), ragged)
+    assert float(grouped) == pytest.approx(float(padded), rel=1e-12)
 
 
 def test_fit_and_diagnostics_equal_the_padded_ones(fits):
@@ -147,9 +141,9 @@ def test_nuts_log_density_equals_the_padded_one(ragged, monkeypatch):
         params = jax.tree.map(lambda a: a + 0.1, params)  # off the start: eta not 0
         return float(jax.jit(lambda p: potential_energy(model_fn, (), {}, p))(params))
 
-    bucketed = potential(nlme.numpyro_model(_model(), ragged))
+    bucketed = potential(nlme.numpyro_model(_model(ragged), ragged))
     monkeypatch.setattr(_buckets, "MAX_WASTE", np.inf)
-    padded = potential(nlme.numpyro_model(_model(), ragged))
+    padded = potential(nlme.numpyro_model(_model(ragged), ragged))
     assert bucketed == pytest.approx(padded, rel=1e-12)
 
 
